@@ -1,0 +1,3 @@
+//! pushgate: a self-hosted push-notification gateway.
+pub mod proto;
+pub mod store;

@@ -1,0 +1,13 @@
+//! The sans-IO protocol core: frame codec, wire codes, tokens and session
+//! rules. No sockets, no clocks: callers pass bytes (and time) in and act on
+//! what comes back, so everything here is testable in memory.
+
+pub mod codes;
+pub mod frame;
+pub mod session;
+pub mod token;
+
+pub use codes::{ErrorCode, GoAwayReason, Kind, Status, PRIORITY_HIGH, PRIORITY_NORMAL};
+pub use frame::{split_frame, Frame, FrameError, Hello, MultiPush, Push, RawFrame};
+pub use session::{on_device_frame, on_provider_frame, Apps, DeviceEvent, DeviceState, ProtoError, ProviderEvent, ProviderState};
+pub use token::{Token, TokenKey, TOKEN_LEN};

@@ -1,0 +1,177 @@
+//! In-memory `Store`: bounded per-device queues in a hash map, with an expiry
+//! index so a sweep touches only what expired. Lost on restart.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+
+use super::{Store, StoreError, StoredMsg};
+use crate::proto::Token;
+
+#[derive(Default)]
+struct Queue {
+    msgs: VecDeque<StoredMsg>,
+    missed: u32,
+}
+
+/// A per-shard in-memory store holding at most `cap` messages per device.
+pub struct MemoryStore {
+    cap: usize,
+    queues: HashMap<Token, Queue>,
+    by_expiry: BTreeSet<(u32, Token, u64)>,
+    len: usize,
+    max_id: u64,
+}
+
+impl MemoryStore {
+    pub fn new(cap: usize) -> MemoryStore {
+        MemoryStore { cap: cap.max(1), queues: HashMap::new(), by_expiry: BTreeSet::new(), len: 0, max_id: 0 }
+    }
+
+    fn remove_at(&mut self, token: &Token, idx: usize) -> Option<StoredMsg> {
+        let q = self.queues.get_mut(token)?;
+        let m = q.msgs.remove(idx)?;
+        self.by_expiry.remove(&(m.expiry, *token, m.msg_id));
+        self.len -= 1;
+        Some(m)
+    }
+
+    fn drop_if_empty(&mut self, token: &Token) {
+        if self.queues.get(token).is_some_and(|q| q.msgs.is_empty() && q.missed == 0) {
+            self.queues.remove(token);
+        }
+    }
+}
+
+impl Store for MemoryStore {
+    fn append(&mut self, token: &Token, msg: StoredMsg) -> Result<(), StoreError> {
+        self.max_id = self.max_id.max(msg.msg_id);
+        if !msg.collapse.is_empty() {
+            let pos = self
+                .queues
+                .get(token)
+                .and_then(|q| q.msgs.iter().position(|m| m.collapse == msg.collapse));
+            if let Some(i) = pos {
+                self.remove_at(token, i);
+            }
+        }
+        self.by_expiry.insert((msg.expiry, *token, msg.msg_id));
+        let q = self.queues.entry(*token).or_default();
+        q.msgs.push_back(msg);
+        self.len += 1;
+        while self.queues.get(token).is_some_and(|q| q.msgs.len() > self.cap) {
+            self.remove_at(token, 0);
+            if let Some(q) = self.queues.get_mut(token) {
+                q.missed = q.missed.saturating_add(1);
+            }
+        }
+        Ok(())
+    }
+
+    fn pending(
+        &mut self,
+        token: &Token,
+        after: u64,
+        now_unix: u64,
+        max: usize,
+        out: &mut Vec<StoredMsg>,
+    ) -> Result<(), StoreError> {
+        if let Some(q) = self.queues.get(token) {
+            let live = q.msgs.iter().filter(|m| m.msg_id > after && u64::from(m.expiry) >= now_unix);
+            out.extend(live.take(max).cloned());
+        }
+        Ok(())
+    }
+
+    fn ack(&mut self, token: &Token, msg_id: u64) -> Result<bool, StoreError> {
+        let pos = self.queues.get(token).and_then(|q| q.msgs.iter().position(|m| m.msg_id == msg_id));
+        let found = pos.and_then(|i| self.remove_at(token, i)).is_some();
+        self.drop_if_empty(token);
+        Ok(found)
+    }
+
+    fn take_missed(&mut self, token: &Token) -> Result<u32, StoreError> {
+        let n = self.queues.get_mut(token).map(|q| std::mem::take(&mut q.missed)).unwrap_or(0);
+        self.drop_if_empty(token);
+        Ok(n)
+    }
+
+    fn sweep_expired(&mut self, now_unix: u64) -> Result<usize, StoreError> {
+        let mut n = 0;
+        while let Some(&(exp, token, id)) = self.by_expiry.first() {
+            if u64::from(exp) >= now_unix {
+                break;
+            }
+            self.by_expiry.pop_first();
+            if let Some(q) = self.queues.get_mut(&token) {
+                if let Some(i) = q.msgs.iter().position(|m| m.msg_id == id) {
+                    q.msgs.remove(i);
+                    self.len -= 1;
+                    n += 1;
+                }
+            }
+            self.drop_if_empty(&token);
+        }
+        Ok(n)
+    }
+
+    fn sync(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn max_msg_id(&self) -> u64 {
+        self.max_id
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn msg(id: u64, expiry: u32, collapse: &'static [u8]) -> StoredMsg {
+        StoredMsg {
+            msg_id: id,
+            kind: 0,
+            priority: 10,
+            flags: 0,
+            expiry,
+            collapse: Bytes::from_static(collapse),
+            payload: Bytes::from(format!("m{id}")),
+        }
+    }
+
+    fn ids(s: &mut MemoryStore, t: &Token, now: u64) -> Vec<u64> {
+        let mut out = Vec::new();
+        s.pending(t, 0, now, 1000, &mut out).unwrap();
+        out.iter().map(|m| m.msg_id).collect()
+    }
+
+    #[test]
+    fn order_ack_collapse_cap_expiry() {
+        let t = Token([1; 24]);
+        let mut s = MemoryStore::new(3);
+        for id in 1..=3 {
+            s.append(&t, msg(id, 100, b"")).unwrap();
+        }
+        assert_eq!(ids(&mut s, &t, 50), vec![1, 2, 3]);
+        assert!(s.ack(&t, 2).unwrap());
+        assert!(!s.ack(&t, 2).unwrap());
+        s.append(&t, msg(4, 100, b"c")).unwrap();
+        s.append(&t, msg(5, 100, b"c")).unwrap();
+        assert_eq!(ids(&mut s, &t, 50), vec![1, 3, 5]);
+        s.append(&t, msg(6, 60, b"")).unwrap();
+        assert_eq!(ids(&mut s, &t, 50), vec![3, 5, 6]);
+        assert_eq!(s.take_missed(&t).unwrap(), 1);
+        assert_eq!(s.take_missed(&t).unwrap(), 0);
+        assert_eq!(ids(&mut s, &t, 61), vec![3, 5]);
+        assert_eq!(s.sweep_expired(61).unwrap(), 1);
+        assert_eq!(s.len(), 2);
+        assert_eq!(s.max_msg_id(), 6);
+        let mut after = Vec::new();
+        s.pending(&t, 3, 0, 10, &mut after).unwrap();
+        assert_eq!(after.len(), 1);
+    }
+}

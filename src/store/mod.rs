@@ -1,0 +1,89 @@
+//! The `Store` interface: per-device queues of notifications waiting for an ACK.
+//!
+//! Each shard owns one `Store` handle and only ever touches the tokens it owns,
+//! so a store needs no locking of its own on the delivery path. Message ids
+//! grow with acceptance order within a shard, so id order is delivery order.
+
+pub mod memory;
+
+use bytes::Bytes;
+
+use crate::proto::Token;
+
+/// One notification waiting for its device.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct StoredMsg {
+    pub msg_id: u64,
+    pub kind: u8,
+    pub priority: u8,
+    pub flags: u8,
+    /// Unix seconds after which it is dropped; never 0 for a stored message.
+    pub expiry: u32,
+    /// Empty when the push had no collapse id.
+    pub collapse: Bytes,
+    pub payload: Bytes,
+}
+
+/// Why a store operation failed.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum StoreError {
+    /// No space left; the push is refused with `store_failed`.
+    Full,
+    /// An I/O error, with what was being done.
+    Io(String),
+    /// The data on disk cannot be read; the gateway refuses to start.
+    Corrupt(String),
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::Full => f.write_str("store is full"),
+            StoreError::Io(e) => write!(f, "store I/O error: {e}"),
+            StoreError::Corrupt(e) => write!(f, "store is corrupt: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+/// A shard's view of the notification store.
+pub trait Store: Send {
+    /// Puts `msg` at the tail of `token`'s queue. A waiting message with the
+    /// same non-empty collapse id is removed first; past the per-device cap the
+    /// oldest are dropped and counted as missed. Durable once `sync` returns.
+    fn append(&mut self, token: &Token, msg: StoredMsg) -> Result<(), StoreError>;
+
+    /// Appends to `out`, in order, up to `max` unexpired messages of `token`
+    /// whose id is greater than `after`.
+    fn pending(
+        &mut self,
+        token: &Token,
+        after: u64,
+        now_unix: u64,
+        max: usize,
+        out: &mut Vec<StoredMsg>,
+    ) -> Result<(), StoreError>;
+
+    /// Removes an acknowledged message; `Ok(false)` if it was not stored.
+    fn ack(&mut self, token: &Token, msg_id: u64) -> Result<bool, StoreError>;
+
+    /// Returns, and resets to zero, how many of `token`'s messages the cap dropped.
+    fn take_missed(&mut self, token: &Token) -> Result<u32, StoreError>;
+
+    /// Deletes every message whose expiry is before `now_unix`; returns how many.
+    fn sweep_expired(&mut self, now_unix: u64) -> Result<usize, StoreError>;
+
+    /// Makes all appends and acks so far durable: one flush for the whole batch.
+    fn sync(&mut self) -> Result<(), StoreError>;
+
+    /// The highest message id this shard ever stored, so ids keep growing after a restart.
+    fn max_msg_id(&self) -> u64;
+
+    /// Number of messages stored for this shard's tokens.
+    fn len(&self) -> usize;
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
