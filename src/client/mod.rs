@@ -1,0 +1,1 @@
+//! Blocking device and provider clients over std::net.
