@@ -1,0 +1,418 @@
+//! The provider side: challenge-response login, then PUSH and MULTI_PUSH,
+//! either one at a time or pipelined up to the gateway's in-flight limit.
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use super::conn::{Conn, CONNECT_TIMEOUT};
+use super::device::{refusal, unexpected};
+use super::ClientError;
+use crate::proto::frame::{multi_entries, MultiPush, Push, MAX_MULTICAST, PROVIDER_MAX_BODY, VERSION};
+use crate::proto::session::auth_proof;
+use crate::proto::{Frame, Kind, Status, Token, PRIORITY_HIGH, TOKEN_LEN};
+
+/// Lifetime [`PushRequest::new`] gives a notification: a day, long enough to
+/// reach a phone that was off overnight, short enough that stale alerts die.
+pub const DEFAULT_TTL_S: u32 = 86_400;
+
+/// How long [`ProviderClient::push`], `multicast` and `ping` wait for their answer by default.
+const DEFAULT_REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One notification to push. Fields are public; the `with_*` methods are shorthands.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct PushRequest {
+    pub token: Token,
+    pub kind: Kind,
+    /// [`PRIORITY_HIGH`] (10) or `PRIORITY_NORMAL` (5).
+    pub priority: u8,
+    /// Reserved; 0 in protocol version 1.
+    pub flags: u8,
+    /// Unix seconds after which the notification is dropped; 0 = deliver now or never.
+    pub expiry: u32,
+    /// Up to 64 bytes; a stored notification with the same collapse id is replaced.
+    pub collapse: Vec<u8>,
+    pub payload: Vec<u8>,
+}
+
+impl PushRequest {
+    /// An alert at high priority that expires [`DEFAULT_TTL_S`] from now, no collapse id.
+    pub fn new(token: Token, payload: impl Into<Vec<u8>>) -> PushRequest {
+        PushRequest {
+            token,
+            kind: Kind::ALERT,
+            priority: PRIORITY_HIGH,
+            flags: 0,
+            expiry: expiry_in(DEFAULT_TTL_S),
+            collapse: Vec::new(),
+            payload: payload.into(),
+        }
+    }
+
+    pub fn with_kind(mut self, kind: Kind) -> PushRequest {
+        self.kind = kind;
+        self
+    }
+
+    pub fn with_priority(mut self, priority: u8) -> PushRequest {
+        self.priority = priority;
+        self
+    }
+
+    /// Expires `ttl_s` seconds from now; 0 means now or never.
+    pub fn with_ttl(mut self, ttl_s: u32) -> PushRequest {
+        self.expiry = expiry_in(ttl_s);
+        self
+    }
+
+    pub fn with_collapse(mut self, collapse: impl Into<Vec<u8>>) -> PushRequest {
+        self.collapse = collapse.into();
+        self
+    }
+
+    fn check(&self) -> Result<(), ClientError> {
+        if self.collapse.len() > u8::MAX as usize {
+            return Err(ClientError::Invalid("collapse id longer than 255 bytes".into()));
+        }
+        Ok(())
+    }
+}
+
+/// The expiry field for a notification that lives `ttl_s` seconds from now (0 stays 0).
+pub fn expiry_in(ttl_s: u32) -> u32 {
+    if ttl_s == 0 {
+        return 0;
+    }
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    u32::try_from(now.saturating_add(ttl_s.into())).unwrap_or(u32::MAX)
+}
+
+/// The gateway's answer to one PUSH.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct PushResult {
+    pub req_id: u32,
+    pub status: Status,
+    /// The notification's id when delivered or queued, else 0.
+    pub msg_id: u64,
+    /// Status detail: retry-after ms for rate_limited/unavailable, unregister time for unregistered.
+    pub info: u64,
+}
+
+impl PushResult {
+    /// Delivered or queued: the gateway took responsibility for the notification.
+    pub fn is_accepted(&self) -> bool {
+        matches!(self.status, Status::DELIVERED | Status::QUEUED)
+    }
+}
+
+/// An answer from the gateway to a pipelined request.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum Reply {
+    Result(PushResult),
+    /// `(status, msg_id)` per token, in the order the MULTI_PUSH listed them.
+    Multi {
+        req_id: u32,
+        entries: Vec<(Status, u64)>,
+    },
+}
+
+impl Reply {
+    pub fn req_id(&self) -> u32 {
+        match self {
+            Reply::Result(r) => r.req_id,
+            Reply::Multi { req_id, .. } => *req_id,
+        }
+    }
+}
+
+enum Incoming {
+    Reply(Reply),
+    Pong,
+}
+
+/// An authenticated provider connection for one app.
+pub struct ProviderClient {
+    conn: Conn,
+    max_in_flight: u32,
+    in_flight: u32,
+    next_req: u32,
+    /// Replies read while waiting for a different one; `recv_result` hands them out first.
+    stash: VecDeque<Reply>,
+    pings_sent: u64,
+    pongs_seen: u64,
+    reply_timeout: Duration,
+}
+
+impl ProviderClient {
+    /// Connects and authenticates with the app secret as configured on the gateway (its UTF-8 bytes).
+    pub fn connect<A: ToSocketAddrs>(
+        addr: A,
+        app_id: &str,
+        secret: &str,
+    ) -> Result<ProviderClient, ClientError> {
+        ProviderClient::connect_with_key(addr, app_id, secret.as_bytes())
+    }
+
+    /// Like [`connect`](Self::connect) with the secret as raw bytes.
+    pub fn connect_with_key<A: ToSocketAddrs>(
+        addr: A,
+        app_id: &str,
+        secret: &[u8],
+    ) -> Result<ProviderClient, ClientError> {
+        if app_id.len() > u8::MAX as usize {
+            return Err(ClientError::Invalid("app id longer than 255 bytes".into()));
+        }
+        let mut conn = Conn::connect(addr, PROVIDER_MAX_BODY)?;
+        conn.send(&Frame::AuthHello {
+            version: VERSION,
+            app_id,
+        })?;
+        let nonce = conn
+            .recv(Some(Instant::now() + CONNECT_TIMEOUT), |f| match f {
+                Frame::Challenge { nonce } => Ok(nonce),
+                other => Err(refusal(other)),
+            })?
+            .ok_or(ClientError::Timeout)?;
+        conn.send(&Frame::Auth {
+            proof: auth_proof(secret, app_id, &nonce),
+        })?;
+        let max_in_flight = conn
+            .recv(Some(Instant::now() + CONNECT_TIMEOUT), |f| match f {
+                Frame::AuthOk { max_in_flight } => Ok(max_in_flight),
+                other => Err(refusal(other)),
+            })?
+            .ok_or(ClientError::Timeout)?;
+        Ok(ProviderClient {
+            conn,
+            max_in_flight,
+            in_flight: 0,
+            next_req: 1,
+            stash: VecDeque::new(),
+            pings_sent: 0,
+            pongs_seen: 0,
+            reply_timeout: DEFAULT_REPLY_TIMEOUT,
+        })
+    }
+
+    /// Requests the gateway allows unanswered at once on this connection.
+    pub fn max_in_flight(&self) -> u32 {
+        self.max_in_flight
+    }
+
+    /// Requests sent and not yet answered.
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight
+    }
+
+    /// How long `push`, `multicast`, `ping` and a full `send_push` wait (default 30 s).
+    pub fn set_reply_timeout(&mut self, t: Duration) {
+        self.reply_timeout = t;
+    }
+
+    /// Pushes one notification and waits for its RESULT.
+    pub fn push(&mut self, req: &PushRequest) -> Result<PushResult, ClientError> {
+        let id = self.send_push(req)?;
+        match self.wait_reply(id)? {
+            Reply::Result(r) => Ok(r),
+            Reply::Multi { .. } => Err(ClientError::Protocol(format!("MULTI_RESULT answered PUSH {id}"))),
+        }
+    }
+
+    /// Sends a PUSH without waiting and returns its req_id. When `max_in_flight`
+    /// requests are already unanswered it first reads a reply (kept for
+    /// [`recv_result`](Self::recv_result)), so the gateway's limit is never exceeded.
+    pub fn send_push(&mut self, req: &PushRequest) -> Result<u32, ClientError> {
+        req.check()?;
+        self.wait_for_slot()?;
+        let req_id = self.take_req_id();
+        self.conn.send(&Frame::Push(Push {
+            req_id,
+            token: req.token,
+            kind: req.kind.0,
+            priority: req.priority,
+            flags: req.flags,
+            expiry: req.expiry,
+            collapse: &req.collapse,
+            payload: &req.payload,
+        }))?;
+        self.in_flight += 1;
+        Ok(req_id)
+    }
+
+    /// Sends one MULTI_PUSH of `req` (its `token` ignored) to `tokens` without waiting.
+    pub fn send_multi_push(&mut self, tokens: &[Token], req: &PushRequest) -> Result<u32, ClientError> {
+        req.check()?;
+        if tokens.is_empty() || tokens.len() > u16::MAX as usize {
+            return Err(ClientError::Invalid(format!(
+                "{} tokens in one MULTI_PUSH",
+                tokens.len()
+            )));
+        }
+        self.wait_for_slot()?;
+        let flat: Vec<u8> = tokens.iter().flat_map(|t| t.0).collect();
+        let req_id = self.take_req_id();
+        self.conn.send(&Frame::MultiPush(MultiPush {
+            req_id,
+            tokens: &flat,
+            kind: req.kind.0,
+            priority: req.priority,
+            flags: req.flags,
+            expiry: req.expiry,
+            collapse: &req.collapse,
+            payload: &req.payload,
+        }))?;
+        self.in_flight += 1;
+        Ok(req_id)
+    }
+
+    /// The next RESULT or MULTI_RESULT, in the order the gateway sent them
+    /// (not necessarily request order); `Ok(None)` if `timeout` passes first.
+    pub fn recv_result(&mut self, timeout: Option<Duration>) -> Result<Option<Reply>, ClientError> {
+        if let Some(r) = self.stash.pop_front() {
+            return Ok(Some(r));
+        }
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            match self.read_incoming(deadline)? {
+                Some(Incoming::Reply(r)) => return Ok(Some(r)),
+                Some(Incoming::Pong) => {}
+                None => return Ok(None),
+            }
+        }
+    }
+
+    /// Pushes `req` (its `token` ignored) to every token, splitting into as many
+    /// MULTI_PUSH frames as the limits require; one `(token, status, msg_id)` per token.
+    pub fn multicast(
+        &mut self,
+        tokens: &[Token],
+        req: &PushRequest,
+    ) -> Result<Vec<(Token, Status, u64)>, ClientError> {
+        req.check()?;
+        // Fixed MULTI_PUSH fields: req_id, count, kind, priority, flags, expiry, collapse length.
+        let fixed = 4 + 2 + 1 + 1 + 1 + 4 + 1 + req.collapse.len() + req.payload.len();
+        let per_frame = (PROVIDER_MAX_BODY.saturating_sub(fixed) / TOKEN_LEN).min(MAX_MULTICAST);
+        if per_frame == 0 {
+            return Err(ClientError::Invalid(
+                "payload too large for a MULTI_PUSH frame".into(),
+            ));
+        }
+        let mut out = Vec::with_capacity(tokens.len());
+        for chunk in tokens.chunks(per_frame) {
+            let id = self.send_multi_push(chunk, req)?;
+            let entries = match self.wait_reply(id)? {
+                Reply::Multi { entries, .. } => entries,
+                Reply::Result(_) => {
+                    return Err(ClientError::Protocol(format!("RESULT answered MULTI_PUSH {id}")))
+                }
+            };
+            if entries.len() != chunk.len() {
+                return Err(ClientError::Protocol(format!(
+                    "MULTI_RESULT {id} has {} entries for {} tokens",
+                    entries.len(),
+                    chunk.len()
+                )));
+            }
+            out.extend(chunk.iter().zip(entries).map(|(t, (s, m))| (*t, s, m)));
+        }
+        Ok(out)
+    }
+
+    /// Sends PING and waits for its PONG; returns the round-trip time.
+    pub fn ping(&mut self) -> Result<Duration, ClientError> {
+        let start = Instant::now();
+        self.conn.send(&Frame::Ping)?;
+        self.pings_sent += 1;
+        let deadline = start + self.reply_timeout;
+        while self.pongs_seen < self.pings_sent {
+            match self.read_incoming(Some(deadline))? {
+                Some(Incoming::Reply(r)) => self.stash.push_back(r),
+                Some(Incoming::Pong) => {}
+                None => return Err(ClientError::Timeout),
+            }
+        }
+        Ok(start.elapsed())
+    }
+
+    /// Writes bytes as they are, for tests that need to send what the client would not.
+    pub fn send_raw(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
+        self.conn.send_raw(bytes)
+    }
+
+    pub fn stream(&self) -> &TcpStream {
+        self.conn.stream()
+    }
+
+    pub fn try_clone_stream(&self) -> io::Result<TcpStream> {
+        self.conn.stream().try_clone()
+    }
+
+    fn take_req_id(&mut self) -> u32 {
+        let id = self.next_req;
+        self.next_req = self.next_req.wrapping_add(1);
+        id
+    }
+
+    fn wait_for_slot(&mut self) -> Result<(), ClientError> {
+        let deadline = Instant::now() + self.reply_timeout;
+        while self.in_flight >= self.max_in_flight.max(1) {
+            match self.read_incoming(Some(deadline))? {
+                Some(Incoming::Reply(r)) => self.stash.push_back(r),
+                Some(Incoming::Pong) => {}
+                None => return Err(ClientError::Timeout),
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for the reply to `req_id`, keeping any other reply for `recv_result`.
+    fn wait_reply(&mut self, req_id: u32) -> Result<Reply, ClientError> {
+        if let Some(i) = self.stash.iter().position(|r| r.req_id() == req_id) {
+            if let Some(r) = self.stash.remove(i) {
+                return Ok(r);
+            }
+        }
+        let deadline = Instant::now() + self.reply_timeout;
+        loop {
+            match self.read_incoming(Some(deadline))? {
+                Some(Incoming::Reply(r)) if r.req_id() == req_id => return Ok(r),
+                Some(Incoming::Reply(r)) => self.stash.push_back(r),
+                Some(Incoming::Pong) => {}
+                None => return Err(ClientError::Timeout),
+            }
+        }
+    }
+
+    fn read_incoming(&mut self, deadline: Option<Instant>) -> Result<Option<Incoming>, ClientError> {
+        let got = self.conn.recv(deadline, |f| match f {
+            Frame::Result {
+                req_id,
+                status,
+                msg_id,
+                info,
+            } => Ok(Incoming::Reply(Reply::Result(PushResult {
+                req_id,
+                status,
+                msg_id,
+                info,
+            }))),
+            Frame::MultiResult { req_id, entries } => Ok(Incoming::Reply(Reply::Multi {
+                req_id,
+                entries: multi_entries(entries).collect(),
+            })),
+            Frame::Pong => Ok(Incoming::Pong),
+            f @ (Frame::Error { .. } | Frame::GoAway { .. }) => Err(refusal(f)),
+            other => Err(unexpected(&other)),
+        })?;
+        match &got {
+            Some(Incoming::Reply(_)) => self.in_flight = self.in_flight.saturating_sub(1),
+            Some(Incoming::Pong) => self.pongs_seen += 1,
+            None => {}
+        }
+        Ok(got)
+    }
+}
