@@ -31,6 +31,26 @@ impl Peer {
         }
     }
 
+    /// Whether the client stays silent for `d` (no complete or partial frame arrives).
+    pub fn silent_for(&mut self, d: Duration) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        self.s.set_read_timeout(Some(d)).expect("timeout");
+        let mut chunk = [0u8; 4096];
+        let silent = match self.s.read(&mut chunk) {
+            Ok(n) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                n == 0
+            }
+            Err(_) => true,
+        };
+        self.s
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        silent
+    }
+
     /// The next frame, parsed and handed to `check`.
     pub fn expect<T>(&mut self, check: impl FnOnce(Frame<'_>) -> T) -> T {
         let (ftype, body) = self.frame();

@@ -416,3 +416,283 @@ impl ProviderClient {
         Ok(got)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::fake::{serve, Peer};
+    use crate::proto::frame::{ftype, put_multi_entry};
+    use crate::proto::{ErrorCode, GoAwayReason, PRIORITY_NORMAL};
+
+    const NONCE: [u8; 32] = [5; 32];
+
+    fn tok(i: usize) -> Token {
+        let mut t = [0u8; TOKEN_LEN];
+        t[..8].copy_from_slice(&(i as u64).to_be_bytes());
+        Token(t)
+    }
+
+    /// Runs the login as the gateway, checking the proof against `secret`.
+    fn login(p: &mut Peer, secret: &[u8], max_in_flight: u32) {
+        p.expect(|f| {
+            assert_eq!(
+                f,
+                Frame::AuthHello {
+                    version: 1,
+                    app_id: "demo"
+                }
+            )
+        });
+        p.send(&Frame::Challenge { nonce: NONCE });
+        let ok = p.expect(|f| {
+            f == Frame::Auth {
+                proof: auth_proof(secret, "demo", &NONCE),
+            }
+        });
+        if ok {
+            p.send(&Frame::AuthOk { max_in_flight });
+        } else {
+            p.send(&Frame::Error {
+                code: ErrorCode::AUTH_FAILED,
+                text: "authentication failed",
+            });
+        }
+    }
+
+    /// Reads one PUSH and returns its req_id.
+    fn read_push(p: &mut Peer) -> u32 {
+        p.expect(|f| match f {
+            Frame::Push(push) => push.req_id,
+            other => panic!("{other:?}"),
+        })
+    }
+
+    fn result(p: &mut Peer, req_id: u32, msg_id: u64) {
+        p.send(&Frame::Result {
+            req_id,
+            status: Status::DELIVERED,
+            msg_id,
+            info: 0,
+        });
+    }
+
+    #[test]
+    fn authenticates_and_pushes_one() {
+        let (addr, h) = serve(|mut p| {
+            login(&mut p, b"s3cret", 8);
+            let req_id = p.expect(|f| {
+                let Frame::Push(push) = f else { panic!("{f:?}") };
+                assert_eq!(push.token, tok(1));
+                assert_eq!(
+                    (push.kind, push.priority, push.flags),
+                    (Kind::BACKGROUND.0, PRIORITY_NORMAL, 0)
+                );
+                assert_eq!((push.collapse, push.payload), (&b"score"[..], &b"3-1"[..]));
+                let in_a_day = expiry_in(DEFAULT_TTL_S);
+                assert!(
+                    push.expiry > in_a_day - 60 && push.expiry <= in_a_day,
+                    "{}",
+                    push.expiry
+                );
+                push.req_id
+            });
+            p.send(&Frame::Result {
+                req_id,
+                status: Status::QUEUED,
+                msg_id: 42,
+                info: 0,
+            });
+            p.expect(|f| assert_eq!(f, Frame::Ping));
+            p.send(&Frame::Pong);
+        });
+        let mut c = ProviderClient::connect(addr, "demo", "s3cret").unwrap();
+        assert_eq!(c.max_in_flight(), 8);
+        let req = PushRequest::new(tok(1), "3-1")
+            .with_kind(Kind::BACKGROUND)
+            .with_priority(PRIORITY_NORMAL)
+            .with_collapse("score");
+        let r = c.push(&req).unwrap();
+        assert_eq!((r.status, r.msg_id, r.is_accepted()), (Status::QUEUED, 42, true));
+        assert_eq!(c.in_flight(), 0);
+        c.ping().unwrap();
+        h.join().unwrap();
+    }
+
+    #[test]
+    fn wrong_secret_is_a_server_error() {
+        let (addr, h) = serve(|mut p| login(&mut p, b"right", 8));
+        match ProviderClient::connect(addr, "demo", "wrong") {
+            Err(ClientError::ServerError { code, .. }) => assert_eq!(code, ErrorCode::AUTH_FAILED),
+            other => panic!("{:?}", other.err()),
+        }
+        h.join().unwrap();
+    }
+
+    #[test]
+    fn pipelined_replies_arrive_out_of_order_within_the_in_flight_limit() {
+        let (addr, h) = serve(|mut p| {
+            login(&mut p, b"k", 2);
+            let a = read_push(&mut p);
+            let b = read_push(&mut p);
+            // The client must not send a third request before a reply frees a slot.
+            assert!(p.silent_for(Duration::from_millis(200)));
+            result(&mut p, b, 200);
+            let c = read_push(&mut p);
+            result(&mut p, c, 300);
+            result(&mut p, a, 100);
+        });
+        let mut c = ProviderClient::connect(addr, "demo", "k").unwrap();
+        let ids: Vec<u32> = (0..3)
+            .map(|i| c.send_push(&PushRequest::new(tok(i), "x")).unwrap())
+            .collect();
+        let mut got = Vec::new();
+        while let Some(r) = c.recv_result(Some(Duration::from_secs(5))).unwrap() {
+            let Reply::Result(r) = r else { panic!("{r:?}") };
+            got.push((r.req_id, r.msg_id));
+            if got.len() == 3 {
+                break;
+            }
+        }
+        assert_eq!(got, [(ids[1], 200), (ids[2], 300), (ids[0], 100)]);
+        h.join().unwrap();
+    }
+
+    #[test]
+    fn push_waits_for_its_own_reply_and_keeps_the_others() {
+        let (addr, h) = serve(|mut p| {
+            login(&mut p, b"k", 8);
+            let a = read_push(&mut p);
+            let b = read_push(&mut p);
+            result(&mut p, a, 1);
+            result(&mut p, b, 2);
+        });
+        let mut c = ProviderClient::connect(addr, "demo", "k").unwrap();
+        let first = c.send_push(&PushRequest::new(tok(0), "a")).unwrap();
+        assert_eq!(c.push(&PushRequest::new(tok(1), "b")).unwrap().msg_id, 2);
+        let kept = c.recv_result(Some(Duration::from_secs(5))).unwrap();
+        assert!(matches!(kept, Some(Reply::Result(r)) if r.req_id == first && r.msg_id == 1));
+        h.join().unwrap();
+    }
+
+    #[test]
+    fn multicast_splits_at_the_frame_limit_and_pairs_tokens_with_entries() {
+        let tokens: Vec<Token> = (0..2500).map(tok).collect();
+        let (addr, h) = serve(|mut p| {
+            login(&mut p, b"k", 8);
+            let mut sizes = Vec::new();
+            while sizes.iter().sum::<usize>() < 2500 {
+                let (req_id, ids) = p.expect(|f| {
+                    let Frame::MultiPush(m) = f else { panic!("{f:?}") };
+                    (
+                        m.req_id,
+                        m.tokens()
+                            .map(|t| u64::from_be_bytes(t.0[..8].try_into().unwrap()))
+                            .collect::<Vec<_>>(),
+                    )
+                });
+                sizes.push(ids.len());
+                let mut entries = Vec::new();
+                for id in ids {
+                    let status = if id.is_multiple_of(2) {
+                        Status::QUEUED
+                    } else {
+                        Status::BAD_TOKEN
+                    };
+                    put_multi_entry(&mut entries, status, id * 10);
+                }
+                p.send(&Frame::MultiResult {
+                    req_id,
+                    entries: &entries,
+                });
+            }
+            assert_eq!(sizes, [1000, 1000, 500]);
+        });
+        let mut c = ProviderClient::connect(addr, "demo", "k").unwrap();
+        let out = c.multicast(&tokens, &PushRequest::new(tok(0), "all")).unwrap();
+        assert_eq!(out.len(), 2500);
+        for (i, (t, status, msg_id)) in out.into_iter().enumerate() {
+            assert_eq!(t, tok(i));
+            assert_eq!(
+                status,
+                if i.is_multiple_of(2) {
+                    Status::QUEUED
+                } else {
+                    Status::BAD_TOKEN
+                }
+            );
+            assert_eq!(msg_id, i as u64 * 10);
+        }
+        h.join().unwrap();
+    }
+
+    #[test]
+    fn multicast_entry_count_mismatch_is_a_protocol_error() {
+        let (addr, h) = serve(|mut p| {
+            login(&mut p, b"k", 8);
+            let req_id = p.expect(|f| match f {
+                Frame::MultiPush(m) => m.req_id,
+                other => panic!("{other:?}"),
+            });
+            let mut entries = Vec::new();
+            put_multi_entry(&mut entries, Status::QUEUED, 1);
+            p.send(&Frame::MultiResult {
+                req_id,
+                entries: &entries,
+            });
+        });
+        let mut c = ProviderClient::connect(addr, "demo", "k").unwrap();
+        let got = c.multicast(&[tok(1), tok(2)], &PushRequest::new(tok(0), "x"));
+        assert!(matches!(got, Err(ClientError::Protocol(_))), "{got:?}");
+        h.join().unwrap();
+    }
+
+    type Check = fn(&ClientError) -> bool;
+
+    #[test]
+    fn garbage_error_and_goaway_after_login_fail_the_push() {
+        let short_result: &[u8] = &[ftype::RESULT, 3, 0, 0, 1];
+        let cases: [(&[u8], Check); 3] = [
+            (short_result, |e| matches!(e, ClientError::Protocol(_))),
+            (
+                &[ftype::ERROR, 2, 10, b'x'],
+                |e| matches!(e, ClientError::ServerError { code: ErrorCode::INTERNAL, text } if text == "x"),
+            ),
+            (&[ftype::GOAWAY, 5, 1, 0, 0, 0, 9], |e| {
+                matches!(
+                    e,
+                    ClientError::GoAway {
+                        reason: GoAwayReason::SHUTDOWN,
+                        reconnect_ms: 9
+                    }
+                )
+            }),
+        ];
+        for (bytes, want) in cases {
+            let (addr, h) = serve(move |mut p| {
+                login(&mut p, b"k", 8);
+                read_push(&mut p);
+                p.raw(bytes);
+            });
+            let mut c = ProviderClient::connect(addr, "demo", "k").unwrap();
+            let err = c.push(&PushRequest::new(tok(0), "x")).unwrap_err();
+            assert!(want(&err), "{bytes:02x?}: {err:?}");
+            h.join().unwrap();
+        }
+    }
+
+    #[test]
+    fn a_silent_gateway_times_out() {
+        let (addr, h) = serve(|mut p| {
+            login(&mut p, b"k", 8);
+            read_push(&mut p);
+            std::thread::sleep(Duration::from_millis(300));
+        });
+        let mut c = ProviderClient::connect(addr, "demo", "k").unwrap();
+        c.set_reply_timeout(Duration::from_millis(100));
+        assert!(matches!(
+            c.push(&PushRequest::new(tok(0), "x")),
+            Err(ClientError::Timeout)
+        ));
+        h.join().unwrap();
+    }
+}
