@@ -1,7 +1,20 @@
-//! `pushgate serve`: load the config, start the shards, wait for a signal, drain.
+//! `pushgate serve`: load the config, prepare the data directory, start the
+//! shards, and drain on SIGINT or SIGTERM.
 
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use log::{error, info, warn};
+
+use crate::config::{AppConfig, Config, StoreKind};
+use crate::proto::TokenKey;
+use crate::server::Gateway;
+use crate::store::memory::MemoryStore;
+use crate::store::Store;
 
 /// Arguments of `pushgate serve`.
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -9,8 +22,155 @@ pub struct ServeArgs {
     /// TOML config file; without it, embedded defaults are used.
     #[arg(long, short)]
     pub config: Option<PathBuf>,
+    /// Overrides `server.data_dir`.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Overrides `server.device_listen`.
+    #[arg(long)]
+    pub device_listen: Option<std::net::SocketAddr>,
+    /// Overrides `server.provider_listen`.
+    #[arg(long)]
+    pub provider_listen: Option<std::net::SocketAddr>,
+    /// Overrides `server.shards`.
+    #[arg(long)]
+    pub shards: Option<usize>,
 }
 
-pub fn run(_args: &ServeArgs) -> ExitCode {
-    ExitCode::FAILURE
+pub fn run(args: &ServeArgs) -> ExitCode {
+    init_logging();
+    match serve(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e}");
+            eprintln!("pushgate: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs at info unless RUST_LOG says otherwise.
+pub fn init_logging() {
+    let env = env_logger::Env::default().default_filter_or("info");
+    let _ = env_logger::Builder::from_env(env).format_timestamp_millis().try_init();
+}
+
+fn serve(args: &ServeArgs) -> Result<(), String> {
+    let mut cfg = match &args.config {
+        Some(p) => Config::load(p).map_err(|e| e.to_string())?,
+        None => Config::default(),
+    };
+    if let Some(d) = &args.data_dir {
+        cfg.server.data_dir = d.clone();
+    }
+    if let Some(a) = args.device_listen {
+        cfg.server.device_listen = a;
+    }
+    if let Some(a) = args.provider_listen {
+        cfg.server.provider_listen = a;
+    }
+    if let Some(s) = args.shards {
+        cfg.server.shards = s;
+    }
+    let dir = cfg.server.data_dir.clone();
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: cannot create data directory: {e}", dir.display()))?;
+    let key_path = cfg.server.token_key_file.clone().unwrap_or_else(|| dir.join("token.key"));
+    let key = load_or_create_key(&key_path)?;
+    if cfg.apps.is_empty() {
+        let secret = load_or_create_demo_secret(&dir.join("demo.secret"))?;
+        println!("pushgate: no apps configured; serving demo app `demo` with secret {secret}");
+        cfg.apps.push(AppConfig { id: "demo".into(), secret });
+    }
+    let shards = cfg.shard_count();
+    let stores = open_stores(&cfg, shards)?;
+    let gw = Gateway::start(cfg.clone(), key, stores).map_err(|e| format!("cannot start: {e}"))?;
+    println!("pushgate: devices on {}, providers on {}", gw.device_addr, gw.provider_addr);
+    if cfg.apps.iter().any(|a| a.id == "demo") {
+        println!("try:  pushgate device --addr {}   (prints a token)", gw.device_addr);
+        println!(
+            "then: pushgate push --addr {} --secret <demo secret> --token <token> 'hello'",
+            gw.provider_addr
+        );
+    }
+    let _ = std::io::stdout().flush();
+    wait_for_signal(&gw);
+    info!("draining: GOAWAY to every connection");
+    gw.drain();
+    let deadline = std::time::Instant::now() + Duration::from_millis(cfg.drain.timeout_ms + 2000);
+    while !gw.is_finished() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if gw.is_finished() {
+        gw.join();
+        info!("drained; bye");
+    } else {
+        warn!("drain deadline passed; exiting with connections open");
+    }
+    Ok(())
+}
+
+fn open_stores(cfg: &Config, shards: usize) -> Result<Vec<Box<dyn Store>>, String> {
+    match cfg.store.kind {
+        StoreKind::Memory => Ok((0..shards)
+            .map(|_| Box::new(MemoryStore::new(cfg.limits.device_queue_cap)) as Box<dyn Store>)
+            .collect()),
+    }
+}
+
+fn wait_for_signal(gw: &Gateway) {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        if let Err(e) = signal_hook::flag::register(sig, stop.clone()) {
+            warn!("cannot watch signal {sig}: {e}");
+        }
+    }
+    while !stop.load(Ordering::Relaxed) && !gw.is_finished() {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Reads the 32-byte token key (64 hex digits), creating it with mode 0600 on first start.
+pub fn load_or_create_key(path: &Path) -> Result<TokenKey, String> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let mut k = [0u8; 32];
+            hex::decode_to_slice(text.trim(), &mut k)
+                .map_err(|_| format!("{}: token key must be 64 hex digits", path.display()))?;
+            Ok(TokenKey::new(k))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = TokenKey::generate().map_err(|e| format!("cannot generate a token key: {e}"))?;
+            write_private(path, &hex::encode(key.bytes()))?;
+            info!("created token key {}", path.display());
+            Ok(key)
+        }
+        Err(e) => Err(format!("{}: cannot read token key: {e}", path.display())),
+    }
+}
+
+fn load_or_create_demo_secret(path: &Path) -> Result<String, String> {
+    match std::fs::read_to_string(path) {
+        Ok(s) if s.trim().len() >= 16 => Ok(s.trim().to_string()),
+        Ok(_) => Err(format!("{}: demo secret is shorter than 16 characters", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut b = [0u8; 16];
+            getrandom::getrandom(&mut b).map_err(|e| format!("cannot generate a secret: {e}"))?;
+            let s = hex::encode(b);
+            write_private(path, &s)?;
+            Ok(s)
+        }
+        Err(e) => Err(format!("{}: cannot read: {e}", path.display())),
+    }
+}
+
+fn write_private(path: &Path, text: &str) -> Result<(), String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| format!("{}: cannot create: {e}", path.display()))?;
+    f.write_all(text.as_bytes())
+        .and_then(|_| f.sync_all())
+        .map_err(|e| format!("{}: cannot write: {e}", path.display()))
 }

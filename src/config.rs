@@ -1,0 +1,264 @@
+//! Gateway configuration: embedded defaults, overridden by a TOML file.
+//!
+//! Every key has a default, so an empty file (or none) is a valid config.
+//! Errors name the file and the key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::proto::frame::is_valid_app_id;
+
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub heartbeat: HeartbeatConfig,
+    pub limits: LimitsConfig,
+    pub drain: DrainConfig,
+    pub store: StoreConfig,
+    pub apps: Vec<AppConfig>,
+}
+
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Where devices connect.
+    pub device_listen: SocketAddr,
+    /// Where providers connect.
+    pub provider_listen: SocketAddr,
+    /// Event-loop threads; 0 = one per core.
+    pub shards: usize,
+    /// Token key, demo secret and durable store live here.
+    pub data_dir: PathBuf,
+    /// 32-byte token key as 64 hex digits in this file; default `<data_dir>/token.key`,
+    /// created on first start. Every node behind one load balancer needs the same key.
+    pub token_key_file: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub struct HeartbeatConfig {
+    /// Interval given to a device that asks for 0, seconds.
+    pub default_s: u16,
+    /// Shortest interval a device may negotiate.
+    pub min_s: u16,
+    /// Longest interval a device may negotiate.
+    pub max_s: u16,
+}
+
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Connections (devices plus providers) across all shards; 0 = derive from the open-files limit.
+    pub max_connections: usize,
+    /// From accept to a complete HELLO (device) or AUTH (provider).
+    pub handshake_timeout_ms: u64,
+    /// Unanswered PUSH requests per provider connection before the gateway stops reading it.
+    pub provider_max_in_flight: u32,
+    /// Unacknowledged NOTIFY frames per device.
+    pub device_max_in_flight: u16,
+    /// Stored notifications per device; past it the oldest are dropped and counted.
+    pub device_queue_cap: usize,
+    /// Bytes waiting to be written to one connection before it is cut off as a slow consumer.
+    pub max_outbox_bytes: usize,
+    /// How long a normal-priority notification may be held to coalesce with others.
+    pub normal_priority_delay_ms: u64,
+    /// Silence after which a provider connection is closed, seconds.
+    pub provider_idle_s: u64,
+    /// Reconnect hint sent with GOAWAY server_full, milliseconds.
+    pub server_full_retry_ms: u32,
+}
+
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub struct DrainConfig {
+    /// Longest a drain waits for connections to close before exiting anyway, ms.
+    pub timeout_ms: u64,
+    /// GOAWAY reconnect hints are spread evenly over this window, ms.
+    pub spread_ms: u32,
+}
+
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    Memory,
+}
+
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    pub kind: StoreKind,
+}
+
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct AppConfig {
+    pub id: String,
+    /// Shared with the app's providers; never sent on the wire.
+    pub secret: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            server: ServerConfig::default(),
+            heartbeat: HeartbeatConfig::default(),
+            limits: LimitsConfig::default(),
+            drain: DrainConfig::default(),
+            store: StoreConfig::default(),
+            apps: Vec::new(),
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            device_listen: SocketAddr::from(([0, 0, 0, 0], 7700)),
+            provider_listen: SocketAddr::from(([0, 0, 0, 0], 7701)),
+            shards: 0,
+            data_dir: PathBuf::from("pushgate-data"),
+            token_key_file: None,
+        }
+    }
+}
+
+impl Default for HeartbeatConfig {
+    fn default() -> Self {
+        HeartbeatConfig { default_s: 60, min_s: 10, max_s: 1800 }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_connections: 0,
+            handshake_timeout_ms: 10_000,
+            provider_max_in_flight: 1024,
+            device_max_in_flight: 64,
+            device_queue_cap: 100,
+            max_outbox_bytes: 256 * 1024,
+            normal_priority_delay_ms: 500,
+            provider_idle_s: 300,
+            server_full_retry_ms: 30_000,
+        }
+    }
+}
+
+impl Default for DrainConfig {
+    fn default() -> Self {
+        DrainConfig { timeout_ms: 30_000, spread_ms: 10_000 }
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig { kind: StoreKind::Memory }
+    }
+}
+
+/// A config problem, naming where it is.
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("{}: cannot read: {e}", path.display())))?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses TOML text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError(format!("{origin}: {e}")))?;
+        cfg.validate().map_err(|(key, why)| ConfigError(format!("{origin}: key `{key}`: {why}")))?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), (String, String)> {
+        let h = &self.heartbeat;
+        if h.min_s == 0 || h.min_s > h.max_s {
+            return Err(("heartbeat.min_s".into(), "must be at least 1 and at most heartbeat.max_s".into()));
+        }
+        if h.default_s < h.min_s || h.default_s > h.max_s {
+            return Err(("heartbeat.default_s".into(), "must lie between heartbeat.min_s and max_s".into()));
+        }
+        let l = &self.limits;
+        if l.provider_max_in_flight == 0 {
+            return Err(("limits.provider_max_in_flight".into(), "must be at least 1".into()));
+        }
+        if l.device_max_in_flight == 0 {
+            return Err(("limits.device_max_in_flight".into(), "must be at least 1".into()));
+        }
+        if l.device_queue_cap == 0 {
+            return Err(("limits.device_queue_cap".into(), "must be at least 1".into()));
+        }
+        if l.max_outbox_bytes < 16 * 1024 {
+            return Err(("limits.max_outbox_bytes".into(), "must be at least 16384".into()));
+        }
+        if l.handshake_timeout_ms == 0 {
+            return Err(("limits.handshake_timeout_ms".into(), "must be at least 1".into()));
+        }
+        for (i, app) in self.apps.iter().enumerate() {
+            if !is_valid_app_id(&app.id) {
+                return Err((format!("apps[{i}].id"), "1 to 64 of A-Z a-z 0-9 . _ -".into()));
+            }
+            if app.secret.len() < 16 {
+                return Err((format!("apps[{i}].secret"), "must be at least 16 characters".into()));
+            }
+            if self.apps[..i].iter().any(|a| a.id == app.id) {
+                return Err((format!("apps[{i}].id"), format!("duplicate app id {:?}", app.id)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Shards to run: the configured count, or one per core.
+    pub fn shard_count(&self) -> usize {
+        if self.server.shards > 0 {
+            return self.server.shards;
+        }
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    }
+
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.limits.handshake_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_config_is_the_defaults() {
+        let c = Config::parse("", "x.toml").unwrap();
+        assert_eq!(c.server.device_listen.port(), 7700);
+        assert_eq!(c.heartbeat.default_s, 60);
+        assert!(c.apps.is_empty());
+    }
+
+    #[test]
+    fn errors_name_file_and_key() {
+        let e = Config::parse("[heartbeat]\nmin_s = 0\n", "gw.toml").unwrap_err().0;
+        assert!(e.contains("gw.toml") && e.contains("heartbeat.min_s"), "{e}");
+        let e = Config::parse("[server]\nbogus = 1\n", "gw.toml").unwrap_err().0;
+        assert!(e.contains("gw.toml") && e.contains("bogus"), "{e}");
+        let e = Config::parse("[[apps]]\nid = \"a b\"\nsecret = \"0123456789abcdef\"\n", "g.toml").unwrap_err().0;
+        assert!(e.contains("apps[0].id"), "{e}");
+        let e = Config::parse("[server]\nshards = \"two\"\n", "g.toml").unwrap_err().0;
+        assert!(e.contains("g.toml") && e.contains("shards"), "{e}");
+    }
+}

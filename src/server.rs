@@ -1,0 +1,108 @@
+//! Assembles a running gateway: listeners, shards and their threads. Used by
+//! `pushgate serve` and, in-process, by the integration tests.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use log::info;
+
+use crate::config::Config;
+use crate::net;
+use crate::proto::{Apps, TokenKey};
+use crate::shard::{self, msg::ShardMsg, Shard, ShardStats, Shared};
+use crate::store::Store;
+
+/// A running gateway.
+pub struct Gateway {
+    pub device_addr: SocketAddr,
+    pub provider_addr: SocketAddr,
+    pub shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Gateway {
+    /// Binds the listeners and starts one thread per shard. `stores` holds
+    /// one store handle per shard; its length sets the shard count.
+    pub fn start(cfg: Config, key: TokenKey, stores: Vec<Box<dyn Store>>) -> io::Result<Gateway> {
+        let n = stores.len();
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "at least one shard is needed"));
+        }
+        let nofile = net::raise_nofile_limit();
+        let capacity = net::capacity_for(nofile, n);
+        let max_conns = match cfg.limits.max_connections {
+            0 => capacity,
+            m if m > capacity => {
+                log::warn!("limits.max_connections = {m} exceeds what {nofile} open files allow; using {capacity}");
+                capacity
+            }
+            m => m,
+        };
+        info!("open-files limit {nofile}: room for {max_conns} connections on {n} shards");
+        let device = net::bind_reuseport(cfg.server.device_listen, n)?;
+        let provider = net::bind_reuseport(cfg.server.provider_listen, n)?;
+        let device_addr = device[0].local_addr()?;
+        let provider_addr = provider[0].local_addr()?;
+        let mut apps = Apps::new();
+        for a in &cfg.apps {
+            apps.add(&a.id, a.secret.as_bytes());
+        }
+        let mut parts = Vec::with_capacity(n);
+        let mut handles = Vec::with_capacity(n);
+        for ((d, p), store) in device.into_iter().zip(provider).zip(stores) {
+            let (part, handle) = shard::prepare(d, p, store)?;
+            parts.push(part);
+            handles.push(handle);
+        }
+        let shared = Arc::new(Shared {
+            cfg,
+            apps,
+            key,
+            stats: (0..n).map(|_| ShardStats::default()).collect(),
+            handles,
+            conns: AtomicUsize::new(0),
+            max_conns,
+            draining: AtomicBool::new(false),
+        });
+        let mut threads = Vec::with_capacity(n);
+        for (i, part) in parts.into_iter().enumerate() {
+            let shard = Shard::new(i, shared.clone(), part)?;
+            let t = std::thread::Builder::new().name(format!("shard-{i}")).spawn(move || shard.run())?;
+            threads.push(t);
+        }
+        info!("devices on {device_addr}, providers on {provider_addr}");
+        Ok(Gateway { device_addr, provider_addr, shared, threads })
+    }
+
+    /// Starts draining: no new connections, GOAWAY to everyone, pushes refused with `unavailable`.
+    pub fn drain(&self) {
+        self.shared.draining.store(true, Ordering::Release);
+        for h in &self.shared.handles {
+            h.send(vec![ShardMsg::Drain]);
+        }
+    }
+
+    /// Whether every shard thread has finished.
+    pub fn is_finished(&self) -> bool {
+        self.threads.iter().all(|t| t.is_finished())
+    }
+
+    /// Waits for the shards to finish draining.
+    pub fn join(self) {
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+
+    /// Devices currently registered, per shard.
+    pub fn devices_per_shard(&self) -> Vec<usize> {
+        self.shared.stats.iter().map(|s| s.devices.load(Ordering::Relaxed)).collect()
+    }
+
+    pub fn connections(&self) -> usize {
+        self.shared.conns.load(Ordering::Relaxed)
+    }
+}

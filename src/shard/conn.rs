@@ -1,0 +1,103 @@
+//! Connection state kept per socket, sized so an idle device costs a few dozen bytes.
+
+use mio::net::TcpStream;
+use slab::Slab;
+
+use super::pool::Bufs;
+use crate::proto::{ProviderState, Token};
+
+/// Needs a flush at the end of this loop iteration.
+pub const F_DIRTY: u8 = 1;
+/// Has normal-priority notifications held for coalescing.
+pub const F_HELD: u8 = 2;
+/// Error or GOAWAY sent; reading and discarding until EOF or the linger deadline.
+pub const F_CLOSING: u8 = 4;
+/// HELLO accepted and WELCOME sent.
+pub const F_READY: u8 = 8;
+/// Stopped reading because too many requests are in flight (providers only).
+pub const F_PAUSED: u8 = 16;
+
+/// A device connection. No buffers while idle: `bufs` is `None`.
+pub struct Device {
+    pub stream: TcpStream,
+    pub bufs: Option<Box<Bufs>>,
+    pub token: Token,
+    /// Highest message id written to this connection.
+    pub cursor: u64,
+    pub id: u32,
+    /// Tick of the last frame received (or of accept, or of the start of closing).
+    pub since: u32,
+    pub heartbeat_s: u16,
+    /// NOTIFY frames written and not yet acknowledged.
+    pub inflight: u16,
+    pub app: u16,
+    pub flags: u8,
+}
+
+/// One MULTI_PUSH waiting for the statuses of its tokens.
+pub struct Multi {
+    pub req_id: u32,
+    pub remaining: u16,
+    /// `(status u8, msg_id u64)` per token, in request order.
+    pub entries: Vec<u8>,
+}
+
+/// A provider connection.
+pub struct Provider {
+    pub stream: TcpStream,
+    pub bufs: Option<Box<Bufs>>,
+    pub state: ProviderState,
+    pub id: u32,
+    pub since: u32,
+    /// Tokens sent to owner shards whose status has not come back.
+    pub inflight: u32,
+    pub flags: u8,
+    pub multis: Slab<Multi>,
+}
+
+pub enum Conn {
+    Device(Device),
+    Provider(Box<Provider>),
+}
+
+impl Conn {
+    pub fn id(&self) -> u32 {
+        match self {
+            Conn::Device(d) => d.id,
+            Conn::Provider(p) => p.id,
+        }
+    }
+
+    pub fn flags(&self) -> u8 {
+        match self {
+            Conn::Device(d) => d.flags,
+            Conn::Provider(p) => p.flags,
+        }
+    }
+
+    pub fn flags_mut(&mut self) -> &mut u8 {
+        match self {
+            Conn::Device(d) => &mut d.flags,
+            Conn::Provider(p) => &mut p.flags,
+        }
+    }
+
+    pub fn since_mut(&mut self) -> &mut u32 {
+        match self {
+            Conn::Device(d) => &mut d.since,
+            Conn::Provider(p) => &mut p.since,
+        }
+    }
+
+    /// The socket and the buffers, for the shared read and write paths.
+    pub fn io(&mut self) -> (&mut TcpStream, &mut Option<Box<Bufs>>) {
+        match self {
+            Conn::Device(d) => (&mut d.stream, &mut d.bufs),
+            Conn::Provider(p) => (&mut p.stream, &mut p.bufs),
+        }
+    }
+
+    pub fn is_device(&self) -> bool {
+        matches!(self, Conn::Device(_))
+    }
+}

@@ -1,0 +1,303 @@
+//! Device sessions on their owner shard: HELLO and hand-off, WELCOME,
+//! delivery from the store in id order within the in-flight window, ACKs,
+//! and the owner's half of a push.
+
+use std::sync::atomic::Ordering;
+
+use log::{debug, warn};
+use mio::{Interest, Token as MioToken};
+
+use super::conn::{Conn, Device, F_CLOSING, F_HELD, F_READY};
+use super::io::Flow;
+use super::msg::{Adopt, PushMsg, ResultMsg, ShardMsg};
+use super::timer::Entry;
+use super::Shard;
+use crate::proto::{
+    on_device_frame, DeviceEvent, DeviceState, Frame, GoAwayReason, ProtoError, RawFrame, Status, Token,
+    PRIORITY_HIGH,
+};
+use crate::store::{StoreError, StoredMsg};
+
+/// Bit set in `Device::flags` when the last delivery filled the window, so an ACK should look for more.
+const F_BACKLOG: u8 = 32;
+
+impl Shard {
+    /// One frame from a device. `rest` is what follows it, needed if the
+    /// connection moves to the shard that owns its token.
+    pub(super) fn on_device_frame(&mut self, idx: u32, raw: RawFrame<'_>, rest: &[u8]) -> Flow {
+        let Some(Conn::Device(d)) = self.conns.get_mut(idx as usize) else { return Flow::Stop };
+        let state = if d.flags & F_READY != 0 { DeviceState::Ready } else { DeviceState::AwaitHello };
+        if state == DeviceState::Ready {
+            d.since = self.now_tick as u32;
+        }
+        match on_device_frame(state, raw) {
+            Err(e) => {
+                self.fail(idx, e);
+                Flow::Stop
+            }
+            Ok(DeviceEvent::Hello(h)) => {
+                let Some(app) = self.shared.apps.index_of(h.app_id) else {
+                    self.fail(idx, ProtoError::UnknownApp);
+                    return Flow::Stop;
+                };
+                let token = self.shared.key.derive(h.app_id, h.secret);
+                let owner = token.shard(self.shared.handles.len());
+                if owner == self.index {
+                    self.register_device(idx, token, app, h.keepalive_s);
+                    return Flow::Continue;
+                }
+                let Some(stream) = self.take_stream(idx) else { return Flow::Stop };
+                debug!("shard {}: device handed to shard {owner}", self.index);
+                let adopt = Adopt { stream, token, app, keepalive_s: h.keepalive_s, leftover: rest.to_vec() };
+                self.route(owner, ShardMsg::Adopt(adopt));
+                Flow::HandedOff
+            }
+            Ok(DeviceEvent::Ping) => {
+                self.send_frame(idx, &Frame::Pong);
+                Flow::Continue
+            }
+            Ok(DeviceEvent::Ack(msg_id)) => {
+                self.on_ack(idx, msg_id);
+                Flow::Continue
+            }
+        }
+    }
+
+    /// Detaches a handshaking device's socket from this shard's poll and slab.
+    fn take_stream(&mut self, idx: u32) -> Option<mio::net::TcpStream> {
+        if !matches!(self.conns.get(idx as usize), Some(Conn::Device(_))) {
+            return None;
+        }
+        let Conn::Device(mut d) = self.conns.remove(idx as usize) else { return None };
+        let _ = self.poll.registry().deregister(&mut d.stream);
+        if let Some(b) = d.bufs.take() {
+            self.pool.put(b);
+        }
+        Some(d.stream)
+    }
+
+    /// A device whose HELLO another shard read, arriving at its owner.
+    pub(super) fn on_adopt(&mut self, a: Adopt) {
+        let mut stream = a.stream;
+        if self.drain_deadline.is_some() {
+            let mut buf = Vec::new();
+            Frame::GoAway { reason: GoAwayReason::SHUTDOWN, reconnect_ms: 0 }.encode(&mut buf);
+            let _ = std::io::Write::write(&mut stream, &buf);
+            self.shared.conns.fetch_sub(1, Ordering::AcqRel);
+            return;
+        }
+        let id = self.next_id();
+        let entry = self.conns.vacant_entry();
+        let idx = entry.key() as u32;
+        let since = self.now_tick as u32;
+        let conn = entry.insert(Conn::Device(Device {
+            stream,
+            bufs: None,
+            token: a.token,
+            cursor: 0,
+            id,
+            since,
+            heartbeat_s: 0,
+            inflight: 0,
+            app: a.app,
+            flags: 0,
+        }));
+        let (stream, _) = conn.io();
+        if let Err(e) =
+            self.poll.registry().register(stream, MioToken(idx as usize), Interest::READABLE | Interest::WRITABLE)
+        {
+            warn!("shard {}: register adopted device: {e}", self.index);
+            self.close(idx);
+            return;
+        }
+        self.wheel.arm(self.now_tick + 1, Entry { idx, id });
+        self.register_device(idx, a.token, a.app, a.keepalive_s);
+        if !a.leftover.is_empty() {
+            let mut scratch = std::mem::take(&mut self.scratch);
+            let n = a.leftover.len().min(scratch.len());
+            scratch[..n].copy_from_slice(&a.leftover[..n]);
+            self.scratch = scratch;
+            self.on_readable_with(idx, n);
+        }
+    }
+
+    /// Binds a device to its token, replacing any older connection, then sends
+    /// WELCOME and whatever is stored for it.
+    fn register_device(&mut self, idx: u32, token: Token, app: u16, keepalive_s: u16) {
+        let hb = &self.shared.cfg.heartbeat;
+        let heartbeat_s = if keepalive_s == 0 { hb.default_s } else { keepalive_s.clamp(hb.min_s, hb.max_s) };
+        if let Some(old) = self.tokens.insert(token, idx) {
+            if old != idx {
+                // The old connection is no longer bound; it only gets told why.
+                if let Some(Conn::Device(d)) = self.conns.get_mut(old as usize) {
+                    d.flags &= !F_READY;
+                    self.stats().devices.fetch_sub(1, Ordering::Relaxed);
+                }
+                self.goaway(old, GoAwayReason::REPLACED, 0);
+            }
+        }
+        let missed = self.store.take_missed(&token).unwrap_or_else(|e| {
+            warn!("shard {}: reading missed count: {e}", self.index);
+            0
+        });
+        let now = self.now_tick as u32;
+        let Some(Conn::Device(d)) = self.conns.get_mut(idx as usize) else { return };
+        d.token = token;
+        d.app = app;
+        d.heartbeat_s = heartbeat_s;
+        d.flags |= F_READY | F_BACKLOG;
+        d.since = now;
+        self.stats().devices.fetch_add(1, Ordering::Relaxed);
+        if self.send_frame(idx, &Frame::Welcome { token, heartbeat_s, missed }) {
+            self.deliver(idx);
+        }
+    }
+
+    /// Writes stored notifications newer than the connection's cursor, up to the window.
+    pub(super) fn deliver(&mut self, idx: u32) {
+        let window = self.shared.cfg.limits.device_max_in_flight;
+        let Some(Conn::Device(d)) = self.conns.get_mut(idx as usize) else { return };
+        d.flags &= !F_HELD;
+        if d.flags & F_READY == 0 || d.flags & F_CLOSING != 0 {
+            return;
+        }
+        let room = window.saturating_sub(d.inflight);
+        if room == 0 {
+            d.flags |= F_BACKLOG;
+            return;
+        }
+        let mut msgs = std::mem::take(&mut self.msgs);
+        msgs.clear();
+        if let Err(e) = self.store.pending(&d.token, d.cursor, self.unix_s, room as usize, &mut msgs) {
+            warn!("shard {}: reading stored notifications: {e}", self.index);
+        }
+        if msgs.len() == room as usize {
+            d.flags |= F_BACKLOG;
+        } else {
+            d.flags &= !F_BACKLOG;
+        }
+        for m in &msgs {
+            let frame = Frame::Notify { msg_id: m.msg_id, kind: m.kind, priority: m.priority, payload: &m.payload };
+            if !self.send_frame(idx, &frame) {
+                break;
+            }
+            if let Some(Conn::Device(d)) = self.conns.get_mut(idx as usize) {
+                d.cursor = m.msg_id;
+                d.inflight += 1;
+            }
+        }
+        self.stats().notifies.fetch_add(msgs.len() as u64, Ordering::Relaxed);
+        msgs.clear();
+        self.msgs = msgs;
+    }
+
+    /// Holds normal-priority notifications briefly so several share one write.
+    fn hold(&mut self, idx: u32) {
+        let delay = self.shared.cfg.limits.normal_priority_delay_ms.div_ceil(super::TICK_MS);
+        let Some(Conn::Device(d)) = self.conns.get_mut(idx as usize) else { return };
+        if d.flags & super::conn::F_DIRTY != 0 {
+            // Already writing to this device in this iteration: the radio is up anyway.
+            self.deliver(idx);
+            return;
+        }
+        if d.flags & F_HELD == 0 {
+            d.flags |= F_HELD;
+            let e = Entry { idx, id: d.id };
+            self.held.push_back((e, self.now_tick + delay));
+        }
+    }
+
+    fn on_ack(&mut self, idx: u32, msg_id: u64) {
+        let Some(Conn::Device(d)) = self.conns.get_mut(idx as usize) else { return };
+        if msg_id > d.cursor {
+            return; // never sent on this connection
+        }
+        d.inflight = d.inflight.saturating_sub(1);
+        let backlog = d.flags & F_BACKLOG != 0;
+        let token = d.token;
+        match self.store.ack(&token, msg_id) {
+            Ok(true) => self.store_dirty = true,
+            Ok(false) => {}
+            Err(e) => warn!("shard {}: ack: {e}", self.index),
+        }
+        self.stats().acks.fetch_add(1, Ordering::Relaxed);
+        if backlog {
+            self.deliver(idx);
+        }
+    }
+
+    /// The owner shard's half of a push: id, store, deliver or hold, result.
+    pub(super) fn on_push(&mut self, m: PushMsg) {
+        self.next_msg_id += 1;
+        let msg_id = self.next_msg_id;
+        let conn = self.tokens.get(&m.token).copied();
+        let storable = m.expiry != 0 && u64::from(m.expiry) >= self.unix_now();
+        let mut result = ResultMsg {
+            to: m.reply,
+            req_id: m.req_id,
+            slot: m.slot,
+            index: m.index,
+            status: Status::QUEUED,
+            msg_id,
+            info: 0,
+        };
+        self.stats().pushes.fetch_add(1, Ordering::Relaxed);
+        if storable {
+            let stored = StoredMsg {
+                msg_id,
+                kind: m.kind,
+                priority: m.priority,
+                flags: m.flags,
+                expiry: m.expiry,
+                collapse: m.collapse,
+                payload: m.payload,
+            };
+            if let Err(e) = self.store.append(&m.token, stored) {
+                if e != StoreError::Full {
+                    warn!("shard {}: store append: {e}", self.index);
+                }
+                result.status = Status::STORE_FAILED;
+                result.msg_id = 0;
+                self.route_result(result);
+                return;
+            }
+            self.store_dirty = true;
+            if let Some(idx) = conn {
+                if m.priority == PRIORITY_HIGH {
+                    self.deliver(idx);
+                } else {
+                    self.hold(idx);
+                }
+                if let Some(Conn::Device(d)) = self.conns.get(idx as usize) {
+                    if d.cursor >= msg_id || d.flags & F_HELD != 0 {
+                        result.status = Status::DELIVERED;
+                    }
+                }
+            }
+            self.unsynced.push(result);
+            return;
+        }
+        // Now or never: written only if the device is here with room in its window.
+        result.status = Status::NOT_DELIVERED;
+        result.msg_id = 0;
+        if let Some(idx) = conn {
+            self.deliver(idx);
+            let window = self.shared.cfg.limits.device_max_in_flight;
+            if let Some(Conn::Device(d)) = self.conns.get(idx as usize) {
+                if d.inflight < window && d.flags & F_READY != 0 {
+                    let frame = Frame::Notify { msg_id, kind: m.kind, priority: m.priority, payload: &m.payload };
+                    if self.send_frame(idx, &frame) {
+                        if let Some(Conn::Device(d)) = self.conns.get_mut(idx as usize) {
+                            d.cursor = msg_id;
+                            d.inflight += 1;
+                        }
+                        self.stats().notifies.fetch_add(1, Ordering::Relaxed);
+                        result.status = Status::DELIVERED;
+                        result.msg_id = msg_id;
+                    }
+                }
+            }
+        }
+        self.route_result(result);
+    }
+}

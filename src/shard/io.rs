@@ -1,0 +1,280 @@
+//! Socket IO for a shard: accepting, reading into the shared scratch buffer,
+//! splitting frames, and flushing output. Protocol decisions live in
+//! `device.rs` and `provider.rs`.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::Shutdown;
+use std::sync::atomic::Ordering;
+
+use log::{info, warn};
+use mio::net::TcpStream;
+use mio::{Interest, Token as MioToken};
+use slab::Slab;
+
+use super::conn::{Conn, Device, Provider, F_CLOSING, F_PAUSED};
+use super::timer::Entry;
+use super::Shard;
+use crate::proto::frame::{split_frame, DEVICE_MAX_BODY, PROVIDER_MAX_BODY};
+use crate::proto::{Frame, GoAwayReason, ProtoError, ProviderState, Token};
+
+/// What a frame handler tells the read loop.
+pub(super) enum Flow {
+    /// Keep reading frames.
+    Continue,
+    /// Stop: the connection is closing, paused, or gone; keep the unread bytes.
+    Stop,
+    /// The connection moved to another shard, which was handed the rest of the bytes.
+    HandedOff,
+}
+
+impl Shard {
+    pub(super) fn accept(&mut self, device: bool) {
+        loop {
+            let listener = if device { self.device_listener.as_ref() } else { self.provider_listener.as_ref() };
+            let Some(listener) = listener else { return };
+            match listener.accept() {
+                Ok((stream, _)) => self.on_accepted(stream, device),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if matches!(e.kind(), ErrorKind::Interrupted | ErrorKind::ConnectionAborted) => {}
+                Err(e) => {
+                    // Out of descriptors (or another accept fault): stop accepting for
+                    // one tick instead of spinning on a listener that stays readable.
+                    if crate::net::is_fd_exhaustion(&e) {
+                        warn!("shard {}: accept: {e}; pausing accepts for {} ms", self.index, super::TICK_MS);
+                    } else {
+                        warn!("shard {}: accept: {e}", self.index);
+                    }
+                    self.accept_paused_until = Some(self.now_tick + 1);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn on_accepted(&mut self, mut stream: TcpStream, device: bool) {
+        let max = self.shared.max_conns;
+        if self.shared.conns.fetch_add(1, Ordering::AcqRel) >= max {
+            self.shared.conns.fetch_sub(1, Ordering::AcqRel);
+            let retry = self.cfg().limits.server_full_retry_ms;
+            let mut buf = Vec::with_capacity(8);
+            Frame::GoAway { reason: GoAwayReason::SERVER_FULL, reconnect_ms: retry }.encode(&mut buf);
+            let _ = stream.write(&buf);
+            info!("shard {}: refused a connection: at the limit of {max}", self.index);
+            return;
+        }
+        let _ = stream.set_nodelay(true);
+        let id = self.next_id();
+        let since = self.now_tick as u32;
+        let entry = self.conns.vacant_entry();
+        let idx = entry.key() as u32;
+        let conn = if device {
+            Conn::Device(Device {
+                stream,
+                bufs: None,
+                token: Token([0; 24]),
+                cursor: 0,
+                id,
+                since,
+                heartbeat_s: 0,
+                inflight: 0,
+                app: 0,
+                flags: 0,
+            })
+        } else {
+            Conn::Provider(Box::new(Provider {
+                stream,
+                bufs: None,
+                state: ProviderState::AwaitHello,
+                id,
+                since,
+                inflight: 0,
+                flags: 0,
+                multis: Slab::new(),
+            }))
+        };
+        let conn = entry.insert(conn);
+        let (stream, _) = conn.io();
+        if let Err(e) =
+            self.poll.registry().register(stream, MioToken(idx as usize), Interest::READABLE | Interest::WRITABLE)
+        {
+            warn!("shard {}: register: {e}", self.index);
+            self.close(idx);
+            return;
+        }
+        let handshake = self.cfg().limits.handshake_timeout_ms.div_ceil(super::TICK_MS);
+        self.wheel.arm(self.now_tick + handshake, Entry { idx, id });
+    }
+
+    /// Reads everything the socket has, handling whole frames as they complete.
+    pub(super) fn on_readable(&mut self, idx: u32) {
+        self.on_readable_with(idx, 0);
+    }
+
+    /// Like `on_readable`, with `prefilled` bytes for this connection already at
+    /// the start of the scratch buffer (a hand-off's leftover).
+    pub(super) fn on_readable_with(&mut self, idx: u32, prefilled: usize) {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        self.read_loop(idx, &mut scratch, prefilled);
+        self.scratch = scratch;
+    }
+
+    fn read_loop(&mut self, idx: u32, scratch: &mut [u8], prefilled: usize) {
+        let mut filled = prefilled;
+        match self.conns.get_mut(idx as usize) {
+            None => return,
+            Some(c) if c.flags() & F_PAUSED != 0 => return,
+            Some(_) if prefilled > 0 => {}
+            Some(c) => {
+                let (_, bufs) = c.io();
+                if let Some(b) = bufs {
+                    filled = b.rbuf.len().min(scratch.len());
+                    scratch[..filled].copy_from_slice(&b.rbuf[..filled]);
+                    b.rbuf.clear();
+                }
+            }
+        }
+        loop {
+            let Some(conn) = self.conns.get_mut(idx as usize) else { return };
+            let (stream, _) = conn.io();
+            let mut eof = false;
+            let mut drained = false;
+            if filled < scratch.len() {
+                match stream.read(&mut scratch[filled..]) {
+                    Ok(0) => eof = true,
+                    Ok(n) => filled += n,
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => drained = true,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                    Err(_) => eof = true,
+                }
+            }
+            let used = match self.handle_bytes(idx, &scratch[..filled]) {
+                (_, Flow::HandedOff) => return,
+                (used, Flow::Stop) => {
+                    self.keep_remainder(idx, &scratch[used..filled]);
+                    if eof {
+                        self.close(idx);
+                    }
+                    return;
+                }
+                (used, Flow::Continue) => used,
+            };
+            if eof {
+                self.close(idx);
+                return;
+            }
+            scratch.copy_within(used..filled, 0);
+            filled -= used;
+            if drained {
+                self.keep_remainder(idx, &scratch[..filled]);
+                return;
+            }
+        }
+    }
+
+    /// Saves an incomplete frame (or frames left unhandled while paused) on the connection.
+    fn keep_remainder(&mut self, idx: u32, rest: &[u8]) {
+        let Some(conn) = self.conns.get_mut(idx as usize) else { return };
+        let closing = conn.flags() & F_CLOSING != 0;
+        let (_, bufs) = conn.io();
+        if rest.is_empty() || closing {
+            if bufs.as_ref().is_some_and(|b| b.is_idle()) {
+                if let Some(b) = bufs.take() {
+                    self.pool.put(b);
+                }
+            }
+            return;
+        }
+        let b = bufs.get_or_insert_with(|| self.pool.get());
+        b.rbuf.extend_from_slice(rest);
+    }
+
+    /// Handles every whole frame in `buf`; returns the bytes used and why it stopped.
+    fn handle_bytes(&mut self, idx: u32, buf: &[u8]) -> (usize, Flow) {
+        let mut used = 0;
+        loop {
+            let Some(conn) = self.conns.get(idx as usize) else { return (buf.len(), Flow::Stop) };
+            if conn.flags() & F_CLOSING != 0 {
+                return (buf.len(), Flow::Stop); // discard until EOF
+            }
+            if conn.flags() & F_PAUSED != 0 {
+                return (used, Flow::Stop);
+            }
+            let device = conn.is_device();
+            let max = if device { DEVICE_MAX_BODY } else { PROVIDER_MAX_BODY };
+            let (raw, n) = match split_frame(&buf[used..], max) {
+                Ok(Some(x)) => x,
+                Ok(None) => return (used, Flow::Continue),
+                Err(e) => {
+                    self.fail(idx, ProtoError::Frame(e));
+                    return (buf.len(), Flow::Stop);
+                }
+            };
+            used += n;
+            let flow = if device {
+                self.on_device_frame(idx, raw, &buf[used..])
+            } else {
+                self.on_provider_frame(idx, raw)
+            };
+            match flow {
+                Flow::Continue => {}
+                Flow::Stop => return (used, Flow::Stop),
+                Flow::HandedOff => return (buf.len(), Flow::HandedOff),
+            }
+        }
+    }
+
+    /// Provider connections that stopped reading at their in-flight limit and may go on.
+    pub(super) fn run_resumes(&mut self) {
+        let resume = std::mem::take(&mut self.resume);
+        for idx in resume {
+            let Some(c) = self.conns.get_mut(idx as usize) else { continue };
+            if c.flags() & F_PAUSED != 0 || c.flags() & F_CLOSING != 0 {
+                continue;
+            }
+            // Unpaused: handle what was buffered, then read what the socket holds,
+            // since its readiness edge may have passed while paused.
+            self.on_readable(idx);
+        }
+    }
+
+    /// Writes pending output; shuts the write side once a closing connection is flushed.
+    pub(super) fn flush(&mut self, idx: u32) {
+        let Some(conn) = self.conns.get_mut(idx as usize) else { return };
+        *conn.flags_mut() &= !super::conn::F_DIRTY;
+        let closing = conn.flags() & F_CLOSING != 0;
+        let (stream, bufs) = conn.io();
+        let Some(b) = bufs.as_mut() else { return };
+        let mut failed = false;
+        while b.wpos < b.wbuf.len() {
+            match stream.write(&b.wbuf[b.wpos..]) {
+                Ok(0) => {
+                    failed = true;
+                    break;
+                }
+                Ok(n) => b.wpos += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => {
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        if failed {
+            self.close(idx);
+            return;
+        }
+        if b.wpos == b.wbuf.len() {
+            b.wbuf.clear();
+            b.wpos = 0;
+            if closing {
+                let _ = stream.shutdown(Shutdown::Write);
+            }
+            if b.is_idle() {
+                if let Some(b) = bufs.take() {
+                    self.pool.put(b);
+                }
+            }
+        }
+    }
+}

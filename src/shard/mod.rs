@@ -1,0 +1,554 @@
+//! One event loop per core. Each shard owns a mio `Poll`, a slab of
+//! connections, a timing wheel, its slice of the token space and its store
+//! handle. Other shards reach it only through its channel plus `Waker`.
+//!
+//! The loop, per iteration: poll; handle socket events; drain the inbox;
+//! fire timers; make the store durable (group commit) and release the
+//! results that waited for it; send batched messages to other shards (one
+//! channel send and at most one wake per destination); flush dirty sockets.
+
+pub mod conn;
+mod device;
+mod io;
+pub mod msg;
+pub mod pool;
+mod provider;
+pub mod timer;
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{Receiver, Sender};
+use log::{debug, warn};
+use mio::net::TcpListener;
+use mio::{Events, Interest, Poll, Token as MioToken, Waker};
+use slab::Slab;
+
+use crate::config::Config;
+use crate::proto::{Apps, Frame, GoAwayReason, Token, TokenKey};
+use crate::store::{Store, StoredMsg};
+use conn::{Conn, F_CLOSING, F_DIRTY};
+use msg::{ResultMsg, ShardMsg};
+use pool::Pool;
+use timer::{Entry, Wheel, TICK_MS};
+
+const DEVICE_LISTENER: MioToken = MioToken(usize::MAX - 1);
+const PROVIDER_LISTENER: MioToken = MioToken(usize::MAX - 2);
+const WAKER: MioToken = MioToken(usize::MAX - 3);
+/// How long a closing connection may linger to deliver its last frame, in ticks.
+const LINGER_TICKS: u64 = 20;
+/// Bytes read from sockets per call; also the largest unparsed remainder a connection keeps.
+const SCRATCH: usize = 64 * 1024;
+
+/// Counters a shard publishes for tests, logs and (later) metrics.
+#[derive(Default, Debug)]
+pub struct ShardStats {
+    pub devices: AtomicUsize,
+    pub providers: AtomicUsize,
+    pub pushes: AtomicU64,
+    pub notifies: AtomicU64,
+    pub acks: AtomicU64,
+}
+
+/// How another thread reaches a shard.
+pub struct ShardHandle {
+    tx: Sender<Vec<ShardMsg>>,
+    waker: Waker,
+    /// Set by a sender that woke the shard; cleared by the shard before it drains,
+    /// so a burst of sends costs one wake.
+    wake_pending: AtomicBool,
+}
+
+impl ShardHandle {
+    pub fn send(&self, batch: Vec<ShardMsg>) {
+        if self.tx.send(batch).is_err() {
+            return; // the shard has exited (drained); nothing is waiting for this
+        }
+        if !self.wake_pending.swap(true, Ordering::AcqRel) {
+            if let Err(e) = self.waker.wake() {
+                warn!("waking shard failed: {e}");
+            }
+        }
+    }
+}
+
+/// State every shard reads: config, apps, the token key, and how to reach the others.
+pub struct Shared {
+    pub cfg: Config,
+    pub apps: Apps,
+    pub key: TokenKey,
+    pub handles: Vec<ShardHandle>,
+    pub stats: Vec<ShardStats>,
+    /// Open connections across shards, against `max_conns`.
+    pub conns: AtomicUsize,
+    pub max_conns: usize,
+    pub draining: AtomicBool,
+}
+
+/// Everything needed to start one shard's thread.
+pub struct ShardParts {
+    pub poll: Poll,
+    pub rx: Receiver<Vec<ShardMsg>>,
+    pub device_listener: std::net::TcpListener,
+    pub provider_listener: std::net::TcpListener,
+    pub store: Box<dyn Store>,
+}
+
+/// Creates the poll, channel and waker of one shard; the handle goes into `Shared`.
+pub fn prepare(
+    device_listener: std::net::TcpListener,
+    provider_listener: std::net::TcpListener,
+    store: Box<dyn Store>,
+) -> std::io::Result<(ShardParts, ShardHandle)> {
+    let poll = Poll::new()?;
+    let waker = Waker::new(poll.registry(), WAKER)?;
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let handle = ShardHandle { tx, waker, wake_pending: AtomicBool::new(false) };
+    Ok((ShardParts { poll, rx, device_listener, provider_listener, store }, handle))
+}
+
+/// Hashes a token by 8 of its bytes. Tokens reaching the map are HMAC outputs
+/// (derived by us, or MAC-verified), so a peer cannot aim collisions at it.
+#[derive(Default)]
+pub struct TokenHasher(u64);
+
+impl Hasher for TokenHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8).skip(1).take(1) {
+            let mut a = [0u8; 8];
+            a[..chunk.len()].copy_from_slice(chunk);
+            self.0 ^= u64::from_le_bytes(a);
+        }
+    }
+}
+
+pub struct Shard {
+    index: usize,
+    shared: Arc<Shared>,
+    poll: Poll,
+    rx: Receiver<Vec<ShardMsg>>,
+    device_listener: Option<TcpListener>,
+    provider_listener: Option<TcpListener>,
+    conns: Slab<Conn>,
+    /// Ready device connections by token.
+    tokens: HashMap<Token, u32, BuildHasherDefault<TokenHasher>>,
+    wheel: Wheel,
+    fired: Vec<Entry>,
+    /// Devices with normal-priority notifications held, due in tick order.
+    held: VecDeque<(Entry, u64)>,
+    dirty: Vec<u32>,
+    resume: Vec<u32>,
+    local: VecDeque<ShardMsg>,
+    outbound: Vec<Vec<ShardMsg>>,
+    /// Results of stored notifications, released after the next store sync.
+    unsynced: Vec<ResultMsg>,
+    store: Box<dyn Store>,
+    store_dirty: bool,
+    pool: Pool,
+    scratch: Box<[u8]>,
+    msgs: Vec<StoredMsg>,
+    next_conn_id: u32,
+    next_msg_id: u64,
+    start: Instant,
+    now_tick: u64,
+    unix_s: u64,
+    accept_paused_until: Option<u64>,
+    drain_deadline: Option<u64>,
+    drain_seq: u32,
+    drain_total: u32,
+}
+
+impl Shard {
+    pub fn new(index: usize, shared: Arc<Shared>, parts: ShardParts) -> std::io::Result<Shard> {
+        let mut device_listener = TcpListener::from_std(parts.device_listener);
+        let mut provider_listener = TcpListener::from_std(parts.provider_listener);
+        parts.poll.registry().register(&mut device_listener, DEVICE_LISTENER, Interest::READABLE)?;
+        parts.poll.registry().register(&mut provider_listener, PROVIDER_LISTENER, Interest::READABLE)?;
+        let n = shared.handles.len();
+        let unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        let next_msg_id = parts.store.max_msg_id().max(unix_ms << 16);
+        Ok(Shard {
+            index,
+            shared,
+            poll: parts.poll,
+            rx: parts.rx,
+            device_listener: Some(device_listener),
+            provider_listener: Some(provider_listener),
+            conns: Slab::new(),
+            tokens: HashMap::default(),
+            wheel: Wheel::new(),
+            fired: Vec::new(),
+            held: VecDeque::new(),
+            dirty: Vec::new(),
+            resume: Vec::new(),
+            local: VecDeque::new(),
+            outbound: (0..n).map(|_| Vec::new()).collect(),
+            unsynced: Vec::new(),
+            store: parts.store,
+            store_dirty: false,
+            pool: Pool::new(4096, 64 * 1024),
+            scratch: vec![0u8; SCRATCH].into_boxed_slice(),
+            msgs: Vec::new(),
+            next_conn_id: 1,
+            next_msg_id,
+            start: Instant::now(),
+            now_tick: 0,
+            unix_s: 0,
+            accept_paused_until: None,
+            drain_deadline: None,
+            drain_seq: 0,
+            drain_total: 0,
+        })
+    }
+
+    fn cfg(&self) -> &Config {
+        &self.shared.cfg
+    }
+
+    fn stats(&self) -> &ShardStats {
+        &self.shared.stats[self.index]
+    }
+
+    fn tick_clock(&mut self) {
+        self.now_tick = self.start.elapsed().as_millis() as u64 / TICK_MS;
+        self.unix_s = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    }
+
+    /// Runs until drained.
+    pub fn run(mut self) {
+        let mut events = Events::with_capacity(1024);
+        self.tick_clock();
+        loop {
+            let timeout = if self.local.is_empty() && self.resume.is_empty() {
+                let next = (self.now_tick + 1) * TICK_MS;
+                Duration::from_millis(next.saturating_sub(self.start.elapsed().as_millis() as u64).max(1))
+            } else {
+                Duration::ZERO
+            };
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    warn!("shard {}: poll failed: {e}", self.index);
+                }
+            }
+            self.tick_clock();
+            for ev in events.iter() {
+                match ev.token() {
+                    DEVICE_LISTENER => self.accept(true),
+                    PROVIDER_LISTENER => self.accept(false),
+                    WAKER => {}
+                    MioToken(i) => {
+                        let idx = i as u32;
+                        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                            self.on_readable(idx);
+                        }
+                        if ev.is_writable() {
+                            self.flush(idx);
+                        }
+                    }
+                }
+            }
+            self.drain_inbox();
+            self.run_local();
+            self.run_resumes();
+            self.run_timers();
+            self.commit();
+            self.send_outbound();
+            self.flush_dirty();
+            if let Some(deadline) = self.drain_deadline {
+                if self.conns.is_empty() || self.now_tick >= deadline {
+                    debug!("shard {} drained with {} connections left", self.index, self.conns.len());
+                    let _ = self.store.sync();
+                    return;
+                }
+            }
+        }
+    }
+
+    fn drain_inbox(&mut self) {
+        self.shared.handles[self.index].wake_pending.store(false, Ordering::Release);
+        while let Ok(batch) = self.rx.try_recv() {
+            for m in batch {
+                self.on_msg(m);
+            }
+            self.run_local();
+        }
+    }
+
+    fn run_local(&mut self) {
+        while let Some(m) = self.local.pop_front() {
+            self.on_msg(m);
+        }
+    }
+
+    fn on_msg(&mut self, m: ShardMsg) {
+        match m {
+            ShardMsg::Push(p) => self.on_push(p),
+            ShardMsg::Result(r) => self.on_result(r),
+            ShardMsg::Adopt(a) => self.on_adopt(a),
+            ShardMsg::Drain => self.start_drain(),
+        }
+    }
+
+    /// Sends `m` to shard `to`: queued locally for ourselves, batched for the others.
+    fn route(&mut self, to: usize, m: ShardMsg) {
+        if to == self.index {
+            self.local.push_back(m);
+        } else {
+            self.outbound[to].push(m);
+        }
+    }
+
+    fn route_result(&mut self, r: ResultMsg) {
+        if r.to.shard as usize == self.index {
+            self.on_result(r);
+        } else {
+            self.outbound[r.to.shard as usize].push(ShardMsg::Result(r));
+        }
+    }
+
+    /// Group commit: one store sync covers every append and ack of this
+    /// iteration; only then do their RESULTs leave.
+    fn commit(&mut self) {
+        if self.store_dirty {
+            self.store_dirty = false;
+            if let Err(e) = self.store.sync() {
+                warn!("shard {}: store sync failed: {e}", self.index);
+                for r in &mut self.unsynced {
+                    r.status = crate::proto::Status::STORE_FAILED;
+                }
+            }
+        }
+        let results = std::mem::take(&mut self.unsynced);
+        for r in results {
+            self.route_result(r);
+        }
+        self.run_local();
+    }
+
+    fn send_outbound(&mut self) {
+        for to in 0..self.outbound.len() {
+            if !self.outbound[to].is_empty() {
+                let batch = std::mem::take(&mut self.outbound[to]);
+                self.shared.handles[to].send(batch);
+            }
+        }
+    }
+
+    fn flush_dirty(&mut self) {
+        let dirty = std::mem::take(&mut self.dirty);
+        for &idx in &dirty {
+            self.flush(idx);
+        }
+        let mut dirty = dirty;
+        dirty.clear();
+        if self.dirty.is_empty() {
+            self.dirty = dirty;
+        }
+    }
+
+    fn run_timers(&mut self) {
+        if let Some(at) = self.accept_paused_until {
+            if self.now_tick >= at {
+                self.accept_paused_until = None;
+                self.accept(true);
+                self.accept(false);
+            }
+        }
+        let mut fired = std::mem::take(&mut self.fired);
+        self.wheel.advance(self.now_tick, &mut fired);
+        for e in fired.drain(..) {
+            self.on_timer(e);
+        }
+        self.fired = fired;
+        while let Some(&(e, due)) = self.held.front() {
+            if due > self.now_tick {
+                break;
+            }
+            self.held.pop_front();
+            if self.conns.get(e.idx as usize).is_some_and(|c| c.id() == e.id) {
+                self.deliver(e.idx);
+            }
+        }
+        if self.now_tick % 10 == 0 {
+            match self.store.sweep_expired(self.unix_s) {
+                Ok(0) => {}
+                Ok(n) => {
+                    debug!("shard {}: {n} expired notifications swept", self.index);
+                    self.store_dirty = true;
+                }
+                Err(e) => warn!("shard {}: expiry sweep failed: {e}", self.index),
+            }
+        }
+    }
+
+    /// A connection's timer fired: close it if its deadline passed, else re-arm.
+    fn on_timer(&mut self, e: Entry) {
+        let Some(conn) = self.conns.get(e.idx as usize) else { return };
+        if conn.id() != e.id {
+            return;
+        }
+        let handshake = self.cfg().limits.handshake_timeout_ms.div_ceil(TICK_MS);
+        let (since, flags) = match conn {
+            Conn::Device(d) => (d.since, d.flags),
+            Conn::Provider(p) => (p.since, p.flags),
+        };
+        let ready = flags & conn::F_READY != 0;
+        let limit = if flags & F_CLOSING != 0 {
+            LINGER_TICKS
+        } else if !ready {
+            handshake
+        } else {
+            match conn {
+                Conn::Device(d) => u64::from(d.heartbeat_s) * 1000 * 3 / 2 / TICK_MS,
+                Conn::Provider(_) => self.cfg().limits.provider_idle_s * 1000 / TICK_MS,
+            }
+        };
+        let deadline = u64::from(since) + limit.max(1);
+        if self.now_tick < deadline {
+            self.wheel.arm(deadline, e);
+            return;
+        }
+        if flags & F_CLOSING != 0 {
+            self.close(e.idx);
+        } else if !ready {
+            self.fail(e.idx, crate::proto::ProtoError::HandshakeTimeout);
+        } else {
+            self.goaway(e.idx, GoAwayReason::IDLE_TIMEOUT, 0);
+        }
+    }
+
+    fn start_drain(&mut self) {
+        if self.drain_deadline.is_some() {
+            return;
+        }
+        let timeout = self.cfg().drain.timeout_ms.div_ceil(TICK_MS);
+        self.drain_deadline = Some(self.now_tick + timeout);
+        for mut l in [self.device_listener.take(), self.provider_listener.take()].into_iter().flatten() {
+            let _ = self.poll.registry().deregister(&mut l);
+        }
+        let ids: Vec<u32> = self.conns.iter().map(|(i, _)| i as u32).collect();
+        self.drain_total = ids.iter().filter(|&&i| self.conns[i as usize].is_device()).count() as u32;
+        for idx in ids {
+            match &mut self.conns[idx as usize] {
+                Conn::Device(_) => {
+                    let spread = u64::from(self.cfg().drain.spread_ms);
+                    let hint = spread * u64::from(self.drain_seq) / u64::from(self.drain_total.max(1));
+                    self.drain_seq += 1;
+                    self.goaway(idx, GoAwayReason::SHUTDOWN, hint as u32);
+                }
+                Conn::Provider(p) => {
+                    p.flags |= conn::F_PAUSED;
+                    if p.inflight == 0 {
+                        self.goaway(idx, GoAwayReason::SHUTDOWN, 0);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes `frame` to connection `idx` (flushed at the end of the iteration).
+    /// Returns false if the connection was cut off for holding too much unsent output.
+    fn send_frame(&mut self, idx: u32, frame: &Frame<'_>) -> bool {
+        let max = self.shared.cfg.limits.max_outbox_bytes;
+        let Some(conn) = self.conns.get_mut(idx as usize) else { return false };
+        let flags = conn.flags_mut();
+        let newly_dirty = *flags & F_DIRTY == 0;
+        *flags |= F_DIRTY;
+        let (_, bufs) = conn.io();
+        let b = bufs.get_or_insert_with(|| self.pool.get());
+        frame.encode(&mut b.wbuf);
+        let over = b.pending_write() > max;
+        if newly_dirty {
+            self.dirty.push(idx);
+        }
+        if over {
+            debug!("shard {}: connection {idx} over its outbox limit; closing", self.index);
+            self.close(idx);
+            return false;
+        }
+        true
+    }
+
+    /// Sends GOAWAY and starts closing.
+    fn goaway(&mut self, idx: u32, reason: GoAwayReason, reconnect_ms: u32) {
+        if self.send_frame(idx, &Frame::GoAway { reason, reconnect_ms }) {
+            self.begin_close(idx);
+        }
+    }
+
+    /// Sends ERROR for a protocol violation and starts closing.
+    fn fail(&mut self, idx: u32, e: crate::proto::ProtoError) {
+        debug!("shard {}: connection {idx}: {}", self.index, e.detail());
+        let text = e.detail();
+        if self.send_frame(idx, &Frame::Error { code: e.code(), text: &text }) {
+            self.begin_close(idx);
+        }
+    }
+
+    /// Stops taking frames from `idx`; its last frames are flushed, the write
+    /// side shut, and the socket closed at EOF or after a short linger, so the
+    /// peer reads the reason instead of a reset.
+    fn begin_close(&mut self, idx: u32) {
+        let now = self.now_tick;
+        let Some(conn) = self.conns.get_mut(idx as usize) else { return };
+        if conn.flags() & F_CLOSING != 0 {
+            return;
+        }
+        *conn.flags_mut() |= F_CLOSING;
+        *conn.since_mut() = now as u32;
+        let id = conn.id();
+        self.unbind(idx);
+        self.wheel.arm(now + LINGER_TICKS, Entry { idx, id });
+    }
+
+    /// Removes a device from the token map and the counters when it stops being reachable.
+    fn unbind(&mut self, idx: u32) {
+        let Some(conn) = self.conns.get_mut(idx as usize) else { return };
+        let was_ready = conn.flags() & conn::F_READY != 0;
+        *conn.flags_mut() &= !conn::F_READY;
+        match conn {
+            Conn::Device(d) if was_ready => {
+                let token = d.token;
+                if self.tokens.get(&token) == Some(&idx) {
+                    self.tokens.remove(&token);
+                }
+                self.stats().devices.fetch_sub(1, Ordering::Relaxed);
+            }
+            Conn::Provider(_) if was_ready => {
+                self.stats().providers.fetch_sub(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+    }
+
+    /// Frees the connection now.
+    fn close(&mut self, idx: u32) {
+        if !self.conns.contains(idx as usize) {
+            return;
+        }
+        self.unbind(idx);
+        let mut conn = self.conns.remove(idx as usize);
+        let (stream, bufs) = conn.io();
+        let _ = self.poll.registry().deregister(stream);
+        if let Some(b) = bufs.take() {
+            self.pool.put(b);
+        }
+        self.shared.conns.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    fn next_id(&mut self) -> u32 {
+        let id = self.next_conn_id;
+        self.next_conn_id = self.next_conn_id.wrapping_add(1).max(1);
+        id
+    }
+
+    fn unix_now(&self) -> u64 {
+        self.unix_s
+    }
+}

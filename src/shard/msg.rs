@@ -1,0 +1,66 @@
+//! What shards send each other over their crossbeam channels.
+
+use bytes::Bytes;
+
+use crate::proto::{Status, Token};
+
+/// Addresses one connection on one shard; `id` tells a reused slab slot from the original.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct ConnRef {
+    pub shard: u16,
+    pub idx: u32,
+    pub id: u32,
+}
+
+/// `PushMsg::slot` for a single PUSH (not part of a MULTI_PUSH).
+pub const NO_SLOT: u32 = u32::MAX;
+
+/// One notification for one token, on its way to the shard that owns the token.
+#[derive(Debug)]
+pub struct PushMsg {
+    pub reply: ConnRef,
+    pub req_id: u32,
+    /// MULTI_PUSH aggregation slot on the provider's connection, or [`NO_SLOT`].
+    pub slot: u32,
+    /// Position of this token in the MULTI_PUSH.
+    pub index: u16,
+    pub token: Token,
+    pub kind: u8,
+    pub priority: u8,
+    pub flags: u8,
+    pub expiry: u32,
+    pub collapse: Bytes,
+    pub payload: Bytes,
+}
+
+/// The outcome of a `PushMsg`, on its way back to the provider's shard.
+#[derive(Clone, Copy, Debug)]
+pub struct ResultMsg {
+    pub to: ConnRef,
+    pub req_id: u32,
+    pub slot: u32,
+    pub index: u16,
+    pub status: Status,
+    pub msg_id: u64,
+    pub info: u64,
+}
+
+/// A device connection whose HELLO was read by a shard that does not own its token.
+#[derive(Debug)]
+pub struct Adopt {
+    pub stream: mio::net::TcpStream,
+    pub token: Token,
+    pub app: u16,
+    pub keepalive_s: u16,
+    /// Bytes the device sent after its HELLO.
+    pub leftover: Vec<u8>,
+}
+
+#[derive(Debug)]
+pub enum ShardMsg {
+    Push(PushMsg),
+    Result(ResultMsg),
+    Adopt(Adopt),
+    /// Stop accepting, send GOAWAY to everyone, exit when empty or at the deadline.
+    Drain,
+}

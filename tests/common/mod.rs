@@ -1,0 +1,173 @@
+//! Helpers shared by the end-to-end tests: an in-process gateway on
+//! 127.0.0.1 port 0, and a raw frame connection for speaking bytes directly.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use pushgate::config::{AppConfig, Config};
+use pushgate::proto::frame::{split_frame, PROVIDER_MAX_BODY};
+use pushgate::proto::session::auth_proof;
+use pushgate::proto::{Frame, Token, TokenKey};
+use pushgate::server::Gateway;
+use pushgate::store::memory::MemoryStore;
+use pushgate::store::Store;
+
+pub const APP: &str = "app.one";
+pub const APP_SECRET: &str = "secret-one-0123456789";
+pub const OTHER_APP: &str = "app.two";
+pub const OTHER_SECRET: &str = "secret-two-0123456789";
+
+/// A config on loopback port 0 with two apps and short timers for tests.
+pub fn test_config(shards: usize) -> Config {
+    let mut cfg = Config::default();
+    cfg.server.device_listen = "127.0.0.1:0".parse().unwrap();
+    cfg.server.provider_listen = "127.0.0.1:0".parse().unwrap();
+    cfg.server.shards = shards;
+    cfg.heartbeat.min_s = 1;
+    cfg.limits.handshake_timeout_ms = 2000;
+    cfg.limits.normal_priority_delay_ms = 100;
+    cfg.drain.timeout_ms = 3000;
+    cfg.drain.spread_ms = 1000;
+    cfg.apps = vec![
+        AppConfig { id: APP.into(), secret: APP_SECRET.into() },
+        AppConfig { id: OTHER_APP.into(), secret: OTHER_SECRET.into() },
+    ];
+    cfg
+}
+
+pub fn test_key() -> TokenKey {
+    TokenKey::new([42; 32])
+}
+
+/// Starts an in-process gateway with in-memory stores.
+pub fn start_gateway(cfg: Config) -> Gateway {
+    let n = cfg.shard_count();
+    let stores: Vec<Box<dyn Store>> =
+        (0..n).map(|_| Box::new(MemoryStore::new(cfg.limits.device_queue_cap)) as Box<dyn Store>).collect();
+    Gateway::start(cfg, test_key(), stores).expect("gateway starts")
+}
+
+/// A device secret derived from a label, so tests can reconnect as the same device.
+pub fn secret(label: &str) -> Vec<u8> {
+    let mut s = format!("device-secret-{label}").into_bytes();
+    s.resize(32, b'.');
+    s.truncate(64);
+    s
+}
+
+/// Polls `f` until it returns true or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    f()
+}
+
+/// A connection that sends and receives whole frames as owned values.
+pub struct Raw {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+/// A decoded frame with owned fields, for assertions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Got {
+    Frame(Vec<u8>),
+    Closed,
+    Timeout,
+}
+
+impl Raw {
+    pub fn connect(addr: SocketAddr) -> Raw {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_nodelay(true).unwrap();
+        Raw { stream, buf: Vec::new() }
+    }
+
+    pub fn send(&mut self, f: &Frame<'_>) {
+        let mut out = Vec::new();
+        f.encode(&mut out);
+        self.stream.write_all(&out).expect("send");
+    }
+
+    pub fn send_bytes(&mut self, b: &[u8]) {
+        let _ = self.stream.write_all(b);
+    }
+
+    /// The next whole frame's bytes (header included), or Closed / Timeout.
+    pub fn recv(&mut self, timeout: Duration) -> Got {
+        let end = Instant::now() + timeout;
+        loop {
+            if let Ok(Some((_, n))) = split_frame(&self.buf, PROVIDER_MAX_BODY) {
+                let bytes: Vec<u8> = self.buf.drain(..n).collect();
+                return Got::Frame(bytes);
+            }
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Got::Timeout;
+            }
+            self.stream.set_read_timeout(Some(left)).unwrap();
+            let mut tmp = [0u8; 65536];
+            match self.stream.read(&mut tmp) {
+                Ok(0) => return Got::Closed,
+                Ok(n) => self.buf.extend_from_slice(&tmp[..n]),
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                    return Got::Timeout
+                }
+                Err(_) => return Got::Closed,
+            }
+        }
+    }
+
+    /// Receives a frame and hands it to `check` decoded; panics on close or timeout.
+    pub fn expect<T>(&mut self, check: impl FnOnce(Frame<'_>) -> T) -> T {
+        match self.recv(Duration::from_secs(5)) {
+            Got::Frame(b) => {
+                let (raw, _) = split_frame(&b, PROVIDER_MAX_BODY).unwrap().unwrap();
+                check(Frame::parse(raw).expect("server sent a valid frame"))
+            }
+            other => panic!("expected a frame, got {other:?}"),
+        }
+    }
+
+    /// Whether the server closes the connection within `timeout` (after any frames).
+    pub fn closed_within(&mut self, timeout: Duration) -> bool {
+        let end = Instant::now() + timeout;
+        loop {
+            match self.recv(end.saturating_duration_since(Instant::now())) {
+                Got::Closed => return true,
+                Got::Timeout => return false,
+                Got::Frame(_) => {}
+            }
+        }
+    }
+
+    /// Device handshake; returns (token, heartbeat_s, missed).
+    pub fn hello(&mut self, app: &str, secret: &[u8], keepalive_s: u16) -> (Token, u16, u32) {
+        self.send(&Frame::Hello(pushgate::proto::Hello { version: 1, keepalive_s, app_id: app, secret }));
+        self.expect(|f| match f {
+            Frame::Welcome { token, heartbeat_s, missed } => (token, heartbeat_s, missed),
+            other => panic!("expected WELCOME, got {other:?}"),
+        })
+    }
+
+    /// Provider login; returns max_in_flight.
+    pub fn login(&mut self, app: &str, secret: &str) -> u32 {
+        self.send(&Frame::AuthHello { version: 1, app_id: app });
+        let nonce = self.expect(|f| match f {
+            Frame::Challenge { nonce } => nonce,
+            other => panic!("expected CHALLENGE, got {other:?}"),
+        });
+        self.send(&Frame::Auth { proof: auth_proof(secret.as_bytes(), app, &nonce) });
+        self.expect(|f| match f {
+            Frame::AuthOk { max_in_flight } => max_in_flight,
+            other => panic!("expected AUTH_OK, got {other:?}"),
+        })
+    }
+}
