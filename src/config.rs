@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use crate::proto::frame::is_valid_app_id;
 
-#[derive(Deserialize, Debug, Clone)]
+#[derive(Deserialize, Debug, Clone, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub server: ServerConfig,
@@ -99,19 +99,6 @@ pub struct AppConfig {
     pub id: String,
     /// Shared with the app's providers; never sent on the wire.
     pub secret: String,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            server: ServerConfig::default(),
-            heartbeat: HeartbeatConfig::default(),
-            limits: LimitsConfig::default(),
-            drain: DrainConfig::default(),
-            store: StoreConfig::default(),
-            apps: Vec::new(),
-        }
-    }
 }
 
 impl Default for ServerConfig {

@@ -22,6 +22,7 @@ macro_rules! wire_code {
             }
 
             /// Whether this code is defined by protocol version 1.
+            #[allow(clippy::manual_range_patterns)]
             pub fn is_known(self) -> bool {
                 matches!(self.0, $($val)|*)
             }

@@ -375,7 +375,7 @@ impl Shard {
                 self.deliver(e.idx);
             }
         }
-        if self.now_tick % 10 == 0 {
+        if self.now_tick.is_multiple_of(10) {
             match self.store.sweep_expired(self.unix_s) {
                 Ok(0) => {}
                 Ok(n) => {
