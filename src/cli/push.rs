@@ -1,9 +1,220 @@
-//! `pushgate push`: authenticate as a provider, push one notification, print the result.
+//! `pushgate push`: authenticate as a provider, push one notification to one
+//! token (PUSH) or several (MULTI_PUSH), print the result per token.
+//!
+//! Exit codes: 0 when every token's status is delivered or queued, 1 when any
+//! is not, 2 when the push could not be made (bad arguments, connection, auth).
+
+use std::io::{self, Write};
+use std::process::ExitCode;
+
+use serde_json::json;
+
+use crate::client::provider::DEFAULT_TTL_S;
+use crate::client::{ProviderClient, PushRequest};
+use crate::proto::{Kind, Status, Token, PRIORITY_HIGH, PRIORITY_NORMAL};
+
+/// Environment variable read when `--secret` is not given (keeps it out of `ps`).
+pub const SECRET_ENV: &str = "PUSHGATE_APP_SECRET";
 
 /// Arguments of `pushgate push`.
 #[derive(clap::Args, Debug, Clone)]
-pub struct PushArgs {}
+pub struct PushArgs {
+    /// Device token, 48 hex digits; repeat to push to several devices at once.
+    #[arg(long = "token", value_name = "HEX", required = true)]
+    pub tokens: Vec<String>,
+    /// Gateway provider port.
+    #[arg(long, default_value = "127.0.0.1:7701")]
+    pub addr: String,
+    /// App id to authenticate as.
+    #[arg(long, default_value = "demo")]
+    pub app: String,
+    /// App secret [default: $PUSHGATE_APP_SECRET].
+    #[arg(long)]
+    pub secret: Option<String>,
+    #[arg(long, value_enum, default_value_t = KindArg::Alert)]
+    pub kind: KindArg,
+    #[arg(long, value_enum, default_value_t = PriorityArg::High)]
+    pub priority: PriorityArg,
+    /// Seconds from now until the notification expires; 0 = deliver now or never.
+    #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_TTL_S)]
+    pub expiry_s: u32,
+    /// Collapse id: a stored notification with the same id is replaced by this one.
+    #[arg(long, value_name = "ID")]
+    pub collapse: Option<String>,
+    /// One JSON object per token instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Notification payload; several words are joined with spaces.
+    #[arg(value_name = "PAYLOAD")]
+    pub payload: Vec<String>,
+}
 
-pub fn run(_args: &PushArgs) -> std::process::ExitCode {
-    std::process::ExitCode::FAILURE
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KindArg {
+    Alert,
+    Badge,
+    Background,
+}
+
+impl KindArg {
+    fn kind(self) -> Kind {
+        match self {
+            KindArg::Alert => Kind::ALERT,
+            KindArg::Badge => Kind::BADGE,
+            KindArg::Background => Kind::BACKGROUND,
+        }
+    }
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PriorityArg {
+    High,
+    Normal,
+}
+
+pub fn run(args: &PushArgs) -> ExitCode {
+    match push(args) {
+        Ok(code) | Err(code) => code,
+    }
+}
+
+fn push(args: &PushArgs) -> Result<ExitCode, ExitCode> {
+    let tokens = args
+        .tokens
+        .iter()
+        .map(|t| Token::from_hex(t).ok_or_else(|| fail(&format!("not a device token (48 hex digits): {t}"))))
+        .collect::<Result<Vec<Token>, ExitCode>>()?;
+    let secret = match &args.secret {
+        Some(s) => s.clone(),
+        None => std::env::var(SECRET_ENV).map_err(|_| fail(&format!("give --secret or set {SECRET_ENV}")))?,
+    };
+    let mut req = PushRequest::new(tokens[0], args.payload.join(" "))
+        .with_kind(args.kind.kind())
+        .with_priority(match args.priority {
+            PriorityArg::High => PRIORITY_HIGH,
+            PriorityArg::Normal => PRIORITY_NORMAL,
+        })
+        .with_ttl(args.expiry_s);
+    if let Some(c) = &args.collapse {
+        req = req.with_collapse(c.as_bytes());
+    }
+
+    let mut client = ProviderClient::connect(args.addr.as_str(), &args.app, &secret).map_err(|e| {
+        fail(&format!(
+            "cannot authenticate as {} at {}: {e}",
+            args.app, args.addr
+        ))
+    })?;
+    let mut all_accepted = true;
+    if let [token] = tokens[..] {
+        let r = client
+            .push(&req)
+            .map_err(|e| fail(&format!("push failed: {e}")))?;
+        all_accepted = r.is_accepted();
+        print(args.json, &token, r.status, r.msg_id, Some(r.info), false)?;
+    } else {
+        let results = client
+            .multicast(&tokens, &req)
+            .map_err(|e| fail(&format!("push failed: {e}")))?;
+        for (token, status, msg_id) in results {
+            all_accepted &= matches!(status, Status::DELIVERED | Status::QUEUED);
+            print(args.json, &token, status, msg_id, None, true)?;
+        }
+    }
+    Ok(if all_accepted {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// One result line; `info` is only known for a single PUSH (MULTI_RESULT has no such field).
+fn print(
+    json: bool,
+    token: &Token,
+    status: Status,
+    msg_id: u64,
+    info: Option<u64>,
+    multi: bool,
+) -> Result<(), ExitCode> {
+    let text = if json {
+        let mut v = json!({"token": token.to_hex(), "status": status_name(status), "msg_id": msg_id});
+        if let Some(i) = info.filter(|i| *i != 0) {
+            v["info"] = json!(i);
+        }
+        v.to_string()
+    } else {
+        let detail = describe(status, msg_id, info.unwrap_or(0));
+        if multi {
+            format!("{token}: {detail}")
+        } else {
+            detail
+        }
+    };
+    let mut out = io::stdout().lock();
+    writeln!(out, "{text}")
+        .and_then(|()| out.flush())
+        .map_err(|_| ExitCode::FAILURE)
+}
+
+fn status_name(s: Status) -> String {
+    if s.is_known() {
+        s.name().to_string()
+    } else {
+        format!("status{}", s.0)
+    }
+}
+
+/// The status with what its number means to a person.
+fn describe(s: Status, msg_id: u64, info: u64) -> String {
+    match s {
+        Status::DELIVERED | Status::QUEUED => format!("{s} (msg {msg_id})"),
+        Status::RATE_LIMITED | Status::UNAVAILABLE if info != 0 => format!("{s} (retry after {info} ms)"),
+        Status::UNREGISTERED if info != 0 => format!("{s} (at unix ms {info})"),
+        _ => status_name(s),
+    }
+}
+
+fn fail(msg: &str) -> ExitCode {
+    eprintln!("pushgate push: {msg}");
+    ExitCode::from(2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        a: PushArgs,
+    }
+
+    #[test]
+    fn tokens_repeat_and_payload_words_follow_the_flags() {
+        let t = "ab".repeat(24);
+        let a = Cli::try_parse_from(["push", "--token", &t, "--token", &t, "hello", "--json", "world"])
+            .unwrap()
+            .a;
+        assert_eq!(a.tokens.len(), 2);
+        assert_eq!(a.payload.join(" "), "hello world");
+        assert!(a.json);
+        assert_eq!(
+            (a.kind, a.priority, a.expiry_s),
+            (KindArg::Alert, PriorityArg::High, DEFAULT_TTL_S)
+        );
+        assert!(Cli::try_parse_from(["push", "x"]).is_err(), "--token is required");
+    }
+
+    #[test]
+    fn descriptions_carry_the_number_that_matters() {
+        assert_eq!(describe(Status::QUEUED, 7, 0), "queued (msg 7)");
+        assert_eq!(
+            describe(Status::RATE_LIMITED, 0, 250),
+            "rate_limited (retry after 250 ms)"
+        );
+        assert_eq!(describe(Status::BAD_TOKEN, 0, 0), "bad_token");
+        assert_eq!(describe(Status(77), 0, 0), "status77");
+    }
 }
