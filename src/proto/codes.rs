@@ -49,7 +49,7 @@ wire_code! {
         PAYLOAD_TOO_LARGE = 3, "payload_too_large";
         /// Expiry 0 (now or never) and the device is offline: not stored, not delivered.
         NOT_DELIVERED = 4, "not_delivered";
-        /// A field is out of range (kind, priority, collapse id, token count).
+        /// A field is out of range: unknown kind, priority other than 10 or 5, or nonzero flags.
         BAD_REQUEST = 5, "bad_request";
         /// The app is over its push rate; retry after `info` milliseconds.
         RATE_LIMITED = 6, "rate_limited";

@@ -414,7 +414,7 @@ impl<'a> Frame<'a> {
             Frame::Notify { payload, .. } => 8 + 1 + 1 + payload.len(),
             Frame::Ack { .. } => 8,
             Frame::GoAway { .. } => 1 + 4,
-            Frame::Error { text, .. } => 1 + text.len().min(MAX_ERROR_TEXT),
+            Frame::Error { text, .. } => 1 + truncate_text(text).len(),
             Frame::AuthHello { app_id, .. } => 1 + 1 + app_id.len(),
             Frame::Challenge { .. } | Frame::Auth { .. } => NONCE_LEN,
             Frame::AuthOk { .. } => 4,

@@ -78,6 +78,9 @@ pub enum DeviceEvent<'a> {
 
 /// Applies the device session rules to one frame from a device.
 pub fn on_device_frame(state: DeviceState, raw: RawFrame<'_>) -> Result<DeviceEvent<'_>, ProtoError> {
+    if !is_device_port_type(raw.ftype) {
+        return Err(ProtoError::Frame(FrameError::UnknownType(raw.ftype)));
+    }
     let frame = Frame::parse(raw)?;
     match (state, frame) {
         (DeviceState::AwaitHello, Frame::Hello(h)) => {
@@ -91,13 +94,19 @@ pub fn on_device_frame(state: DeviceState, raw: RawFrame<'_>) -> Result<DeviceEv
         }
         (DeviceState::Ready, Frame::Ping) => Ok(DeviceEvent::Ping),
         (DeviceState::Ready, Frame::Ack { msg_id }) => Ok(DeviceEvent::Ack(msg_id)),
-        (_, f) if is_device_port_type(f.ftype()) => Err(ProtoError::Unexpected(f.ftype())),
-        (_, f) => Err(ProtoError::Frame(FrameError::UnknownType(f.ftype()))),
+        (_, f) => Err(ProtoError::Unexpected(f.ftype())),
     }
 }
 
-fn is_device_port_type(t: u8) -> bool {
+/// Frame types defined on the device port.
+pub fn is_device_port_type(t: u8) -> bool {
     (ftype::HELLO..=ftype::ERROR).contains(&t)
+}
+
+/// Frame types defined on the provider port.
+pub fn is_provider_port_type(t: u8) -> bool {
+    matches!(t, ftype::PING | ftype::PONG | ftype::GOAWAY | ftype::ERROR)
+        || (ftype::AUTH_HELLO..=ftype::MULTI_RESULT).contains(&t)
 }
 
 /// The configured apps, addressed by a small index so a connection stores 2 bytes, not a name.
@@ -188,6 +197,9 @@ pub fn on_provider_frame<'a>(
     apps: &Apps,
     fresh_nonce: [u8; NONCE_LEN],
 ) -> Result<ProviderEvent<'a>, ProtoError> {
+    if !is_provider_port_type(raw.ftype) {
+        return Err(ProtoError::Frame(FrameError::UnknownType(raw.ftype)));
+    }
     let frame = Frame::parse(raw)?;
     match (*state, frame) {
         (ProviderState::AwaitHello, Frame::AuthHello { version, app_id }) => {

@@ -28,8 +28,9 @@ pub struct Device {
     /// Tick of the last frame received (or of accept, or of the start of closing).
     pub since: u32,
     pub heartbeat_s: u16,
-    /// NOTIFY frames written and not yet acknowledged.
-    pub inflight: u16,
+    /// Ids of NOTIFY frames written and not yet acknowledged, oldest first;
+    /// allocated only while something is in flight.
+    pub unacked: Option<Box<Vec<u64>>>,
     pub app: u16,
     pub flags: u8,
 }
@@ -99,5 +100,28 @@ impl Conn {
 
     pub fn is_device(&self) -> bool {
         matches!(self, Conn::Device(_))
+    }
+}
+
+impl Device {
+    /// NOTIFY frames written and not yet acknowledged.
+    pub fn inflight(&self) -> usize {
+        self.unacked.as_ref().map_or(0, |u| u.len())
+    }
+
+    pub fn on_sent(&mut self, msg_id: u64) {
+        self.cursor = msg_id;
+        self.unacked.get_or_insert_with(Default::default).push(msg_id);
+    }
+
+    /// Forgets an acknowledged id; false if it was not in flight here.
+    pub fn on_acked(&mut self, msg_id: u64) -> bool {
+        let Some(u) = self.unacked.as_mut() else { return false };
+        let Some(pos) = u.iter().position(|&id| id == msg_id) else { return false };
+        u.remove(pos);
+        if u.is_empty() {
+            self.unacked = None;
+        }
+        true
     }
 }

@@ -11,15 +11,27 @@ use super::conn::{Conn, Device, F_CLOSING, F_HELD, F_READY};
 use super::io::Flow;
 use super::msg::{Adopt, PushMsg, ResultMsg, ShardMsg};
 use super::timer::Entry;
-use super::Shard;
+use super::{Sent, Shard};
 use crate::proto::{
     on_device_frame, DeviceEvent, DeviceState, Frame, GoAwayReason, ProtoError, RawFrame, Status, Token,
     PRIORITY_HIGH,
 };
 use crate::store::{StoreError, StoredMsg};
 
-/// Bit set in `Device::flags` when the last delivery filled the window, so an ACK should look for more.
+/// Bit set in `Device::flags` when the last delivery stopped at the window or
+/// the outbox limit, so an ACK or a drained socket should look for more.
 const F_BACKLOG: u8 = 32;
+
+/// Why `deliver` stopped.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum Delivery {
+    /// Everything pending was written.
+    Done,
+    /// The in-flight window is full; ACKs will make room.
+    WindowFull,
+    /// The outbox limit is reached; a drained socket will make room.
+    OutboxFull,
+}
 
 impl Shard {
     /// One frame from a device. `rest` is what follows it, needed if the
@@ -98,7 +110,7 @@ impl Shard {
             id,
             since,
             heartbeat_s: 0,
-            inflight: 0,
+            unacked: None,
             app: a.app,
             flags: 0,
         }));
@@ -149,46 +161,70 @@ impl Shard {
         d.since = now;
         self.stats().devices.fetch_add(1, Ordering::Relaxed);
         if self.send_frame(idx, &Frame::Welcome { token, heartbeat_s, missed }) {
-            self.deliver(idx);
+            let _ = self.deliver(idx);
         }
     }
 
-    /// Writes stored notifications newer than the connection's cursor, up to the window.
-    pub(super) fn deliver(&mut self, idx: u32) {
+    /// Writes stored notifications newer than the connection's cursor, up to
+    /// the in-flight window and the outbox limit. What does not fit stays in
+    /// the store and goes out as ACKs arrive and the socket drains.
+    pub(super) fn deliver(&mut self, idx: u32) -> Delivery {
         let window = self.shared.cfg.limits.device_max_in_flight;
-        let Some(Conn::Device(d)) = self.conns.get_mut(idx as usize) else { return };
+        let Some(Conn::Device(d)) = self.conns.get_mut(idx as usize) else { return Delivery::Done };
         d.flags &= !F_HELD;
         if d.flags & F_READY == 0 || d.flags & F_CLOSING != 0 {
-            return;
+            return Delivery::Done;
         }
-        let room = window.saturating_sub(d.inflight);
+        let room = (window as usize).saturating_sub(d.inflight());
         if room == 0 {
             d.flags |= F_BACKLOG;
-            return;
+            return Delivery::WindowFull;
         }
         let mut msgs = std::mem::take(&mut self.msgs);
         msgs.clear();
-        if let Err(e) = self.store.pending(&d.token, d.cursor, self.unix_s, room as usize, &mut msgs) {
+        if let Err(e) = self.store.pending(&d.token, d.cursor, self.unix_s, room, &mut msgs) {
             warn!("shard {}: reading stored notifications: {e}", self.index);
         }
-        if msgs.len() == room as usize {
-            d.flags |= F_BACKLOG;
-        } else {
-            d.flags &= !F_BACKLOG;
-        }
+        let mut outcome = if msgs.len() == room { Delivery::WindowFull } else { Delivery::Done };
+        let mut sent = 0;
         for m in &msgs {
             let frame = Frame::Notify { msg_id: m.msg_id, kind: m.kind, priority: m.priority, payload: &m.payload };
-            if !self.send_frame(idx, &frame) {
-                break;
+            match self.try_send_frame(idx, &frame) {
+                Sent::Yes => {}
+                Sent::Gone => break,
+                Sent::OutboxFull => {
+                    outcome = Delivery::OutboxFull;
+                    break;
+                }
             }
+            sent += 1;
             if let Some(Conn::Device(d)) = self.conns.get_mut(idx as usize) {
-                d.cursor = m.msg_id;
-                d.inflight += 1;
+                d.on_sent(m.msg_id);
             }
         }
-        self.stats().notifies.fetch_add(msgs.len() as u64, Ordering::Relaxed);
+        if let Some(Conn::Device(d)) = self.conns.get_mut(idx as usize) {
+            if outcome == Delivery::Done {
+                d.flags &= !F_BACKLOG;
+            } else {
+                d.flags |= F_BACKLOG;
+            }
+        }
+        self.stats().notifies.fetch_add(sent, Ordering::Relaxed);
         msgs.clear();
         self.msgs = msgs;
+        outcome
+    }
+
+    /// After a flush emptied a device's outbox: send what the outbox limit held back.
+    /// Returns true if it wrote more, so the caller flushes again.
+    pub(super) fn on_drained(&mut self, idx: u32) -> bool {
+        match self.conns.get(idx as usize) {
+            Some(Conn::Device(d)) if d.flags & F_BACKLOG != 0 => {
+                let _ = self.deliver(idx);
+                self.conns.get(idx as usize).is_some_and(|c| c.flags() & super::conn::F_DIRTY != 0)
+            }
+            _ => false,
+        }
     }
 
     /// Holds normal-priority notifications briefly so several share one write.
@@ -197,7 +233,7 @@ impl Shard {
         let Some(Conn::Device(d)) = self.conns.get_mut(idx as usize) else { return };
         if d.flags & super::conn::F_DIRTY != 0 {
             // Already writing to this device in this iteration: the radio is up anyway.
-            self.deliver(idx);
+            let _ = self.deliver(idx);
             return;
         }
         if d.flags & F_HELD == 0 {
@@ -209,10 +245,9 @@ impl Shard {
 
     fn on_ack(&mut self, idx: u32, msg_id: u64) {
         let Some(Conn::Device(d)) = self.conns.get_mut(idx as usize) else { return };
-        if msg_id > d.cursor {
-            return; // never sent on this connection
+        if !d.on_acked(msg_id) {
+            return; // not in flight here: a duplicate, or never sent on this connection
         }
-        d.inflight = d.inflight.saturating_sub(1);
         let backlog = d.flags & F_BACKLOG != 0;
         let token = d.token;
         match self.store.ack(&token, msg_id) {
@@ -222,7 +257,7 @@ impl Shard {
         }
         self.stats().acks.fetch_add(1, Ordering::Relaxed);
         if backlog {
-            self.deliver(idx);
+            let _ = self.deliver(idx);
         }
     }
 
@@ -264,7 +299,11 @@ impl Shard {
             self.store_dirty = true;
             if let Some(idx) = conn {
                 if m.priority == PRIORITY_HIGH {
-                    self.deliver(idx);
+                    if self.deliver(idx) == Delivery::OutboxFull && self.outbox_stuck(idx) {
+                        // A device that reads nothing gets a bounded outbox; past it,
+                        // it is disconnected and its notifications stay stored.
+                        self.goaway(idx, GoAwayReason::SLOW_CONSUMER, 0);
+                    }
                 } else {
                     self.hold(idx);
                 }
@@ -281,15 +320,14 @@ impl Shard {
         result.status = Status::NOT_DELIVERED;
         result.msg_id = 0;
         if let Some(idx) = conn {
-            self.deliver(idx);
+            let _ = self.deliver(idx);
             let window = self.shared.cfg.limits.device_max_in_flight;
             if let Some(Conn::Device(d)) = self.conns.get(idx as usize) {
-                if d.inflight < window && d.flags & F_READY != 0 {
+                if d.inflight() < window as usize && d.flags & F_READY != 0 {
                     let frame = Frame::Notify { msg_id, kind: m.kind, priority: m.priority, payload: &m.payload };
-                    if self.send_frame(idx, &frame) {
+                    if self.try_send_frame(idx, &frame) == Sent::Yes {
                         if let Some(Conn::Device(d)) = self.conns.get_mut(idx as usize) {
-                            d.cursor = msg_id;
-                            d.inflight += 1;
+                            d.on_sent(msg_id);
                         }
                         self.stats().notifies.fetch_add(1, Ordering::Relaxed);
                         result.status = Status::DELIVERED;
@@ -299,5 +337,21 @@ impl Shard {
             }
         }
         self.route_result(result);
+    }
+}
+
+impl Shard {
+    /// Whether the outbox is full and the socket took nothing of it since the
+    /// last flush: the device is not reading, as opposed to catching up.
+    fn outbox_stuck(&mut self, idx: u32) -> bool {
+        self.flush(idx);
+        let max = self.shared.cfg.limits.max_outbox_bytes;
+        match self.conns.get_mut(idx as usize) {
+            Some(c) => {
+                let (_, bufs) = c.io();
+                bufs.as_ref().is_some_and(|b| b.pending_write() * 2 > max)
+            }
+            None => false,
+        }
     }
 }

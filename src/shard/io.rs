@@ -76,7 +76,7 @@ impl Shard {
                 id,
                 since,
                 heartbeat_s: 0,
-                inflight: 0,
+                unacked: None,
                 app: 0,
                 flags: 0,
             })
@@ -237,13 +237,23 @@ impl Shard {
         }
     }
 
-    /// Writes pending output; shuts the write side once a closing connection is flushed.
+    /// Writes pending output; shuts the write side once a closing connection is
+    /// flushed; refills a device's outbox from the store while the socket takes it.
     pub(super) fn flush(&mut self, idx: u32) {
-        let Some(conn) = self.conns.get_mut(idx as usize) else { return };
+        for _ in 0..16 {
+            if !self.flush_once(idx) || !self.on_drained(idx) {
+                return;
+            }
+        }
+    }
+
+    /// One write pass; true if the outbox emptied.
+    fn flush_once(&mut self, idx: u32) -> bool {
+        let Some(conn) = self.conns.get_mut(idx as usize) else { return false };
         *conn.flags_mut() &= !super::conn::F_DIRTY;
         let closing = conn.flags() & F_CLOSING != 0;
         let (stream, bufs) = conn.io();
-        let Some(b) = bufs.as_mut() else { return };
+        let Some(b) = bufs.as_mut() else { return true };
         let mut failed = false;
         while b.wpos < b.wbuf.len() {
             match stream.write(&b.wbuf[b.wpos..]) {
@@ -262,19 +272,21 @@ impl Shard {
         }
         if failed {
             self.close(idx);
-            return;
+            return false;
         }
-        if b.wpos == b.wbuf.len() {
-            b.wbuf.clear();
-            b.wpos = 0;
-            if closing {
-                let _ = stream.shutdown(Shutdown::Write);
-            }
-            if b.is_idle() {
-                if let Some(b) = bufs.take() {
-                    self.pool.put(b);
-                }
+        if b.wpos < b.wbuf.len() {
+            return false;
+        }
+        b.wbuf.clear();
+        b.wpos = 0;
+        if closing {
+            let _ = stream.shutdown(Shutdown::Write);
+        }
+        if b.is_idle() {
+            if let Some(b) = bufs.take() {
+                self.pool.put(b);
             }
         }
+        !closing
     }
 }

@@ -53,6 +53,16 @@ pub struct ShardStats {
     pub acks: AtomicU64,
 }
 
+/// What became of a frame handed to a connection.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Sent {
+    Yes,
+    /// The connection is closing or gone.
+    Gone,
+    /// Unsent output is at `max_outbox_bytes`.
+    OutboxFull,
+}
+
 /// How another thread reaches a shard.
 pub struct ShardHandle {
     tx: Sender<Vec<ShardMsg>>,
@@ -372,7 +382,7 @@ impl Shard {
             }
             self.held.pop_front();
             if self.conns.get(e.idx as usize).is_some_and(|c| c.id() == e.id) {
-                self.deliver(e.idx);
+                let _ = self.deliver(e.idx);
             }
         }
         if self.now_tick.is_multiple_of(10) {
@@ -453,26 +463,42 @@ impl Shard {
     }
 
     /// Writes `frame` to connection `idx` (flushed at the end of the iteration).
-    /// Returns false if the connection was cut off for holding too much unsent output.
+    /// A frame that would take the unsent output past `max_outbox_bytes` is not
+    /// written: the peer is not reading, so it gets GOAWAY slow_consumer as its
+    /// last frame and is closed, and false comes back.
     fn send_frame(&mut self, idx: u32, frame: &Frame<'_>) -> bool {
+        match self.try_send_frame(idx, frame) {
+            Sent::Yes => true,
+            Sent::Gone => false,
+            Sent::OutboxFull => {
+                debug!("shard {}: connection {idx} is not reading; closing as a slow consumer", self.index);
+                self.goaway(idx, GoAwayReason::SLOW_CONSUMER, 0);
+                false
+            }
+        }
+    }
+
+    /// Like `send_frame`, but a full outbox only refuses the frame.
+    fn try_send_frame(&mut self, idx: u32, frame: &Frame<'_>) -> Sent {
         let max = self.shared.cfg.limits.max_outbox_bytes;
-        let Some(conn) = self.conns.get_mut(idx as usize) else { return false };
-        let flags = conn.flags_mut();
-        let newly_dirty = *flags & F_DIRTY == 0;
-        *flags |= F_DIRTY;
+        let closing_frame = matches!(frame, Frame::GoAway { .. } | Frame::Error { .. });
+        let Some(conn) = self.conns.get_mut(idx as usize) else { return Sent::Gone };
+        if conn.flags() & F_CLOSING != 0 {
+            return Sent::Gone;
+        }
         let (_, bufs) = conn.io();
+        let pending = bufs.as_ref().map_or(0, |b| b.pending_write());
+        if !closing_frame && pending + frame.encoded_len() > max {
+            return Sent::OutboxFull;
+        }
         let b = bufs.get_or_insert_with(|| self.pool.get());
         frame.encode(&mut b.wbuf);
-        let over = b.pending_write() > max;
-        if newly_dirty {
+        let flags = conn.flags_mut();
+        if *flags & F_DIRTY == 0 {
+            *flags |= F_DIRTY;
             self.dirty.push(idx);
         }
-        if over {
-            debug!("shard {}: connection {idx} over its outbox limit; closing", self.index);
-            self.close(idx);
-            return false;
-        }
-        true
+        Sent::Yes
     }
 
     /// Sends GOAWAY and starts closing.
