@@ -1,0 +1,2 @@
+//! Durable store benchmarks (being written).
+fn main() {}

@@ -1,0 +1,309 @@
+//! Durable `Store` on fjall (an LSM tree with a write-ahead journal): one
+//! database per data directory, shared by every shard's handle, keyed by token
+//! so a different shard count after a restart finds every queue where it was.
+//!
+//! Keyspaces: `msgs` (token || id -> message), `expiry` (shard || expiry ||
+//! token || id, the sweep index) and `meta` (layout, per-shard counters, missed
+//! counts). Every mutation is one atomic batch that also rewrites the shard's
+//! counters, so max_msg_id and len never disagree with the messages after a crash.
+//! A token's queue summary (ids, expiries, collapse ids) is cached after first
+//! use, so append, ack and collapse need no read from disk.
+
+mod codec;
+mod open;
+
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use fjall::{Database, Keyspace, OwnedWriteBatch, PersistMode};
+
+use super::{Store, StoreError, StoredMsg};
+use crate::proto::Token;
+use codec::ShardMeta;
+
+pub use open::open_durable;
+
+/// Messages each sweep batch deletes before committing.
+const SWEEP_CHUNK: usize = 1024;
+
+/// What append and ack need to know about one waiting message.
+struct Entry {
+    id: u64,
+    expiry: u32,
+    collapse: Bytes,
+}
+
+#[derive(Default)]
+struct Queue {
+    msgs: VecDeque<Entry>,
+    missed: u32,
+}
+
+/// The engine handles every shard shares.
+#[derive(Clone)]
+struct Engine {
+    db: Database,
+    msgs: Keyspace,
+    expiry: Keyspace,
+    meta: Keyspace,
+    path: PathBuf,
+}
+
+/// One shard's handle on the durable store.
+pub struct DurableStore {
+    eng: Engine,
+    shard: u16,
+    cap: usize,
+    counters: ShardMeta,
+    cache: HashMap<Token, Queue>,
+}
+
+impl DurableStore {
+    fn queue(&mut self, token: &Token) -> Result<Queue, StoreError> {
+        if let Some(q) = self.cache.remove(token) {
+            return Ok(q);
+        }
+        let mut q = Queue::default();
+        for kv in self.eng.msgs.prefix(token.0) {
+            let (k, v) = kv.into_inner().map_err(|e| self.eng.err("reading a queue", e))?;
+            let (_, id) = codec::parse_msg_key(&k).ok_or_else(|| self.eng.corrupt("message key", &k))?;
+            let (expiry, collapse, _) =
+                codec::split_msg(&v).ok_or_else(|| self.eng.corrupt("message", &k))?;
+            q.msgs.push_back(Entry {
+                id,
+                expiry,
+                collapse: Bytes::copy_from_slice(collapse),
+            });
+        }
+        let key = codec::missed_key(token);
+        if let Some(v) = self
+            .eng
+            .meta
+            .get(key)
+            .map_err(|e| self.eng.err("reading a missed count", e))?
+        {
+            q.missed = codec::decode_u32(&v).ok_or_else(|| self.eng.corrupt("missed count", &key))?;
+        }
+        Ok(q)
+    }
+
+    /// Puts a queue back in the cache unless it holds nothing worth remembering.
+    fn keep(&mut self, token: &Token, q: Queue) {
+        if !q.msgs.is_empty() || q.missed != 0 {
+            self.cache.insert(*token, q);
+        }
+    }
+
+    fn remove_msg(&self, b: &mut OwnedWriteBatch, token: &Token, e: &Entry) {
+        b.remove(&self.eng.msgs, codec::msg_key(token, e.id));
+        b.remove(
+            &self.eng.expiry,
+            codec::exp_key(self.shard, e.expiry, token, e.id),
+        );
+    }
+
+    /// Commits `b` together with the shard counters `c`; the counters change only if it lands.
+    fn commit(&mut self, mut b: OwnedWriteBatch, c: ShardMeta, what: &str) -> Result<(), StoreError> {
+        b.insert(&self.eng.meta, codec::shard_key(self.shard), c.encode());
+        b.commit().map_err(|e| self.eng.err(what, e))?;
+        self.counters = c;
+        Ok(())
+    }
+}
+
+impl Store for DurableStore {
+    fn append(&mut self, token: &Token, msg: StoredMsg) -> Result<(), StoreError> {
+        let mut q = self.queue(token)?;
+        let mut b = self.eng.db.batch();
+        let mut c = self.counters;
+        let mut gone = Vec::new();
+        if !msg.collapse.is_empty() {
+            if let Some(i) = q.msgs.iter().position(|e| e.collapse == msg.collapse) {
+                gone.extend(q.msgs.remove(i));
+            }
+        }
+        let missed_before = q.missed;
+        while q.msgs.len() >= self.cap {
+            gone.extend(q.msgs.pop_front());
+            q.missed = q.missed.saturating_add(1);
+        }
+        for e in &gone {
+            self.remove_msg(&mut b, token, e);
+            c.len -= 1;
+        }
+        if q.missed != missed_before {
+            b.insert(&self.eng.meta, codec::missed_key(token), q.missed.to_be_bytes());
+        }
+        b.insert(
+            &self.eng.msgs,
+            codec::msg_key(token, msg.msg_id),
+            codec::encode_msg(&msg),
+        );
+        b.insert(
+            &self.eng.expiry,
+            codec::exp_key(self.shard, msg.expiry, token, msg.msg_id),
+            [],
+        );
+        c.len += 1;
+        c.max_id = c.max_id.max(msg.msg_id);
+        // On failure the cached queue is dropped, so the next use reloads it from disk.
+        self.commit(b, c, "appending")?;
+        q.msgs.push_back(Entry {
+            id: msg.msg_id,
+            expiry: msg.expiry,
+            collapse: msg.collapse,
+        });
+        self.keep(token, q);
+        Ok(())
+    }
+
+    fn pending(
+        &mut self,
+        token: &Token,
+        after: u64,
+        now_unix: u64,
+        max: usize,
+        out: &mut Vec<StoredMsg>,
+    ) -> Result<(), StoreError> {
+        if max == 0 || after == u64::MAX {
+            return Ok(());
+        }
+        let range = codec::msg_key(token, after + 1)..=codec::msg_key(token, u64::MAX);
+        let mut n = 0;
+        for kv in self.eng.msgs.range(range) {
+            let (k, v) = kv.into_inner().map_err(|e| self.eng.err("reading a queue", e))?;
+            let msg = codec::parse_msg_key(&k)
+                .and_then(|(_, id)| codec::decode_msg(id, &v))
+                .ok_or_else(|| self.eng.corrupt("message", &k))?;
+            if u64::from(msg.expiry) >= now_unix {
+                out.push(msg);
+                n += 1;
+                if n == max {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn ack(&mut self, token: &Token, msg_id: u64) -> Result<bool, StoreError> {
+        let mut q = self.queue(token)?;
+        let Some(i) = q.msgs.iter().position(|e| e.id == msg_id) else {
+            self.keep(token, q);
+            return Ok(false);
+        };
+        let mut b = self.eng.db.batch();
+        if let Some(e) = q.msgs.remove(i) {
+            self.remove_msg(&mut b, token, &e);
+        }
+        let c = ShardMeta {
+            len: self.counters.len - 1,
+            ..self.counters
+        };
+        self.commit(b, c, "acknowledging")?;
+        self.keep(token, q);
+        Ok(true)
+    }
+
+    fn take_missed(&mut self, token: &Token) -> Result<u32, StoreError> {
+        let mut q = self.queue(token)?;
+        let n = std::mem::take(&mut q.missed);
+        if n != 0 {
+            let mut b = self.eng.db.batch();
+            b.remove(&self.eng.meta, codec::missed_key(token));
+            b.commit()
+                .map_err(|e| self.eng.err("resetting a missed count", e))?;
+        }
+        self.keep(token, q);
+        Ok(n)
+    }
+
+    fn sweep_expired(&mut self, now_unix: u64) -> Result<usize, StoreError> {
+        let range = codec::exp_bound(self.shard, 0)..codec::exp_bound(self.shard, now_unix);
+        let mut total = 0;
+        loop {
+            let mut found = Vec::with_capacity(SWEEP_CHUNK);
+            for kv in self.eng.expiry.range(range.clone()).take(SWEEP_CHUNK) {
+                let k = kv
+                    .key()
+                    .map_err(|e| self.eng.err("reading the expiry index", e))?;
+                found.push(codec::parse_exp_key(&k).ok_or_else(|| self.eng.corrupt("expiry key", &k))?);
+            }
+            if found.is_empty() {
+                return Ok(total);
+            }
+            let mut b = self.eng.db.batch();
+            let mut c = self.counters;
+            for &(expiry, token, id) in &found {
+                self.remove_msg(
+                    &mut b,
+                    &token,
+                    &Entry {
+                        id,
+                        expiry,
+                        collapse: Bytes::new(),
+                    },
+                );
+                c.len -= 1;
+            }
+            self.commit(b, c, "sweeping expired messages")?;
+            for (_, token, id) in &found {
+                if let Some(mut q) = self.cache.remove(token) {
+                    q.msgs.retain(|e| e.id != *id);
+                    self.keep(token, q);
+                }
+            }
+            total += found.len();
+        }
+    }
+
+    fn sync(&mut self) -> Result<(), StoreError> {
+        self.eng
+            .db
+            .persist(PersistMode::SyncAll)
+            .map_err(|e| self.eng.err("syncing the journal", e))
+    }
+
+    fn max_msg_id(&self) -> u64 {
+        self.counters.max_id
+    }
+
+    fn len(&self) -> usize {
+        self.counters.len as usize
+    }
+}
+
+impl Engine {
+    /// Maps an engine error met while doing `what`; ENOSPC becomes `Full`.
+    fn err(&self, what: &str, e: fjall::Error) -> StoreError {
+        map_err(&self.path, what, e)
+    }
+
+    fn corrupt(&self, what: &str, key: &[u8]) -> StoreError {
+        StoreError::Corrupt(format!(
+            "{}: malformed {what} at key {}",
+            self.path.display(),
+            hex::encode(key)
+        ))
+    }
+}
+
+fn map_err(path: &Path, what: &str, e: fjall::Error) -> StoreError {
+    let io = match &e {
+        fjall::Error::Io(io) | fjall::Error::Storage(fjall::LsmError::Io(io)) => Some(io),
+        _ => None,
+    };
+    if let Some(io) = io {
+        if io.kind() == std::io::ErrorKind::StorageFull || io.raw_os_error() == Some(28) {
+            return StoreError::Full;
+        }
+        return StoreError::Io(format!("{what} in {}: {io}", path.display()));
+    }
+    match e {
+        fjall::Error::Poisoned | fjall::Error::Locked | fjall::Error::KeyspaceDeleted => {
+            StoreError::Io(format!("{what} in {}: {e:?}", path.display()))
+        }
+        _ => StoreError::Corrupt(format!("{what} in {}: {e:?}", path.display())),
+    }
+}

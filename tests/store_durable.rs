@@ -1,0 +1,368 @@
+//! The durable store keeps the in-memory store's semantics across restarts,
+//! crashes and shard-count changes, and reports damage instead of panicking.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use bytes::Bytes;
+use pushgate::proto::Token;
+use pushgate::store::durable::open_durable;
+use pushgate::store::memory::MemoryStore;
+use pushgate::store::{Store, StoreError, StoredMsg};
+
+const CRASH_ENV: &str = "PUSHGATE_STORE_CRASH_CHILD";
+
+fn msg(id: u64, expiry: u32, collapse: &[u8]) -> StoredMsg {
+    StoredMsg {
+        msg_id: id,
+        kind: 1,
+        priority: 10,
+        flags: 0,
+        expiry,
+        collapse: Bytes::copy_from_slice(collapse),
+        payload: Bytes::from(format!("payload of {id}")),
+    }
+}
+
+fn token(i: u64) -> Token {
+    let mut t = [0u8; 24];
+    t[..8].copy_from_slice(&i.to_be_bytes());
+    t[8..16].copy_from_slice(&i.wrapping_mul(0x9e37_79b9_7f4a_7c15).to_be_bytes());
+    Token(t)
+}
+
+fn open1(dir: &Path, cap: usize) -> Box<dyn Store> {
+    open_durable(dir, 1, cap).unwrap().pop().unwrap()
+}
+
+fn pending_all(s: &mut dyn Store, t: &Token, now: u64) -> Vec<StoredMsg> {
+    let mut out = Vec::new();
+    s.pending(t, 0, now, usize::MAX, &mut out).unwrap();
+    out
+}
+
+fn ids(s: &mut dyn Store, t: &Token, now: u64) -> Vec<u64> {
+    pending_all(s, t, now).iter().map(|m| m.msg_id).collect()
+}
+
+#[test]
+fn reopen_keeps_order_collapse_cap_missed_and_max_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = token(1);
+    let mut s = open1(dir.path(), 3);
+    for id in 1..=3 {
+        s.append(&t, msg(id, 100, b"")).unwrap();
+    }
+    assert!(s.ack(&t, 2).unwrap());
+    s.append(&t, msg(4, 100, b"c")).unwrap();
+    s.append(&t, msg(5, 100, b"c")).unwrap();
+    s.append(&t, msg(6, 60, b"")).unwrap();
+    s.sync().unwrap();
+    drop(s);
+
+    let mut s = open1(dir.path(), 3);
+    assert_eq!(ids(&mut *s, &t, 50), vec![3, 5, 6]);
+    assert_eq!(pending_all(&mut *s, &t, 50)[1], msg(5, 100, b"c"));
+    assert_eq!(s.max_msg_id(), 6);
+    assert_eq!(s.len(), 3);
+    assert!(!s.ack(&t, 2).unwrap(), "an acked message stays acked");
+    // Collapse still finds the message written before the restart.
+    s.append(&t, msg(7, 100, b"c")).unwrap();
+    assert_eq!(ids(&mut *s, &t, 50), vec![3, 6, 7]);
+    s.sync().unwrap();
+    drop(s);
+
+    let mut s = open1(dir.path(), 3);
+    assert_eq!(s.take_missed(&t).unwrap(), 1, "the missed count is durable");
+    s.sync().unwrap();
+    drop(s);
+
+    let mut s = open1(dir.path(), 3);
+    assert_eq!(
+        s.take_missed(&t).unwrap(),
+        0,
+        "taking the missed count is durable"
+    );
+    assert_eq!(s.sweep_expired(61).unwrap(), 1);
+    assert_eq!(ids(&mut *s, &t, 0), vec![3, 7]);
+    s.sync().unwrap();
+    drop(s);
+
+    let mut s = open1(dir.path(), 3);
+    assert_eq!(ids(&mut *s, &t, 0), vec![3, 7]);
+    assert_eq!(s.len(), 2);
+    assert_eq!(s.max_msg_id(), 7);
+    let mut after = Vec::new();
+    s.pending(&t, 3, 0, 10, &mut after).unwrap();
+    assert_eq!(after, vec![msg(7, 100, b"c")]);
+}
+
+#[test]
+fn pending_skips_expired_and_honours_max() {
+    let dir = tempfile::tempdir().unwrap();
+    let (t, other) = (token(1), token(2));
+    let mut s = open1(dir.path(), 100);
+    for id in 1..=6 {
+        s.append(&t, msg(id, if id % 2 == 0 { 10 } else { 100 }, b""))
+            .unwrap();
+    }
+    s.append(&other, msg(7, 100, b"")).unwrap();
+    let mut out = Vec::new();
+    s.pending(&t, 1, 50, 2, &mut out).unwrap();
+    assert_eq!(out.iter().map(|m| m.msg_id).collect::<Vec<_>>(), vec![3, 5]);
+    assert_eq!(ids(&mut *s, &t, 0), vec![1, 2, 3, 4, 5, 6]);
+    assert_eq!(ids(&mut *s, &other, 0), vec![7]);
+}
+
+/// A small deterministic generator, so a failure names its seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+#[test]
+fn behaves_like_the_memory_store_across_restarts() {
+    for seed in 1..=4u64 {
+        let dir = tempfile::tempdir().unwrap();
+        let mut rng = Rng(seed.wrapping_mul(0x2545_f491_4f6c_dd1d));
+        let mut mem = MemoryStore::new(4);
+        let mut dur = open1(dir.path(), 4);
+        let tokens: Vec<Token> = (0..5).map(token).collect();
+        let mut next_id = 1;
+        for step in 0..600 {
+            let t = tokens[rng.next(5) as usize];
+            let ctx = format!("seed {seed} step {step}");
+            match rng.next(10) {
+                0..=3 => {
+                    let collapse: &[u8] = [&b""[..], b"a", b"b"][rng.next(3) as usize];
+                    let m = msg(next_id, 10 + rng.next(90) as u32, collapse);
+                    next_id += 1;
+                    mem.append(&t, m.clone()).unwrap();
+                    dur.append(&t, m).unwrap();
+                }
+                4 => {
+                    let id = rng.next(next_id + 1);
+                    assert_eq!(mem.ack(&t, id).unwrap(), dur.ack(&t, id).unwrap(), "{ctx}");
+                }
+                5 => assert_eq!(
+                    mem.take_missed(&t).unwrap(),
+                    dur.take_missed(&t).unwrap(),
+                    "{ctx}"
+                ),
+                6 => {
+                    let now = rng.next(40);
+                    assert_eq!(
+                        mem.sweep_expired(now).unwrap(),
+                        dur.sweep_expired(now).unwrap(),
+                        "{ctx}"
+                    );
+                }
+                7 => {
+                    dur.sync().unwrap();
+                    drop(dur);
+                    dur = open1(dir.path(), 4);
+                }
+                _ => {
+                    let (after, now, max) = (rng.next(next_id), rng.next(100), 1 + rng.next(5) as usize);
+                    let (mut a, mut b) = (Vec::new(), Vec::new());
+                    mem.pending(&t, after, now, max, &mut a).unwrap();
+                    dur.pending(&t, after, now, max, &mut b).unwrap();
+                    assert_eq!(a, b, "{ctx}");
+                }
+            }
+            assert_eq!(mem.len(), dur.len(), "{ctx}");
+            assert_eq!(mem.max_msg_id(), dur.max_msg_id(), "{ctx}");
+        }
+    }
+}
+
+#[test]
+fn a_new_shard_count_finds_every_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens: Vec<Token> = (0..40).map(token).collect();
+    let mut shards = open_durable(dir.path(), 2, 100).unwrap();
+    let mut next = [0u64, 1_000_000];
+    for (i, t) in tokens.iter().enumerate() {
+        let s = t.shard(2);
+        for _ in 0..3 {
+            next[s] += 1;
+            shards[s].append(t, msg(next[s], 10 + i as u32, b"")).unwrap();
+        }
+    }
+    shards.iter_mut().for_each(|s| s.sync().unwrap());
+    drop(shards);
+
+    let mut shards = open_durable(dir.path(), 3, 100).unwrap();
+    assert_eq!(shards.iter().map(|s| s.len()).sum::<usize>(), 120);
+    assert!(
+        shards.iter().all(|s| s.max_msg_id() == next[1]),
+        "ids keep growing on every shard"
+    );
+    for t in &tokens {
+        assert_eq!(ids(&mut *shards[t.shard(3)], t, 0).len(), 3, "{t:?}");
+    }
+    // The expiry index was rebuilt for the new owners: each shard sweeps its own tokens.
+    let swept: usize = shards.iter_mut().map(|s| s.sweep_expired(30).unwrap()).sum();
+    assert_eq!(swept, 20 * 3);
+    assert_eq!(shards.iter().map(|s| s.len()).sum::<usize>(), 60);
+    shards.iter_mut().for_each(|s| s.sync().unwrap());
+    drop(shards);
+
+    let shards = open_durable(dir.path(), 1, 100).unwrap();
+    assert_eq!(shards[0].len(), 60);
+}
+
+/// Runs only as the child of `synced_messages_survive_sigkill`: appends to a
+/// few tokens, syncing every 64, and reports the last id of each synced batch.
+#[test]
+fn crash_child() {
+    let Some(dir) = std::env::var_os(CRASH_ENV) else {
+        return;
+    };
+    let mut s = open1(Path::new(&dir), 1_000_000);
+    let mut id = s.max_msg_id();
+    loop {
+        for _ in 0..64 {
+            id += 1;
+            s.append(&token(id % 4), msg(id, u32::MAX, b"")).unwrap();
+        }
+        s.sync().unwrap();
+        println!("synced {id}");
+    }
+}
+
+#[test]
+fn synced_messages_survive_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
+        .env(CRASH_ENV, dir.path())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut synced = 0;
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        if let Some(n) = line.unwrap().strip_prefix("synced ") {
+            synced = n.parse().unwrap();
+            if synced >= 20_000 {
+                break;
+            }
+        }
+    }
+    child.kill().unwrap(); // SIGKILL, mid-stream: the child never stops appending.
+    child.wait().unwrap();
+    assert!(synced >= 20_000, "the child stopped early");
+
+    let mut s = open1(dir.path(), 1_000_000);
+    assert!(s.max_msg_id() >= synced);
+    assert!(s.len() as u64 >= synced);
+    for k in 0..4 {
+        let got = ids(&mut *s, &token(k), 0);
+        assert!(got.windows(2).all(|w| w[0] < w[1]), "token {k} out of order");
+        let want: Vec<u64> = (1..=synced).filter(|id| id % 4 == k).collect();
+        assert_eq!(&got[..want.len()], &want[..], "token {k} lost synced messages");
+    }
+    // The restarted writer continues above everything recovered.
+    let next = s.max_msg_id() + 1;
+    s.append(&token(0), msg(next, u32::MAX, b"")).unwrap();
+    assert_eq!(ids(&mut *s, &token(0), 0).last(), Some(&next));
+}
+
+fn assert_names(e: StoreError, path: &Path) {
+    let text = match &e {
+        StoreError::Corrupt(t) | StoreError::Io(t) => t,
+        StoreError::Full => panic!("unexpected {e:?}"),
+    };
+    assert!(
+        text.contains(&path.display().to_string()),
+        "{e:?} does not name {}",
+        path.display()
+    );
+}
+
+#[test]
+fn a_data_dir_that_is_a_file_is_an_io_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("store");
+    std::fs::write(&file, b"not a directory").unwrap();
+    let e = open_durable(&file, 1, 100).err().unwrap();
+    assert!(matches!(e, StoreError::Io(_)), "{e:?}");
+    assert_names(e, &file);
+    assert_eq!(std::fs::read(&file).unwrap(), b"not a directory");
+}
+
+#[test]
+fn a_malformed_record_is_corrupt_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = token(9);
+    let mut s = open1(dir.path(), 100);
+    s.append(&t, msg(1, 100, b"")).unwrap();
+    s.sync().unwrap();
+    drop(s);
+    {
+        // Damage the record behind the store's back, the way a bad disk would.
+        let db = fjall::Database::builder(dir.path()).open().unwrap();
+        let msgs = db
+            .keyspace("msgs", fjall::KeyspaceCreateOptions::default)
+            .unwrap();
+        let mut key = t.0.to_vec();
+        key.extend_from_slice(&1u64.to_be_bytes());
+        msgs.insert(key, b"\x01\x02".to_vec()).unwrap();
+        db.persist(fjall::PersistMode::SyncAll).unwrap();
+    }
+    let mut s = open1(dir.path(), 100);
+    let e = s.pending(&t, 0, 0, 10, &mut Vec::new()).unwrap_err();
+    assert!(matches!(e, StoreError::Corrupt(_)), "{e:?}");
+    assert_names(e, dir.path());
+    let e = s.append(&t, msg(2, 100, b"")).unwrap_err();
+    assert!(matches!(e, StoreError::Corrupt(_)), "{e:?}");
+}
+
+#[test]
+fn garbage_files_are_an_error_naming_the_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open1(dir.path(), 100);
+    for id in 1..=100 {
+        s.append(&token(id), msg(id, 100, b"")).unwrap();
+    }
+    s.sync().unwrap();
+    drop(s);
+    let mut damaged = Vec::new();
+    for entry in walk(dir.path()) {
+        let len = std::fs::metadata(&entry).unwrap().len() as usize;
+        std::fs::write(&entry, vec![0xA5; len.max(64)]).unwrap();
+        damaged.push(entry);
+    }
+    assert!(!damaged.is_empty());
+    let e = open_durable(dir.path(), 1, 100)
+        .err()
+        .expect("opening garbage must fail");
+    assert_names(e, dir.path());
+    for f in &damaged {
+        assert!(
+            std::fs::read(f).unwrap().iter().all(|&b| b == 0xA5),
+            "{} was rewritten",
+            f.display()
+        );
+    }
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            files.extend(walk(&p));
+        } else if p.file_name().is_some_and(|n| n != "lock") {
+            files.push(p);
+        }
+    }
+    files
+}
