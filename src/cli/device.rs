@@ -3,8 +3,10 @@
 //!
 //! Exit codes: 0 after `--count` notifications, 1 when `--timeout` passes
 //! without one or another connection took over the token (GOAWAY replaced),
-//! 2 when the first connection or the credentials fail.
+//! 2 when the first connection fails or the gateway refuses the credentials.
+//! Reconnecting follows protocol.md section 11.4.
 
+use std::collections::{HashSet, VecDeque};
 use std::io::{self, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -45,11 +47,11 @@ pub struct DeviceArgs {
     pub json: bool,
 }
 
-/// First reconnect delay, and the cap the doubling stops at.
-const BACKOFF_START: Duration = Duration::from_millis(250);
-const BACKOFF_MAX: Duration = Duration::from_secs(30);
-/// A connection that lasted this long was healthy: the backoff starts over.
-const HEALTHY_AFTER: Duration = Duration::from_secs(10);
+/// Reconnect delay cap for the first failed attempt, doubling per attempt up to `BACKOFF_MAX`.
+const BACKOFF_BASE: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// How many recent msg_ids are remembered to drop redeliveries.
+const SEEN_KEEP: usize = 1024;
 
 pub fn run(args: &DeviceArgs) -> ExitCode {
     match Device::new(args).and_then(|mut d| d.run()) {
@@ -70,7 +72,39 @@ struct Device<'a> {
     /// The start, or the last notification: `--timeout` counts from here.
     last: Instant,
     received: u64,
-    backoff: Duration,
+    /// Failed connection attempts in a row.
+    attempt: u32,
+    seen: Seen,
+}
+
+/// The last [`SEEN_KEEP`] msg_ids: a notification sent again after a
+/// reconnect (at-least-once delivery) is ACKed but not printed twice.
+#[derive(Default)]
+struct Seen {
+    order: VecDeque<u64>,
+    ids: HashSet<u64>,
+}
+
+impl Seen {
+    /// Records `id`; false if it was already seen.
+    fn insert(&mut self, id: u64) -> bool {
+        if !self.ids.insert(id) {
+            return false;
+        }
+        self.order.push_back(id);
+        if self.order.len() > SEEN_KEEP {
+            if let Some(old) = self.order.pop_front() {
+                self.ids.remove(&old);
+            }
+        }
+        true
+    }
+}
+
+/// Error codes after which reconnecting can help (protocol.md section 6.2);
+/// the others mean the credentials or this client are wrong.
+fn retryable(code: ErrorCode) -> bool {
+    matches!(code, ErrorCode::INTERNAL | ErrorCode::HANDSHAKE_TIMEOUT) || !code.is_known()
 }
 
 impl<'a> Device<'a> {
@@ -96,7 +130,8 @@ impl<'a> Device<'a> {
             idle,
             last: Instant::now(),
             received: 0,
-            backoff: BACKOFF_START,
+            attempt: 0,
+            seen: Seen::default(),
         })
     }
 
@@ -115,7 +150,7 @@ impl<'a> Device<'a> {
             ) {
                 Ok(dev) => self.serve(dev)?,
                 Err(ClientError::GoAway { reason, reconnect_ms }) => self.on_goaway(reason, reconnect_ms)?,
-                Err(ClientError::ServerError { code, text }) if code != ErrorCode::INTERNAL => {
+                Err(ClientError::ServerError { code, text }) if !retryable(code) => {
                     return Err(fail(&format!("gateway refused registration: {code}: {text}")));
                 }
                 Err(e) if first => {
@@ -156,9 +191,12 @@ impl<'a> Device<'a> {
                     priority,
                     payload,
                 })) => {
-                    self.print_notification(msg_id, kind, priority, &payload)?;
-                    self.received += 1;
-                    self.last = Instant::now();
+                    if self.seen.insert(msg_id) {
+                        self.print_notification(msg_id, kind, priority, &payload)?;
+                        self.received += 1;
+                        self.last = Instant::now();
+                    }
+                    // A duplicate is ACKed too, or the gateway would send it forever.
                     if let Err(e) = dev.ack(msg_id) {
                         eprintln!("pushgate device: ack {msg_id} failed ({e}); it will be redelivered");
                         break Next::Reconnect {
@@ -173,7 +211,7 @@ impl<'a> Device<'a> {
                 Ok(Some(DeviceEvent::GoAway { reason, reconnect_ms })) => {
                     break self.on_goaway(reason, reconnect_ms)?
                 }
-                Ok(Some(DeviceEvent::Error { code, text })) if code != ErrorCode::INTERNAL => {
+                Ok(Some(DeviceEvent::Error { code, text })) if !retryable(code) => {
                     return Err(fail(&format!("gateway closed the connection: {code}: {text}")));
                 }
                 Ok(Some(DeviceEvent::Error { code, text })) => {
@@ -196,8 +234,8 @@ impl<'a> Device<'a> {
                 }
             }
         };
-        if since.elapsed() >= HEALTHY_AFTER {
-            self.backoff = BACKOFF_START;
+        if since.elapsed() >= Duration::from_secs(dev.heartbeat_s().into()) {
+            self.attempt = 0;
         }
         Ok(next)
     }
@@ -224,17 +262,19 @@ impl<'a> Device<'a> {
         })
     }
 
-    /// Sleeps for the larger of `at_least` and the backoff, plus jitter so a
-    /// fleet told to leave at once does not return at once; then doubles the backoff.
+    /// Sleeps a "full jitter" backoff, `random(0, min(300 s, 1 s × 2^attempt))`,
+    /// but at least `at_least`: a fleet told to leave at once must not return at once.
     fn pause(&mut self, at_least: Duration) -> Result<(), ExitCode> {
-        let base = at_least.max(self.backoff);
+        let cap = BACKOFF_BASE
+            .saturating_mul(1 << self.attempt.min(16))
+            .min(BACKOFF_MAX);
         let mut r = [0u8; 2];
         let frac = match getrandom::getrandom(&mut r) {
             Ok(()) => u16::from_be_bytes(r) as f64 / u16::MAX as f64,
             Err(_) => 0.5,
         };
-        let delay = base + base.mul_f64(0.2 * frac);
-        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+        let delay = cap.mul_f64(frac).max(at_least);
+        self.attempt = self.attempt.saturating_add(1);
         match self.deadline() {
             Some(d) if Instant::now() + delay >= d => {
                 thread::sleep(d.saturating_duration_since(Instant::now()));
@@ -365,6 +405,18 @@ mod tests {
         assert!(Device::new(&args(&["--secret", &hex, "--timeout", "0"])).is_err());
         assert!(Device::new(&args(&["--secret", &hex, "--timeout=-1"])).is_err());
         assert!(Device::new(&args(&["--secret", &hex, "--timeout", "0.5"])).is_ok());
+    }
+
+    #[test]
+    fn redeliveries_are_recognised_within_the_window() {
+        let mut s = Seen::default();
+        assert!(s.insert(5) && s.insert(3));
+        assert!(!s.insert(5));
+        for id in 100..100 + SEEN_KEEP as u64 {
+            s.insert(id);
+        }
+        assert!(s.insert(5), "forgotten after {SEEN_KEEP} newer ids");
+        assert_eq!(s.ids.len(), s.order.len());
     }
 
     #[test]

@@ -112,8 +112,8 @@ impl DeviceClient {
 
     /// When on, [`next_event`](Self::next_event) sends a PING whenever half the
     /// heartbeat interval passed since the last one, swallows its PONG, and
-    /// fails with [`ClientError::Timeout`] if a PONG is a whole interval late
-    /// (a dead path that TCP alone would not notice for minutes).
+    /// fails with [`ClientError::Timeout`] if the PONG is 10 s (at most one
+    /// interval) late: a dead path that TCP alone would not notice for minutes.
     pub fn set_auto_heartbeat(&mut self, on: bool) {
         self.auto_heartbeat = on;
     }
@@ -189,7 +189,7 @@ impl DeviceClient {
         let every = self.interval()?;
         let next_ping = self.last_ping + every / 2;
         match self.pings.iter().find(|p| p.auto) {
-            Some(p) => Some(next_ping.min(p.at + every)),
+            Some(p) => Some(next_ping.min(p.at + pong_grace(every))),
             None => Some(next_ping),
         }
     }
@@ -199,7 +199,11 @@ impl DeviceClient {
             return Ok(());
         };
         let now = Instant::now();
-        if self.pings.iter().any(|p| p.auto && now >= p.at + every) {
+        if self
+            .pings
+            .iter()
+            .any(|p| p.auto && now >= p.at + pong_grace(every))
+        {
             return Err(ClientError::Timeout);
         }
         if now >= self.last_ping + every / 2 {
@@ -207,6 +211,12 @@ impl DeviceClient {
         }
         Ok(())
     }
+}
+
+/// How long an automatic PING may go unanswered before the path counts as
+/// dead: protocol.md asks for "a few seconds", and never more than an interval.
+fn pong_grace(every: Duration) -> Duration {
+    every.min(Duration::from_secs(10))
 }
 
 fn device_event(f: Frame<'_>) -> Result<DeviceEvent, ClientError> {
