@@ -1,10 +1,43 @@
 //! pushgate: a self-hosted push-notification gateway.
+//!
+//! Devices keep one long-lived TCP connection, register with a per-install
+//! secret and get a stable device token; providers (app backends) log in per
+//! app with a challenge-response and push to tokens; the gateway delivers to
+//! the connected device, or stores the notification until it connects.
+//! The wire format is specified in `protocol.md`.
+//!
+//! What it does not do: TLS, metrics and PROXY protocol are not here yet;
+//! a token's notifications live on the node the device connects to (one
+//! node, or a load balancer that keeps a device on one node); the in-memory
+//! store loses queued notifications on restart.
+//!
+//! ```text
+//!  provider ──PUSH──▶ shard A (provider's connection)
+//!                        │ verify token MAC, validate, batch per owner
+//!                        ▼ crossbeam channel + Waker (one wake per batch)
+//!                     shard B = token.shard(n)  ──store.append──▶ Store
+//!                        │ connected? NOTIFY in id order, window of unacked ids
+//!                        ▼
+//!                      device ──ACK──▶ shard B ──store.ack──▶ Store
+//!  shard B ──RESULT (after the store sync of its batch)──▶ shard A ──▶ provider
+//! ```
+//!
+//! # Layout
+//! - [`proto`]: sans-IO core: frame codec, wire codes, tokens, session rules.
+//! - [`shard`]: one mio event loop per core: connections, timers, routing, delivery.
+//! - [`store`]: the `Store` trait and its implementations.
+//! - [`server`]: assembles listeners and shards into a running [`server::Gateway`].
+//! - [`config`]: TOML configuration with embedded defaults.
+//! - [`net`]: SO_REUSEPORT listeners and the open-files limit.
+//! - [`client`]: blocking device and provider clients (CLI, tests, load test).
+//! - [`cli`]: the `device` and `push` subcommands; [`serve`] is `pushgate serve`.
+
 pub mod cli;
 pub mod client;
 pub mod config;
 pub mod net;
 pub mod proto;
-pub mod shard;
 pub mod serve;
 pub mod server;
+pub mod shard;
 pub mod store;

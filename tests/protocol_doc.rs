@@ -440,7 +440,7 @@ fn version_byte_first_and_state_errors_as_documented() {
     assert_eq!(prov(&mut ready, ftype::PING, &[]), None);
     assert_eq!(
         prov(&mut ready, ftype::HELLO, &[2]),
-        Some(ErrorCode::UNEXPECTED_FRAME)
+        Some(ErrorCode::UNKNOWN_FRAME_TYPE)
     );
     assert_eq!(
         prov(&mut ready, ftype::RESULT, &[0; 21]),

@@ -1,0 +1,170 @@
+//! The `pushgate` binary end to end: serve with embedded defaults, a device
+//! and a push from the CLI, SIGTERM drains, a restart keeps tokens and the
+//! demo secret, and config errors name the file and key.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_pushgate");
+
+struct Server {
+    child: Child,
+    device: String,
+    provider: String,
+    secret: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Lines of a child's stdout, read on a thread so a test can wait with a timeout.
+fn lines(out: ChildStdout) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+fn serve(data_dir: &std::path::Path) -> Server {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--shards", "2", "--device-listen", "127.0.0.1:0", "--provider-listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("pushgate serve starts");
+    let rx = lines(child.stdout.take().unwrap());
+    let (mut device, mut provider, mut secret) = (String::new(), String::new(), String::new());
+    while device.is_empty() || secret.is_empty() {
+        let line = rx.recv_timeout(Duration::from_secs(20)).expect("serve prints its addresses");
+        if let Some(rest) = line.strip_prefix("pushgate: devices on ") {
+            let (d, p) = rest.split_once(", providers on ").unwrap();
+            device = d.to_string();
+            provider = p.to_string();
+        }
+        if let Some(i) = line.find("with secret ") {
+            secret = line[i + "with secret ".len()..].trim().to_string();
+        }
+    }
+    std::thread::spawn(move || while rx.recv().is_ok() {});
+    Server { child, device, provider, secret }
+}
+
+fn json(line: &str) -> serde_json::Value {
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+}
+
+fn device(srv: &Server, secret_file: &std::path::Path, extra: &[&str]) -> (Child, mpsc::Receiver<String>) {
+    let mut child = Command::new(BIN)
+        .args(["device", "--json", "--addr", &srv.device])
+        .arg("--secret-file")
+        .arg(secret_file)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let rx = lines(child.stdout.take().unwrap());
+    (child, rx)
+}
+
+fn next_json(rx: &mpsc::Receiver<String>) -> serde_json::Value {
+    json(&rx.recv_timeout(Duration::from_secs(10)).expect("a line within 10 s"))
+}
+
+#[test]
+fn serve_device_push_drain_and_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let secret_file = dir.path().join("device.secret");
+    let srv = serve(&data);
+
+    let (mut dev, rx) = device(&srv, &secret_file, &["--count", "1"]);
+    let reg = next_json(&rx);
+    assert_eq!(reg["event"], "registered");
+    let token = reg["token"].as_str().unwrap().to_string();
+    assert_eq!(token.len(), 48);
+
+    let out = Command::new(BIN)
+        .args(["push", "--json", "--addr", &srv.provider, "--secret", &srv.secret, "--token", &token])
+        .arg("hello from the CLI")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "push failed: {}", String::from_utf8_lossy(&out.stderr));
+    let res = json(String::from_utf8_lossy(&out.stdout).lines().next().unwrap());
+    assert_eq!(res["status"], "delivered");
+    let note = next_json(&rx);
+    assert_eq!(note["event"], "notification");
+    assert_eq!(note["payload"], "hello from the CLI");
+    assert_eq!(note["msg_id"], res["msg_id"]);
+    assert!(dev.wait().unwrap().success(), "device exits 0 after --count 1");
+
+    // A wrong app secret is refused with exit code 2.
+    let bad = Command::new(BIN)
+        .args(["push", "--addr", &srv.provider, "--secret", "wrong-secret-0000000", "--token", &token, "x"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+
+    // SIGTERM: connected devices get GOAWAY shutdown and the server exits cleanly.
+    let (mut watcher, wrx) = device(&srv, &secret_file, &[]);
+    assert_eq!(next_json(&wrx)["event"], "registered");
+    let mut srv = srv;
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(srv.child.id() as i32, libc::SIGTERM) };
+    let goaway = next_json(&wrx);
+    assert_eq!(goaway["event"], "goaway");
+    assert_eq!(goaway["reason"], "shutdown");
+    let status = wait_timeout(&mut srv.child, Duration::from_secs(15)).expect("server exits after SIGTERM");
+    assert!(status.success());
+    let _ = watcher.kill();
+    let _ = watcher.wait();
+    let old_secret = srv.secret.clone();
+    drop(srv);
+
+    // Restart on the same data directory: same demo secret, same token.
+    let srv = serve(&data);
+    assert_eq!(srv.secret, old_secret);
+    let (mut dev, rx) = device(&srv, &secret_file, &["--count", "1", "--timeout", "1"]);
+    assert_eq!(next_json(&rx)["token"], token.as_str());
+    let _ = dev.kill();
+    let _ = dev.wait();
+}
+
+#[test]
+fn config_errors_name_the_file_and_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("gw.toml");
+    std::fs::write(&cfg, "[limits]\ndevice_queue_cap = 0\n").unwrap();
+    let out = Command::new(BIN).arg("serve").arg("--config").arg(&cfg).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("gw.toml") && err.contains("limits.device_queue_cap"), "{err}");
+    std::fs::write(&cfg, "[server]\ndevice_listen = \"not an address\"\n").unwrap();
+    let out = Command::new(BIN).arg("serve").arg("--config").arg(&cfg).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("gw.toml") && err.contains("device_listen"), "{err}");
+}
+
+fn wait_timeout(child: &mut Child, d: Duration) -> Option<std::process::ExitStatus> {
+    let end = std::time::Instant::now() + d;
+    while std::time::Instant::now() < end {
+        if let Ok(Some(s)) = child.try_wait() {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
