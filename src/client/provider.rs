@@ -9,7 +9,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use super::conn::{Conn, CONNECT_TIMEOUT};
 use super::device::{refusal, unexpected};
 use super::ClientError;
-use crate::proto::frame::{multi_entries, MultiPush, Push, MAX_MULTICAST, PROVIDER_MAX_BODY, VERSION};
+use crate::proto::frame::{
+    multi_entries, MultiPush, Push, MAX_COLLAPSE, MAX_MULTICAST, PROVIDER_MAX_BODY, VERSION,
+};
 use crate::proto::session::auth_proof;
 use crate::proto::{Frame, Kind, Status, Token, PRIORITY_HIGH, TOKEN_LEN};
 
@@ -71,9 +73,14 @@ impl PushRequest {
         self
     }
 
+    /// Refuses what the gateway would treat as a malformed frame, which would
+    /// close the connection and lose every pipelined request with it. Values it
+    /// answers with a status (payload size, kind, priority) are left to it.
     fn check(&self) -> Result<(), ClientError> {
-        if self.collapse.len() > u8::MAX as usize {
-            return Err(ClientError::Invalid("collapse id longer than 255 bytes".into()));
+        if self.collapse.len() > MAX_COLLAPSE {
+            return Err(ClientError::Invalid(format!(
+                "collapse id longer than {MAX_COLLAPSE} bytes"
+            )));
         }
         Ok(())
     }
@@ -243,10 +250,10 @@ impl ProviderClient {
         Ok(req_id)
     }
 
-    /// Sends one MULTI_PUSH of `req` (its `token` ignored) to `tokens` without waiting.
+    /// Sends one MULTI_PUSH of `req` (its `token` ignored) to 1..=1000 `tokens` without waiting.
     pub fn send_multi_push(&mut self, tokens: &[Token], req: &PushRequest) -> Result<u32, ClientError> {
         req.check()?;
-        if tokens.is_empty() || tokens.len() > u16::MAX as usize {
+        if tokens.is_empty() || tokens.len() > MAX_MULTICAST {
             return Err(ClientError::Invalid(format!(
                 "{} tokens in one MULTI_PUSH",
                 tokens.len()
@@ -678,6 +685,28 @@ mod tests {
             assert!(want(&err), "{bytes:02x?}: {err:?}");
             h.join().unwrap();
         }
+    }
+
+    #[test]
+    fn requests_the_gateway_would_reject_as_malformed_are_refused_locally() {
+        let (addr, h) = serve(|mut p| {
+            login(&mut p, b"k", 8);
+            assert!(p.silent_for(Duration::from_millis(100)));
+        });
+        let mut c = ProviderClient::connect(addr, "demo", "k").unwrap();
+        let long = PushRequest::new(tok(0), "x").with_collapse(vec![b'c'; 65]);
+        assert!(matches!(c.push(&long), Err(ClientError::Invalid(_))));
+        let many: Vec<Token> = (0..1001).map(tok).collect();
+        assert!(matches!(
+            c.send_multi_push(&many, &PushRequest::new(tok(0), "x")),
+            Err(ClientError::Invalid(_))
+        ));
+        assert!(matches!(
+            c.send_multi_push(&[], &PushRequest::new(tok(0), "x")),
+            Err(ClientError::Invalid(_))
+        ));
+        assert_eq!(c.multicast(&[], &PushRequest::new(tok(0), "x")).unwrap(), []);
+        h.join().unwrap();
     }
 
     #[test]
