@@ -7,7 +7,8 @@ use proptest::prelude::*;
 use pushgate::proto::frame::{ftype, put_header, DEVICE_MAX_BODY, NONCE_LEN, PROVIDER_MAX_BODY};
 use pushgate::proto::{
     on_device_frame, on_provider_frame, split_frame, Apps, DeviceEvent, DeviceState, ErrorCode, Frame,
-    GoAwayReason, Hello, MultiPush, ProviderEvent, ProviderState, Push, Status, Token, TokenKey, TOKEN_LEN,
+    FrameError, GoAwayReason, Hello, MultiPush, ProtoError, ProviderEvent, ProviderState, Push, RawFrame,
+    Status, Token, TokenKey, TOKEN_LEN,
 };
 
 /// An owned frame, so strategies can generate what `Frame` only borrows.
@@ -396,6 +397,37 @@ proptest! {
         let mut forged = t;
         forged.0[bit / 8] ^= 1 << (bit % 8);
         prop_assert!(!k.verify(&app, &forged), "bit {} flipped still verifies", bit);
+    }
+}
+
+/// protocol.md section 5: the types defined on each port, checked before the body is read.
+fn on_device_port(t: u8) -> bool {
+    (0x01..=0x08).contains(&t)
+}
+
+fn on_provider_port(t: u8) -> bool {
+    matches!(t, 0x03 | 0x04 | 0x07 | 0x08) || (0x21..=0x28).contains(&t)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn types_of_another_port_are_unknown_whatever_the_body(
+        t in any::<u8>(),
+        body in prop::collection::vec(any::<u8>(), 0..64),
+        authed in any::<bool>(),
+    ) {
+        let raw = RawFrame { ftype: t, body: &body };
+        let unknown = ProtoError::Frame(FrameError::UnknownType(t));
+        let dev_state = if authed { DeviceState::Ready } else { DeviceState::AwaitHello };
+        let dev = on_device_frame(dev_state, raw);
+        prop_assert_eq!(dev == Err(unknown), !on_device_port(t), "device port, type {:#04x}: {:?}", t, dev);
+
+        let apps = Apps::new();
+        let mut st = if authed { ProviderState::Ready { app: 0 } } else { ProviderState::AwaitHello };
+        let prov = on_provider_frame(&mut st, raw, &apps, [0; NONCE_LEN]);
+        prop_assert_eq!(prov == Err(unknown), !on_provider_port(t), "provider port, type {:#04x}: {:?}", t, prov);
     }
 }
 
