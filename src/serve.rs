@@ -84,11 +84,12 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
     let stores = open_stores(&cfg, shards)?;
     let gw = Gateway::start(cfg.clone(), key, stores).map_err(|e| format!("cannot start: {e}"))?;
     println!("pushgate: devices on {}, providers on {}", gw.device_addr, gw.provider_addr);
-    if cfg.apps.iter().any(|a| a.id == "demo") {
-        println!("try:  pushgate device --addr {}   (prints a token)", gw.device_addr);
+    if let Some(demo) = cfg.apps.iter().find(|a| a.id == "demo") {
+        println!("try:  pushgate device --addr {}   (prints a token)", connectable(gw.device_addr));
         println!(
-            "then: pushgate push --addr {} --secret <demo secret> --token <token> 'hello'",
-            gw.provider_addr
+            "then: PUSHGATE_APP_SECRET={} pushgate push --addr {} --token <token> 'hello'",
+            demo.secret,
+            connectable(gw.provider_addr)
         );
     }
     let _ = std::io::stdout().flush();
@@ -106,6 +107,15 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
         warn!("drain deadline passed; exiting with connections open");
     }
     Ok(())
+}
+
+/// A wildcard listen address shown as the loopback address a local client can dial.
+fn connectable(addr: std::net::SocketAddr) -> std::net::SocketAddr {
+    let mut a = addr;
+    if a.ip().is_unspecified() {
+        a.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    a
 }
 
 fn open_stores(cfg: &Config, shards: usize) -> Result<Vec<Box<dyn Store>>, String> {
