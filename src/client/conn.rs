@@ -131,16 +131,20 @@ impl Conn {
         }
     }
 
-    /// Reads once. `Ok(false)` means the deadline passed with nothing read.
+    /// Reads once. `Ok(false)` means the deadline passed with nothing read; a
+    /// deadline already past still takes what the kernel holds, without waiting,
+    /// so polling with a zero timeout makes progress.
     fn fill(&mut self, deadline: Option<Instant>) -> Result<bool, ClientError> {
         let timeout = match deadline {
             None => None,
-            Some(d) => match d.checked_duration_since(Instant::now()) {
-                Some(left) if !left.is_zero() => Some(left),
-                _ => return Ok(false),
-            },
+            Some(d) => d
+                .checked_duration_since(Instant::now())
+                .filter(|left| !left.is_zero()),
         };
-        if timeout != self.read_timeout {
+        let poll = deadline.is_some() && timeout.is_none();
+        if poll {
+            self.stream.set_nonblocking(true)?;
+        } else if timeout != self.read_timeout {
             self.stream.set_read_timeout(timeout)?;
             self.read_timeout = timeout;
         }
@@ -149,6 +153,9 @@ impl Conn {
         let res = self.stream.read(&mut self.buf[old..]);
         let n = *res.as_ref().unwrap_or(&0);
         self.buf.truncate(old + n);
+        if poll {
+            self.stream.set_nonblocking(false)?;
+        }
         match res {
             Ok(0) => {
                 self.eof = true;

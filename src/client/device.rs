@@ -136,10 +136,11 @@ impl DeviceClient {
                 }
                 Ok(Some(ev)) => return Ok(Some(ev)),
                 Ok(None) => {
+                    // Ticked first, so a caller polling with a zero timeout still heartbeats.
+                    self.on_heartbeat_tick()?;
                     if until.is_some_and(|u| Instant::now() >= u) {
                         return Ok(None);
                     }
-                    self.on_heartbeat_tick()?;
                 }
                 Err(ClientError::Closed) => return Ok(Some(DeviceEvent::Closed)),
                 Err(e) => return Err(e),
@@ -538,6 +539,36 @@ mod tests {
             d.next_event(Some(Duration::from_secs(5))),
             Err(ClientError::Timeout)
         ));
+        h.join().unwrap();
+    }
+
+    #[test]
+    fn auto_heartbeat_also_runs_when_polled_with_a_zero_timeout() {
+        let (addr, h) = serve(|mut p| {
+            welcome(&mut p, 1);
+            p.expect(|f| assert_eq!(f, Frame::Ping));
+            p.send(&Frame::Pong);
+            p.send(&Frame::Notify {
+                msg_id: 3,
+                kind: 0,
+                priority: 10,
+                payload: b"",
+            });
+        });
+        let mut d = DeviceClient::connect(addr, "demo", &[1; 16], 0).unwrap();
+        d.set_auto_heartbeat(true);
+        let end = Instant::now() + Duration::from_secs(5);
+        let got = loop {
+            match d.next_event(Some(Duration::ZERO)).unwrap() {
+                Some(ev) => break Some(ev),
+                None if Instant::now() > end => break None,
+                None => std::thread::sleep(Duration::from_millis(20)),
+            }
+        };
+        assert!(
+            matches!(got, Some(DeviceEvent::Notify { msg_id: 3, .. })),
+            "{got:?}"
+        );
         h.join().unwrap();
     }
 
