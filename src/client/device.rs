@@ -312,16 +312,23 @@ impl DeviceSecret {
             Err(_) => {}
         }
         let secret = DeviceSecret::generate()?;
+        // Written whole under a temporary name, then linked into place: a
+        // concurrent reader never sees a half-written file, and link() fails
+        // rather than replace a secret another process created meanwhile.
+        // Named after part of the new secret, so concurrent creators never share it.
+        let tmp = path.with_extension(format!("tmp-{}", &secret.to_hex()[..16]));
         let mut opts = fs::OpenOptions::new();
-        opts.write(true).create_new(true);
+        opts.write(true).create(true).truncate(true);
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-        match opts.open(path) {
-            Ok(mut f) => {
-                writeln!(f, "{}", secret.to_hex())?;
-                f.sync_all()?;
-                Ok(secret)
-            }
+        let written = opts.open(&tmp).and_then(|mut f| {
+            writeln!(f, "{}", secret.to_hex())?;
+            f.sync_all()
+        });
+        let linked = written.and_then(|()| fs::hard_link(&tmp, path));
+        let _ = fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => Ok(secret),
             // Another process created it first; its secret wins so both agree.
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 DeviceSecret::from_hex(&fs::read_to_string(path)?).ok_or_else(|| bad_file(path))
@@ -584,6 +591,25 @@ mod tests {
             use std::os::unix::fs::PermissionsExt;
             assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         }
+        let racing = dir.path().join("raced.secret");
+        let got: Vec<DeviceSecret> = (0..8)
+            .map(|_| {
+                let p = racing.clone();
+                std::thread::spawn(move || DeviceSecret::load_or_create(&p).unwrap())
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .collect();
+        assert!(
+            got.iter().all(|s| *s == got[0]),
+            "every racer ends with the same secret"
+        );
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            2,
+            "no temporary files left"
+        );
         fs::write(&path, "abcd\n").unwrap();
         assert!(DeviceSecret::load_or_create(&path).is_err());
         assert!(DeviceSecret::from_hex(&"00".repeat(15)).is_none());

@@ -141,7 +141,8 @@ enum Incoming {
     Pong,
 }
 
-/// An authenticated provider connection for one app.
+/// An authenticated provider connection for one app. The gateway closes a
+/// provider that sends nothing for 300 s: call [`ping`](Self::ping) when idle.
 pub struct ProviderClient {
     conn: Conn,
     max_in_flight: u32,
