@@ -4,6 +4,7 @@
 
 pub mod codes;
 pub mod frame;
+pub mod proxy;
 pub mod session;
 pub mod token;
 
