@@ -1,0 +1,60 @@
+//! The pushgate device port, spoken with the gateway's own codec.
+
+use ::pushgate::proto::frame::{split_frame, Frame, Hello, DEVICE_MAX_BODY, VERSION};
+
+use super::{DevCtx, DevEvent, WireState};
+
+pub fn hello(ctx: &DevCtx<'_>, out: &mut Vec<u8>) {
+    Frame::Hello(Hello {
+        version: VERSION,
+        keepalive_s: ctx.keepalive_s,
+        app_id: ctx.app,
+        secret: ctx.secret,
+    })
+    .encode(out);
+}
+
+pub fn on_bytes(
+    st: &mut WireState,
+    buf: &[u8],
+    out: &mut Vec<u8>,
+    f: &mut dyn FnMut(DevEvent<'_>),
+) -> Result<usize, String> {
+    let mut used = 0;
+    loop {
+        let (raw, n) = match split_frame(&buf[used..], DEVICE_MAX_BODY) {
+            Ok(Some(x)) => x,
+            Ok(None) => return Ok(used),
+            Err(e) => return Err(format!("frame: {e:?}")),
+        };
+        used += n;
+        match Frame::parse(raw).map_err(|e| format!("parse: {e:?}"))? {
+            Frame::Welcome {
+                token,
+                heartbeat_s,
+                missed,
+            } => {
+                st.registered = true;
+                f(DevEvent::Registered {
+                    heartbeat_s,
+                    token: Some(token),
+                    missed,
+                });
+            }
+            Frame::Notify { msg_id, payload, .. } => {
+                Frame::Ack { msg_id }.encode(out);
+                f(DevEvent::Notify {
+                    msg_id: Some(msg_id),
+                    payload,
+                });
+            }
+            Frame::Pong => f(DevEvent::Pong),
+            Frame::GoAway { reason, reconnect_ms } => f(DevEvent::GoAway {
+                reason: reason.0,
+                reconnect_ms,
+            }),
+            Frame::Error { code, text } => return Err(format!("ERROR {}: {text}", code.name())),
+            other => return Err(format!("unexpected frame 0x{:02x}", other.ftype())),
+        }
+    }
+}
