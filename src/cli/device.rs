@@ -136,7 +136,7 @@ impl<'a> Device<'a> {
     }
 
     fn deadline(&self) -> Option<Instant> {
-        self.idle.map(|d| self.last + d)
+        self.idle.and_then(|d| self.last.checked_add(d))
     }
 
     fn run(&mut self) -> Result<ExitCode, ExitCode> {
@@ -276,7 +276,7 @@ impl<'a> Device<'a> {
         let delay = cap.mul_f64(frac).max(at_least);
         self.attempt = self.attempt.saturating_add(1);
         match self.deadline() {
-            Some(d) if Instant::now() + delay >= d => {
+            Some(d) if Instant::now().checked_add(delay).is_none_or(|t| t >= d) => {
                 thread::sleep(d.saturating_duration_since(Instant::now()));
                 Err(self.timed_out())
             }

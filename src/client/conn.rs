@@ -19,6 +19,12 @@ const MAX_ENCODABLE_BODY: usize = (1 << 21) - 1;
 /// How long connecting, and each handshake step, may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The instant `t` from now; `None` (no deadline) when that is past what
+/// `Instant` can hold, so a caller's `Duration::MAX` means "forever", not a panic.
+pub(crate) fn after(t: Duration) -> Option<Instant> {
+    Instant::now().checked_add(t)
+}
+
 pub(crate) struct Conn {
     stream: TcpStream,
     buf: Vec<u8>,

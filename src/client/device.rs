@@ -9,7 +9,7 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::conn::{Conn, CONNECT_TIMEOUT};
+use super::conn::{after, Conn, CONNECT_TIMEOUT};
 use super::ClientError;
 use crate::proto::frame::{Hello, DEVICE_MAX_BODY, MAX_SECRET, MIN_SECRET, VERSION};
 use crate::proto::{ErrorCode, Frame, GoAwayReason, Kind, Token};
@@ -76,7 +76,7 @@ impl DeviceClient {
             app_id,
             secret,
         }))?;
-        let welcome = conn.recv(Some(Instant::now() + CONNECT_TIMEOUT), |f| match f {
+        let welcome = conn.recv(after(CONNECT_TIMEOUT), |f| match f {
             Frame::Welcome {
                 token,
                 heartbeat_s,
@@ -120,7 +120,7 @@ impl DeviceClient {
 
     /// Waits up to `timeout` (forever if `None`) for the next event; `Ok(None)` on timeout.
     pub fn next_event(&mut self, timeout: Option<Duration>) -> Result<Option<DeviceEvent>, ClientError> {
-        let until = timeout.map(|t| Instant::now() + t);
+        let until = timeout.and_then(after);
         loop {
             let tick = self.heartbeat_due();
             let deadline = match (until, tick) {

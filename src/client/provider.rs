@@ -6,7 +6,7 @@ use std::io;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::conn::{Conn, CONNECT_TIMEOUT};
+use super::conn::{after, Conn, CONNECT_TIMEOUT};
 use super::device::{refusal, unexpected};
 use super::ClientError;
 use crate::proto::frame::{
@@ -180,7 +180,7 @@ impl ProviderClient {
             app_id,
         })?;
         let nonce = conn
-            .recv(Some(Instant::now() + CONNECT_TIMEOUT), |f| match f {
+            .recv(after(CONNECT_TIMEOUT), |f| match f {
                 Frame::Challenge { nonce } => Ok(nonce),
                 other => Err(refusal(other)),
             })?
@@ -189,7 +189,7 @@ impl ProviderClient {
             proof: auth_proof(secret, app_id, &nonce),
         })?;
         let max_in_flight = conn
-            .recv(Some(Instant::now() + CONNECT_TIMEOUT), |f| match f {
+            .recv(after(CONNECT_TIMEOUT), |f| match f {
                 Frame::AuthOk { max_in_flight } => Ok(max_in_flight),
                 other => Err(refusal(other)),
             })?
@@ -283,7 +283,7 @@ impl ProviderClient {
         if let Some(r) = self.stash.pop_front() {
             return Ok(Some(r));
         }
-        let deadline = timeout.map(|t| Instant::now() + t);
+        let deadline = timeout.and_then(after);
         loop {
             match self.read_incoming(deadline)? {
                 Some(Incoming::Reply(r)) => return Ok(Some(r)),
@@ -335,9 +335,9 @@ impl ProviderClient {
         let start = Instant::now();
         self.conn.send(&Frame::Ping)?;
         self.pings_sent += 1;
-        let deadline = start + self.reply_timeout;
+        let deadline = start.checked_add(self.reply_timeout);
         while self.pongs_seen < self.pings_sent {
-            match self.read_incoming(Some(deadline))? {
+            match self.read_incoming(deadline)? {
                 Some(Incoming::Reply(r)) => self.stash.push_back(r),
                 Some(Incoming::Pong) => {}
                 None => return Err(ClientError::Timeout),
@@ -366,9 +366,9 @@ impl ProviderClient {
     }
 
     fn wait_for_slot(&mut self) -> Result<(), ClientError> {
-        let deadline = Instant::now() + self.reply_timeout;
+        let deadline = after(self.reply_timeout);
         while self.in_flight >= self.max_in_flight.max(1) {
-            match self.read_incoming(Some(deadline))? {
+            match self.read_incoming(deadline)? {
                 Some(Incoming::Reply(r)) => self.stash.push_back(r),
                 Some(Incoming::Pong) => {}
                 None => return Err(ClientError::Timeout),
@@ -384,9 +384,9 @@ impl ProviderClient {
                 return Ok(r);
             }
         }
-        let deadline = Instant::now() + self.reply_timeout;
+        let deadline = after(self.reply_timeout);
         loop {
-            match self.read_incoming(Some(deadline))? {
+            match self.read_incoming(deadline)? {
                 Some(Incoming::Reply(r)) if r.req_id() == req_id => return Ok(r),
                 Some(Incoming::Reply(r)) => self.stash.push_back(r),
                 Some(Incoming::Pong) => {}
