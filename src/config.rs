@@ -70,6 +70,8 @@ pub struct LimitsConfig {
     pub provider_idle_s: u64,
     /// Reconnect hint sent with GOAWAY server_full, milliseconds.
     pub server_full_retry_ms: u32,
+    /// Delivery receipts kept per app while no provider session of it is connected.
+    pub receipts_per_app: usize,
 }
 
 #[derive(Deserialize, Debug, Clone)]
@@ -115,7 +117,11 @@ impl Default for ServerConfig {
 
 impl Default for HeartbeatConfig {
     fn default() -> Self {
-        HeartbeatConfig { default_s: 60, min_s: 10, max_s: 1800 }
+        HeartbeatConfig {
+            default_s: 60,
+            min_s: 10,
+            max_s: 1800,
+        }
     }
 }
 
@@ -131,19 +137,25 @@ impl Default for LimitsConfig {
             normal_priority_delay_ms: 500,
             provider_idle_s: 300,
             server_full_retry_ms: 30_000,
+            receipts_per_app: 10_000,
         }
     }
 }
 
 impl Default for DrainConfig {
     fn default() -> Self {
-        DrainConfig { timeout_ms: 30_000, spread_ms: 10_000 }
+        DrainConfig {
+            timeout_ms: 30_000,
+            spread_ms: 10_000,
+        }
     }
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        StoreConfig { kind: StoreKind::Memory }
+        StoreConfig {
+            kind: StoreKind::Memory,
+        }
     }
 }
 
@@ -170,21 +182,31 @@ impl Config {
     /// Parses TOML text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
         let cfg: Config = toml::from_str(text).map_err(|e| ConfigError(format!("{origin}: {e}")))?;
-        cfg.validate().map_err(|(key, why)| ConfigError(format!("{origin}: key `{key}`: {why}")))?;
+        cfg.validate()
+            .map_err(|(key, why)| ConfigError(format!("{origin}: key `{key}`: {why}")))?;
         Ok(cfg)
     }
 
     fn validate(&self) -> Result<(), (String, String)> {
         let h = &self.heartbeat;
         if h.min_s == 0 || h.min_s > h.max_s {
-            return Err(("heartbeat.min_s".into(), "must be at least 1 and at most heartbeat.max_s".into()));
+            return Err((
+                "heartbeat.min_s".into(),
+                "must be at least 1 and at most heartbeat.max_s".into(),
+            ));
         }
         if h.default_s < h.min_s || h.default_s > h.max_s {
-            return Err(("heartbeat.default_s".into(), "must lie between heartbeat.min_s and max_s".into()));
+            return Err((
+                "heartbeat.default_s".into(),
+                "must lie between heartbeat.min_s and max_s".into(),
+            ));
         }
         let l = &self.limits;
         if l.provider_max_in_flight == 0 {
-            return Err(("limits.provider_max_in_flight".into(), "must be at least 1".into()));
+            return Err((
+                "limits.provider_max_in_flight".into(),
+                "must be at least 1".into(),
+            ));
         }
         if l.device_max_in_flight == 0 {
             return Err(("limits.device_max_in_flight".into(), "must be at least 1".into()));
@@ -203,7 +225,10 @@ impl Config {
                 return Err((format!("apps[{i}].id"), "1 to 64 of A-Z a-z 0-9 . _ -".into()));
             }
             if app.secret.len() < 16 {
-                return Err((format!("apps[{i}].secret"), "must be at least 16 characters".into()));
+                return Err((
+                    format!("apps[{i}].secret"),
+                    "must be at least 16 characters".into(),
+                ));
             }
             if self.apps[..i].iter().any(|a| a.id == app.id) {
                 return Err((format!("apps[{i}].id"), format!("duplicate app id {:?}", app.id)));
@@ -239,13 +264,22 @@ mod tests {
 
     #[test]
     fn errors_name_file_and_key() {
-        let e = Config::parse("[heartbeat]\nmin_s = 0\n", "gw.toml").unwrap_err().0;
+        let e = Config::parse("[heartbeat]\nmin_s = 0\n", "gw.toml")
+            .unwrap_err()
+            .0;
         assert!(e.contains("gw.toml") && e.contains("heartbeat.min_s"), "{e}");
         let e = Config::parse("[server]\nbogus = 1\n", "gw.toml").unwrap_err().0;
         assert!(e.contains("gw.toml") && e.contains("bogus"), "{e}");
-        let e = Config::parse("[[apps]]\nid = \"a b\"\nsecret = \"0123456789abcdef\"\n", "g.toml").unwrap_err().0;
+        let e = Config::parse(
+            "[[apps]]\nid = \"a b\"\nsecret = \"0123456789abcdef\"\n",
+            "g.toml",
+        )
+        .unwrap_err()
+        .0;
         assert!(e.contains("apps[0].id"), "{e}");
-        let e = Config::parse("[server]\nshards = \"two\"\n", "g.toml").unwrap_err().0;
+        let e = Config::parse("[server]\nshards = \"two\"\n", "g.toml")
+            .unwrap_err()
+            .0;
         assert!(e.contains("g.toml") && e.contains("shards"), "{e}");
     }
 }

@@ -427,7 +427,7 @@ fn length_over_the_port_maximum_is_refused_before_the_body_arrives() {
 
 #[test]
 fn undefined_type_bytes_are_unknown_type() {
-    for t in [0x00, 0x09, 0x20, 0x29, 0x7f, 0xff] {
+    for t in [0x00, 0x0a, 0x20, 0x2c, 0x7f, 0xff] {
         let buf = framed(t, &[]);
         let (raw, used) = split_frame(&buf, DEVICE_MAX_BODY).unwrap().unwrap();
         assert_eq!(used, 2);
@@ -1000,4 +1000,77 @@ fn token_shard_is_stable_and_in_range() {
         counts[key.derive("app", &i.to_be_bytes()).shard(4)] += 1;
     }
     assert!(counts.iter().all(|&c| c > 800), "{counts:?}");
+}
+
+// ---------------------------------------------------------------- lifecycle frames
+
+#[test]
+fn lifecycle_frames_round_trip_and_refuse_bad_fields() {
+    use pushgate::proto::frame::{feedback_entries, FEEDBACK_ENTRY, MAX_FEEDBACK};
+    let token = Token([9; TOKEN_LEN]);
+    let mut entries = Vec::new();
+    for i in 0..MAX_FEEDBACK as u64 {
+        entries.extend_from_slice(&token.0);
+        entries.extend_from_slice(&i.to_be_bytes());
+    }
+    let frames = [
+        Frame::Unregister,
+        Frame::Feedback {
+            req_id: 1,
+            since_ms: u64::MAX,
+        },
+        Frame::FeedbackResult {
+            req_id: 2,
+            more: true,
+            entries: &entries,
+        },
+        Frame::FeedbackResult {
+            req_id: 3,
+            more: false,
+            entries: &[],
+        },
+        Frame::Receipt {
+            token,
+            msg_id: 7,
+            acked_at_ms: 8,
+        },
+    ];
+    for f in frames {
+        let buf = encode(&f);
+        let (raw, used) = split_frame(&buf, PROVIDER_MAX_BODY).unwrap().unwrap();
+        assert_eq!(used, buf.len());
+        assert_eq!(Frame::parse(raw), Ok(f));
+    }
+    assert_eq!(feedback_entries(&entries).nth(5), Some((token, 5)));
+    // `more` is a boolean byte; more than 800 entries is malformed.
+    let mut body = vec![0, 0, 0, 1, 2, 0, 0];
+    assert_eq!(
+        Frame::parse(RawFrame {
+            ftype: ftype::FEEDBACK_RESULT,
+            body: &body
+        }),
+        Err(FrameError::Malformed)
+    );
+    body[4] = 0;
+    body[5..7].copy_from_slice(&(MAX_FEEDBACK as u16 + 1).to_be_bytes());
+    body.extend(std::iter::repeat_n(0, (MAX_FEEDBACK + 1) * FEEDBACK_ENTRY));
+    assert_eq!(
+        Frame::parse(RawFrame {
+            ftype: ftype::FEEDBACK_RESULT,
+            body: &body
+        }),
+        Err(FrameError::Malformed)
+    );
+    // UNREGISTER is legal only once registered.
+    let (raw, _) = split_frame(&[ftype::UNREGISTER, 0], DEVICE_MAX_BODY)
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        on_device_frame(DeviceState::Ready, raw),
+        Ok(pushgate::proto::DeviceEvent::Unregister)
+    );
+    assert_eq!(
+        on_device_frame(DeviceState::AwaitHello, raw),
+        Err(ProtoError::Unexpected(ftype::UNREGISTER))
+    );
 }

@@ -402,11 +402,11 @@ proptest! {
 
 /// protocol.md section 5: the types defined on each port, checked before the body is read.
 fn on_device_port(t: u8) -> bool {
-    (0x01..=0x08).contains(&t)
+    (0x01..=0x09).contains(&t)
 }
 
 fn on_provider_port(t: u8) -> bool {
-    matches!(t, 0x03 | 0x04 | 0x07 | 0x08) || (0x21..=0x28).contains(&t)
+    matches!(t, 0x03 | 0x04 | 0x07 | 0x08) || (0x21..=0x2b).contains(&t)
 }
 
 proptest! {
@@ -472,7 +472,9 @@ proptest! {
                     prop_assert!(pushgate::proto::frame::is_valid_app_id(h.app_id));
                     state = DeviceState::Ready;
                 }
-                DeviceEvent::Ping | DeviceEvent::Ack(_) => prop_assert_eq!(state, DeviceState::Ready),
+                DeviceEvent::Ping | DeviceEvent::Ack(_) | DeviceEvent::Unregister => {
+                    prop_assert_eq!(state, DeviceState::Ready)
+                }
             }
         }
     }

@@ -101,6 +101,8 @@ wire_code! {
         SERVER_FULL = 4, "server_full";
         /// The device did not read its notifications fast enough; they stay stored.
         SLOW_CONSUMER = 5, "slow_consumer";
+        /// The device's UNREGISTER is durable. Do not reconnect until the app registers again.
+        UNREGISTERED = 6, "unregistered";
     }
 }
 

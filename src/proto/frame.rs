@@ -48,6 +48,7 @@ pub mod ftype {
     pub const ACK: u8 = 0x06;
     pub const GOAWAY: u8 = 0x07;
     pub const ERROR: u8 = 0x08;
+    pub const UNREGISTER: u8 = 0x09;
     pub const AUTH_HELLO: u8 = 0x21;
     pub const CHALLENGE: u8 = 0x22;
     pub const AUTH: u8 = 0x23;
@@ -56,7 +57,19 @@ pub mod ftype {
     pub const RESULT: u8 = 0x26;
     pub const MULTI_PUSH: u8 = 0x27;
     pub const MULTI_RESULT: u8 = 0x28;
+    pub const FEEDBACK: u8 = 0x29;
+    pub const FEEDBACK_RESULT: u8 = 0x2A;
+    pub const RECEIPT: u8 = 0x2B;
 }
+
+/// PUSH / MULTI_PUSH flags bit: send a RECEIPT when the device acknowledges.
+pub const FLAG_RECEIPT: u8 = 0x01;
+/// Every flags bit defined by version 1; others must be 0.
+pub const KNOWN_FLAGS: u8 = FLAG_RECEIPT;
+/// Bytes per FEEDBACK_RESULT entry: token, unregistered-at unix ms.
+pub const FEEDBACK_ENTRY: usize = TOKEN_LEN + 8;
+/// Most entries in one FEEDBACK_RESULT.
+pub const MAX_FEEDBACK: usize = 800;
 
 /// Why bytes could not be decoded. Maps to a wire [`ErrorCode`].
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -121,7 +134,13 @@ pub fn split_frame(buf: &[u8], max_body: usize) -> Result<Option<(RawFrame<'_>, 
     if buf.len() < end {
         return Ok(None);
     }
-    Ok(Some((RawFrame { ftype, body: &buf[i..end] }, end)))
+    Ok(Some((
+        RawFrame {
+            ftype,
+            body: &buf[i..end],
+        },
+        end,
+    )))
 }
 
 /// Writes a frame header for a body of `len` bytes.
@@ -205,22 +224,76 @@ impl<'a> MultiPush<'a> {
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Frame<'a> {
     Hello(Hello<'a>),
-    Welcome { token: Token, heartbeat_s: u16, missed: u32 },
+    Welcome {
+        token: Token,
+        heartbeat_s: u16,
+        missed: u32,
+    },
     Ping,
     Pong,
-    Notify { msg_id: u64, kind: u8, priority: u8, payload: &'a [u8] },
-    Ack { msg_id: u64 },
-    GoAway { reason: GoAwayReason, reconnect_ms: u32 },
-    Error { code: ErrorCode, text: &'a str },
-    AuthHello { version: u8, app_id: &'a str },
-    Challenge { nonce: [u8; NONCE_LEN] },
-    Auth { proof: [u8; NONCE_LEN] },
-    AuthOk { max_in_flight: u32 },
+    Notify {
+        msg_id: u64,
+        kind: u8,
+        priority: u8,
+        payload: &'a [u8],
+    },
+    Ack {
+        msg_id: u64,
+    },
+    GoAway {
+        reason: GoAwayReason,
+        reconnect_ms: u32,
+    },
+    Error {
+        code: ErrorCode,
+        text: &'a str,
+    },
+    AuthHello {
+        version: u8,
+        app_id: &'a str,
+    },
+    Challenge {
+        nonce: [u8; NONCE_LEN],
+    },
+    Auth {
+        proof: [u8; NONCE_LEN],
+    },
+    AuthOk {
+        max_in_flight: u32,
+    },
     Push(Push<'a>),
-    Result { req_id: u32, status: Status, msg_id: u64, info: u64 },
+    Result {
+        req_id: u32,
+        status: Status,
+        msg_id: u64,
+        info: u64,
+    },
     MultiPush(MultiPush<'a>),
     /// `entries` holds `count` entries of [`MULTI_RESULT_ENTRY`] bytes.
-    MultiResult { req_id: u32, entries: &'a [u8] },
+    MultiResult {
+        req_id: u32,
+        entries: &'a [u8],
+    },
+    /// The device's app was uninstalled or the user opted out.
+    Unregister,
+    /// Tokens of the provider's app unregistered at or after `since_ms` (unix ms).
+    Feedback {
+        req_id: u32,
+        since_ms: u64,
+    },
+    /// `entries` holds `count` entries of [`FEEDBACK_ENTRY`] bytes, oldest first;
+    /// `more` says a further FEEDBACK (from the last entry's time) has more.
+    FeedbackResult {
+        req_id: u32,
+        more: bool,
+        entries: &'a [u8],
+    },
+    /// The device acknowledged a notification pushed with [`FLAG_RECEIPT`].
+    Receipt {
+        token: Token,
+        msg_id: u64,
+        acked_at_ms: u64,
+    },
 }
 
 /// A cursor over a frame body; every read fails with `Malformed` past the end.
@@ -304,12 +377,22 @@ impl<'a> Frame<'a> {
                 let version = r.u8()?;
                 if version != VERSION {
                     // Later versions may lay the rest out differently.
-                    return Ok(Frame::Hello(Hello { version, keepalive_s: 0, app_id: "", secret: &[] }));
+                    return Ok(Frame::Hello(Hello {
+                        version,
+                        keepalive_s: 0,
+                        app_id: "",
+                        secret: &[],
+                    }));
                 }
                 let keepalive_s = r.u16()?;
                 let app_id = r.app_id()?;
                 let secret = r.short_bytes()?;
-                Frame::Hello(Hello { version, keepalive_s, app_id, secret })
+                Frame::Hello(Hello {
+                    version,
+                    keepalive_s,
+                    app_id,
+                    secret,
+                })
             }
             ftype::WELCOME => Frame::Welcome {
                 token: Token(r.array()?),
@@ -326,34 +409,59 @@ impl<'a> Frame<'a> {
                 if payload.len() > MAX_PAYLOAD {
                     return Err(FrameError::Malformed);
                 }
-                Frame::Notify { msg_id, kind, priority, payload }
+                Frame::Notify {
+                    msg_id,
+                    kind,
+                    priority,
+                    payload,
+                }
             }
             ftype::ACK => Frame::Ack { msg_id: r.u64()? },
-            ftype::GOAWAY => Frame::GoAway { reason: GoAwayReason(r.u8()?), reconnect_ms: r.u32()? },
+            ftype::GOAWAY => Frame::GoAway {
+                reason: GoAwayReason(r.u8()?),
+                reconnect_ms: r.u32()?,
+            },
             ftype::ERROR => {
                 let code = ErrorCode(r.u8()?);
                 let text = r.rest();
                 if text.len() > MAX_ERROR_TEXT {
                     return Err(FrameError::Malformed);
                 }
-                Frame::Error { code, text: std::str::from_utf8(text).map_err(|_| FrameError::Malformed)? }
+                Frame::Error {
+                    code,
+                    text: std::str::from_utf8(text).map_err(|_| FrameError::Malformed)?,
+                }
             }
             ftype::AUTH_HELLO => {
                 let version = r.u8()?;
                 if version != VERSION {
                     return Ok(Frame::AuthHello { version, app_id: "" });
                 }
-                Frame::AuthHello { version, app_id: r.app_id()? }
+                Frame::AuthHello {
+                    version,
+                    app_id: r.app_id()?,
+                }
             }
             ftype::CHALLENGE => Frame::Challenge { nonce: r.array()? },
             ftype::AUTH => Frame::Auth { proof: r.array()? },
-            ftype::AUTH_OK => Frame::AuthOk { max_in_flight: r.u32()? },
+            ftype::AUTH_OK => Frame::AuthOk {
+                max_in_flight: r.u32()?,
+            },
             ftype::PUSH => {
                 let req_id = r.u32()?;
                 let token = Token(r.array()?);
                 let (kind, priority, flags, expiry, collapse) = push_tail(&mut r)?;
                 let payload = r.rest();
-                Frame::Push(Push { req_id, token, kind, priority, flags, expiry, collapse, payload })
+                Frame::Push(Push {
+                    req_id,
+                    token,
+                    kind,
+                    priority,
+                    flags,
+                    expiry,
+                    collapse,
+                    payload,
+                })
             }
             ftype::RESULT => Frame::Result {
                 req_id: r.u32()?,
@@ -370,7 +478,16 @@ impl<'a> Frame<'a> {
                 let tokens = r.take(count * TOKEN_LEN)?;
                 let (kind, priority, flags, expiry, collapse) = push_tail(&mut r)?;
                 let payload = r.rest();
-                Frame::MultiPush(MultiPush { req_id, tokens, kind, priority, flags, expiry, collapse, payload })
+                Frame::MultiPush(MultiPush {
+                    req_id,
+                    tokens,
+                    kind,
+                    priority,
+                    flags,
+                    expiry,
+                    collapse,
+                    payload,
+                })
             }
             ftype::MULTI_RESULT => {
                 let req_id = r.u32()?;
@@ -378,6 +495,34 @@ impl<'a> Frame<'a> {
                 let entries = r.take(count * MULTI_RESULT_ENTRY)?;
                 Frame::MultiResult { req_id, entries }
             }
+            ftype::UNREGISTER => Frame::Unregister,
+            ftype::FEEDBACK => Frame::Feedback {
+                req_id: r.u32()?,
+                since_ms: r.u64()?,
+            },
+            ftype::FEEDBACK_RESULT => {
+                let req_id = r.u32()?;
+                let more = match r.u8()? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(FrameError::Malformed),
+                };
+                let count = r.u16()? as usize;
+                if count > MAX_FEEDBACK {
+                    return Err(FrameError::Malformed);
+                }
+                let entries = r.take(count * FEEDBACK_ENTRY)?;
+                Frame::FeedbackResult {
+                    req_id,
+                    more,
+                    entries,
+                }
+            }
+            ftype::RECEIPT => Frame::Receipt {
+                token: Token(r.array()?),
+                msg_id: r.u64()?,
+                acked_at_ms: r.u64()?,
+            },
             other => return Err(FrameError::UnknownType(other)),
         };
         r.end()?;
@@ -402,6 +547,10 @@ impl<'a> Frame<'a> {
             Frame::Result { .. } => ftype::RESULT,
             Frame::MultiPush(_) => ftype::MULTI_PUSH,
             Frame::MultiResult { .. } => ftype::MULTI_RESULT,
+            Frame::Unregister => ftype::UNREGISTER,
+            Frame::Feedback { .. } => ftype::FEEDBACK,
+            Frame::FeedbackResult { .. } => ftype::FEEDBACK_RESULT,
+            Frame::Receipt { .. } => ftype::RECEIPT,
         }
     }
 
@@ -420,8 +569,14 @@ impl<'a> Frame<'a> {
             Frame::AuthOk { .. } => 4,
             Frame::Push(p) => 4 + TOKEN_LEN + 1 + 1 + 1 + 4 + 1 + p.collapse.len() + p.payload.len(),
             Frame::Result { .. } => 4 + 1 + 8 + 8,
-            Frame::MultiPush(p) => 4 + 2 + p.tokens.len() + 1 + 1 + 1 + 4 + 1 + p.collapse.len() + p.payload.len(),
+            Frame::MultiPush(p) => {
+                4 + 2 + p.tokens.len() + 1 + 1 + 1 + 4 + 1 + p.collapse.len() + p.payload.len()
+            }
             Frame::MultiResult { entries, .. } => 4 + 2 + entries.len(),
+            Frame::Unregister => 0,
+            Frame::Feedback { .. } => 4 + 8,
+            Frame::FeedbackResult { entries, .. } => 4 + 1 + 2 + entries.len(),
+            Frame::Receipt { .. } => TOKEN_LEN + 8 + 8,
         }
     }
 
@@ -442,13 +597,22 @@ impl<'a> Frame<'a> {
                 put_short(out, h.app_id.as_bytes());
                 put_short(out, h.secret);
             }
-            Frame::Welcome { token, heartbeat_s, missed } => {
+            Frame::Welcome {
+                token,
+                heartbeat_s,
+                missed,
+            } => {
                 out.put_slice(&token.0);
                 out.put_u16(heartbeat_s);
                 out.put_u32(missed);
             }
             Frame::Ping | Frame::Pong => {}
-            Frame::Notify { msg_id, kind, priority, payload } => {
+            Frame::Notify {
+                msg_id,
+                kind,
+                priority,
+                payload,
+            } => {
                 out.put_u64(msg_id);
                 out.put_u8(kind);
                 out.put_u8(priority);
@@ -476,7 +640,12 @@ impl<'a> Frame<'a> {
                 put_push_tail(out, p.kind, p.priority, p.flags, p.expiry, p.collapse);
                 out.put_slice(p.payload);
             }
-            Frame::Result { req_id, status, msg_id, info } => {
+            Frame::Result {
+                req_id,
+                status,
+                msg_id,
+                info,
+            } => {
                 out.put_u32(req_id);
                 out.put_u8(status.0);
                 out.put_u64(msg_id);
@@ -493,6 +662,30 @@ impl<'a> Frame<'a> {
                 out.put_u32(req_id);
                 out.put_u16((entries.len() / MULTI_RESULT_ENTRY) as u16);
                 out.put_slice(entries);
+            }
+            Frame::Unregister => {}
+            Frame::Feedback { req_id, since_ms } => {
+                out.put_u32(req_id);
+                out.put_u64(since_ms);
+            }
+            Frame::FeedbackResult {
+                req_id,
+                more,
+                entries,
+            } => {
+                out.put_u32(req_id);
+                out.put_u8(more as u8);
+                out.put_u16((entries.len() / FEEDBACK_ENTRY) as u16);
+                out.put_slice(entries);
+            }
+            Frame::Receipt {
+                token,
+                msg_id,
+                acked_at_ms,
+            } => {
+                out.put_slice(&token.0);
+                out.put_u64(msg_id);
+                out.put_u64(acked_at_ms);
             }
         }
     }
@@ -546,5 +739,16 @@ pub fn multi_entries(entries: &[u8]) -> impl Iterator<Item = (Status, u64)> + '_
         let mut id = [0u8; 8];
         id.copy_from_slice(&e[1..9]);
         (Status(e[0]), u64::from_be_bytes(id))
+    })
+}
+
+/// Iterates over the `(token, unregistered_at_ms)` entries of a FEEDBACK_RESULT.
+pub fn feedback_entries(entries: &[u8]) -> impl Iterator<Item = (Token, u64)> + '_ {
+    entries.chunks_exact(FEEDBACK_ENTRY).map(|e| {
+        let mut t = [0u8; TOKEN_LEN];
+        t.copy_from_slice(&e[..TOKEN_LEN]);
+        let mut at = [0u8; 8];
+        at.copy_from_slice(&e[TOKEN_LEN..]);
+        (Token(t), u64::from_be_bytes(at))
     })
 }

@@ -21,6 +21,8 @@ pub enum ProtoError {
     UnknownApp,
     AuthFailed,
     HandshakeTimeout,
+    /// The gateway failed (e.g. its store); not the peer's fault.
+    Internal,
 }
 
 impl From<FrameError> for ProtoError {
@@ -40,6 +42,7 @@ impl ProtoError {
             ProtoError::UnknownApp => ErrorCode::UNKNOWN_APP,
             ProtoError::AuthFailed => ErrorCode::AUTH_FAILED,
             ProtoError::HandshakeTimeout => ErrorCode::HANDSHAKE_TIMEOUT,
+            ProtoError::Internal => ErrorCode::INTERNAL,
         }
     }
 
@@ -49,12 +52,15 @@ impl ProtoError {
             ProtoError::Frame(FrameError::UnknownType(t)) => format!("unknown frame type 0x{t:02x}"),
             ProtoError::Frame(FrameError::TooLarge) => "frame body exceeds this port's maximum".into(),
             ProtoError::Frame(FrameError::Malformed) => "frame does not match its field table".into(),
-            ProtoError::UnsupportedVersion(v) => format!("protocol version {v} not supported; this gateway speaks {VERSION}"),
+            ProtoError::UnsupportedVersion(v) => {
+                format!("protocol version {v} not supported; this gateway speaks {VERSION}")
+            }
             ProtoError::Unexpected(t) => format!("frame type 0x{t:02x} not allowed in this state"),
             ProtoError::BadCredential => format!("device secret must be {MIN_SECRET} to {MAX_SECRET} bytes"),
             ProtoError::UnknownApp => "app id not configured".into(),
             ProtoError::AuthFailed => "authentication failed".into(),
             ProtoError::HandshakeTimeout => "handshake not completed in time".into(),
+            ProtoError::Internal => "internal gateway error; reconnect with backoff".into(),
         }
     }
 }
@@ -74,6 +80,7 @@ pub enum DeviceEvent<'a> {
     Hello(Hello<'a>),
     Ping,
     Ack(u64),
+    Unregister,
 }
 
 /// Applies the device session rules to one frame from a device.
@@ -94,19 +101,20 @@ pub fn on_device_frame(state: DeviceState, raw: RawFrame<'_>) -> Result<DeviceEv
         }
         (DeviceState::Ready, Frame::Ping) => Ok(DeviceEvent::Ping),
         (DeviceState::Ready, Frame::Ack { msg_id }) => Ok(DeviceEvent::Ack(msg_id)),
+        (DeviceState::Ready, Frame::Unregister) => Ok(DeviceEvent::Unregister),
         (_, f) => Err(ProtoError::Unexpected(f.ftype())),
     }
 }
 
 /// Frame types defined on the device port.
 pub fn is_device_port_type(t: u8) -> bool {
-    (ftype::HELLO..=ftype::ERROR).contains(&t)
+    (ftype::HELLO..=ftype::UNREGISTER).contains(&t)
 }
 
 /// Frame types defined on the provider port.
 pub fn is_provider_port_type(t: u8) -> bool {
     matches!(t, ftype::PING | ftype::PONG | ftype::GOAWAY | ftype::ERROR)
-        || (ftype::AUTH_HELLO..=ftype::MULTI_RESULT).contains(&t)
+        || (ftype::AUTH_HELLO..=ftype::RECEIPT).contains(&t)
 }
 
 /// The configured apps, addressed by a small index so a connection stores 2 bytes, not a name.
@@ -183,10 +191,16 @@ pub enum ProviderEvent<'a> {
     /// Send CHALLENGE with this nonce.
     Challenge([u8; NONCE_LEN]),
     /// Authenticated as app `app`: send AUTH_OK.
-    Authenticated { app: u16 },
+    Authenticated {
+        app: u16,
+    },
     Ping,
     Push(Push<'a>),
     MultiPush(MultiPush<'a>),
+    Feedback {
+        req_id: u32,
+        since_ms: u64,
+    },
 }
 
 /// Applies the provider session rules to one frame, advancing `state`.
@@ -207,11 +221,16 @@ pub fn on_provider_frame<'a>(
                 return Err(ProtoError::UnsupportedVersion(version));
             }
             let app = apps.index_of(app_id).ok_or(ProtoError::UnknownApp)?;
-            *state = ProviderState::AwaitAuth { app, nonce: fresh_nonce };
+            *state = ProviderState::AwaitAuth {
+                app,
+                nonce: fresh_nonce,
+            };
             Ok(ProviderEvent::Challenge(fresh_nonce))
         }
         (ProviderState::AwaitAuth { app, nonce }, Frame::Auth { proof }) => {
-            let ok = auth_mac(apps.secret(app), apps.id(app), &nonce).verify_slice(&proof).is_ok();
+            let ok = auth_mac(apps.secret(app), apps.id(app), &nonce)
+                .verify_slice(&proof)
+                .is_ok();
             if !ok {
                 return Err(ProtoError::AuthFailed);
             }
@@ -221,6 +240,9 @@ pub fn on_provider_frame<'a>(
         (ProviderState::Ready { .. }, Frame::Ping) => Ok(ProviderEvent::Ping),
         (ProviderState::Ready { .. }, Frame::Push(p)) => Ok(ProviderEvent::Push(p)),
         (ProviderState::Ready { .. }, Frame::MultiPush(p)) => Ok(ProviderEvent::MultiPush(p)),
+        (ProviderState::Ready { .. }, Frame::Feedback { req_id, since_ms }) => {
+            Ok(ProviderEvent::Feedback { req_id, since_ms })
+        }
         (_, f) => Err(ProtoError::Unexpected(f.ftype())),
     }
 }

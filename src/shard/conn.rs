@@ -17,6 +17,10 @@ pub const F_READY: u8 = 8;
 /// Stopped reading because too many requests are in flight (providers only).
 pub const F_PAUSED: u8 = 16;
 
+/// Marks an unacked id whose provider wants a receipt. Message ids stay below
+/// 2^63 (they start from the clock in ms shifted by 16 bits).
+const RECEIPT_BIT: u64 = 1 << 63;
+
 /// A device connection. No buffers while idle: `bufs` is `None`.
 pub struct Device {
     pub stream: TcpStream,
@@ -33,6 +37,13 @@ pub struct Device {
     pub unacked: Option<Box<Vec<u64>>>,
     pub app: u16,
     pub flags: u8,
+}
+
+/// One FEEDBACK waiting for every shard's tombstones.
+pub struct FeedbackAgg {
+    pub req_id: u32,
+    pub remaining: u16,
+    pub entries: Vec<(u64, Token)>,
 }
 
 /// One MULTI_PUSH waiting for the statuses of its tokens.
@@ -54,6 +65,7 @@ pub struct Provider {
     pub inflight: u32,
     pub flags: u8,
     pub multis: Slab<Multi>,
+    pub feedback: Slab<FeedbackAgg>,
 }
 
 pub enum Conn {
@@ -109,19 +121,22 @@ impl Device {
         self.unacked.as_ref().map_or(0, |u| u.len())
     }
 
-    pub fn on_sent(&mut self, msg_id: u64) {
+    /// Records a NOTIFY written; `receipt` if its provider asked for a receipt.
+    pub fn on_sent(&mut self, msg_id: u64, receipt: bool) {
         self.cursor = msg_id;
-        self.unacked.get_or_insert_with(Default::default).push(msg_id);
+        let entry = if receipt { msg_id | RECEIPT_BIT } else { msg_id };
+        self.unacked.get_or_insert_with(Default::default).push(entry);
     }
 
-    /// Forgets an acknowledged id; false if it was not in flight here.
-    pub fn on_acked(&mut self, msg_id: u64) -> bool {
-        let Some(u) = self.unacked.as_mut() else { return false };
-        let Some(pos) = u.iter().position(|&id| id == msg_id) else { return false };
-        u.remove(pos);
+    /// Forgets an acknowledged id: `None` if it was not in flight here, else
+    /// whether a receipt was asked for.
+    pub fn on_acked(&mut self, msg_id: u64) -> Option<bool> {
+        let u = self.unacked.as_mut()?;
+        let pos = u.iter().position(|&e| e & !RECEIPT_BIT == msg_id)?;
+        let entry = u.remove(pos);
         if u.is_empty() {
             self.unacked = None;
         }
-        true
+        Some(entry & RECEIPT_BIT != 0)
     }
 }

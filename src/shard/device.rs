@@ -12,6 +12,7 @@ use super::io::Flow;
 use super::msg::{Adopt, PushMsg, ResultMsg, ShardMsg};
 use super::timer::Entry;
 use super::{Sent, Shard};
+use crate::proto::frame::FLAG_RECEIPT;
 use crate::proto::{
     on_device_frame, DeviceEvent, DeviceState, Frame, GoAwayReason, ProtoError, RawFrame, Status, Token,
     PRIORITY_HIGH,
@@ -37,8 +38,14 @@ impl Shard {
     /// One frame from a device. `rest` is what follows it, needed if the
     /// connection moves to the shard that owns its token.
     pub(super) fn on_device_frame(&mut self, idx: u32, raw: RawFrame<'_>, rest: &[u8]) -> Flow {
-        let Some(Conn::Device(d)) = self.conns.get_mut(idx as usize) else { return Flow::Stop };
-        let state = if d.flags & F_READY != 0 { DeviceState::Ready } else { DeviceState::AwaitHello };
+        let Some(Conn::Device(d)) = self.conns.get_mut(idx as usize) else {
+            return Flow::Stop;
+        };
+        let state = if d.flags & F_READY != 0 {
+            DeviceState::Ready
+        } else {
+            DeviceState::AwaitHello
+        };
         if state == DeviceState::Ready {
             d.since = self.now_tick as u32;
         }
@@ -58,9 +65,17 @@ impl Shard {
                     self.register_device(idx, token, app, h.keepalive_s);
                     return Flow::Continue;
                 }
-                let Some(stream) = self.take_stream(idx) else { return Flow::Stop };
+                let Some(stream) = self.take_stream(idx) else {
+                    return Flow::Stop;
+                };
                 debug!("shard {}: device handed to shard {owner}", self.index);
-                let adopt = Adopt { stream, token, app, keepalive_s: h.keepalive_s, leftover: rest.to_vec() };
+                let adopt = Adopt {
+                    stream,
+                    token,
+                    app,
+                    keepalive_s: h.keepalive_s,
+                    leftover: rest.to_vec(),
+                };
                 self.route(owner, ShardMsg::Adopt(adopt));
                 Flow::HandedOff
             }
@@ -72,6 +87,10 @@ impl Shard {
                 self.on_ack(idx, msg_id);
                 Flow::Continue
             }
+            Ok(DeviceEvent::Unregister) => {
+                self.on_unregister(idx);
+                Flow::Stop
+            }
         }
     }
 
@@ -80,7 +99,9 @@ impl Shard {
         if !matches!(self.conns.get(idx as usize), Some(Conn::Device(_))) {
             return None;
         }
-        let Conn::Device(mut d) = self.conns.remove(idx as usize) else { return None };
+        let Conn::Device(mut d) = self.conns.remove(idx as usize) else {
+            return None;
+        };
         let _ = self.poll.registry().deregister(&mut d.stream);
         if let Some(b) = d.bufs.take() {
             self.pool.put(b);
@@ -93,7 +114,11 @@ impl Shard {
         let mut stream = a.stream;
         if self.drain_deadline.is_some() {
             let mut buf = Vec::new();
-            Frame::GoAway { reason: GoAwayReason::SHUTDOWN, reconnect_ms: 0 }.encode(&mut buf);
+            Frame::GoAway {
+                reason: GoAwayReason::SHUTDOWN,
+                reconnect_ms: 0,
+            }
+            .encode(&mut buf);
             let _ = std::io::Write::write(&mut stream, &buf);
             self.shared.conns.fetch_sub(1, Ordering::AcqRel);
             return;
@@ -115,9 +140,11 @@ impl Shard {
             flags: 0,
         }));
         let (stream, _) = conn.io();
-        if let Err(e) =
-            self.poll.registry().register(stream, MioToken(idx as usize), Interest::READABLE | Interest::WRITABLE)
-        {
+        if let Err(e) = self.poll.registry().register(
+            stream,
+            MioToken(idx as usize),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
             warn!("shard {}: register adopted device: {e}", self.index);
             self.close(idx);
             return;
@@ -136,8 +163,13 @@ impl Shard {
     /// Binds a device to its token, replacing any older connection, then sends
     /// WELCOME and whatever is stored for it.
     fn register_device(&mut self, idx: u32, token: Token, app: u16, keepalive_s: u16) {
+        self.lift_tombstone(&token);
         let hb = &self.shared.cfg.heartbeat;
-        let heartbeat_s = if keepalive_s == 0 { hb.default_s } else { keepalive_s.clamp(hb.min_s, hb.max_s) };
+        let heartbeat_s = if keepalive_s == 0 {
+            hb.default_s
+        } else {
+            keepalive_s.clamp(hb.min_s, hb.max_s)
+        };
         if let Some(old) = self.tokens.insert(token, idx) {
             if old != idx {
                 // The old connection is no longer bound; it only gets told why.
@@ -153,14 +185,23 @@ impl Shard {
             0
         });
         let now = self.now_tick as u32;
-        let Some(Conn::Device(d)) = self.conns.get_mut(idx as usize) else { return };
+        let Some(Conn::Device(d)) = self.conns.get_mut(idx as usize) else {
+            return;
+        };
         d.token = token;
         d.app = app;
         d.heartbeat_s = heartbeat_s;
         d.flags |= F_READY | F_BACKLOG;
         d.since = now;
         self.stats().devices.fetch_add(1, Ordering::Relaxed);
-        if self.send_frame(idx, &Frame::Welcome { token, heartbeat_s, missed }) {
+        if self.send_frame(
+            idx,
+            &Frame::Welcome {
+                token,
+                heartbeat_s,
+                missed,
+            },
+        ) {
             let _ = self.deliver(idx);
         }
     }
@@ -170,7 +211,9 @@ impl Shard {
     /// the store and goes out as ACKs arrive and the socket drains.
     pub(super) fn deliver(&mut self, idx: u32) -> Delivery {
         let window = self.shared.cfg.limits.device_max_in_flight;
-        let Some(Conn::Device(d)) = self.conns.get_mut(idx as usize) else { return Delivery::Done };
+        let Some(Conn::Device(d)) = self.conns.get_mut(idx as usize) else {
+            return Delivery::Done;
+        };
         d.flags &= !F_HELD;
         if d.flags & F_READY == 0 || d.flags & F_CLOSING != 0 {
             return Delivery::Done;
@@ -182,13 +225,25 @@ impl Shard {
         }
         let mut msgs = std::mem::take(&mut self.msgs);
         msgs.clear();
-        if let Err(e) = self.store.pending(&d.token, d.cursor, self.unix_s, room, &mut msgs) {
+        if let Err(e) = self
+            .store
+            .pending(&d.token, d.cursor, self.unix_s, room, &mut msgs)
+        {
             warn!("shard {}: reading stored notifications: {e}", self.index);
         }
-        let mut outcome = if msgs.len() == room { Delivery::WindowFull } else { Delivery::Done };
+        let mut outcome = if msgs.len() == room {
+            Delivery::WindowFull
+        } else {
+            Delivery::Done
+        };
         let mut sent = 0;
         for m in &msgs {
-            let frame = Frame::Notify { msg_id: m.msg_id, kind: m.kind, priority: m.priority, payload: &m.payload };
+            let frame = Frame::Notify {
+                msg_id: m.msg_id,
+                kind: m.kind,
+                priority: m.priority,
+                payload: &m.payload,
+            };
             match self.try_send_frame(idx, &frame) {
                 Sent::Yes => {}
                 Sent::Gone => break,
@@ -199,7 +254,7 @@ impl Shard {
             }
             sent += 1;
             if let Some(Conn::Device(d)) = self.conns.get_mut(idx as usize) {
-                d.on_sent(m.msg_id);
+                d.on_sent(m.msg_id, m.flags & FLAG_RECEIPT != 0);
             }
         }
         if let Some(Conn::Device(d)) = self.conns.get_mut(idx as usize) {
@@ -221,7 +276,9 @@ impl Shard {
         match self.conns.get(idx as usize) {
             Some(Conn::Device(d)) if d.flags & F_BACKLOG != 0 => {
                 let _ = self.deliver(idx);
-                self.conns.get(idx as usize).is_some_and(|c| c.flags() & super::conn::F_DIRTY != 0)
+                self.conns
+                    .get(idx as usize)
+                    .is_some_and(|c| c.flags() & super::conn::F_DIRTY != 0)
             }
             _ => false,
         }
@@ -229,8 +286,15 @@ impl Shard {
 
     /// Holds normal-priority notifications briefly so several share one write.
     fn hold(&mut self, idx: u32) {
-        let delay = self.shared.cfg.limits.normal_priority_delay_ms.div_ceil(super::TICK_MS);
-        let Some(Conn::Device(d)) = self.conns.get_mut(idx as usize) else { return };
+        let delay = self
+            .shared
+            .cfg
+            .limits
+            .normal_priority_delay_ms
+            .div_ceil(super::TICK_MS);
+        let Some(Conn::Device(d)) = self.conns.get_mut(idx as usize) else {
+            return;
+        };
         if d.flags & super::conn::F_DIRTY != 0 {
             // Already writing to this device in this iteration: the radio is up anyway.
             let _ = self.deliver(idx);
@@ -244,12 +308,17 @@ impl Shard {
     }
 
     fn on_ack(&mut self, idx: u32, msg_id: u64) {
-        let Some(Conn::Device(d)) = self.conns.get_mut(idx as usize) else { return };
-        if !d.on_acked(msg_id) {
+        let Some(Conn::Device(d)) = self.conns.get_mut(idx as usize) else {
+            return;
+        };
+        let Some(receipt) = d.on_acked(msg_id) else {
             return; // not in flight here: a duplicate, or never sent on this connection
-        }
+        };
         let backlog = d.flags & F_BACKLOG != 0;
-        let token = d.token;
+        let (token, app) = (d.token, d.app);
+        if receipt {
+            self.emit_receipt(app, token, msg_id);
+        }
         match self.store.ack(&token, msg_id) {
             Ok(true) => self.store_dirty = true,
             Ok(false) => {}
@@ -277,6 +346,13 @@ impl Shard {
             info: 0,
         };
         self.stats().pushes.fetch_add(1, Ordering::Relaxed);
+        if let Some(at_ms) = self.unregistered_at(&m.token) {
+            result.status = Status::UNREGISTERED;
+            result.msg_id = 0;
+            result.info = at_ms;
+            self.route_result(result);
+            return;
+        }
         if storable {
             let stored = StoredMsg {
                 msg_id,
@@ -324,10 +400,15 @@ impl Shard {
             let window = self.shared.cfg.limits.device_max_in_flight;
             if let Some(Conn::Device(d)) = self.conns.get(idx as usize) {
                 if d.inflight() < window as usize && d.flags & F_READY != 0 {
-                    let frame = Frame::Notify { msg_id, kind: m.kind, priority: m.priority, payload: &m.payload };
+                    let frame = Frame::Notify {
+                        msg_id,
+                        kind: m.kind,
+                        priority: m.priority,
+                        payload: &m.payload,
+                    };
                     if self.try_send_frame(idx, &frame) == Sent::Yes {
                         if let Some(Conn::Device(d)) = self.conns.get_mut(idx as usize) {
-                            d.on_sent(msg_id);
+                            d.on_sent(msg_id, m.flags & FLAG_RECEIPT != 0);
                         }
                         self.stats().notifies.fetch_add(1, Ordering::Relaxed);
                         result.status = Status::DELIVERED;

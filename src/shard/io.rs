@@ -30,7 +30,11 @@ pub(super) enum Flow {
 impl Shard {
     pub(super) fn accept(&mut self, device: bool) {
         loop {
-            let listener = if device { self.device_listener.as_ref() } else { self.provider_listener.as_ref() };
+            let listener = if device {
+                self.device_listener.as_ref()
+            } else {
+                self.provider_listener.as_ref()
+            };
             let Some(listener) = listener else { return };
             match listener.accept() {
                 Ok((stream, _)) => self.on_accepted(stream, device),
@@ -40,7 +44,11 @@ impl Shard {
                     // Out of descriptors (or another accept fault): stop accepting for
                     // one tick instead of spinning on a listener that stays readable.
                     if crate::net::is_fd_exhaustion(&e) {
-                        warn!("shard {}: accept: {e}; pausing accepts for {} ms", self.index, super::TICK_MS);
+                        warn!(
+                            "shard {}: accept: {e}; pausing accepts for {} ms",
+                            self.index,
+                            super::TICK_MS
+                        );
                     } else {
                         warn!("shard {}: accept: {e}", self.index);
                     }
@@ -57,9 +65,16 @@ impl Shard {
             self.shared.conns.fetch_sub(1, Ordering::AcqRel);
             let retry = self.cfg().limits.server_full_retry_ms;
             let mut buf = Vec::with_capacity(8);
-            Frame::GoAway { reason: GoAwayReason::SERVER_FULL, reconnect_ms: retry }.encode(&mut buf);
+            Frame::GoAway {
+                reason: GoAwayReason::SERVER_FULL,
+                reconnect_ms: retry,
+            }
+            .encode(&mut buf);
             let _ = stream.write(&buf);
-            info!("shard {}: refused a connection: at the limit of {max}", self.index);
+            info!(
+                "shard {}: refused a connection: at the limit of {max}",
+                self.index
+            );
             return;
         }
         let _ = stream.set_nodelay(true);
@@ -90,13 +105,16 @@ impl Shard {
                 inflight: 0,
                 flags: 0,
                 multis: Slab::new(),
+                feedback: Slab::new(),
             }))
         };
         let conn = entry.insert(conn);
         let (stream, _) = conn.io();
-        if let Err(e) =
-            self.poll.registry().register(stream, MioToken(idx as usize), Interest::READABLE | Interest::WRITABLE)
-        {
+        if let Err(e) = self.poll.registry().register(
+            stream,
+            MioToken(idx as usize),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
             warn!("shard {}: register: {e}", self.index);
             self.close(idx);
             return;
@@ -134,7 +152,9 @@ impl Shard {
             }
         }
         loop {
-            let Some(conn) = self.conns.get_mut(idx as usize) else { return };
+            let Some(conn) = self.conns.get_mut(idx as usize) else {
+                return;
+            };
             let (stream, _) = conn.io();
             let mut eof = false;
             let mut drained = false;
@@ -173,7 +193,9 @@ impl Shard {
 
     /// Saves an incomplete frame (or frames left unhandled while paused) on the connection.
     fn keep_remainder(&mut self, idx: u32, rest: &[u8]) {
-        let Some(conn) = self.conns.get_mut(idx as usize) else { return };
+        let Some(conn) = self.conns.get_mut(idx as usize) else {
+            return;
+        };
         let closing = conn.flags() & F_CLOSING != 0;
         let (_, bufs) = conn.io();
         if rest.is_empty() || closing {
@@ -192,7 +214,9 @@ impl Shard {
     fn handle_bytes(&mut self, idx: u32, buf: &[u8]) -> (usize, Flow) {
         let mut used = 0;
         loop {
-            let Some(conn) = self.conns.get(idx as usize) else { return (buf.len(), Flow::Stop) };
+            let Some(conn) = self.conns.get(idx as usize) else {
+                return (buf.len(), Flow::Stop);
+            };
             if conn.flags() & F_CLOSING != 0 {
                 return (buf.len(), Flow::Stop); // discard until EOF
             }
@@ -200,7 +224,11 @@ impl Shard {
                 return (used, Flow::Stop);
             }
             let device = conn.is_device();
-            let max = if device { DEVICE_MAX_BODY } else { PROVIDER_MAX_BODY };
+            let max = if device {
+                DEVICE_MAX_BODY
+            } else {
+                PROVIDER_MAX_BODY
+            };
             let (raw, n) = match split_frame(&buf[used..], max) {
                 Ok(Some(x)) => x,
                 Ok(None) => return (used, Flow::Continue),
@@ -227,7 +255,9 @@ impl Shard {
     pub(super) fn run_resumes(&mut self) {
         let resume = std::mem::take(&mut self.resume);
         for idx in resume {
-            let Some(c) = self.conns.get_mut(idx as usize) else { continue };
+            let Some(c) = self.conns.get_mut(idx as usize) else {
+                continue;
+            };
             if c.flags() & F_PAUSED != 0 || c.flags() & F_CLOSING != 0 {
                 continue;
             }
@@ -249,7 +279,9 @@ impl Shard {
 
     /// One write pass; true if the outbox emptied.
     fn flush_once(&mut self, idx: u32) -> bool {
-        let Some(conn) = self.conns.get_mut(idx as usize) else { return false };
+        let Some(conn) = self.conns.get_mut(idx as usize) else {
+            return false;
+        };
         *conn.flags_mut() &= !super::conn::F_DIRTY;
         let closing = conn.flags() & F_CLOSING != 0;
         let (stream, bufs) = conn.io();

@@ -13,6 +13,7 @@ mod io;
 pub mod msg;
 pub mod pool;
 mod provider;
+mod registry;
 pub mod timer;
 
 use std::collections::{HashMap, VecDeque};
@@ -51,6 +52,7 @@ pub struct ShardStats {
     pub pushes: AtomicU64,
     pub notifies: AtomicU64,
     pub acks: AtomicU64,
+    pub receipts: AtomicU64,
 }
 
 /// What became of a frame handed to a connection.
@@ -116,8 +118,21 @@ pub fn prepare(
     let poll = Poll::new()?;
     let waker = Waker::new(poll.registry(), WAKER)?;
     let (tx, rx) = crossbeam_channel::unbounded();
-    let handle = ShardHandle { tx, waker, wake_pending: AtomicBool::new(false) };
-    Ok((ShardParts { poll, rx, device_listener, provider_listener, store }, handle))
+    let handle = ShardHandle {
+        tx,
+        waker,
+        wake_pending: AtomicBool::new(false),
+    };
+    Ok((
+        ShardParts {
+            poll,
+            rx,
+            device_listener,
+            provider_listener,
+            store,
+        },
+        handle,
+    ))
 }
 
 /// Hashes a token by 8 of its bytes. Tokens reaching the map are HMAC outputs
@@ -148,6 +163,13 @@ pub struct Shard {
     conns: Slab<Conn>,
     /// Ready device connections by token.
     tokens: HashMap<Token, u32, BuildHasherDefault<TokenHasher>>,
+    /// Unregistered tokens of this shard: app index and unix ms of the UNREGISTER.
+    tombstones: HashMap<Token, (u16, u64), BuildHasherDefault<TokenHasher>>,
+    /// As the hub of apps with `app % shards == index`: their logged-in provider connections.
+    receipt_sinks: HashMap<u16, Vec<msg::ConnRef>>,
+    receipt_rr: usize,
+    /// Connections to tell GOAWAY once the store sync of this iteration is done.
+    after_sync: Vec<(Entry, GoAwayReason)>,
     wheel: Wheel,
     fired: Vec<Entry>,
     /// Devices with normal-priority notifications held, due in tick order.
@@ -168,6 +190,7 @@ pub struct Shard {
     start: Instant,
     now_tick: u64,
     unix_s: u64,
+    unix_ms: u64,
     accept_paused_until: Option<u64>,
     drain_deadline: Option<u64>,
     drain_seq: u32,
@@ -178,10 +201,19 @@ impl Shard {
     pub fn new(index: usize, shared: Arc<Shared>, parts: ShardParts) -> std::io::Result<Shard> {
         let mut device_listener = TcpListener::from_std(parts.device_listener);
         let mut provider_listener = TcpListener::from_std(parts.provider_listener);
-        parts.poll.registry().register(&mut device_listener, DEVICE_LISTENER, Interest::READABLE)?;
-        parts.poll.registry().register(&mut provider_listener, PROVIDER_LISTENER, Interest::READABLE)?;
+        parts
+            .poll
+            .registry()
+            .register(&mut device_listener, DEVICE_LISTENER, Interest::READABLE)?;
+        parts
+            .poll
+            .registry()
+            .register(&mut provider_listener, PROVIDER_LISTENER, Interest::READABLE)?;
         let n = shared.handles.len();
-        let unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        let unix_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
         let next_msg_id = parts.store.max_msg_id().max(unix_ms << 16);
         Ok(Shard {
             index,
@@ -192,6 +224,10 @@ impl Shard {
             provider_listener: Some(provider_listener),
             conns: Slab::new(),
             tokens: HashMap::default(),
+            tombstones: HashMap::default(),
+            receipt_sinks: HashMap::new(),
+            receipt_rr: 0,
+            after_sync: Vec::new(),
             wheel: Wheel::new(),
             fired: Vec::new(),
             held: VecDeque::new(),
@@ -210,6 +246,7 @@ impl Shard {
             start: Instant::now(),
             now_tick: 0,
             unix_s: 0,
+            unix_ms: 0,
             accept_paused_until: None,
             drain_deadline: None,
             drain_seq: 0,
@@ -227,17 +264,25 @@ impl Shard {
 
     fn tick_clock(&mut self) {
         self.now_tick = self.start.elapsed().as_millis() as u64 / TICK_MS;
-        self.unix_s = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        self.unix_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        self.unix_s = self.unix_ms / 1000;
     }
 
     /// Runs until drained.
     pub fn run(mut self) {
         let mut events = Events::with_capacity(1024);
         self.tick_clock();
+        self.load_tombstones();
         loop {
             let timeout = if self.local.is_empty() && self.resume.is_empty() {
                 let next = (self.now_tick + 1) * TICK_MS;
-                Duration::from_millis(next.saturating_sub(self.start.elapsed().as_millis() as u64).max(1))
+                Duration::from_millis(
+                    next.saturating_sub(self.start.elapsed().as_millis() as u64)
+                        .max(1),
+                )
             } else {
                 Duration::ZERO
             };
@@ -272,7 +317,11 @@ impl Shard {
             self.flush_dirty();
             if let Some(deadline) = self.drain_deadline {
                 if self.conns.is_empty() || self.now_tick >= deadline {
-                    debug!("shard {} drained with {} connections left", self.index, self.conns.len());
+                    debug!(
+                        "shard {} drained with {} connections left",
+                        self.index,
+                        self.conns.len()
+                    );
                     let _ = self.store.sync();
                     return;
                 }
@@ -281,7 +330,9 @@ impl Shard {
     }
 
     fn drain_inbox(&mut self) {
-        self.shared.handles[self.index].wake_pending.store(false, Ordering::Release);
+        self.shared.handles[self.index]
+            .wake_pending
+            .store(false, Ordering::Release);
         while let Ok(batch) = self.rx.try_recv() {
             for m in batch {
                 self.on_msg(m);
@@ -302,6 +353,17 @@ impl Shard {
             ShardMsg::Result(r) => self.on_result(r),
             ShardMsg::Adopt(a) => self.on_adopt(a),
             ShardMsg::Drain => self.start_drain(),
+            ShardMsg::Receipt { app, receipt } => self.on_receipt(app, receipt),
+            ShardMsg::DeliverReceipts { to, app, receipts } => self.on_deliver_receipts(to, app, receipts),
+            ShardMsg::ProviderUp { app, conn } => self.on_provider_up(app, conn),
+            ShardMsg::ProviderDown { app, conn } => self.on_provider_down(app, conn),
+            ShardMsg::FeedbackQuery {
+                reply,
+                slot,
+                app,
+                since_ms,
+            } => self.on_feedback_query(reply, slot, app, since_ms),
+            ShardMsg::FeedbackPart { to, slot, entries } => self.on_feedback_part(to, slot, entries),
         }
     }
 
@@ -337,6 +399,11 @@ impl Shard {
         let results = std::mem::take(&mut self.unsynced);
         for r in results {
             self.route_result(r);
+        }
+        for (e, reason) in std::mem::take(&mut self.after_sync) {
+            if self.conns.get(e.idx as usize).is_some_and(|c| c.id() == e.id) {
+                self.goaway(e.idx, reason, 0);
+            }
         }
         self.run_local();
     }
@@ -386,6 +453,7 @@ impl Shard {
             }
         }
         if self.now_tick.is_multiple_of(10) {
+            self.pump_receipts();
             match self.store.sweep_expired(self.unix_s) {
                 Ok(0) => {}
                 Ok(n) => {
@@ -399,7 +467,9 @@ impl Shard {
 
     /// A connection's timer fired: close it if its deadline passed, else re-arm.
     fn on_timer(&mut self, e: Entry) {
-        let Some(conn) = self.conns.get(e.idx as usize) else { return };
+        let Some(conn) = self.conns.get(e.idx as usize) else {
+            return;
+        };
         if conn.id() != e.id {
             return;
         }
@@ -439,11 +509,17 @@ impl Shard {
         }
         let timeout = self.cfg().drain.timeout_ms.div_ceil(TICK_MS);
         self.drain_deadline = Some(self.now_tick + timeout);
-        for mut l in [self.device_listener.take(), self.provider_listener.take()].into_iter().flatten() {
+        for mut l in [self.device_listener.take(), self.provider_listener.take()]
+            .into_iter()
+            .flatten()
+        {
             let _ = self.poll.registry().deregister(&mut l);
         }
         let ids: Vec<u32> = self.conns.iter().map(|(i, _)| i as u32).collect();
-        self.drain_total = ids.iter().filter(|&&i| self.conns[i as usize].is_device()).count() as u32;
+        self.drain_total = ids
+            .iter()
+            .filter(|&&i| self.conns[i as usize].is_device())
+            .count() as u32;
         for idx in ids {
             match &mut self.conns[idx as usize] {
                 Conn::Device(_) => {
@@ -471,7 +547,10 @@ impl Shard {
             Sent::Yes => true,
             Sent::Gone => false,
             Sent::OutboxFull => {
-                debug!("shard {}: connection {idx} is not reading; closing as a slow consumer", self.index);
+                debug!(
+                    "shard {}: connection {idx} is not reading; closing as a slow consumer",
+                    self.index
+                );
                 self.goaway(idx, GoAwayReason::SLOW_CONSUMER, 0);
                 false
             }
@@ -482,7 +561,9 @@ impl Shard {
     fn try_send_frame(&mut self, idx: u32, frame: &Frame<'_>) -> Sent {
         let max = self.shared.cfg.limits.max_outbox_bytes;
         let closing_frame = matches!(frame, Frame::GoAway { .. } | Frame::Error { .. });
-        let Some(conn) = self.conns.get_mut(idx as usize) else { return Sent::Gone };
+        let Some(conn) = self.conns.get_mut(idx as usize) else {
+            return Sent::Gone;
+        };
         if conn.flags() & F_CLOSING != 0 {
             return Sent::Gone;
         }
@@ -512,7 +593,13 @@ impl Shard {
     fn fail(&mut self, idx: u32, e: crate::proto::ProtoError) {
         debug!("shard {}: connection {idx}: {}", self.index, e.detail());
         let text = e.detail();
-        if self.send_frame(idx, &Frame::Error { code: e.code(), text: &text }) {
+        if self.send_frame(
+            idx,
+            &Frame::Error {
+                code: e.code(),
+                text: &text,
+            },
+        ) {
             self.begin_close(idx);
         }
     }
@@ -522,7 +609,9 @@ impl Shard {
     /// peer reads the reason instead of a reset.
     fn begin_close(&mut self, idx: u32) {
         let now = self.now_tick;
-        let Some(conn) = self.conns.get_mut(idx as usize) else { return };
+        let Some(conn) = self.conns.get_mut(idx as usize) else {
+            return;
+        };
         if conn.flags() & F_CLOSING != 0 {
             return;
         }
@@ -535,7 +624,9 @@ impl Shard {
 
     /// Removes a device from the token map and the counters when it stops being reachable.
     fn unbind(&mut self, idx: u32) {
-        let Some(conn) = self.conns.get_mut(idx as usize) else { return };
+        let Some(conn) = self.conns.get_mut(idx as usize) else {
+            return;
+        };
         let was_ready = conn.flags() & conn::F_READY != 0;
         *conn.flags_mut() &= !conn::F_READY;
         match conn {
@@ -546,8 +637,21 @@ impl Shard {
                 }
                 self.stats().devices.fetch_sub(1, Ordering::Relaxed);
             }
-            Conn::Provider(_) if was_ready => {
+            Conn::Provider(p) if was_ready => {
+                let down = match p.state {
+                    crate::proto::ProviderState::Ready { app } => Some((app, p.id)),
+                    _ => None,
+                };
                 self.stats().providers.fetch_sub(1, Ordering::Relaxed);
+                if let Some((app, id)) = down {
+                    let conn = msg::ConnRef {
+                        shard: self.index as u16,
+                        idx,
+                        id,
+                    };
+                    let hub = self.hub_of(app);
+                    self.route(hub, ShardMsg::ProviderDown { app, conn });
+                }
             }
             _ => {}
         }

@@ -3,6 +3,7 @@
 use bytes::Bytes;
 
 use crate::proto::{Status, Token};
+use crate::store::Receipt;
 
 /// Addresses one connection on one shard; `id` tells a reused slab slot from the original.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -61,6 +62,39 @@ pub enum ShardMsg {
     Push(PushMsg),
     Result(ResultMsg),
     Adopt(Adopt),
+    /// A receipt on its way to its app's hub shard (`app % shards`).
+    Receipt {
+        app: u16,
+        receipt: Receipt,
+    },
+    /// Receipts from the hub for one provider connection.
+    DeliverReceipts {
+        to: ConnRef,
+        app: u16,
+        receipts: Vec<Receipt>,
+    },
+    /// To the app's hub: a provider session of `app` logged in, or went away.
+    ProviderUp {
+        app: u16,
+        conn: ConnRef,
+    },
+    ProviderDown {
+        app: u16,
+        conn: ConnRef,
+    },
+    /// To every shard: the tombstones of `app` at or after `since_ms`.
+    FeedbackQuery {
+        reply: ConnRef,
+        slot: u32,
+        app: u16,
+        since_ms: u64,
+    },
+    /// One shard's answer, oldest first, at most one frame's worth plus one.
+    FeedbackPart {
+        to: ConnRef,
+        slot: u32,
+        entries: Vec<(u64, Token)>,
+    },
     /// Stop accepting, send GOAWAY to everyone, exit when empty or at the deadline.
     Drain,
 }

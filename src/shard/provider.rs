@@ -10,7 +10,7 @@ use super::conn::{Conn, Multi, F_PAUSED, F_READY};
 use super::io::Flow;
 use super::msg::{ConnRef, PushMsg, ResultMsg, ShardMsg, NO_SLOT};
 use super::Shard;
-use crate::proto::frame::{put_multi_entry, ftype, MAX_PAYLOAD, MULTI_RESULT_ENTRY, NONCE_LEN};
+use crate::proto::frame::{ftype, put_multi_entry, KNOWN_FLAGS, MAX_PAYLOAD, MULTI_RESULT_ENTRY, NONCE_LEN};
 use crate::proto::{
     on_provider_frame, Frame, GoAwayReason, Kind, ProviderEvent, ProviderState, RawFrame, Status, Token,
     PRIORITY_HIGH, PRIORITY_NORMAL,
@@ -28,9 +28,15 @@ struct Common {
 
 impl Shard {
     pub(super) fn on_provider_frame(&mut self, idx: u32, raw: RawFrame<'_>) -> Flow {
-        let nonce = if raw.ftype == ftype::AUTH_HELLO { fresh_nonce() } else { [0u8; NONCE_LEN] };
+        let nonce = if raw.ftype == ftype::AUTH_HELLO {
+            fresh_nonce()
+        } else {
+            [0u8; NONCE_LEN]
+        };
         let now = self.now_tick as u32;
-        let Some(Conn::Provider(p)) = self.conns.get_mut(idx as usize) else { return Flow::Stop };
+        let Some(Conn::Provider(p)) = self.conns.get_mut(idx as usize) else {
+            return Flow::Stop;
+        };
         let was_ready = matches!(p.state, ProviderState::Ready { .. });
         if was_ready {
             p.since = now;
@@ -46,13 +52,21 @@ impl Shard {
             ProviderEvent::Challenge(nonce) => {
                 self.send_frame(idx, &Frame::Challenge { nonce });
             }
-            ProviderEvent::Authenticated { .. } => {
+            ProviderEvent::Authenticated { app } => {
                 p.flags |= F_READY;
                 p.since = now;
+                let conn = ConnRef {
+                    shard: self.index as u16,
+                    idx,
+                    id: p.id,
+                };
                 self.stats().providers.fetch_add(1, Ordering::Relaxed);
                 let max_in_flight = self.shared.cfg.limits.provider_max_in_flight;
                 self.send_frame(idx, &Frame::AuthOk { max_in_flight });
+                let hub = self.hub_of(app);
+                self.route(hub, ShardMsg::ProviderUp { app, conn });
             }
+            ProviderEvent::Feedback { req_id, since_ms } => self.start_feedback(idx, req_id, since_ms),
             ProviderEvent::Ping => {
                 self.send_frame(idx, &Frame::Pong);
             }
@@ -93,14 +107,22 @@ impl Shard {
 
     /// Checks a request, answers what can be answered here, and routes the rest.
     fn on_push_request(&mut self, idx: u32, req_id: u32, tokens: &[Token], c: &Common, multi: bool) {
-        let Some(Conn::Provider(p)) = self.conns.get_mut(idx as usize) else { return };
-        let ProviderState::Ready { app } = p.state else { return };
-        let reply = ConnRef { shard: self.index as u16, idx, id: p.id };
+        let Some(Conn::Provider(p)) = self.conns.get_mut(idx as usize) else {
+            return;
+        };
+        let ProviderState::Ready { app } = p.state else {
+            return;
+        };
+        let reply = ConnRef {
+            shard: self.index as u16,
+            idx,
+            id: p.id,
+        };
         let early = if c.payload.len() > MAX_PAYLOAD {
             Some(Status::PAYLOAD_TOO_LARGE)
         } else if !Kind(c.kind).is_known()
             || (c.priority != PRIORITY_HIGH && c.priority != PRIORITY_NORMAL)
-            || c.flags != 0
+            || c.flags & !KNOWN_FLAGS != 0
         {
             Some(Status::BAD_REQUEST)
         } else if self.shared.draining.load(Ordering::Relaxed) {
@@ -111,17 +133,30 @@ impl Shard {
         let retry = u64::from(self.shared.cfg.drain.spread_ms);
         let slot = if multi {
             let entries = vec![0u8; tokens.len() * MULTI_RESULT_ENTRY];
-            p.multis.insert(Multi { req_id, remaining: tokens.len() as u16, entries }) as u32
+            p.multis.insert(Multi {
+                req_id,
+                remaining: tokens.len() as u16,
+                entries,
+            }) as u32
         } else {
             NO_SLOT
         };
         let app_id = self.shared.apps.id(app).to_string();
         let n = self.shared.handles.len();
         for (i, token) in tokens.iter().enumerate() {
-            let status = early.or_else(|| (!self.shared.key.verify(&app_id, token)).then_some(Status::BAD_TOKEN));
+            let status =
+                early.or_else(|| (!self.shared.key.verify(&app_id, token)).then_some(Status::BAD_TOKEN));
             if let Some(status) = status {
                 let info = if status == Status::UNAVAILABLE { retry } else { 0 };
-                let r = ResultMsg { to: reply, req_id, slot, index: i as u16, status, msg_id: 0, info };
+                let r = ResultMsg {
+                    to: reply,
+                    req_id,
+                    slot,
+                    index: i as u16,
+                    status,
+                    msg_id: 0,
+                    info,
+                };
                 if let Some(Conn::Provider(p)) = self.conns.get_mut(idx as usize) {
                     p.inflight += 1; // balanced by on_result
                 }
@@ -150,17 +185,21 @@ impl Shard {
 
     /// A status for one token of one of this shard's providers' requests.
     pub(super) fn on_result(&mut self, r: ResultMsg) {
-        let max = self.shared.cfg.limits.provider_max_in_flight;
-        let draining = self.drain_deadline.is_some();
-        let Some(Conn::Provider(p)) = self.conns.get_mut(r.to.idx as usize) else { return };
+        let Some(Conn::Provider(p)) = self.conns.get_mut(r.to.idx as usize) else {
+            return;
+        };
         if p.id != r.to.id {
             return;
         }
         p.inflight = p.inflight.saturating_sub(1);
-        let was_paused = p.flags & F_PAUSED != 0;
         let mut frame_entries = None;
         if r.slot == NO_SLOT {
-            let frame = Frame::Result { req_id: r.req_id, status: r.status, msg_id: r.msg_id, info: r.info };
+            let frame = Frame::Result {
+                req_id: r.req_id,
+                status: r.status,
+                msg_id: r.msg_id,
+                info: r.info,
+            };
             self.send_frame(r.to.idx, &frame);
         } else if let Some(m) = p.multis.get_mut(r.slot as usize) {
             let at = r.index as usize * MULTI_RESULT_ENTRY;
@@ -178,16 +217,32 @@ impl Shard {
             warn!("shard {}: result for an unknown multicast slot", self.index);
         }
         if let Some(m) = frame_entries {
-            self.send_frame(r.to.idx, &Frame::MultiResult { req_id: m.req_id, entries: &m.entries });
+            self.send_frame(
+                r.to.idx,
+                &Frame::MultiResult {
+                    req_id: m.req_id,
+                    entries: &m.entries,
+                },
+            );
         }
-        let Some(Conn::Provider(p)) = self.conns.get_mut(r.to.idx as usize) else { return };
+        self.maybe_resume(r.to.idx);
+    }
+
+    /// After an answer went out: resume a provider paused at its in-flight
+    /// limit, or finish a drain once nothing is outstanding.
+    pub(super) fn maybe_resume(&mut self, idx: u32) {
+        let max = self.shared.cfg.limits.provider_max_in_flight;
+        let draining = self.drain_deadline.is_some();
+        let Some(Conn::Provider(p)) = self.conns.get_mut(idx as usize) else {
+            return;
+        };
         if draining {
             if p.inflight == 0 {
-                self.goaway(r.to.idx, GoAwayReason::SHUTDOWN, 0);
+                self.goaway(idx, GoAwayReason::SHUTDOWN, 0);
             }
-        } else if was_paused && p.inflight < max {
+        } else if p.flags & F_PAUSED != 0 && p.inflight < max {
             p.flags &= !F_PAUSED;
-            self.resume.push(r.to.idx);
+            self.resume.push(idx);
         }
     }
 }

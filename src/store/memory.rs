@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
-use super::{Store, StoreError, StoredMsg};
+use super::{Receipt, Store, StoreError, StoredMsg, Tombstone};
 use crate::proto::Token;
 
 #[derive(Default)]
@@ -19,11 +19,21 @@ pub struct MemoryStore {
     by_expiry: BTreeSet<(u32, Token, u64)>,
     len: usize,
     max_id: u64,
+    tombstones: HashMap<Token, (String, u64)>,
+    receipts: HashMap<String, VecDeque<Receipt>>,
 }
 
 impl MemoryStore {
     pub fn new(cap: usize) -> MemoryStore {
-        MemoryStore { cap: cap.max(1), queues: HashMap::new(), by_expiry: BTreeSet::new(), len: 0, max_id: 0 }
+        MemoryStore {
+            cap: cap.max(1),
+            queues: HashMap::new(),
+            by_expiry: BTreeSet::new(),
+            len: 0,
+            max_id: 0,
+            tombstones: HashMap::new(),
+            receipts: HashMap::new(),
+        }
     }
 
     fn remove_at(&mut self, token: &Token, idx: usize) -> Option<StoredMsg> {
@@ -35,7 +45,11 @@ impl MemoryStore {
     }
 
     fn drop_if_empty(&mut self, token: &Token) {
-        if self.queues.get(token).is_some_and(|q| q.msgs.is_empty() && q.missed == 0) {
+        if self
+            .queues
+            .get(token)
+            .is_some_and(|q| q.msgs.is_empty() && q.missed == 0)
+        {
             self.queues.remove(token);
         }
     }
@@ -75,21 +89,31 @@ impl Store for MemoryStore {
         out: &mut Vec<StoredMsg>,
     ) -> Result<(), StoreError> {
         if let Some(q) = self.queues.get(token) {
-            let live = q.msgs.iter().filter(|m| m.msg_id > after && u64::from(m.expiry) >= now_unix);
+            let live = q
+                .msgs
+                .iter()
+                .filter(|m| m.msg_id > after && u64::from(m.expiry) >= now_unix);
             out.extend(live.take(max).cloned());
         }
         Ok(())
     }
 
     fn ack(&mut self, token: &Token, msg_id: u64) -> Result<bool, StoreError> {
-        let pos = self.queues.get(token).and_then(|q| q.msgs.iter().position(|m| m.msg_id == msg_id));
+        let pos = self
+            .queues
+            .get(token)
+            .and_then(|q| q.msgs.iter().position(|m| m.msg_id == msg_id));
         let found = pos.and_then(|i| self.remove_at(token, i)).is_some();
         self.drop_if_empty(token);
         Ok(found)
     }
 
     fn take_missed(&mut self, token: &Token) -> Result<u32, StoreError> {
-        let n = self.queues.get_mut(token).map(|q| std::mem::take(&mut q.missed)).unwrap_or(0);
+        let n = self
+            .queues
+            .get_mut(token)
+            .map(|q| std::mem::take(&mut q.missed))
+            .unwrap_or(0);
         self.drop_if_empty(token);
         Ok(n)
     }
@@ -123,6 +147,54 @@ impl Store for MemoryStore {
 
     fn len(&self) -> usize {
         self.len
+    }
+
+    fn unregister(&mut self, token: &Token, app_id: &str, at_ms: u64) -> Result<(), StoreError> {
+        if let Some(q) = self.queues.remove(token) {
+            for m in q.msgs {
+                self.by_expiry.remove(&(m.expiry, *token, m.msg_id));
+                self.len -= 1;
+            }
+        }
+        self.tombstones.insert(*token, (app_id.to_string(), at_ms));
+        Ok(())
+    }
+
+    fn reregister(&mut self, token: &Token) -> Result<(), StoreError> {
+        self.tombstones.remove(token);
+        Ok(())
+    }
+
+    fn tombstones(&mut self) -> Result<Vec<Tombstone>, StoreError> {
+        Ok(self
+            .tombstones
+            .iter()
+            .map(|(t, (a, at))| Tombstone {
+                token: *t,
+                app_id: a.clone(),
+                at_ms: *at,
+            })
+            .collect())
+    }
+
+    fn save_receipt(&mut self, app_id: &str, r: Receipt, cap: usize) -> Result<(), StoreError> {
+        let q = self.receipts.entry(app_id.to_string()).or_default();
+        q.push_back(r);
+        while q.len() > cap.max(1) {
+            q.pop_front();
+        }
+        Ok(())
+    }
+
+    fn take_receipts(&mut self, app_id: &str, max: usize, out: &mut Vec<Receipt>) -> Result<(), StoreError> {
+        if let Some(q) = self.receipts.get_mut(app_id) {
+            let n = max.min(q.len());
+            out.extend(q.drain(..n));
+            if q.is_empty() {
+                self.receipts.remove(app_id);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -173,5 +245,41 @@ mod tests {
         let mut after = Vec::new();
         s.pending(&t, 3, 0, 10, &mut after).unwrap();
         assert_eq!(after.len(), 1);
+    }
+
+    #[test]
+    fn unregister_clears_the_queue_and_receipts_are_capped() {
+        let t = Token([2; 24]);
+        let mut s = MemoryStore::new(10);
+        s.append(&t, msg(1, 100, b"")).unwrap();
+        s.unregister(&t, "app", 77).unwrap();
+        assert_eq!(ids(&mut s, &t, 0), Vec::<u64>::new());
+        assert_eq!(s.len(), 0);
+        assert_eq!(
+            s.tombstones().unwrap(),
+            vec![Tombstone {
+                token: t,
+                app_id: "app".into(),
+                at_ms: 77
+            }]
+        );
+        s.reregister(&t).unwrap();
+        assert!(s.tombstones().unwrap().is_empty());
+        for id in 0..5 {
+            s.save_receipt(
+                "app",
+                Receipt {
+                    token: t,
+                    msg_id: id,
+                    acked_at_ms: id,
+                },
+                3,
+            )
+            .unwrap();
+        }
+        let mut out = Vec::new();
+        s.take_receipts("app", 2, &mut out).unwrap();
+        s.take_receipts("app", 9, &mut out).unwrap();
+        assert_eq!(out.iter().map(|r| r.msg_id).collect::<Vec<_>>(), vec![2, 3, 4]);
     }
 }

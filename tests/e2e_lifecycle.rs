@@ -1,0 +1,202 @@
+//! Unregister and feedback, delivery receipts across provider reconnects.
+
+mod common;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::*;
+use pushgate::proto::frame::{feedback_entries, FLAG_RECEIPT};
+use pushgate::proto::{Frame, GoAwayReason, Push, Status, Token, PRIORITY_HIGH};
+
+fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+fn push(p: &mut Raw, req_id: u32, token: Token, flags: u8, expiry: u32) -> (Status, u64, u64) {
+    p.send(&Frame::Push(Push {
+        req_id,
+        token,
+        kind: 0,
+        priority: PRIORITY_HIGH,
+        flags,
+        expiry,
+        collapse: b"",
+        payload: b"x",
+    }));
+    loop {
+        let r = p.expect(|f| match f {
+            Frame::Result {
+                req_id: r,
+                status,
+                msg_id,
+                info,
+            } if r == req_id => Some((status, msg_id, info)),
+            Frame::Receipt { .. } => None,
+            other => panic!("{other:?}"),
+        });
+        if let Some(r) = r {
+            return r;
+        }
+    }
+}
+
+fn provider(gw: &pushgate::server::Gateway, app: &str, secret: &str) -> Raw {
+    let mut p = Raw::connect(gw.provider_addr);
+    p.login(app, secret);
+    p
+}
+
+fn feedback(p: &mut Raw, req_id: u32, since_ms: u64) -> (bool, Vec<(Token, u64)>) {
+    p.send(&Frame::Feedback { req_id, since_ms });
+    p.expect(|f| match f {
+        Frame::FeedbackResult {
+            req_id: r,
+            more,
+            entries,
+        } if r == req_id => (more, feedback_entries(entries).collect()),
+        other => panic!("{other:?}"),
+    })
+}
+
+#[test]
+fn unregister_tombstones_the_token_until_it_registers_again() {
+    let gw = start_gateway(test_config(2));
+    let mut p = provider(&gw, APP, APP_SECRET);
+    let start = unix_ms();
+    let mut dev = Raw::connect(gw.device_addr);
+    let (token, _, _) = dev.hello(APP, &secret("leaver"), 0);
+    // Something waits for it when it leaves: it must not survive the unregister.
+    let mut other = Raw::connect(gw.device_addr);
+    let (other_token, _, _) = other.hello(OTHER_APP, &secret("stays"), 0);
+    dev.send(&Frame::Unregister);
+    dev.expect(|f| {
+        assert_eq!(
+            f,
+            Frame::GoAway {
+                reason: GoAwayReason::UNREGISTERED,
+                reconnect_ms: 0
+            }
+        )
+    });
+    assert!(dev.closed_within(Duration::from_secs(3)));
+
+    let (status, msg_id, at) = push(&mut p, 1, token, 0, u32::MAX);
+    assert_eq!((status, msg_id), (Status::UNREGISTERED, 0));
+    assert!(
+        at >= start && at <= unix_ms(),
+        "info is the unregister time: {at}"
+    );
+
+    let (more, list) = feedback(&mut p, 2, start);
+    assert!(!more);
+    assert_eq!(list, vec![(token, at)]);
+    assert!(
+        feedback(&mut p, 3, at + 1).1.is_empty(),
+        "since is inclusive of later times only"
+    );
+    // Another app's provider does not see this app's tombstones.
+    let mut p2 = provider(&gw, OTHER_APP, OTHER_SECRET);
+    assert!(feedback(&mut p2, 4, 0).1.is_empty());
+    assert_eq!(push(&mut p2, 5, other_token, 0, 0).0, Status::DELIVERED);
+
+    // Registering again lifts the tombstone.
+    let mut back = Raw::connect(gw.device_addr);
+    assert_eq!(back.hello(APP, &secret("leaver"), 0).0, token);
+    assert_eq!(push(&mut p, 6, token, 0, 0).0, Status::DELIVERED);
+    assert!(feedback(&mut p, 7, start).1.is_empty());
+}
+
+#[test]
+fn feedback_pages_through_many_tombstones_across_shards() {
+    let gw = start_gateway(test_config(3));
+    let mut p = provider(&gw, APP, APP_SECRET);
+    let mut expected = Vec::new();
+    for i in 0..850 {
+        let mut d = Raw::connect(gw.device_addr);
+        let (t, _, _) = d.hello(APP, &secret(&format!("many{i}")), 0);
+        d.send(&Frame::Unregister);
+        d.expect(|f| {
+            assert!(matches!(
+                f,
+                Frame::GoAway {
+                    reason: GoAwayReason::UNREGISTERED,
+                    ..
+                }
+            ))
+        });
+        expected.push(t);
+    }
+    let (more, first) = feedback(&mut p, 1, 0);
+    assert!(more);
+    assert_eq!(first.len(), 800);
+    assert!(first.windows(2).all(|w| w[0].1 <= w[1].1), "oldest first");
+    let last_at = first.last().unwrap().1;
+    let (more, second) = feedback(&mut p, 2, last_at);
+    assert!(!more);
+    let mut all: Vec<Token> = first.iter().chain(second.iter()).map(|e| e.0).collect();
+    all.sort();
+    all.dedup();
+    expected.sort();
+    assert_eq!(all, expected);
+}
+
+#[test]
+fn receipts_reach_a_provider_and_wait_while_none_is_connected() {
+    let gw = start_gateway(test_config(2));
+    let mut dev = Raw::connect(gw.device_addr);
+    let (token, _, _) = dev.hello(APP, &secret("receipts"), 0);
+    let mut p = provider(&gw, APP, APP_SECRET);
+    let (st, id1, _) = push(&mut p, 1, token, FLAG_RECEIPT, u32::MAX);
+    assert_eq!(st, Status::DELIVERED);
+    let (_, id_plain, _) = push(&mut p, 2, token, 0, u32::MAX);
+    let n1 = dev.expect(|f| match f {
+        Frame::Notify { msg_id, .. } => msg_id,
+        other => panic!("{other:?}"),
+    });
+    assert_eq!(n1, id1);
+    dev.expect(|f| assert!(matches!(f, Frame::Notify { .. })));
+    let before = unix_ms();
+    dev.send(&Frame::Ack { msg_id: id1 });
+    dev.send(&Frame::Ack { msg_id: id_plain });
+    p.expect(|f| match f {
+        Frame::Receipt {
+            token: t,
+            msg_id,
+            acked_at_ms,
+        } => {
+            assert_eq!((t, msg_id), (token, id1));
+            assert!(acked_at_ms + 5 >= before);
+        }
+        other => panic!("{other:?}"),
+    });
+    assert_eq!(
+        p.recv(Duration::from_millis(300)),
+        Got::Timeout,
+        "no receipt for the plain push"
+    );
+
+    // With no provider connected the receipt waits, then reaches the next session.
+    let (_, id2, _) = push(&mut p, 3, token, FLAG_RECEIPT, u32::MAX);
+    drop(p);
+    assert!(wait_until(Duration::from_secs(3), || gw
+        .shared
+        .stats
+        .iter()
+        .all(|s| s.providers.load(std::sync::atomic::Ordering::Relaxed) == 0)));
+    dev.expect(|f| assert!(matches!(f, Frame::Notify { msg_id, .. } if msg_id == id2)));
+    dev.send(&Frame::Ack { msg_id: id2 });
+    std::thread::sleep(Duration::from_millis(200));
+    let mut p2 = provider(&gw, APP, APP_SECRET);
+    p2.expect(|f| assert!(matches!(f, Frame::Receipt { msg_id, .. } if msg_id == id2)));
+    // A provider of another app never sees them.
+    let mut other = provider(&gw, OTHER_APP, OTHER_SECRET);
+    assert_eq!(other.recv(Duration::from_millis(300)), Got::Timeout);
+}
+
+#[test]
+fn unknown_flags_are_refused() {
+    let gw = start_gateway(test_config(1));
+    let (token, _, _) = Raw::connect(gw.device_addr).hello(APP, &secret("flags"), 0);
+    let mut p = provider(&gw, APP, APP_SECRET);
+    assert_eq!(push(&mut p, 1, token, 0x02, 0).0, Status::BAD_REQUEST);
+}
