@@ -1,2 +1,419 @@
-//! Durable store benchmarks (being written).
-fn main() {}
+//! The durable store on our workload, fjall (what `DurableStore` uses) against
+//! redb doing the same key writes, so the engine choice rests on numbers.
+//!
+//! `cargo bench --bench store -- --warm-up-time 1 --measurement-time 3` runs the
+//! criterion groups; `STORE_BENCH_RESTART=1000000 cargo bench --bench store`
+//! runs the one-off restart measurement instead (fill, close, time the reopen).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use criterion::{BenchmarkId, Criterion, Throughput};
+use pushgate::proto::Token;
+use pushgate::store::durable::open_durable;
+use pushgate::store::{Store, StoredMsg};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+
+const TOKENS: u64 = 10_000;
+const SCAN_TOKENS: u64 = 1_000;
+const SCAN_BASE: u64 = 1 << 40;
+const BATCH: u64 = 64;
+const CAP: usize = 100;
+const FAR: u32 = u32::MAX;
+
+fn token(i: u64) -> Token {
+    let mut t = [0u8; 24];
+    let h = i.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    t[..8].copy_from_slice(&h.to_be_bytes());
+    t[8..16].copy_from_slice(&i.to_be_bytes());
+    Token(t)
+}
+
+fn msg(id: u64, expiry: u32) -> StoredMsg {
+    StoredMsg {
+        msg_id: id,
+        kind: 1,
+        priority: 10,
+        flags: 0,
+        expiry,
+        collapse: Bytes::new(),
+        payload: Bytes::from(vec![b'x'; 200]),
+    }
+}
+
+/// The token of the `id`th append: consecutive ids spread over every token.
+/// Ids past `SCAN_BASE` belong to the 1,000 devices `scan_queue` reads.
+fn owner(id: u64) -> Token {
+    if id > SCAN_BASE {
+        return token(TOKENS + id % SCAN_TOKENS);
+    }
+    token(id.wrapping_mul(7919) % TOKENS)
+}
+
+/// redb given exactly the writes `DurableStore` gives fjall: message, expiry
+/// index entry and shard counters per append; one transaction per sync.
+struct Redb {
+    db: Database,
+    durability: std::cell::Cell<Durability>,
+}
+
+const MSGS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("msgs");
+const EXPIRY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("expiry");
+const META: TableDefinition<&[u8], &[u8]> = TableDefinition::new("meta");
+
+fn msg_key(t: &Token, id: u64) -> [u8; 32] {
+    let mut k = [0u8; 32];
+    k[..24].copy_from_slice(&t.0);
+    k[24..].copy_from_slice(&id.to_be_bytes());
+    k
+}
+
+fn exp_key(expiry: u32, t: &Token, id: u64) -> [u8; 38] {
+    let mut k = [0u8; 38];
+    k[2..6].copy_from_slice(&expiry.to_be_bytes());
+    k[6..].copy_from_slice(&msg_key(t, id));
+    k
+}
+
+impl Redb {
+    fn open(dir: &Path) -> Redb {
+        Redb {
+            db: Database::create(dir.join("redb")).unwrap(),
+            durability: Durability::Immediate.into(),
+        }
+    }
+
+    /// Appends ids `from..to`, one durable transaction per `batch`.
+    fn append(&self, from: u64, to: u64, batch: u64, expiry: u32) {
+        let value = vec![b'x'; 210];
+        let mut id = from;
+        while id < to {
+            let mut txn = self.db.begin_write().unwrap();
+            txn.set_durability(self.durability.get()).unwrap();
+            {
+                let (mut m, mut x, mut meta) = (
+                    txn.open_table(MSGS).unwrap(),
+                    txn.open_table(EXPIRY).unwrap(),
+                    txn.open_table(META).unwrap(),
+                );
+                for id in id..(id + batch).min(to) {
+                    let t = owner(id);
+                    m.insert(&msg_key(&t, id)[..], &value[..]).unwrap();
+                    x.insert(&exp_key(expiry, &t, id)[..], &[][..]).unwrap();
+                    meta.insert(&b"S\0\0"[..], &id.to_be_bytes()[..]).unwrap();
+                }
+            }
+            txn.commit().unwrap();
+            id += batch;
+        }
+    }
+
+    fn ack(&self, from: u64, to: u64) {
+        let txn = self.db.begin_write().unwrap();
+        {
+            let (mut m, mut x, mut meta) = (
+                txn.open_table(MSGS).unwrap(),
+                txn.open_table(EXPIRY).unwrap(),
+                txn.open_table(META).unwrap(),
+            );
+            for id in from..to {
+                let t = owner(id);
+                m.remove(&msg_key(&t, id)[..]).unwrap();
+                x.remove(&exp_key(FAR, &t, id)[..]).unwrap();
+                meta.insert(&b"S\0\0"[..], &id.to_be_bytes()[..]).unwrap();
+            }
+        }
+        txn.commit().unwrap();
+    }
+
+    fn scan(&self, t: &Token) -> usize {
+        let txn = self.db.begin_read().unwrap();
+        let m = txn.open_table(MSGS).unwrap();
+        let range = m.range(&msg_key(t, 0)[..]..=&msg_key(t, u64::MAX)[..]).unwrap();
+        range
+            .map(|kv| kv.unwrap().1.value().len())
+            .filter(|&n| n > 0)
+            .count()
+    }
+
+    fn sweep(&self, now: u32) -> usize {
+        let txn = self.db.begin_write().unwrap();
+        let mut n = 0;
+        {
+            let (mut m, mut x) = (txn.open_table(MSGS).unwrap(), txn.open_table(EXPIRY).unwrap());
+            let end = exp_key(now, &Token([0; 24]), 0);
+            let keys: Vec<Vec<u8>> = x
+                .range(&[0u8; 6][..]..&end[..])
+                .unwrap()
+                .map(|kv| kv.unwrap().0.value().to_vec())
+                .collect();
+            for k in keys {
+                x.remove(&k[..]).unwrap();
+                m.remove(&k[6..]).unwrap();
+                n += 1;
+            }
+        }
+        txn.commit().unwrap();
+        n
+    }
+}
+
+fn fjall_append(s: &mut dyn Store, from: u64, to: u64, batch: u64, expiry: u32) {
+    let mut id = from;
+    while id < to {
+        for id in id..(id + batch).min(to) {
+            s.append(&owner(id), msg(id, expiry)).unwrap();
+        }
+        s.sync().unwrap();
+        id += batch;
+    }
+}
+
+fn open_fjall(dir: &Path) -> Box<dyn Store> {
+    open_durable(&dir.join("fjall"), 1, CAP).unwrap().pop().unwrap()
+}
+
+fn append_sync(c: &mut Criterion) {
+    let mut g = c.benchmark_group("append_sync");
+    g.sample_size(10);
+    for batch in [BATCH, 256, 1024] {
+        g.throughput(Throughput::Elements(batch));
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = open_fjall(dir.path());
+        let mut id = 0;
+        g.bench_function(BenchmarkId::new("fjall", batch), |b| {
+            b.iter(|| {
+                fjall_append(&mut *s, id + 1, id + 1 + batch, batch, FAR);
+                id += batch;
+            })
+        });
+        let r = Redb::open(dir.path());
+        let mut id = 0;
+        g.bench_function(BenchmarkId::new("redb", batch), |b| {
+            b.iter(|| {
+                r.append(id + 1, id + 1 + batch, batch, FAR);
+                id += batch;
+            })
+        });
+    }
+}
+
+/// What an append costs apart from the fsync: batches of `BATCH` never synced
+/// (redb: committed with `Durability::None`).
+fn append_nosync(c: &mut Criterion) {
+    let mut g = c.benchmark_group("append_nosync");
+    g.sample_size(10).throughput(Throughput::Elements(BATCH));
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open_fjall(dir.path());
+    let mut id = 0;
+    g.bench_function("fjall", |b| {
+        b.iter(|| {
+            for _ in 0..BATCH {
+                id += 1;
+                s.append(&owner(id), msg(id, FAR)).unwrap();
+            }
+        })
+    });
+    let r = Redb::open(dir.path());
+    r.durability.set(Durability::None);
+    let mut id = 0;
+    g.bench_function("redb", |b| {
+        b.iter(|| {
+            r.append(id + 1, id + 1 + BATCH, BATCH, FAR);
+            id += BATCH;
+        })
+    });
+}
+
+/// Acks `BATCH` messages then syncs; the messages are appended outside the timing.
+fn ack_sync(c: &mut Criterion) {
+    let mut g = c.benchmark_group("ack_sync");
+    g.sample_size(20).throughput(Throughput::Elements(BATCH));
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open_durable(&dir.path().join("fjall"), 1, 1_000_000)
+        .unwrap()
+        .pop()
+        .unwrap();
+    let mut next = 1;
+    g.bench_function("fjall", |b| {
+        b.iter_custom(|iters| {
+            let from = next;
+            next += iters * BATCH;
+            fjall_append(&mut *s, from, next, 1024, FAR);
+            let start = Instant::now();
+            for id in from..next {
+                s.ack(&owner(id), id).unwrap();
+                if (id - from + 1) % BATCH == 0 {
+                    s.sync().unwrap();
+                }
+            }
+            start.elapsed()
+        })
+    });
+    let r = Redb::open(dir.path());
+    let mut next = 1;
+    g.bench_function("redb", |b| {
+        b.iter_custom(|iters| {
+            let from = next;
+            next += iters * BATCH;
+            r.append(from, next, 1024, FAR);
+            let start = Instant::now();
+            for i in 0..iters {
+                r.ack(from + i * BATCH, from + (i + 1) * BATCH);
+            }
+            start.elapsed()
+        })
+    });
+}
+
+/// Reads one device's full queue (100 messages) among 100,000 stored.
+fn scan_queue(c: &mut Criterion) {
+    let mut g = c.benchmark_group("scan_queue_100");
+    g.sample_size(20).throughput(Throughput::Elements(CAP as u64));
+    let dir = tempfile::tempdir().unwrap();
+    let (from, to) = (SCAN_BASE + 1, SCAN_BASE + 1 + SCAN_TOKENS * CAP as u64);
+    let mut s = open_fjall(dir.path());
+    fjall_append(&mut *s, from, to, 1024, FAR);
+    let r = Redb::open(dir.path());
+    r.append(from, to, 1024, FAR);
+    let mut out = Vec::with_capacity(CAP);
+    let mut i = 0;
+    g.bench_function("fjall", |b| {
+        b.iter(|| {
+            out.clear();
+            i += 1;
+            s.pending(&owner(SCAN_BASE + i), 0, 0, CAP, &mut out).unwrap();
+            assert_eq!(out.len(), CAP);
+        })
+    });
+    g.bench_function("redb", |b| {
+        b.iter(|| {
+            i += 1;
+            assert_eq!(r.scan(&owner(SCAN_BASE + i)), CAP);
+        })
+    });
+}
+
+/// Deletes 10,000 expired messages from among 10,000 live ones.
+fn sweep(c: &mut Criterion) {
+    let mut g = c.benchmark_group("sweep_10k");
+    g.sample_size(10).throughput(Throughput::Elements(10_000));
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open_durable(&dir.path().join("fjall"), 1, 1_000_000)
+        .unwrap()
+        .pop()
+        .unwrap();
+    let r = Redb::open(dir.path());
+    let mut next = 1;
+    fjall_append(&mut *s, 1, 10_001, 1024, FAR);
+    r.append(1, 10_001, 1024, FAR);
+    next += 10_000;
+    g.bench_function("fjall", |b| {
+        b.iter_custom(|iters| {
+            let mut took = Duration::ZERO;
+            for _ in 0..iters {
+                fjall_append(&mut *s, next, next + 10_000, 1024, 10);
+                next += 10_000;
+                let start = Instant::now();
+                assert_eq!(s.sweep_expired(11).unwrap(), 10_000);
+                s.sync().unwrap();
+                took += start.elapsed();
+            }
+            took
+        })
+    });
+    g.bench_function("redb", |b| {
+        b.iter_custom(|iters| {
+            let mut took = Duration::ZERO;
+            for _ in 0..iters {
+                r.append(next, next + 10_000, 1024, 10);
+                next += 10_000;
+                let start = Instant::now();
+                assert_eq!(r.sweep(11), 10_000);
+                took += start.elapsed();
+            }
+            took
+        })
+    });
+}
+
+/// Fills each engine with `n` messages (100 per device), closes it and times the reopen.
+fn restart(n: u64) {
+    let dir =
+        tempfile::tempdir_in(std::env::var("STORE_BENCH_DIR").unwrap_or_else(|_| "/tmp".into())).unwrap();
+    let secs = |d: Duration| format!("{:.3} s", d.as_secs_f64());
+
+    let start = Instant::now();
+    let mut s = open_fjall(dir.path());
+    fjall_append(&mut *s, 1, n + 1, 1024, FAR);
+    drop(s);
+    println!(
+        "fjall: filled {n} in {} ({:.0}/s)",
+        secs(start.elapsed()),
+        n as f64 / start.elapsed().as_secs_f64()
+    );
+    let start = Instant::now();
+    let mut s = open_fjall(dir.path());
+    let opened = start.elapsed();
+    let mut out = Vec::new();
+    s.pending(&owner(n), 0, 0, CAP, &mut out).unwrap();
+    println!(
+        "fjall: reopen {} (len {}, max id {}), first queue read {} later",
+        secs(opened),
+        s.len(),
+        s.max_msg_id(),
+        secs(start.elapsed() - opened)
+    );
+    drop(s);
+    let start = Instant::now();
+    let shards = open_durable(&dir.path().join("fjall"), 2, CAP).unwrap();
+    println!(
+        "fjall: reopen with 2 shards (rebuild) {} (len {})",
+        secs(start.elapsed()),
+        shards.iter().map(|s| s.len()).sum::<usize>()
+    );
+    drop(shards);
+
+    let start = Instant::now();
+    let r = Redb::open(dir.path());
+    r.append(1, n + 1, 1024, FAR);
+    drop(r);
+    println!(
+        "redb: filled {n} in {} ({:.0}/s)",
+        secs(start.elapsed()),
+        n as f64 / start.elapsed().as_secs_f64()
+    );
+    let start = Instant::now();
+    let r = Redb::open(dir.path());
+    let opened = start.elapsed();
+    assert_eq!(r.scan(&owner(n)), CAP);
+    println!(
+        "redb: reopen {}, first queue read {} later",
+        secs(opened),
+        secs(start.elapsed() - opened)
+    );
+    let du = |p: &str| {
+        let out = std::process::Command::new("du")
+            .arg("-sh")
+            .arg(dir.path().join(p))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    println!("disk: {} / {}", du("fjall"), du("redb"));
+}
+
+fn main() {
+    if let Ok(n) = std::env::var("STORE_BENCH_RESTART") {
+        restart(n.parse().expect("STORE_BENCH_RESTART is a message count"));
+        return;
+    }
+    let mut c = Criterion::default().configure_from_args();
+    append_sync(&mut c);
+    append_nosync(&mut c);
+    ack_sync(&mut c);
+    scan_queue(&mut c);
+    sweep(&mut c);
+    c.final_summary();
+}

@@ -13,6 +13,7 @@ mod codec;
 mod open;
 
 use std::collections::{HashMap, VecDeque};
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
@@ -57,6 +58,8 @@ pub struct DurableStore {
     cap: usize,
     counters: ShardMeta,
     cache: HashMap<Token, Queue>,
+    /// No entry of this shard's expiry index is older than this (0 after opening).
+    swept_below: u32,
 }
 
 impl DurableStore {
@@ -147,6 +150,7 @@ impl Store for DurableStore {
         );
         c.len += 1;
         c.max_id = c.max_id.max(msg.msg_id);
+        self.swept_below = self.swept_below.min(msg.expiry);
         // On failure the cached queue is dropped, so the next use reloads it from disk.
         self.commit(b, c, "appending")?;
         q.msgs.push_back(Entry {
@@ -220,19 +224,30 @@ impl Store for DurableStore {
     }
 
     fn sweep_expired(&mut self, now_unix: u64) -> Result<usize, StoreError> {
-        let range = codec::exp_bound(self.shard, 0)..codec::exp_bound(self.shard, now_unix);
+        if now_unix <= u64::from(self.swept_below) {
+            return Ok(0);
+        }
+        // Start past what earlier sweeps deleted: their tombstones would otherwise be read again.
+        let mut from = Bound::Included(codec::exp_bound(self.shard, self.swept_below.into()).to_vec());
+        let end = Bound::Excluded(codec::exp_bound(self.shard, now_unix).to_vec());
         let mut total = 0;
         loop {
             let mut found = Vec::with_capacity(SWEEP_CHUNK);
-            for kv in self.eng.expiry.range(range.clone()).take(SWEEP_CHUNK) {
+            let mut last = None;
+            for kv in self
+                .eng
+                .expiry
+                .range((from.clone(), end.clone()))
+                .take(SWEEP_CHUNK)
+            {
                 let k = kv
                     .key()
                     .map_err(|e| self.eng.err("reading the expiry index", e))?;
                 found.push(codec::parse_exp_key(&k).ok_or_else(|| self.eng.corrupt("expiry key", &k))?);
+                last = Some(k);
             }
-            if found.is_empty() {
-                return Ok(total);
-            }
+            let Some(last) = last else { break };
+            from = Bound::Excluded(last.to_vec());
             let mut b = self.eng.db.batch();
             let mut c = self.counters;
             for &(expiry, token, id) in &found {
@@ -256,6 +271,8 @@ impl Store for DurableStore {
             }
             total += found.len();
         }
+        self.swept_below = self.swept_below.max(u32::try_from(now_unix).unwrap_or(u32::MAX));
+        Ok(total)
     }
 
     fn sync(&mut self) -> Result<(), StoreError> {

@@ -74,6 +74,7 @@ fn open_shards(dir: &Path, shards: usize, cap: usize) -> Result<Vec<DurableStore
             cap: cap.max(1),
             counters: c,
             cache: Default::default(),
+            swept_below: 0,
         })
         .collect())
 }
