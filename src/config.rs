@@ -86,13 +86,29 @@ pub struct DrainConfig {
 #[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum StoreKind {
+    /// Crash-safe, in `<data_dir>/store` (or `store.path`).
+    Durable,
+    /// Lost on restart; for tests and throwaway setups.
     Memory,
+}
+
+impl std::str::FromStr for StoreKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "durable" => Ok(StoreKind::Durable),
+            "memory" => Ok(StoreKind::Memory),
+            other => Err(format!("unknown store {other:?}: durable or memory")),
+        }
+    }
 }
 
 #[derive(Deserialize, Debug, Clone)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     pub kind: StoreKind,
+    /// Directory of the durable store; default `<data_dir>/store`.
+    pub path: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Debug, Clone)]
@@ -153,9 +169,7 @@ impl Default for DrainConfig {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        StoreConfig {
-            kind: StoreKind::Memory,
-        }
+        StoreConfig { kind: StoreKind::Durable, path: None }
     }
 }
 

@@ -13,6 +13,7 @@ use log::{error, info, warn};
 use crate::config::{AppConfig, Config, StoreKind};
 use crate::proto::TokenKey;
 use crate::server::Gateway;
+use crate::store::durable::open_durable;
 use crate::store::memory::MemoryStore;
 use crate::store::Store;
 
@@ -34,6 +35,9 @@ pub struct ServeArgs {
     /// Overrides `server.shards`.
     #[arg(long)]
     pub shards: Option<usize>,
+    /// Overrides `store.kind`: durable or memory.
+    #[arg(long)]
+    pub store: Option<StoreKind>,
 }
 
 pub fn run(args: &ServeArgs) -> ExitCode {
@@ -70,6 +74,9 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
     }
     if let Some(s) = args.shards {
         cfg.server.shards = s;
+    }
+    if let Some(k) = args.store {
+        cfg.store.kind = k;
     }
     let dir = cfg.server.data_dir.clone();
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: cannot create data directory: {e}", dir.display()))?;
@@ -119,10 +126,20 @@ fn connectable(addr: std::net::SocketAddr) -> std::net::SocketAddr {
 }
 
 fn open_stores(cfg: &Config, shards: usize) -> Result<Vec<Box<dyn Store>>, String> {
+    let cap = cfg.limits.device_queue_cap;
     match cfg.store.kind {
-        StoreKind::Memory => Ok((0..shards)
-            .map(|_| Box::new(MemoryStore::new(cfg.limits.device_queue_cap)) as Box<dyn Store>)
-            .collect()),
+        StoreKind::Memory => {
+            Ok((0..shards).map(|_| Box::new(MemoryStore::new(cap)) as Box<dyn Store>).collect())
+        }
+        StoreKind::Durable => {
+            let path = cfg.store.path.clone().unwrap_or_else(|| cfg.server.data_dir.join("store"));
+            let started = std::time::Instant::now();
+            // A store that cannot be read stops the gateway; it is never wiped.
+            let stores = open_durable(&path, shards, cap).map_err(|e| format!("cannot open the store: {e}"))?;
+            let held: usize = stores.iter().map(|s| s.len()).sum();
+            info!("store {} opened in {:?}: {held} notifications waiting", path.display(), started.elapsed());
+            Ok(stores)
+        }
     }
 }
 

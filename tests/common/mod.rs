@@ -31,8 +31,14 @@ pub fn test_config(shards: usize) -> Config {
     cfg.drain.timeout_ms = 3000;
     cfg.drain.spread_ms = 1000;
     cfg.apps = vec![
-        AppConfig { id: APP.into(), secret: APP_SECRET.into() },
-        AppConfig { id: OTHER_APP.into(), secret: OTHER_SECRET.into() },
+        AppConfig {
+            id: APP.into(),
+            secret: APP_SECRET.into(),
+        },
+        AppConfig {
+            id: OTHER_APP.into(),
+            secret: OTHER_SECRET.into(),
+        },
     ];
     cfg
 }
@@ -44,8 +50,9 @@ pub fn test_key() -> TokenKey {
 /// Starts an in-process gateway with in-memory stores.
 pub fn start_gateway(cfg: Config) -> Gateway {
     let n = cfg.shard_count();
-    let stores: Vec<Box<dyn Store>> =
-        (0..n).map(|_| Box::new(MemoryStore::new(cfg.limits.device_queue_cap)) as Box<dyn Store>).collect();
+    let stores: Vec<Box<dyn Store>> = (0..n)
+        .map(|_| Box::new(MemoryStore::new(cfg.limits.device_queue_cap)) as Box<dyn Store>)
+        .collect();
     Gateway::start(cfg, test_key(), stores).expect("gateway starts")
 }
 
@@ -87,6 +94,14 @@ impl Raw {
     pub fn connect(addr: SocketAddr) -> Raw {
         let stream = TcpStream::connect(addr).expect("connect");
         stream.set_nodelay(true).unwrap();
+        Raw {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Wraps an existing stream, e.g. a `try_clone` for a reader thread.
+    pub fn from_stream(stream: TcpStream) -> Raw {
         Raw { stream, buf: Vec::new() }
     }
 
@@ -117,7 +132,12 @@ impl Raw {
             match self.stream.read(&mut tmp) {
                 Ok(0) => return Got::Closed,
                 Ok(n) => self.buf.extend_from_slice(&tmp[..n]),
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
                     return Got::Timeout
                 }
                 Err(_) => return Got::Closed,
@@ -150,21 +170,35 @@ impl Raw {
 
     /// Device handshake; returns (token, heartbeat_s, missed).
     pub fn hello(&mut self, app: &str, secret: &[u8], keepalive_s: u16) -> (Token, u16, u32) {
-        self.send(&Frame::Hello(pushgate::proto::Hello { version: 1, keepalive_s, app_id: app, secret }));
+        self.send(&Frame::Hello(pushgate::proto::Hello {
+            version: 1,
+            keepalive_s,
+            app_id: app,
+            secret,
+        }));
         self.expect(|f| match f {
-            Frame::Welcome { token, heartbeat_s, missed } => (token, heartbeat_s, missed),
+            Frame::Welcome {
+                token,
+                heartbeat_s,
+                missed,
+            } => (token, heartbeat_s, missed),
             other => panic!("expected WELCOME, got {other:?}"),
         })
     }
 
     /// Provider login; returns max_in_flight.
     pub fn login(&mut self, app: &str, secret: &str) -> u32 {
-        self.send(&Frame::AuthHello { version: 1, app_id: app });
+        self.send(&Frame::AuthHello {
+            version: 1,
+            app_id: app,
+        });
         let nonce = self.expect(|f| match f {
             Frame::Challenge { nonce } => nonce,
             other => panic!("expected CHALLENGE, got {other:?}"),
         });
-        self.send(&Frame::Auth { proof: auth_proof(secret.as_bytes(), app, &nonce) });
+        self.send(&Frame::Auth {
+            proof: auth_proof(secret.as_bytes(), app, &nonce),
+        });
         self.expect(|f| match f {
             Frame::AuthOk { max_in_flight } => max_in_flight,
             other => panic!("expected AUTH_OK, got {other:?}"),
