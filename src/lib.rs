@@ -32,9 +32,11 @@
 //! - [`client`]: blocking device and provider clients (CLI, tests, load test).
 //! - [`cli`]: the `device` and `push` subcommands; [`serve`] is `pushgate serve`.
 
+pub mod admin;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod metrics;
 pub mod net;
 pub mod proto;
 pub mod serve;
