@@ -55,19 +55,13 @@ pub fn start(
 ) -> io::Result<AdminHandle> {
     let listener = TcpListener::bind(addr)?;
     let addr = listener.local_addr()?;
-    let ctx = Arc::new(Ctx {
-        metrics,
-        ready,
-        drain,
-        stop: AtomicBool::new(false),
-    });
+    let ctx = Arc::new(Ctx { metrics, ready, drain, stop: AtomicBool::new(false) });
     let mut threads = Vec::with_capacity(WORKERS);
     for i in 0..WORKERS {
         let listener = listener.try_clone()?;
         let ctx = ctx.clone();
-        let t = std::thread::Builder::new()
-            .name(format!("admin-{i}"))
-            .spawn(move || serve(&listener, &ctx))?;
+        let t =
+            std::thread::Builder::new().name(format!("admin-{i}")).spawn(move || serve(&listener, &ctx))?;
         threads.push(t);
     }
     log::info!("admin listener on http://{addr}/ (metrics, healthz, readyz, drain)");
@@ -131,12 +125,7 @@ struct Reply {
 }
 
 fn text(status: u16, body: &str) -> Reply {
-    Reply {
-        status,
-        content_type: "text/plain; charset=utf-8",
-        body: body.as_bytes().to_vec(),
-        allow: None,
-    }
+    Reply { status, content_type: "text/plain; charset=utf-8", body: body.as_bytes().to_vec(), allow: None }
 }
 
 fn handle(mut stream: TcpStream, ctx: &Ctx) -> io::Result<()> {
@@ -198,10 +187,7 @@ fn parse(buf: &[u8]) -> Parsed<'_> {
             return Parsed::TooLarge;
         }
         if h.name.eq_ignore_ascii_case("content-length") {
-            match std::str::from_utf8(h.value)
-                .ok()
-                .and_then(|v| v.trim().parse().ok())
-            {
+            match std::str::from_utf8(h.value).ok().and_then(|v| v.trim().parse().ok()) {
                 Some(n) => body_len = n,
                 None => return Parsed::Bad,
             }
@@ -230,13 +216,9 @@ fn route(ctx: &Ctx, method: &str, path: &str) -> Reply {
             allow: None,
         }),
         "/healthz" => ("GET", |_| text(200, "ok\n")),
-        "/readyz" => ("GET", |ctx| {
-            if (ctx.ready)() {
-                text(200, "ready\n")
-            } else {
-                text(503, "not ready\n")
-            }
-        }),
+        "/readyz" => {
+            ("GET", |ctx| if (ctx.ready)() { text(200, "ready\n") } else { text(503, "not ready\n") })
+        }
         "/drain" => ("POST", |ctx| {
             log::info!("admin: drain requested");
             (ctx.drain)();
@@ -247,20 +229,12 @@ fn route(ctx: &Ctx, method: &str, path: &str) -> Reply {
     if method == allowed {
         reply(ctx)
     } else {
-        Reply {
-            allow: Some(allowed),
-            ..text(405, "method not allowed\n")
-        }
+        Reply { allow: Some(allowed), ..text(405, "method not allowed\n") }
     }
 }
 
 fn respond(stream: &mut TcpStream, reply: Reply) -> io::Result<()> {
-    let Reply {
-        status,
-        content_type,
-        body,
-        allow,
-    } = reply;
+    let Reply { status, content_type, body, allow } = reply;
     let reason = match status {
         200 => "OK",
         202 => "Accepted",

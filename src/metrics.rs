@@ -150,10 +150,7 @@ struct Histogram {
 
 impl Default for Histogram {
     fn default() -> Self {
-        Histogram {
-            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
-            sum_ns: AtomicU64::new(0),
-        }
+        Histogram { buckets: std::array::from_fn(|_| AtomicU64::new(0)), sum_ns: AtomicU64::new(0) }
     }
 }
 
@@ -301,9 +298,7 @@ impl ShardWriter {
     /// Notifications in this shard's store now.
     #[inline]
     pub fn set_stored(&self, n: u64) {
-        self.block()
-            .stored
-            .store(i64::try_from(n).unwrap_or(i64::MAX), Relaxed);
+        self.block().stored.store(i64::try_from(n).unwrap_or(i64::MAX), Relaxed);
     }
 
     /// One store sync (group commit), how long it took and whether it failed.
@@ -385,27 +380,16 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new(shards: usize) -> Arc<Metrics> {
-        let start_unix_s = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        Arc::new(Metrics {
-            shards: (0..shards).map(|_| ShardMetrics::default()).collect(),
-            start_unix_s,
-        })
+        let start_unix_s = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        Arc::new(Metrics { shards: (0..shards).map(|_| ShardMetrics::default()).collect(), start_unix_s })
     }
 
     /// The writer of shard `i`'s block, for that shard's thread. Panics if
     /// `i` is out of range or the block already has a writer.
     pub fn writer(self: &Arc<Self>, i: usize) -> ShardWriter {
-        let free = self.shards[i]
-            .claimed
-            .compare_exchange(false, true, Ordering::Acquire, Relaxed);
+        let free = self.shards[i].claimed.compare_exchange(false, true, Ordering::Acquire, Relaxed);
         assert!(free.is_ok(), "shard {i}'s metrics already have a writer");
-        ShardWriter {
-            metrics: self.clone(),
-            index: i,
-            _not_sync: PhantomData,
-        }
+        ShardWriter { metrics: self.clone(), index: i, _not_sync: PhantomData }
     }
 
     /// Shard `i`'s block, to read; panics if `i` is not a shard index.
@@ -427,56 +411,23 @@ impl Metrics {
 
     pub fn render_into(&self, out: &mut String) {
         let mut r = Render { out };
-        r.head(
-            "pushgate_build_info",
-            "gauge",
-            "Always 1; the version label says which build runs.",
-        );
-        r.line(
-            "pushgate_build_info",
-            &[("version", env!("CARGO_PKG_VERSION"))],
-            1,
-        );
-        r.head(
-            "pushgate_start_time_seconds",
-            "gauge",
-            "Unix time the gateway started.",
-        );
+        r.head("pushgate_build_info", "gauge", "Always 1; the version label says which build runs.");
+        r.line("pushgate_build_info", &[("version", env!("CARGO_PKG_VERSION"))], 1);
+        r.head("pushgate_start_time_seconds", "gauge", "Unix time the gateway started.");
         r.line("pushgate_start_time_seconds", &[], self.start_unix_s);
 
-        self.gauge(
-            &mut r,
-            "pushgate_devices_connected",
-            "Devices with a completed HELLO.",
-            |s| &s.devices,
-        );
-        self.gauge(
-            &mut r,
-            "pushgate_providers_connected",
-            "Providers logged in.",
-            |s| &s.providers,
-        );
-        self.gauge(
-            &mut r,
-            "pushgate_stored_notifications",
-            "Notifications in the store.",
-            |s| &s.stored,
-        );
+        self.gauge(&mut r, "pushgate_devices_connected", "Devices with a completed HELLO.", |s| &s.devices);
+        self.gauge(&mut r, "pushgate_providers_connected", "Providers logged in.", |s| &s.providers);
+        self.gauge(&mut r, "pushgate_stored_notifications", "Notifications in the store.", |s| &s.stored);
 
-        r.head(
-            "pushgate_handshakes_total",
-            "counter",
-            "Handshakes by result: ok or the ERROR code sent.",
-        );
+        r.head("pushgate_handshakes_total", "counter", "Handshakes by result: ok or the ERROR code sent.");
         self.each(&mut r, |r, sh, s| {
             for role in Role::ALL {
                 let (name, i) = ("pushgate_handshakes_total", role as usize);
                 let labels = |result| [("shard", sh), ("role", role.name()), ("result", result)];
                 r.line(name, &labels("ok"), s.handshakes_ok[i].load(Relaxed));
                 let error = |c| ErrorCode(c).is_known().then(|| ErrorCode(c).name());
-                codes(&s.handshake_errors[i], error, "unknown_error", |l, v| {
-                    r.line(name, &labels(l), v)
-                });
+                codes(&s.handshake_errors[i], error, "unknown_error", |l, v| r.line(name, &labels(l), v));
             }
         });
         r.head(
@@ -491,45 +442,24 @@ impl Metrics {
                 r.line(name, &labels("eof"), s.closed_eof[i].load(Relaxed));
                 r.line(name, &labels("io_error"), s.closed_io_error[i].load(Relaxed));
                 let goaway = |c| GoAwayReason(c).is_known().then(|| GoAwayReason(c).name());
-                codes(&s.closed_goaway[i], goaway, "unknown_goaway", |l, v| {
-                    r.line(name, &labels(l), v)
-                });
+                codes(&s.closed_goaway[i], goaway, "unknown_goaway", |l, v| r.line(name, &labels(l), v));
                 let error = |c| ErrorCode(c).is_known().then(|| ErrorCode(c).name());
-                codes(&s.closed_error[i], error, "unknown_error", |l, v| {
-                    r.line(name, &labels(l), v)
-                });
+                codes(&s.closed_error[i], error, "unknown_error", |l, v| r.line(name, &labels(l), v));
             }
         });
-        r.head(
-            "pushgate_pushes_total",
-            "counter",
-            "Pushes answered, one per token, by status.",
-        );
+        r.head("pushgate_pushes_total", "counter", "Pushes answered, one per token, by status.");
         self.each(&mut r, |r, sh, s| {
             let status = |c| Status(c).is_known().then(|| Status(c).name());
             let name = "pushgate_pushes_total";
-            codes(&s.pushes, status, "unknown", |l, v| {
-                r.line(name, &[("shard", sh), ("status", l)], v)
-            });
+            codes(&s.pushes, status, "unknown", |l, v| r.line(name, &[("shard", sh), ("status", l)], v));
         });
-        self.counter(
-            &mut r,
-            "pushgate_notifications_delivered_total",
-            "NOTIFY frames written.",
-            |s| s.notifies.load(Relaxed),
-        );
-        self.counter(
-            &mut r,
-            "pushgate_acks_total",
-            "ACKs received from devices.",
-            |s| s.acks.load(Relaxed),
-        );
-        self.counter(
-            &mut r,
-            "pushgate_store_sync_failures_total",
-            "Store syncs that failed.",
-            |s| s.store_sync_failures.load(Relaxed),
-        );
+        self.counter(&mut r, "pushgate_notifications_delivered_total", "NOTIFY frames written.", |s| {
+            s.notifies.load(Relaxed)
+        });
+        self.counter(&mut r, "pushgate_acks_total", "ACKs received from devices.", |s| s.acks.load(Relaxed));
+        self.counter(&mut r, "pushgate_store_sync_failures_total", "Store syncs that failed.", |s| {
+            s.store_sync_failures.load(Relaxed)
+        });
         for (name, help, bytes) in [
             ("pushgate_received_bytes_total", "Bytes read from sockets.", 0),
             ("pushgate_sent_bytes_total", "Bytes written to sockets.", 1),
@@ -558,19 +488,11 @@ impl Metrics {
             "Channel sends (batches of messages) from this shard to other shards.",
             |s| s.channel_batches.load(Relaxed),
         );
-        r.head(
-            "pushgate_limit_hits_total",
-            "counter",
-            "Times a limit refused or cut off something.",
-        );
+        r.head("pushgate_limit_hits_total", "counter", "Times a limit refused or cut off something.");
         self.each(&mut r, |r, sh, s| {
             for limit in Limit::ALL {
                 let labels = [("shard", sh), ("limit", limit.name())];
-                r.line(
-                    "pushgate_limit_hits_total",
-                    &labels,
-                    s.limits[limit as usize].load(Relaxed),
-                );
+                r.line("pushgate_limit_hits_total", &labels, s.limits[limit as usize].load(Relaxed));
             }
         });
         self.histogram(
@@ -621,11 +543,7 @@ impl Metrics {
                 let le = LE.get(i).copied().unwrap_or("+Inf");
                 r.line(&bucket, &[("shard", sh), ("le", le)], cumulative);
             }
-            let _ = writeln!(
-                r.out,
-                "{sum}{{shard=\"{sh}\"}} {}",
-                h.sum_ns.load(Relaxed) as f64 / 1e9
-            );
+            let _ = writeln!(r.out, "{sum}{{shard=\"{sh}\"}} {}", h.sum_ns.load(Relaxed) as f64 / 1e9);
             r.line(&count, &[("shard", sh)], cumulative);
         });
     }
@@ -677,12 +595,8 @@ mod tests {
 
     /// The value of the series whose line starts with `series` (name and labels, exact).
     fn value(text: &str, series: &str) -> f64 {
-        let mut found = text
-            .lines()
-            .filter_map(|l| l.strip_prefix(series)?.strip_prefix(' '));
-        let v = found
-            .next()
-            .unwrap_or_else(|| panic!("no series {series} in:\n{text}"));
+        let mut found = text.lines().filter_map(|l| l.strip_prefix(series)?.strip_prefix(' '));
+        let v = found.next().unwrap_or_else(|| panic!("no series {series} in:\n{text}"));
         assert!(found.next().is_none(), "series {series} appears twice");
         v.parse().unwrap()
     }
@@ -691,10 +605,7 @@ mod tests {
     fn every_defined_code_is_rendered_under_its_own_name() {
         // A code at or past CODES would be counted as "unknown": raise CODES.
         for v in CODES..=u8::MAX {
-            assert!(
-                !Status(v).is_known() && !ErrorCode(v).is_known() && !GoAwayReason(v).is_known(),
-                "{v}"
-            );
+            assert!(!Status(v).is_known() && !ErrorCode(v).is_known() && !GoAwayReason(v).is_known(), "{v}");
         }
         let m = Metrics::new(1);
         let s = m.writer(0);
@@ -719,10 +630,7 @@ mod tests {
             let series = format!("pushgate_pushes_total{{shard=\"0\",status=\"{}\"}}", st.name());
             assert_eq!(value(&t, &series), (i + 1) as f64, "{series}");
         }
-        assert_eq!(
-            value(&t, "pushgate_pushes_total{shard=\"0\",status=\"unknown\"}"),
-            1.0
-        );
+        assert_eq!(value(&t, "pushgate_pushes_total{shard=\"0\",status=\"unknown\"}"), 1.0);
         let closed = |reason: &str| {
             let labels = format!("shard=\"0\",role=\"provider\",reason=\"{reason}\"");
             value(&t, &format!("pushgate_connections_closed_total{{{labels}}}"))
@@ -763,10 +671,7 @@ mod tests {
         s.observe_delivery(Duration::from_secs(60)); // only +Inf
         let text = m.render();
         let b = |le: &str| {
-            value(
-                &text,
-                &format!("pushgate_delivery_latency_seconds_bucket{{shard=\"1\",le=\"{le}\"}}"),
-            )
+            value(&text, &format!("pushgate_delivery_latency_seconds_bucket{{shard=\"1\",le=\"{le}\"}}"))
         };
         assert_eq!(b("1e-06"), 1.0);
         assert_eq!(b("2e-06"), 2.0);
@@ -774,16 +679,10 @@ mod tests {
         assert_eq!(b("0.005"), 3.0);
         assert_eq!(b("10"), 3.0);
         assert_eq!(b("+Inf"), 4.0);
-        assert_eq!(
-            value(&text, "pushgate_delivery_latency_seconds_count{shard=\"1\"}"),
-            4.0
-        );
+        assert_eq!(value(&text, "pushgate_delivery_latency_seconds_count{shard=\"1\"}"), 4.0);
         let sum = value(&text, "pushgate_delivery_latency_seconds_sum{shard=\"1\"}");
         assert!((sum - 60.003002001).abs() < 1e-9, "sum {sum}");
-        assert_eq!(
-            value(&text, "pushgate_delivery_latency_seconds_count{shard=\"0\"}"),
-            0.0
-        );
+        assert_eq!(value(&text, "pushgate_delivery_latency_seconds_count{shard=\"0\"}"), 0.0);
         assert_eq!(m.shard(1).deliveries_observed(), 4);
     }
 
@@ -815,63 +714,30 @@ mod tests {
         assert_eq!(v("pushgate_devices_connected{shard=\"0\"}"), 1.0);
         assert_eq!(v("pushgate_devices_connected{shard=\"1\"}"), 0.0);
         assert_eq!(v("pushgate_providers_connected{shard=\"0\"}"), 1.0);
-        assert_eq!(
-            v("pushgate_handshakes_total{shard=\"0\",role=\"device\",result=\"ok\"}"),
-            1.0
-        );
-        assert_eq!(
-            v("pushgate_handshakes_total{shard=\"0\",role=\"provider\",result=\"auth_failed\"}"),
-            1.0
-        );
-        assert_eq!(
-            v("pushgate_handshakes_total{shard=\"0\",role=\"provider\",result=\"ok\"}"),
-            0.0
-        );
+        assert_eq!(v("pushgate_handshakes_total{shard=\"0\",role=\"device\",result=\"ok\"}"), 1.0);
+        assert_eq!(v("pushgate_handshakes_total{shard=\"0\",role=\"provider\",result=\"auth_failed\"}"), 1.0);
+        assert_eq!(v("pushgate_handshakes_total{shard=\"0\",role=\"provider\",result=\"ok\"}"), 0.0);
         assert_eq!(
             v("pushgate_connections_closed_total{shard=\"0\",role=\"device\",reason=\"slow_consumer\"}"),
             1.0
         );
-        assert_eq!(
-            v("pushgate_connections_closed_total{shard=\"0\",role=\"device\",reason=\"eof\"}"),
-            1.0
-        );
-        assert_eq!(
-            v("pushgate_connections_closed_total{shard=\"0\",role=\"provider\",reason=\"eof\"}"),
-            0.0
-        );
+        assert_eq!(v("pushgate_connections_closed_total{shard=\"0\",role=\"device\",reason=\"eof\"}"), 1.0);
+        assert_eq!(v("pushgate_connections_closed_total{shard=\"0\",role=\"provider\",reason=\"eof\"}"), 0.0);
         assert_eq!(v("pushgate_pushes_total{shard=\"0\",status=\"queued\"}"), 2.0);
-        assert_eq!(
-            v("pushgate_pushes_total{shard=\"0\",status=\"store_failed\"}"),
-            1.0
-        );
+        assert_eq!(v("pushgate_pushes_total{shard=\"0\",status=\"store_failed\"}"), 1.0);
         assert_eq!(v("pushgate_pushes_total{shard=\"0\",status=\"delivered\"}"), 0.0);
         assert_eq!(v("pushgate_notifications_delivered_total{shard=\"0\"}"), 3.0);
         assert_eq!(v("pushgate_acks_total{shard=\"0\"}"), 1.0);
         assert_eq!(v("pushgate_stored_notifications{shard=\"0\"}"), 41.0);
         assert_eq!(v("pushgate_store_sync_failures_total{shard=\"0\"}"), 1.0);
-        assert_eq!(
-            v("pushgate_store_sync_duration_seconds_bucket{shard=\"0\",le=\"0.0001\"}"),
-            0.0
-        );
-        assert_eq!(
-            v("pushgate_store_sync_duration_seconds_bucket{shard=\"0\",le=\"0.0002\"}"),
-            1.0
-        );
-        assert_eq!(
-            v("pushgate_received_bytes_total{shard=\"0\",role=\"provider\"}"),
-            100.0
-        );
+        assert_eq!(v("pushgate_store_sync_duration_seconds_bucket{shard=\"0\",le=\"0.0001\"}"), 0.0);
+        assert_eq!(v("pushgate_store_sync_duration_seconds_bucket{shard=\"0\",le=\"0.0002\"}"), 1.0);
+        assert_eq!(v("pushgate_received_bytes_total{shard=\"0\",role=\"provider\"}"), 100.0);
         assert_eq!(v("pushgate_sent_bytes_total{shard=\"0\",role=\"device\"}"), 7.0);
         assert_eq!(v("pushgate_shard_messages_sent_total{shard=\"0\"}"), 5.0);
         assert_eq!(v("pushgate_shard_batches_sent_total{shard=\"0\"}"), 1.0);
-        assert_eq!(
-            v("pushgate_limit_hits_total{shard=\"0\",limit=\"slow_consumer\"}"),
-            1.0
-        );
-        assert_eq!(
-            v("pushgate_limit_hits_total{shard=\"1\",limit=\"slow_consumer\"}"),
-            0.0
-        );
+        assert_eq!(v("pushgate_limit_hits_total{shard=\"0\",limit=\"slow_consumer\"}"), 1.0);
+        assert_eq!(v("pushgate_limit_hits_total{shard=\"1\",limit=\"slow_consumer\"}"), 0.0);
         assert_eq!(v("pushgate_build_info{version=\"0.1.0\"}"), 1.0);
         assert_eq!(m.shard(0).pushes(Status::QUEUED), 2);
     }
@@ -887,20 +753,14 @@ mod tests {
             } else if let Some(rest) = line.strip_prefix("# TYPE ") {
                 let (name, kind) = rest.split_once(' ').unwrap();
                 assert!(!typed.iter().any(|(n, _)| n == name), "{name} typed twice");
-                assert_eq!(
-                    helped.last().map(String::as_str),
-                    Some(name),
-                    "HELP must precede TYPE"
-                );
+                assert_eq!(helped.last().map(String::as_str), Some(name), "HELP must precede TYPE");
                 typed.push((name.to_string(), kind.to_string()));
             } else {
                 let series = line.split(['{', ' ']).next().unwrap();
                 let (family, kind) = typed.last().expect("a sample before any TYPE");
                 let ok = series == family
                     || (kind == "histogram"
-                        && ["_bucket", "_sum", "_count"]
-                            .iter()
-                            .any(|s| series == format!("{family}{s}")));
+                        && ["_bucket", "_sum", "_count"].iter().any(|s| series == format!("{family}{s}")));
                 assert!(ok, "sample {series} under family {family}");
                 let (_, value) = line.rsplit_once(' ').unwrap();
                 assert!(value.parse::<f64>().is_ok(), "bad value in {line}");
@@ -930,9 +790,7 @@ mod tests {
         assert!(second.is_err(), "a second writer for shard 0 was handed out");
         let other = m.writer(1);
         // The writer moves to its shard's thread; what it wrote is seen after.
-        std::thread::spawn(move || (0..1000).for_each(|_| w.on_ack()))
-            .join()
-            .unwrap();
+        std::thread::spawn(move || (0..1000).for_each(|_| w.on_ack())).join().unwrap();
         assert_eq!(m.shard(0).acks(), 1000);
         let again = m.writer(0);
         again.on_ack();

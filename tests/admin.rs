@@ -35,12 +35,7 @@ fn start(shards: usize) -> Admin {
         })
     };
     let handle = admin::start("127.0.0.1:0".parse().unwrap(), metrics.clone(), ready, drain).unwrap();
-    Admin {
-        handle,
-        metrics,
-        draining,
-        drains,
-    }
+    Admin { handle, metrics, draining, drains }
 }
 
 struct Response {
@@ -70,36 +65,21 @@ fn read_response(s: &mut TcpStream) -> Response {
     let mut out = Vec::new();
     s.read_to_end(&mut out).unwrap();
     let text = String::from_utf8(out).unwrap();
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("no head in {text:?}"));
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("{head:?}"));
-    let resp = Response {
-        status,
-        head: head.to_string(),
-        body: body.to_string(),
-    };
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no head in {text:?}"));
+    let status = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or_else(|| panic!("{head:?}"));
+    let resp = Response { status, head: head.to_string(), body: body.to_string() };
     let len: usize = resp.header("content-length").unwrap().parse().unwrap();
     assert_eq!(len, resp.body.len(), "content-length");
     resp
 }
 
 fn request(addr: SocketAddr, method: &str, path: &str) -> Response {
-    exchange(
-        addr,
-        format!("{method} {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes(),
-    )
+    exchange(addr, format!("{method} {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes())
 }
 
 /// The value of the one sample whose name and labels are exactly `series`.
 fn sample(text: &str, series: &str) -> f64 {
-    let mut found = text
-        .lines()
-        .filter_map(|l| l.strip_prefix(series)?.strip_prefix(' '));
+    let mut found = text.lines().filter_map(|l| l.strip_prefix(series)?.strip_prefix(' '));
     let v = found.next().unwrap_or_else(|| panic!("no {series}"));
     assert!(found.next().is_none(), "{series} twice");
     v.parse().unwrap()
@@ -111,10 +91,7 @@ fn metrics_series_move_between_scrapes() {
     let addr = a.handle.local_addr();
     let first = request(addr, "GET", "/metrics");
     assert_eq!(first.status, 200);
-    assert_eq!(
-        first.header("content-type"),
-        Some("text/plain; version=0.0.4; charset=utf-8")
-    );
+    assert_eq!(first.header("content-type"), Some("text/plain; version=0.0.4; charset=utf-8"));
     let delivered = "pushgate_pushes_total{shard=\"1\",status=\"delivered\"}";
     let devices = "pushgate_devices_connected{shard=\"1\"}";
     let latency = "pushgate_delivery_latency_seconds_count{shard=\"1\"}";
@@ -131,10 +108,7 @@ fn metrics_series_move_between_scrapes() {
     assert_eq!(sample(&second, delivered), 3.0);
     assert_eq!(sample(&second, devices), 1.0);
     assert_eq!(sample(&second, latency), 1.0);
-    assert_eq!(
-        sample(&second, "pushgate_pushes_total{shard=\"0\",status=\"delivered\"}"),
-        0.0
-    );
+    assert_eq!(sample(&second, "pushgate_pushes_total{shard=\"0\",status=\"delivered\"}"), 0.0);
     a.handle.stop();
 }
 
@@ -158,10 +132,7 @@ fn post_drain_calls_the_callback_and_other_methods_do_not() {
     assert_eq!(get.status, 405);
     assert_eq!(get.header("allow"), Some("POST"));
     assert_eq!(a.drains.load(Ordering::Acquire), 0);
-    let post = exchange(
-        addr,
-        b"POST /drain HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\n{}",
-    );
+    let post = exchange(addr, b"POST /drain HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\n{}");
     assert_eq!(post.status, 202);
     assert_eq!(a.drains.load(Ordering::Acquire), 1);
     assert_eq!(request(addr, "GET", "/readyz").status, 503);
@@ -186,16 +157,9 @@ fn oversized_requests_are_refused_unread() {
     let addr = a.handle.local_addr();
     let big_body = exchange(addr, b"POST /drain HTTP/1.1\r\nContent-Length: 100000\r\n\r\n");
     assert_eq!(big_body.status, 413);
-    let chunked = exchange(
-        addr,
-        b"POST /drain HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
-    );
+    let chunked = exchange(addr, b"POST /drain HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n");
     assert_eq!(chunked.status, 413);
-    assert_eq!(
-        a.drains.load(Ordering::Acquire),
-        0,
-        "a refused request must not drain"
-    );
+    assert_eq!(a.drains.load(Ordering::Acquire), 0, "a refused request must not drain");
 
     // A header line that never ends: refused once the head passes the limit.
     let mut s = TcpStream::connect(addr).unwrap();
@@ -224,17 +188,11 @@ fn a_stalled_client_times_out_and_does_not_block_others() {
     // The other worker serves meanwhile.
     std::thread::sleep(Duration::from_millis(100));
     assert_eq!(request(addr, "GET", "/healthz").status, 200);
-    assert!(
-        started.elapsed() < REQUEST_TIMEOUT,
-        "served while the stalled client still held a worker"
-    );
+    assert!(started.elapsed() < REQUEST_TIMEOUT, "served while the stalled client still held a worker");
     let resp = read_response(&mut stalled);
     assert_eq!(resp.status, 408);
     let took = started.elapsed();
-    assert!(
-        took >= REQUEST_TIMEOUT && took < REQUEST_TIMEOUT * 3,
-        "timed out after {took:?}"
-    );
+    assert!(took >= REQUEST_TIMEOUT && took < REQUEST_TIMEOUT * 3, "timed out after {took:?}");
 }
 
 #[test]
@@ -244,11 +202,7 @@ fn stop_closes_the_port() {
     assert_eq!(request(addr, "GET", "/healthz").status, 200);
     let started = Instant::now();
     a.handle.stop();
-    assert!(
-        started.elapsed() < REQUEST_TIMEOUT,
-        "stop took {:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < REQUEST_TIMEOUT, "stop took {:?}", started.elapsed());
     let err = TcpStream::connect(addr).expect_err("the admin port still accepts after stop");
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
 }
@@ -281,11 +235,7 @@ fn promtool_accepts_the_exposition() {
     };
     child.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(
         out.status.success() && said.trim().is_empty(),
         "promtool check metrics: {:?}\n{said}",
