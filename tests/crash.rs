@@ -75,7 +75,7 @@ fn run_device(
                     if let Ok(Frame::Notify { msg_id, payload, .. }) = Frame::parse(raw) {
                         let n: u32 = std::str::from_utf8(payload).unwrap().parse().unwrap();
                         seen.lock().unwrap().push(n);
-                        if n % 2 == 0 {
+                        if n.is_multiple_of(2) {
                             d.send(&Frame::Ack { msg_id });
                             acked.lock().unwrap().insert(n);
                         }
@@ -176,16 +176,11 @@ fn sigkill_mid_stream_loses_nothing_accepted() {
     for (i, t) in tokens.iter().enumerate() {
         let mut d = Raw::connect(srv.device);
         assert_eq!(d.hello("demo", &device_secret(i), 0).0, *t, "tokens survive the restart");
-        loop {
-            match d.recv(Duration::from_millis(700)) {
-                Got::Frame(b) => {
-                    let (raw, _) = split_frame(&b, PROVIDER_MAX_BODY).unwrap().unwrap();
-                    if let Frame::Notify { msg_id, payload, .. } = Frame::parse(raw).unwrap() {
-                        after.entry(*t).or_default().push(std::str::from_utf8(payload).unwrap().parse().unwrap());
-                        d.send(&Frame::Ack { msg_id });
-                    }
-                }
-                _ => break,
+        while let Got::Frame(b) = d.recv(Duration::from_millis(700)) {
+            let (raw, _) = split_frame(&b, PROVIDER_MAX_BODY).unwrap().unwrap();
+            if let Frame::Notify { msg_id, payload, .. } = Frame::parse(raw).unwrap() {
+                after.entry(*t).or_default().push(std::str::from_utf8(payload).unwrap().parse().unwrap());
+                d.send(&Frame::Ack { msg_id });
             }
         }
     }
