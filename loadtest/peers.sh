@@ -55,7 +55,10 @@ wait_port() {
 
 stop_one() {
     if [ -f "$DIR/$1.pid" ]; then
-        kill "$(cat "$DIR/$1.pid")" 2>/dev/null || true
+        pid=$(cat "$DIR/$1.pid")
+        kill "$pid" 2>/dev/null || true
+        i=0
+        while kill -0 "$pid" 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
         rm -f "$DIR/$1.pid"
     fi
 }

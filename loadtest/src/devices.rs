@@ -184,11 +184,7 @@ impl DeviceThread {
         let mut last_churn = now_ns();
         loop {
             let now = now_ns();
-            let next = self
-                .timers
-                .peek()
-                .map(|Reverse((t, _, _))| *t)
-                .unwrap_or(now + 100 * MS);
+            let next = self.timers.peek().map(|Reverse((t, _, _))| *t).unwrap_or(now + 100 * MS);
             let wait = next.saturating_sub(now).min(100 * MS);
             if let Err(e) = self.poll.poll(&mut events, Some(Duration::from_nanos(wait))) {
                 if !interrupted(&e) {
@@ -237,11 +233,7 @@ impl DeviceThread {
         }
         s.tokens.append(&mut self.tokens);
         drop(s);
-        total
-            .lock()
-            .expect("total hist")
-            .add(&self.interval)
-            .expect("same bounds");
+        total.lock().expect("total hist").add(&self.interval).expect("same bounds");
         self.interval.reset();
     }
 
@@ -305,9 +297,7 @@ impl DeviceThread {
         match open_socket(source_addr(self.cfg.worker, idx as usize), addr) {
             Ok(mut s) => {
                 if let Err(e) =
-                    self.poll
-                        .registry()
-                        .register(&mut s, Token(i), Interest::READABLE | Interest::WRITABLE)
+                    self.poll.registry().register(&mut s, Token(i), Interest::READABLE | Interest::WRITABLE)
                 {
                     eprintln!("register: {e}");
                     self.c.connect_failed += 1;
@@ -337,9 +327,7 @@ impl DeviceThread {
     fn backoff(&mut self, i: usize) {
         let d = &mut self.devs[i];
         d.failures = d.failures.saturating_add(1);
-        let base = (self.cfg.backoff_min_ms << d.failures.min(16))
-            .min(self.cfg.backoff_max_ms)
-            .max(1);
+        let base = (self.cfg.backoff_min_ms << d.failures.min(16)).min(self.cfg.backoff_max_ms).max(1);
         let delay = base / 2 + self.rng.below(base);
         self.devs[i].st = St::Idle;
         self.set_timer(i, now_ns() + delay * MS);
@@ -363,12 +351,8 @@ impl DeviceThread {
             let d = &mut self.devs[i];
             d.st = St::Handshake;
             let secret = device_secret(self.cfg.seed, d.idx);
-            let ctx = DevCtx {
-                idx: d.idx,
-                app: &self.cfg.app,
-                secret: &secret,
-                keepalive_s: self.cfg.keepalive_s,
-            };
+            let ctx =
+                DevCtx { idx: d.idx, app: &self.cfg.app, secret: &secret, keepalive_s: self.cfg.keepalive_s };
             wire::hello(self.cfg.target, &ctx, &mut d.wbuf);
         }
         if let Some(why) = self.read(i) {
@@ -403,9 +387,7 @@ impl DeviceThread {
         let mut wbuf = std::mem::take(&mut self.devs[i].wbuf);
         let mut ws = self.devs[i].ws;
         let mut events: Vec<Ev> = Vec::new();
-        let res = wire::on_bytes(target, &mut ws, &rbuf, &mut wbuf, &mut |ev| {
-            events.push(Ev::from(ev))
-        });
+        let res = wire::on_bytes(target, &mut ws, &rbuf, &mut wbuf, &mut |ev| events.push(Ev::from(ev)));
         let d = &mut self.devs[i];
         d.ws = ws;
         d.wbuf = wbuf;
@@ -429,22 +411,14 @@ impl DeviceThread {
             }
         }
         if close.is_none() && eof {
-            close = Some(if self.devs[i].st == St::Ready {
-                Why::Eof
-            } else {
-                Why::ConnectFailed
-            });
+            close = Some(if self.devs[i].st == St::Ready { Why::Eof } else { Why::ConnectFailed });
         }
         close
     }
 
     fn on_dev_event(&mut self, i: usize, ev: Ev, now: u64) -> Option<Why> {
         match ev {
-            Ev::Registered {
-                heartbeat_s,
-                token,
-                missed,
-            } => {
+            Ev::Registered { heartbeat_s, token, missed } => {
                 let d = &mut self.devs[i];
                 if d.st != St::Handshake {
                     return Some(Why::Proto);
@@ -533,21 +507,13 @@ impl DeviceThread {
             }
         }
         if failed {
-            let why = if d.st == St::Ready {
-                Why::Eof
-            } else {
-                Why::ConnectFailed
-            };
+            let why = if d.st == St::Ready { Why::Eof } else { Why::ConnectFailed };
             return self.close(i, why);
         }
         let want = !d.wbuf.is_empty() || d.st == St::Connecting;
         if want != d.writable_interest {
             d.writable_interest = want;
-            let interest = if want {
-                Interest::READABLE | Interest::WRITABLE
-            } else {
-                Interest::READABLE
-            };
+            let interest = if want { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
             let _ = self.poll.registry().reregister(s, Token(i), interest);
         }
     }
@@ -653,38 +619,19 @@ impl DeviceThread {
 
 /// A device event with its payload already decoded, so it outlives the read buffer.
 enum Ev {
-    Registered {
-        heartbeat_s: u16,
-        token: Option<String>,
-        missed: u32,
-    },
-    Notify {
-        msg_id: Option<u64>,
-        payload: Option<(u64, u32, u64)>,
-    },
+    Registered { heartbeat_s: u16, token: Option<String>, missed: u32 },
+    Notify { msg_id: Option<u64>, payload: Option<(u64, u32, u64)> },
     Pong,
-    GoAway {
-        reason: u8,
-        reconnect_ms: u32,
-    },
+    GoAway { reason: u8, reconnect_ms: u32 },
 }
 
 impl From<DevEvent<'_>> for Ev {
     fn from(e: DevEvent<'_>) -> Ev {
         match e {
-            DevEvent::Registered {
-                heartbeat_s,
-                token,
-                missed,
-            } => Ev::Registered {
-                heartbeat_s,
-                token: token.map(|t| t.to_hex()),
-                missed,
-            },
-            DevEvent::Notify { msg_id, payload } => Ev::Notify {
-                msg_id,
-                payload: read_payload(payload),
-            },
+            DevEvent::Registered { heartbeat_s, token, missed } => {
+                Ev::Registered { heartbeat_s, token: token.map(|t| t.to_hex()), missed }
+            }
+            DevEvent::Notify { msg_id, payload } => Ev::Notify { msg_id, payload: read_payload(payload) },
             DevEvent::Pong => Ev::Pong,
             DevEvent::GoAway { reason, reconnect_ms } => Ev::GoAway { reason, reconnect_ms },
         }

@@ -7,10 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::wire::Target;
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "pushgate-loadtest",
-    about = "Load tests for pushgate, Mosquitto and NATS over loopback"
-)]
+#[command(name = "pushgate-loadtest", about = "Load tests for pushgate, Mosquitto and NATS over loopback")]
 pub struct Cli {
     #[command(subcommand)]
     pub cmd: Command,
@@ -166,11 +163,9 @@ impl RunOpts {
             return self.provider_addr.clone();
         }
         match self.target {
-            Target::Pushgate => self
-                .device_addrs()
-                .iter()
-                .map(|a| SocketAddr::new(a.ip(), a.port() + 1))
-                .collect(),
+            Target::Pushgate => {
+                self.device_addrs().iter().map(|a| SocketAddr::new(a.ip(), a.port() + 1)).collect()
+            }
             _ => self.device_addrs(),
         }
     }

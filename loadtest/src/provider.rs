@@ -61,17 +61,11 @@ struct Credits {
 
 impl Credits {
     fn new() -> Credits {
-        Credits {
-            n: Mutex::new(0),
-            cv: Condvar::new(),
-        }
+        Credits { n: Mutex::new(0), cv: Condvar::new() }
     }
     fn acquire(&self, max: u32, timeout: Duration) -> bool {
         let g = self.n.lock().expect("credits");
-        let (mut g, r) = self
-            .cv
-            .wait_timeout_while(g, timeout, |n| *n >= max)
-            .expect("credits");
+        let (mut g, r) = self.cv.wait_timeout_while(g, timeout, |n| *n >= max).expect("credits");
         if r.timed_out() && *g >= max {
             return false;
         }
@@ -88,11 +82,7 @@ impl Credits {
     }
     fn wait_zero(&self, timeout: Duration) -> u32 {
         let g = self.n.lock().expect("credits");
-        *self
-            .cv
-            .wait_timeout_while(g, timeout, |n| *n > 0)
-            .expect("credits")
-            .0
+        *self.cv.wait_timeout_while(g, timeout, |n| *n > 0).expect("credits").0
     }
 }
 
@@ -168,10 +158,7 @@ struct Pacer {
 
 impl Pacer {
     fn new(rate: f64) -> Pacer {
-        Pacer {
-            interval_ns: (rate > 0.0).then(|| (1e9 / rate) as u64),
-            next: now_ns(),
-        }
+        Pacer { interval_ns: (rate > 0.0).then(|| (1e9 / rate) as u64), next: now_ns() }
     }
     /// How long to wait before the next send is due.
     fn due_in(&mut self) -> Option<Duration> {
@@ -246,10 +233,8 @@ fn expiry(cfg: &ProvConfig) -> u32 {
     if cfg.expiry_s == 0 {
         return 0;
     }
-    let unix = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let unix =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     unix as u32 + cfg.expiry_s
 }
 
@@ -286,11 +271,7 @@ fn run_pushgate(
     deadline_ns: u64,
 ) -> std::io::Result<Vec<Fingerprint>> {
     let mut out = Vec::new();
-    Frame::AuthHello {
-        version: VERSION,
-        app_id: &cfg.app,
-    }
-    .encode(&mut out);
+    Frame::AuthHello { version: VERSION, app_id: &cfg.app }.encode(&mut out);
     sock.write_all(&out)?;
     let mut rbuf = Vec::new();
     let (t, body) = read_frame(&mut sock, &mut rbuf)?;
@@ -299,10 +280,7 @@ fn run_pushgate(
         f => return Err(std::io::Error::other(format!("expected CHALLENGE, got {f:?}"))),
     };
     out.clear();
-    Frame::Auth {
-        proof: auth_proof(&cfg.secret, &cfg.app, &nonce),
-    }
-    .encode(&mut out);
+    Frame::Auth { proof: auth_proof(&cfg.secret, &cfg.app, &nonce) }.encode(&mut out);
     sock.write_all(&out)?;
     let (t, body) = read_frame(&mut sock, &mut rbuf)?;
     let max_in_flight = match parse_owned(t, &body)? {
@@ -340,12 +318,7 @@ fn run_pushgate(
                     }
                 };
                 match parse_owned(t, &body) {
-                    Ok(Frame::Result {
-                        req_id,
-                        status,
-                        msg_id,
-                        ..
-                    }) => {
+                    Ok(Frame::Result { req_id, status, msg_id, .. }) => {
                         stats.by_status[(status.0 as usize).min(9)].fetch_add(1, Relaxed);
                         if status == Status::DELIVERED || status == Status::QUEUED {
                             stats.accepted.fetch_add(1, Relaxed);
@@ -437,23 +410,15 @@ fn run_mqtt(
     }
     rbuf.clear();
     // Packet id -> (device, sequence), written before the PUBLISH, read on its PUBACK.
-    let slots: Arc<Vec<(AtomicU32, AtomicU64)>> = Arc::new(
-        (0..65536)
-            .map(|_| (AtomicU32::new(0), AtomicU64::new(0)))
-            .collect(),
-    );
+    let slots: Arc<Vec<(AtomicU32, AtomicU64)>> =
+        Arc::new((0..65536).map(|_| (AtomicU32::new(0), AtomicU64::new(0))).collect());
     let credits = Arc::new(Credits::new());
     let done = Arc::new(AtomicBool::new(false));
     let mut rsock = sock.try_clone()?;
     rsock.set_read_timeout(Some(Duration::from_millis(200)))?;
     let reader = {
-        let (credits, stats, done, slots, n) = (
-            credits.clone(),
-            stats.clone(),
-            done.clone(),
-            slots.clone(),
-            cfg.devices,
-        );
+        let (credits, stats, done, slots, n) =
+            (credits.clone(), stats.clone(), done.clone(), slots.clone(), cfg.devices);
         std::thread::spawn(move || -> Vec<Fingerprint> {
             let mut fps = vec![Fingerprint::default(); n];
             let mut buf = Vec::new();
@@ -552,14 +517,8 @@ fn run_nats(
     rsock.set_read_timeout(Some(Duration::from_millis(200)))?;
     let batches: Arc<Mutex<Batches>> = Arc::default();
     let reader = {
-        let (credits, stats, done, pong_due, batches, n) = (
-            credits.clone(),
-            stats.clone(),
-            done.clone(),
-            pong_due.clone(),
-            batches.clone(),
-            cfg.devices,
-        );
+        let (credits, stats, done, pong_due, batches, n) =
+            (credits.clone(), stats.clone(), done.clone(), pong_due.clone(), batches.clone(), cfg.devices);
         std::thread::spawn(move || -> Vec<Fingerprint> {
             let mut fps = vec![Fingerprint::default(); n];
             let mut r = BufReader::new(rsock);
@@ -615,53 +574,38 @@ fn run_nats(
     // Each credit is one outstanding PING; the window counts messages.
     let window = (cfg.window as u64 / BATCH).max(2) as u32;
     let mut held = false;
-    let r = write_loop(
-        &cfg,
-        &targets,
-        &stats,
-        &stop,
-        deadline_ns,
-        None,
-        &mut sock,
-        |buf, dev, _t, p| {
-            if !held {
-                // A credit covers a whole batch; every PING before this one is already flushed.
-                while !credits.acquire(window, Duration::from_millis(200)) {
-                    if stop.load(Relaxed) || now_ns() > deadline_ns {
-                        break;
-                    }
+    let r = write_loop(&cfg, &targets, &stats, &stop, deadline_ns, None, &mut sock, |buf, dev, _t, p| {
+        if !held {
+            // A credit covers a whole batch; every PING before this one is already flushed.
+            while !credits.acquire(window, Duration::from_millis(200)) {
+                if stop.load(Relaxed) || now_ns() > deadline_ns {
+                    break;
                 }
-                held = true;
             }
-            if pong_due.swap(false, Relaxed) {
-                buf.extend_from_slice(b"PONG\r\n");
-            }
-            let seq = p.fill(dev);
-            nats::publish(&peer_topic(Target::Nats, dev), &p.payload, buf);
-            cur.push((dev, seq));
-            in_batch += 1;
-            if in_batch == BATCH {
-                buf.extend_from_slice(b"PING\r\n");
-                batches
-                    .lock()
-                    .expect("batches")
-                    .push_back(std::mem::take(&mut cur));
-                in_batch = 0;
-                held = false;
-                return true;
-            }
-            false
-        },
-    );
+            held = true;
+        }
+        if pong_due.swap(false, Relaxed) {
+            buf.extend_from_slice(b"PONG\r\n");
+        }
+        let seq = p.fill(dev);
+        nats::publish(&peer_topic(Target::Nats, dev), &p.payload, buf);
+        cur.push((dev, seq));
+        in_batch += 1;
+        if in_batch == BATCH {
+            buf.extend_from_slice(b"PING\r\n");
+            batches.lock().expect("batches").push_back(std::mem::take(&mut cur));
+            in_batch = 0;
+            held = false;
+            return true;
+        }
+        false
+    });
     if let Err(e) = r {
         eprintln!("provider {}: write: {e}", cfg.id);
         stats.errors.fetch_add(1, Relaxed);
     }
     if !cur.is_empty() {
-        batches
-            .lock()
-            .expect("batches")
-            .push_back(std::mem::take(&mut cur));
+        batches.lock().expect("batches").push_back(std::mem::take(&mut cur));
         let _ = sock.write_all(b"PING\r\n");
     }
     credits.wait_zero(Duration::from_secs(10));

@@ -17,9 +17,7 @@ pub fn record(h: &mut Histogram<u64>, us: u64) {
 
 /// A histogram as sparse (value, count) pairs: what workers send to the parent.
 pub fn to_pairs(h: &Histogram<u64>) -> Vec<(u64, u64)> {
-    h.iter_recorded()
-        .map(|v| (v.value_iterated_to(), v.count_at_value()))
-        .collect()
+    h.iter_recorded().map(|v| (v.value_iterated_to(), v.count_at_value())).collect()
 }
 
 pub fn add_pairs(h: &mut Histogram<u64>, pairs: &[(u64, u64)]) {

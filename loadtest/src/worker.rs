@@ -27,29 +27,14 @@ pub struct WorkerSpec {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum Report {
-    Tick {
-        w: usize,
-        at_ns: u64,
-        c: DevCounters,
-        hist: Vec<(u64, u64)>,
-        tokens: Vec<(u32, String)>,
-    },
-    Final {
-        w: usize,
-        c: DevCounters,
-        hist: Vec<(u64, u64)>,
-        fps: Vec<(u32, Fingerprint)>,
-        nofile: u64,
-    },
+    Tick { w: usize, at_ns: u64, c: DevCounters, hist: Vec<(u64, u64)>, tokens: Vec<(u32, String)> },
+    Final { w: usize, c: DevCounters, hist: Vec<(u64, u64)>, fps: Vec<(u32, Fingerprint)>, nofile: u64 },
 }
 
 pub fn run(spec: WorkerSpec) -> std::io::Result<()> {
     let nofile = raise_nofile();
     if spec.count as u64 + 64 > nofile {
-        eprintln!(
-            "worker {}: {} devices exceed the open-files limit {nofile}",
-            spec.dev.worker, spec.count
-        );
+        eprintln!("worker {}: {} devices exceed the open-files limit {nofile}", spec.dev.worker, spec.count);
     }
     let total = Arc::new(Mutex::new(new_hist()));
     let mut handles = Vec::new();
@@ -87,10 +72,7 @@ pub fn run(spec: WorkerSpec) -> std::io::Result<()> {
         // Wait for a command until the next tick is due, so a storm starts when the parent says so.
         let wait = Duration::from_nanos(next_tick.saturating_sub(now_ns()));
         let first = cmd_rx.recv_timeout(wait).ok();
-        for cmd in first
-            .into_iter()
-            .chain(std::iter::from_fn(|| cmd_rx.try_recv().ok()))
-        {
+        for cmd in first.into_iter().chain(std::iter::from_fn(|| cmd_rx.try_recv().ok())) {
             let cmd = match cmd.as_deref().map(str::trim) {
                 Some("storm") => Cmd::Storm,
                 Some("park") => Cmd::Park,
@@ -127,13 +109,8 @@ pub fn run(spec: WorkerSpec) -> std::io::Result<()> {
             }
             tokens.append(&mut s.tokens);
         }
-        let line = serde_json::to_string(&Report::Tick {
-            w,
-            at_ns: now_ns(),
-            c,
-            hist: to_pairs(&hist),
-            tokens,
-        })?;
+        let line =
+            serde_json::to_string(&Report::Tick { w, at_ns: now_ns(), c, hist: to_pairs(&hist), tokens })?;
         writeln!(out, "{line}")?;
         out.flush()?;
     }
@@ -146,16 +123,6 @@ pub fn run(spec: WorkerSpec) -> std::io::Result<()> {
         c.add(&shared.lock().expect("shared stats").counters);
     }
     let hist = to_pairs(&total.lock().expect("total hist"));
-    writeln!(
-        out,
-        "{}",
-        serde_json::to_string(&Report::Final {
-            w,
-            c,
-            hist,
-            fps,
-            nofile
-        })?
-    )?;
+    writeln!(out, "{}", serde_json::to_string(&Report::Final { w, c, hist, fps, nofile })?)?;
     out.flush()
 }

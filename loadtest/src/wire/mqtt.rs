@@ -94,11 +94,7 @@ pub fn on_bytes(
                     return Err("SUBACK refused".into());
                 }
                 st.registered = true;
-                f(DevEvent::Registered {
-                    heartbeat_s: 0,
-                    token: None,
-                    missed: 0,
-                });
+                f(DevEvent::Registered { heartbeat_s: 0, token: None, missed: 0 });
             }
             3 => {
                 let qos = (h >> 1) & 3;
@@ -112,10 +108,7 @@ pub fn on_bytes(
                     out.extend_from_slice(&[0x40, 2, pid[0], pid[1]]);
                     p += 2;
                 }
-                f(DevEvent::Notify {
-                    msg_id: None,
-                    payload: body.get(p..).ok_or("short PUBLISH")?,
-                });
+                f(DevEvent::Notify { msg_id: None, payload: body.get(p..).ok_or("short PUBLISH")? });
             }
             13 => f(DevEvent::Pong),
             t => return Err(format!("unexpected MQTT packet type {t}")),

@@ -45,11 +45,7 @@ pub fn split(buf: &[u8]) -> Result<Option<(Op<'_>, usize)>, String> {
     let used = eol + 2;
     if line.starts_with(b"MSG ") {
         let text = std::str::from_utf8(line).map_err(|_| "bad MSG line")?;
-        let n: usize = text
-            .split_whitespace()
-            .last()
-            .and_then(|s| s.parse().ok())
-            .ok_or("bad MSG size")?;
+        let n: usize = text.split_whitespace().last().and_then(|s| s.parse().ok()).ok_or("bad MSG size")?;
         if buf.len() < used + n + 2 {
             return Ok(None);
         }
@@ -76,19 +72,12 @@ pub fn on_bytes(
     while let Some((op, n)) = split(&buf[used..])? {
         used += n;
         match op {
-            Op::Msg(payload) => f(DevEvent::Notify {
-                msg_id: None,
-                payload,
-            }),
+            Op::Msg(payload) => f(DevEvent::Notify { msg_id: None, payload }),
             Op::Ping => out.extend_from_slice(b"PONG\r\n"),
             Op::Pong if !st.registered => {
                 // The PONG answering our first PING proves CONNECT and SUB were processed.
                 st.registered = true;
-                f(DevEvent::Registered {
-                    heartbeat_s: 0,
-                    token: None,
-                    missed: 0,
-                });
+                f(DevEvent::Registered { heartbeat_s: 0, token: None, missed: 0 });
             }
             Op::Pong => f(DevEvent::Pong),
             Op::Other => {}

@@ -29,30 +29,16 @@ pub fn on_bytes(
         };
         used += n;
         match Frame::parse(raw).map_err(|e| format!("parse: {e:?}"))? {
-            Frame::Welcome {
-                token,
-                heartbeat_s,
-                missed,
-            } => {
+            Frame::Welcome { token, heartbeat_s, missed } => {
                 st.registered = true;
-                f(DevEvent::Registered {
-                    heartbeat_s,
-                    token: Some(token),
-                    missed,
-                });
+                f(DevEvent::Registered { heartbeat_s, token: Some(token), missed });
             }
             Frame::Notify { msg_id, payload, .. } => {
                 Frame::Ack { msg_id }.encode(out);
-                f(DevEvent::Notify {
-                    msg_id: Some(msg_id),
-                    payload,
-                });
+                f(DevEvent::Notify { msg_id: Some(msg_id), payload });
             }
             Frame::Pong => f(DevEvent::Pong),
-            Frame::GoAway { reason, reconnect_ms } => f(DevEvent::GoAway {
-                reason: reason.0,
-                reconnect_ms,
-            }),
+            Frame::GoAway { reason, reconnect_ms } => f(DevEvent::GoAway { reason: reason.0, reconnect_ms }),
             Frame::Error { code, text } => return Err(format!("ERROR {}: {text}", code.name())),
             other => return Err(format!("unexpected frame 0x{:02x}", other.ftype())),
         }
