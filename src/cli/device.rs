@@ -4,6 +4,7 @@
 //! Exit codes: 0 after `--count` notifications, 1 when `--timeout` passes
 //! without one or another connection took over the token (GOAWAY replaced),
 //! 2 when the first connection fails or the gateway refuses the credentials.
+//! GOAWAY `replaced` or `unregistered` ends it with 1: reconnecting would undo them.
 //! Reconnecting follows protocol.md section 11.4.
 
 use std::collections::{HashSet, VecDeque};
@@ -45,6 +46,9 @@ pub struct DeviceArgs {
     /// One JSON object per line instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Register, then unregister (as an uninstalled app would) and exit 0 once the gateway confirms.
+    #[arg(long, conflicts_with_all = ["count", "timeout"])]
+    pub unregister: bool,
 }
 
 /// Reconnect delay cap for the first failed attempt, doubling per attempt up to `BACKOFF_MAX`.
@@ -158,9 +162,7 @@ impl<'a> Device<'a> {
                 }
                 Err(e) => {
                     eprintln!("pushgate device: reconnect failed: {e}");
-                    Next::Reconnect {
-                        at_least: Duration::ZERO,
-                    }
+                    Next::Reconnect { at_least: Duration::ZERO }
                 }
             };
             first = false;
@@ -175,22 +177,24 @@ impl<'a> Device<'a> {
     fn serve(&mut self, mut dev: DeviceClient) -> Result<Next, ExitCode> {
         let since = Instant::now();
         self.print_registered(&dev)?;
+        if self.args.unregister {
+            dev.unregister().map_err(|e| fail(&format!("unregister failed: {e}")))?;
+            line(&if self.args.json {
+                json!({"event": "unregistered"}).to_string()
+            } else {
+                "unregistered".into()
+            })?;
+            return Ok(Next::Exit(ExitCode::SUCCESS));
+        }
         if self.args.count.is_some_and(|n| self.received >= n) {
             return Ok(Next::Exit(ExitCode::SUCCESS));
         }
         dev.set_auto_heartbeat(true);
         let next = loop {
-            let wait = self
-                .deadline()
-                .map(|d| d.saturating_duration_since(Instant::now()));
+            let wait = self.deadline().map(|d| d.saturating_duration_since(Instant::now()));
             match dev.next_event(wait) {
                 Ok(None) => return Err(self.timed_out()),
-                Ok(Some(DeviceEvent::Notify {
-                    msg_id,
-                    kind,
-                    priority,
-                    payload,
-                })) => {
+                Ok(Some(DeviceEvent::Notify { msg_id, kind, priority, payload })) => {
                     if self.seen.insert(msg_id) {
                         self.print_notification(msg_id, kind, priority, &payload)?;
                         self.received += 1;
@@ -199,9 +203,7 @@ impl<'a> Device<'a> {
                     // A duplicate is ACKed too, or the gateway would send it forever.
                     if let Err(e) = dev.ack(msg_id) {
                         eprintln!("pushgate device: ack {msg_id} failed ({e}); it will be redelivered");
-                        break Next::Reconnect {
-                            at_least: Duration::ZERO,
-                        };
+                        break Next::Reconnect { at_least: Duration::ZERO };
                     }
                     if self.args.count.is_some_and(|n| self.received >= n) {
                         return Ok(Next::Exit(ExitCode::SUCCESS));
@@ -216,21 +218,15 @@ impl<'a> Device<'a> {
                 }
                 Ok(Some(DeviceEvent::Error { code, text })) => {
                     eprintln!("pushgate device: gateway error {code}: {text}; reconnecting");
-                    break Next::Reconnect {
-                        at_least: Duration::ZERO,
-                    };
+                    break Next::Reconnect { at_least: Duration::ZERO };
                 }
                 Ok(Some(DeviceEvent::Closed)) => {
                     eprintln!("pushgate device: connection closed; reconnecting");
-                    break Next::Reconnect {
-                        at_least: Duration::ZERO,
-                    };
+                    break Next::Reconnect { at_least: Duration::ZERO };
                 }
                 Err(e) => {
                     eprintln!("pushgate device: {e}; reconnecting");
-                    break Next::Reconnect {
-                        at_least: Duration::ZERO,
-                    };
+                    break Next::Reconnect { at_least: Duration::ZERO };
                 }
             }
         };
@@ -241,33 +237,33 @@ impl<'a> Device<'a> {
     }
 
     fn on_goaway(&mut self, reason: GoAwayReason, reconnect_ms: u32) -> Result<Next, ExitCode> {
-        let replaced = reason == GoAwayReason::REPLACED;
+        // protocol.md 6.3: reconnecting after these would fight another copy
+        // of the app, or undo the user's opt-out.
+        let final_reason = match reason {
+            GoAwayReason::REPLACED => Some("replaced by another connection with this token"),
+            GoAwayReason::UNREGISTERED => Some("this device is unregistered"),
+            _ => None,
+        };
         if self.args.json {
             line(
                 &json!({"event": "goaway", "reason": reason.name(), "reconnect_ms": reconnect_ms})
                     .to_string(),
             )?;
-        } else if replaced {
-            line("goaway: replaced by another connection with this token; exiting")?;
+        } else if let Some(why) = final_reason {
+            line(&format!("goaway: {why}; exiting"))?;
         } else {
-            line(&format!(
-                "goaway: {reason}, reconnecting after at least {reconnect_ms} ms"
-            ))?;
+            line(&format!("goaway: {reason}, reconnecting after at least {reconnect_ms} ms"))?;
         }
-        if replaced {
+        if final_reason.is_some() {
             return Ok(Next::Exit(ExitCode::FAILURE));
         }
-        Ok(Next::Reconnect {
-            at_least: Duration::from_millis(reconnect_ms.into()),
-        })
+        Ok(Next::Reconnect { at_least: Duration::from_millis(reconnect_ms.into()) })
     }
 
     /// Sleeps a "full jitter" backoff, `random(0, min(300 s, 1 s × 2^attempt))`,
     /// but at least `at_least`: a fleet told to leave at once must not return at once.
     fn pause(&mut self, at_least: Duration) -> Result<(), ExitCode> {
-        let cap = BACKOFF_BASE
-            .saturating_mul(1 << self.attempt.min(16))
-            .min(BACKOFF_MAX);
+        let cap = BACKOFF_BASE.saturating_mul(1 << self.attempt.min(16)).min(BACKOFF_MAX);
         let mut r = [0u8; 2];
         let frac = match getrandom::getrandom(&mut r) {
             Ok(()) => u16::from_be_bytes(r) as f64 / u16::MAX as f64,
@@ -323,11 +319,7 @@ impl<'a> Device<'a> {
     ) -> Result<(), ExitCode> {
         let text = String::from_utf8_lossy(payload);
         if !self.args.json {
-            return line(&format!(
-                "[msg {msg_id}] {} {}: {text}",
-                kind_name(kind),
-                priority_name(priority)
-            ));
+            return line(&format!("[msg {msg_id}] {} {}: {text}", kind_name(kind), priority_name(priority)));
         }
         let mut v = json!({
             "event": "notification",
@@ -365,9 +357,7 @@ fn priority_name(p: u8) -> String {
 /// A closed stdout ends the program; nobody is listening any more.
 fn line(s: &str) -> Result<(), ExitCode> {
     let mut out = io::stdout().lock();
-    writeln!(out, "{s}")
-        .and_then(|()| out.flush())
-        .map_err(|_| ExitCode::FAILURE)
+    writeln!(out, "{s}").and_then(|()| out.flush()).map_err(|_| ExitCode::FAILURE)
 }
 
 fn fail(msg: &str) -> ExitCode {
@@ -421,10 +411,7 @@ mod tests {
 
     #[test]
     fn names_fall_back_to_numbers() {
-        assert_eq!(
-            (kind_name(Kind::BADGE), kind_name(Kind(9))),
-            ("badge".into(), "kind9".into())
-        );
+        assert_eq!((kind_name(Kind::BADGE), kind_name(Kind(9))), ("badge".into(), "kind9".into()));
         assert_eq!(
             (priority_name(10), priority_name(5), priority_name(1)),
             ("high".into(), "normal".into(), "priority1".into())

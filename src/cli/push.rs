@@ -1,16 +1,18 @@
 //! `pushgate push`: authenticate as a provider, push one notification to one
 //! token (PUSH) or several (MULTI_PUSH), print the result per token.
 //!
-//! Exit codes: 0 when every token's status is delivered or queued, 1 when any
-//! is not, 2 when the push could not be made (bad arguments, connection, auth).
+//! Exit codes: 0 when every token's status is delivered or queued (and, with
+//! `--receipt`, every receipt came), 1 when any is not, 2 when the push could
+//! not be made (bad arguments, connection, auth).
 
+use std::collections::HashSet;
 use std::io::{self, Write};
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::client::provider::DEFAULT_TTL_S;
-use crate::client::{ProviderClient, PushRequest};
+use crate::client::{ProviderClient, PushRequest, DEFAULT_TTL_S};
 use crate::proto::{Kind, Status, Token, PRIORITY_HIGH, PRIORITY_NORMAL};
 
 /// Environment variable read when `--secret` is not given (keeps it out of `ps`).
@@ -44,6 +46,14 @@ pub struct PushArgs {
     /// One JSON object per token instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Ask for delivery receipts and wait for one per accepted token. The
+    /// gateway hands a receipt to one session of the app, so another connected
+    /// provider of the same app may get it instead.
+    #[arg(long)]
+    pub receipt: bool,
+    /// How long --receipt waits, seconds.
+    #[arg(long, value_name = "S", default_value_t = 10.0, requires = "receipt")]
+    pub receipt_wait: f64,
     /// Notification payload; several words are joined with spaces.
     #[arg(value_name = "PAYLOAD")]
     pub payload: Vec<String>,
@@ -98,34 +108,79 @@ fn push(args: &PushArgs) -> Result<ExitCode, ExitCode> {
     if let Some(c) = &args.collapse {
         req = req.with_collapse(c.as_bytes());
     }
+    let receipt_wait = match args.receipt {
+        false => None,
+        true => Some(
+            Duration::try_from_secs_f64(args.receipt_wait)
+                .map_err(|_| fail("--receipt-wait takes a number of seconds"))?,
+        ),
+    };
+    if receipt_wait.is_some() {
+        req = req.with_receipt();
+    }
 
-    let mut client = ProviderClient::connect(args.addr.as_str(), &args.app, &secret).map_err(|e| {
-        fail(&format!(
-            "cannot authenticate as {} at {}: {e}",
-            args.app, args.addr
-        ))
-    })?;
+    let mut client = ProviderClient::connect(args.addr.as_str(), &args.app, &secret)
+        .map_err(|e| fail(&format!("cannot authenticate as {} at {}: {e}", args.app, args.addr)))?;
     let mut all_accepted = true;
+    // (token, msg_id) of every accepted notification, for matching receipts.
+    let mut accepted = HashSet::new();
+    let multi = tokens.len() > 1;
     if let [token] = tokens[..] {
-        let r = client
-            .push(&req)
-            .map_err(|e| fail(&format!("push failed: {e}")))?;
+        let r = client.push(&req).map_err(|e| fail(&format!("push failed: {e}")))?;
         all_accepted = r.is_accepted();
+        if r.is_accepted() {
+            accepted.insert((token, r.msg_id));
+        }
         print(args.json, &token, r.status, r.msg_id, Some(r.info), false)?;
     } else {
-        let results = client
-            .multicast(&tokens, &req)
-            .map_err(|e| fail(&format!("push failed: {e}")))?;
+        let results = client.multicast(&tokens, &req).map_err(|e| fail(&format!("push failed: {e}")))?;
         for (token, status, msg_id) in results {
-            all_accepted &= matches!(status, Status::DELIVERED | Status::QUEUED);
+            let ok = matches!(status, Status::DELIVERED | Status::QUEUED);
+            all_accepted &= ok;
+            if ok {
+                accepted.insert((token, msg_id));
+            }
             print(args.json, &token, status, msg_id, None, true)?;
         }
     }
-    Ok(if all_accepted {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    let all_receipts = match receipt_wait {
+        Some(wait) => await_receipts(&mut client, accepted, wait, args.json, multi)?,
+        None => true,
+    };
+    Ok(if all_accepted && all_receipts { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Prints receipts for `pending` as they come; false if some had not come within `wait`.
+/// Receipts for other pushes (left over from earlier sessions of the app) are ignored.
+fn await_receipts(
+    client: &mut ProviderClient,
+    mut pending: HashSet<(Token, u64)>,
+    wait: Duration,
+    json: bool,
+    multi: bool,
+) -> Result<bool, ExitCode> {
+    let end = Instant::now().checked_add(wait);
+    while !pending.is_empty() {
+        let left = end.map(|e| e.saturating_duration_since(Instant::now()));
+        let got = client.recv_receipt(left).map_err(|e| fail(&format!("waiting for receipts: {e}")))?;
+        let Some(r) = got else { break };
+        if !pending.remove(&(r.token, r.msg_id)) {
+            continue;
+        }
+        let text = if json {
+            json!({"event": "receipt", "token": r.token.to_hex(), "msg_id": r.msg_id, "acked_at_ms": r.acked_at_ms})
+                .to_string()
+        } else if multi {
+            format!("{}: receipt for msg {} (acked at unix ms {})", r.token, r.msg_id, r.acked_at_ms)
+        } else {
+            format!("receipt for msg {} (acked at unix ms {})", r.msg_id, r.acked_at_ms)
+        };
+        emit(&text)?;
+    }
+    for (token, msg_id) in &pending {
+        eprintln!("pushgate push: no receipt for msg {msg_id} to {token} within {} s", wait.as_secs_f64());
+    }
+    Ok(pending.is_empty())
 }
 
 /// One result line; `info` is only known for a single PUSH (MULTI_RESULT has no such field).
@@ -151,10 +206,13 @@ fn print(
             detail
         }
     };
+    emit(&text)
+}
+
+/// Writes one line and flushes it, so a reader on a pipe sees it at once.
+fn emit(text: &str) -> Result<(), ExitCode> {
     let mut out = io::stdout().lock();
-    writeln!(out, "{text}")
-        .and_then(|()| out.flush())
-        .map_err(|_| ExitCode::FAILURE)
+    writeln!(out, "{text}").and_then(|()| out.flush()).map_err(|_| ExitCode::FAILURE)
 }
 
 fn status_name(s: Status) -> String {
@@ -200,20 +258,23 @@ mod tests {
         assert_eq!(a.tokens.len(), 2);
         assert_eq!(a.payload.join(" "), "hello world");
         assert!(a.json);
-        assert_eq!(
-            (a.kind, a.priority, a.expiry_s),
-            (KindArg::Alert, PriorityArg::High, DEFAULT_TTL_S)
-        );
+        assert_eq!((a.kind, a.priority, a.expiry_s), (KindArg::Alert, PriorityArg::High, DEFAULT_TTL_S));
         assert!(Cli::try_parse_from(["push", "x"]).is_err(), "--token is required");
+    }
+
+    #[test]
+    fn receipt_is_a_flag_so_the_payload_may_follow_it() {
+        let t = "ab".repeat(24);
+        let a = Cli::try_parse_from(["push", "--token", &t, "--receipt", "hello"]).unwrap().a;
+        assert!(a.receipt);
+        assert_eq!((a.payload.join(" "), a.receipt_wait), ("hello".to_string(), 10.0));
+        assert!(Cli::try_parse_from(["push", "--token", &t, "--receipt-wait", "3", "x"]).is_err());
     }
 
     #[test]
     fn descriptions_carry_the_number_that_matters() {
         assert_eq!(describe(Status::QUEUED, 7, 0), "queued (msg 7)");
-        assert_eq!(
-            describe(Status::RATE_LIMITED, 0, 250),
-            "rate_limited (retry after 250 ms)"
-        );
+        assert_eq!(describe(Status::RATE_LIMITED, 0, 250), "rate_limited (retry after 250 ms)");
         assert_eq!(describe(Status::BAD_TOKEN, 0, 0), "bad_token");
         assert_eq!(describe(Status(77), 0, 0), "status77");
     }

@@ -55,14 +55,7 @@ impl Conn {
         stream.set_nodelay(true)?;
         // A gateway that stops reading must not hang a client forever in write().
         stream.set_write_timeout(Some(Duration::from_secs(30)))?;
-        Ok(Conn {
-            stream,
-            buf: Vec::new(),
-            start: 0,
-            max_body,
-            eof: false,
-            read_timeout: None,
-        })
+        Ok(Conn { stream, buf: Vec::new(), start: 0, max_body, eof: false, read_timeout: None })
     }
 
     pub fn stream(&self) -> &TcpStream {
@@ -143,9 +136,7 @@ impl Conn {
     fn fill(&mut self, deadline: Option<Instant>) -> Result<bool, ClientError> {
         let timeout = match deadline {
             None => None,
-            Some(d) => d
-                .checked_duration_since(Instant::now())
-                .filter(|left| !left.is_zero()),
+            Some(d) => d.checked_duration_since(Instant::now()).filter(|left| !left.is_zero()),
         };
         let poll = deadline.is_some() && timeout.is_none();
         if poll {

@@ -18,12 +18,7 @@ use crate::proto::{ErrorCode, Frame, GoAwayReason, Kind, Token};
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub enum DeviceEvent {
     /// A notification; answer it with [`DeviceClient::ack`] or it is redelivered.
-    Notify {
-        msg_id: u64,
-        kind: Kind,
-        priority: u8,
-        payload: Vec<u8>,
-    },
+    Notify { msg_id: u64, kind: Kind, priority: u8, payload: Vec<u8> },
     /// The answer to a [`DeviceClient::ping`] (automatic heartbeats' PONGs are not reported).
     Pong,
     /// The gateway is closing this connection; see the reason for whether to reconnect.
@@ -65,23 +60,12 @@ impl DeviceClient {
         // Only what the encoding cannot carry is refused here; the gateway judges
         // the rest, so tests can watch it reject a short secret.
         if app_id.len() > u8::MAX as usize || secret.len() > u8::MAX as usize {
-            return Err(ClientError::Invalid(
-                "app id and secret must each fit in 255 bytes".into(),
-            ));
+            return Err(ClientError::Invalid("app id and secret must each fit in 255 bytes".into()));
         }
         let mut conn = Conn::connect(addr, DEVICE_MAX_BODY)?;
-        conn.send(&Frame::Hello(Hello {
-            version: VERSION,
-            keepalive_s,
-            app_id,
-            secret,
-        }))?;
+        conn.send(&Frame::Hello(Hello { version: VERSION, keepalive_s, app_id, secret }))?;
         let welcome = conn.recv(after(CONNECT_TIMEOUT), |f| match f {
-            Frame::Welcome {
-                token,
-                heartbeat_s,
-                missed,
-            } => Ok((token, heartbeat_s, missed)),
+            Frame::Welcome { token, heartbeat_s, missed } => Ok((token, heartbeat_s, missed)),
             other => Err(refusal(other)),
         })?;
         let (token, heartbeat_s, missed) = welcome.ok_or(ClientError::Timeout)?;
@@ -153,6 +137,29 @@ impl DeviceClient {
         self.conn.send(&Frame::Ack { msg_id })
     }
 
+    /// Unregisters this device (the app was uninstalled or the user opted out)
+    /// and waits for the gateway's GOAWAY `unregistered`, which says the
+    /// tombstone is durable. Notifications arriving meanwhile are dropped: the
+    /// gateway deletes them too. Registering again (a new `connect` with the
+    /// same secret) lifts the tombstone and gives the same token.
+    pub fn unregister(&mut self) -> Result<(), ClientError> {
+        self.conn.send(&Frame::Unregister)?;
+        let deadline = after(CONNECT_TIMEOUT);
+        loop {
+            match self.conn.recv(deadline, device_event)? {
+                Some(DeviceEvent::GoAway { reason: GoAwayReason::UNREGISTERED, .. }) => return Ok(()),
+                Some(DeviceEvent::GoAway { reason, reconnect_ms }) => {
+                    return Err(ClientError::GoAway { reason, reconnect_ms })
+                }
+                Some(DeviceEvent::Error { code, text }) => {
+                    return Err(ClientError::ServerError { code, text })
+                }
+                Some(_) => {}
+                None => return Err(ClientError::Timeout),
+            }
+        }
+    }
+
     /// Sends a PING; its PONG arrives as [`DeviceEvent::Pong`].
     pub fn ping(&mut self) -> Result<(), ClientError> {
         self.send_ping(false)
@@ -200,11 +207,7 @@ impl DeviceClient {
             return Ok(());
         };
         let now = Instant::now();
-        if self
-            .pings
-            .iter()
-            .any(|p| p.auto && now >= p.at + pong_grace(every))
-        {
+        if self.pings.iter().any(|p| p.auto && now >= p.at + pong_grace(every)) {
             return Err(ClientError::Timeout);
         }
         if now >= self.last_ping + every / 2 {
@@ -222,23 +225,12 @@ fn pong_grace(every: Duration) -> Duration {
 
 fn device_event(f: Frame<'_>) -> Result<DeviceEvent, ClientError> {
     Ok(match f {
-        Frame::Notify {
-            msg_id,
-            kind,
-            priority,
-            payload,
-        } => DeviceEvent::Notify {
-            msg_id,
-            kind: Kind(kind),
-            priority,
-            payload: payload.to_vec(),
-        },
+        Frame::Notify { msg_id, kind, priority, payload } => {
+            DeviceEvent::Notify { msg_id, kind: Kind(kind), priority, payload: payload.to_vec() }
+        }
         Frame::Pong => DeviceEvent::Pong,
         Frame::GoAway { reason, reconnect_ms } => DeviceEvent::GoAway { reason, reconnect_ms },
-        Frame::Error { code, text } => DeviceEvent::Error {
-            code,
-            text: text.to_string(),
-        },
+        Frame::Error { code, text } => DeviceEvent::Error { code, text: text.to_string() },
         other => return Err(unexpected(&other)),
     })
 }
@@ -246,20 +238,14 @@ fn device_event(f: Frame<'_>) -> Result<DeviceEvent, ClientError> {
 /// What a handshake answer other than the expected one means to the caller.
 pub(crate) fn refusal(f: Frame<'_>) -> ClientError {
     match f {
-        Frame::Error { code, text } => ClientError::ServerError {
-            code,
-            text: text.to_string(),
-        },
+        Frame::Error { code, text } => ClientError::ServerError { code, text: text.to_string() },
         Frame::GoAway { reason, reconnect_ms } => ClientError::GoAway { reason, reconnect_ms },
         other => unexpected(&other),
     }
 }
 
 pub(crate) fn unexpected(f: &Frame<'_>) -> ClientError {
-    ClientError::Protocol(format!(
-        "unexpected frame type 0x{:02x} from the gateway",
-        f.ftype()
-    ))
+    ClientError::Protocol(format!("unexpected frame type 0x{:02x} from the gateway", f.ftype()))
 }
 
 /// A device's secret: the token is derived from it, so keeping it keeps the token.
@@ -285,9 +271,7 @@ impl DeviceSecret {
 
     /// A secret of 16 to 64 bytes, the lengths the gateway accepts.
     pub fn from_bytes(b: &[u8]) -> Option<DeviceSecret> {
-        (MIN_SECRET..=MAX_SECRET)
-            .contains(&b.len())
-            .then(|| DeviceSecret(b.to_vec()))
+        (MIN_SECRET..=MAX_SECRET).contains(&b.len()).then(|| DeviceSecret(b.to_vec()))
     }
 
     /// Parses hex digits (surrounding whitespace ignored) into a secret of 16 to 64 bytes.
@@ -341,10 +325,7 @@ impl DeviceSecret {
 fn bad_file(path: &Path) -> io::Error {
     io::Error::new(
         io::ErrorKind::InvalidData,
-        format!(
-            "{}: expected 32 to 128 hex digits (a 16 to 64 byte secret)",
-            path.display()
-        ),
+        format!("{}: expected 32 to 128 hex digits (a 16 to 64 byte secret)", path.display()),
     )
 }
 
@@ -359,11 +340,7 @@ mod tests {
     /// Reads HELLO and answers WELCOME with `heartbeat_s`.
     fn welcome(p: &mut Peer, heartbeat_s: u16) {
         p.expect(|f| assert!(matches!(f, Frame::Hello(_)), "{f:?}"));
-        p.send(&Frame::Welcome {
-            token: T,
-            heartbeat_s,
-            missed: 3,
-        });
+        p.send(&Frame::Welcome { token: T, heartbeat_s, missed: 3 });
     }
 
     #[test]
@@ -371,47 +348,24 @@ mod tests {
         let (addr, h) = serve(|mut p| {
             p.expect(|f| {
                 let Frame::Hello(h) = f else { panic!("{f:?}") };
-                assert_eq!(
-                    (h.version, h.keepalive_s, h.app_id, h.secret),
-                    (1, 30, "demo", &[9u8; 20][..])
-                );
+                assert_eq!((h.version, h.keepalive_s, h.app_id, h.secret), (1, 30, "demo", &[9u8; 20][..]));
             });
-            p.send(&Frame::Welcome {
-                token: T,
-                heartbeat_s: 60,
-                missed: 3,
-            });
-            p.send(&Frame::Notify {
-                msg_id: 7,
-                kind: Kind::BADGE.0,
-                priority: 5,
-                payload: b"hi",
-            });
+            p.send(&Frame::Welcome { token: T, heartbeat_s: 60, missed: 3 });
+            p.send(&Frame::Notify { msg_id: 7, kind: Kind::BADGE.0, priority: 5, payload: b"hi" });
             p.expect(|f| assert_eq!(f, Frame::Ack { msg_id: 7 }));
             p.expect(|f| assert_eq!(f, Frame::Ping));
             p.send(&Frame::Pong);
-            p.send(&Frame::GoAway {
-                reason: GoAwayReason::SHUTDOWN,
-                reconnect_ms: 500,
-            });
+            p.send(&Frame::GoAway { reason: GoAwayReason::SHUTDOWN, reconnect_ms: 500 });
         });
         let mut d = DeviceClient::connect(addr, "demo", &[9; 20], 30).unwrap();
         assert_eq!((d.token(), d.heartbeat_s(), d.missed()), (T, 60, 3));
         let ev = d.next_event(Some(Duration::from_secs(5))).unwrap();
-        let want = DeviceEvent::Notify {
-            msg_id: 7,
-            kind: Kind::BADGE,
-            priority: 5,
-            payload: b"hi".to_vec(),
-        };
+        let want = DeviceEvent::Notify { msg_id: 7, kind: Kind::BADGE, priority: 5, payload: b"hi".to_vec() };
         assert_eq!(ev, Some(want));
         d.ack(7).unwrap();
         d.ping().unwrap();
         assert_eq!(d.next_event(None).unwrap(), Some(DeviceEvent::Pong));
-        let goaway = DeviceEvent::GoAway {
-            reason: GoAwayReason::SHUTDOWN,
-            reconnect_ms: 500,
-        };
+        let goaway = DeviceEvent::GoAway { reason: GoAwayReason::SHUTDOWN, reconnect_ms: 500 };
         assert_eq!(d.next_event(None).unwrap(), Some(goaway));
         h.join().unwrap();
         assert_eq!(d.next_event(None).unwrap(), Some(DeviceEvent::Closed));
@@ -422,10 +376,7 @@ mod tests {
     fn handshake_refusals_become_errors() {
         let (addr, h) = serve(|mut p| {
             p.frame();
-            p.send(&Frame::Error {
-                code: ErrorCode::BAD_CREDENTIAL,
-                text: "too short",
-            });
+            p.send(&Frame::Error { code: ErrorCode::BAD_CREDENTIAL, text: "too short" });
         });
         match DeviceClient::connect(addr, "demo", &[1; 4], 0) {
             Err(ClientError::ServerError { code, text }) => {
@@ -437,18 +388,12 @@ mod tests {
 
         let (addr, h) = serve(|mut p| {
             p.frame();
-            p.send(&Frame::GoAway {
-                reason: GoAwayReason::SERVER_FULL,
-                reconnect_ms: 2000,
-            });
+            p.send(&Frame::GoAway { reason: GoAwayReason::SERVER_FULL, reconnect_ms: 2000 });
         });
         let err = DeviceClient::connect(addr, "demo", &[1; 16], 0).err();
         assert!(matches!(
             err,
-            Some(ClientError::GoAway {
-                reason: GoAwayReason::SERVER_FULL,
-                reconnect_ms: 2000
-            })
+            Some(ClientError::GoAway { reason: GoAwayReason::SERVER_FULL, reconnect_ms: 2000 })
         ));
         h.join().unwrap();
 
@@ -484,10 +429,7 @@ mod tests {
             });
             let mut d = DeviceClient::connect(addr, "demo", &[1; 16], 0).unwrap();
             let got = d.next_event(Some(Duration::from_secs(5)));
-            assert!(
-                matches!(got, Err(ClientError::Protocol(_))),
-                "{bytes:02x?}: {got:?}"
-            );
+            assert!(matches!(got, Err(ClientError::Protocol(_))), "{bytes:02x?}: {got:?}");
             h.join().unwrap();
         }
     }
@@ -498,13 +440,7 @@ mod tests {
         let (addr, h) = serve(move |mut p| {
             welcome(&mut p, 60);
             let mut f = Vec::new();
-            Frame::Notify {
-                msg_id: 1,
-                kind: 0,
-                priority: 10,
-                payload: b"split",
-            }
-            .encode(&mut f);
+            Frame::Notify { msg_id: 1, kind: 0, priority: 10, payload: b"split" }.encode(&mut f);
             p.raw(&f[..6]);
             rx.recv().unwrap();
             p.raw(&f[6..]);
@@ -525,12 +461,7 @@ mod tests {
             welcome(&mut p, 1);
             p.expect(|f| assert_eq!(f, Frame::Ping));
             p.send(&Frame::Pong);
-            p.send(&Frame::Notify {
-                msg_id: 2,
-                kind: 0,
-                priority: 10,
-                payload: b"",
-            });
+            p.send(&Frame::Notify { msg_id: 2, kind: 0, priority: 10, payload: b"" });
             // The next PING goes unanswered, as on a path that silently died.
             p.expect(|f| assert_eq!(f, Frame::Ping));
             std::thread::sleep(Duration::from_secs(3));
@@ -538,14 +469,8 @@ mod tests {
         let mut d = DeviceClient::connect(addr, "demo", &[1; 16], 0).unwrap();
         d.set_auto_heartbeat(true);
         let ev = d.next_event(Some(Duration::from_secs(5))).unwrap();
-        assert!(
-            matches!(ev, Some(DeviceEvent::Notify { msg_id: 2, .. })),
-            "{ev:?}"
-        );
-        assert!(matches!(
-            d.next_event(Some(Duration::from_secs(5))),
-            Err(ClientError::Timeout)
-        ));
+        assert!(matches!(ev, Some(DeviceEvent::Notify { msg_id: 2, .. })), "{ev:?}");
+        assert!(matches!(d.next_event(Some(Duration::from_secs(5))), Err(ClientError::Timeout)));
         h.join().unwrap();
     }
 
@@ -555,12 +480,7 @@ mod tests {
             welcome(&mut p, 1);
             p.expect(|f| assert_eq!(f, Frame::Ping));
             p.send(&Frame::Pong);
-            p.send(&Frame::Notify {
-                msg_id: 3,
-                kind: 0,
-                priority: 10,
-                payload: b"",
-            });
+            p.send(&Frame::Notify { msg_id: 3, kind: 0, priority: 10, payload: b"" });
         });
         let mut d = DeviceClient::connect(addr, "demo", &[1; 16], 0).unwrap();
         d.set_auto_heartbeat(true);
@@ -572,10 +492,29 @@ mod tests {
                 None => std::thread::sleep(Duration::from_millis(20)),
             }
         };
-        assert!(
-            matches!(got, Some(DeviceEvent::Notify { msg_id: 3, .. })),
-            "{got:?}"
-        );
+        assert!(matches!(got, Some(DeviceEvent::Notify { msg_id: 3, .. })), "{got:?}");
+        h.join().unwrap();
+    }
+
+    #[test]
+    fn unregister_waits_for_the_durable_goaway() {
+        let (addr, h) = serve(|mut p| {
+            welcome(&mut p, 60);
+            p.send(&Frame::Notify { msg_id: 4, kind: 0, priority: 10, payload: b"late" });
+            p.expect(|f| assert_eq!(f, Frame::Unregister));
+            p.send(&Frame::GoAway { reason: GoAwayReason::UNREGISTERED, reconnect_ms: 0 });
+        });
+        let mut d = DeviceClient::connect(addr, "demo", &[1; 16], 0).unwrap();
+        d.unregister().unwrap();
+        h.join().unwrap();
+
+        let (addr, h) = serve(|mut p| {
+            welcome(&mut p, 60);
+            p.frame();
+            p.send(&Frame::Error { code: ErrorCode::INTERNAL, text: "store down" });
+        });
+        let mut d = DeviceClient::connect(addr, "demo", &[1; 16], 0).unwrap();
+        assert!(matches!(d.unregister(), Err(ClientError::ServerError { code: ErrorCode::INTERNAL, .. })));
         h.join().unwrap();
     }
 
@@ -601,15 +540,8 @@ mod tests {
             .into_iter()
             .map(|h| h.join().unwrap())
             .collect();
-        assert!(
-            got.iter().all(|s| *s == got[0]),
-            "every racer ends with the same secret"
-        );
-        assert_eq!(
-            fs::read_dir(dir.path()).unwrap().count(),
-            2,
-            "no temporary files left"
-        );
+        assert!(got.iter().all(|s| *s == got[0]), "every racer ends with the same secret");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 2, "no temporary files left");
         fs::write(&path, "abcd\n").unwrap();
         assert!(DeviceSecret::load_or_create(&path).is_err());
         assert!(DeviceSecret::from_hex(&"00".repeat(15)).is_none());

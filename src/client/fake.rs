@@ -45,9 +45,7 @@ impl Peer {
             }
             Err(_) => true,
         };
-        self.s
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .expect("timeout");
+        self.s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
         silent
     }
 

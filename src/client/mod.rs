@@ -22,6 +22,7 @@ pub mod device;
 #[cfg(test)]
 mod fake;
 pub mod provider;
+pub mod request;
 
 use std::fmt;
 use std::io;
@@ -30,7 +31,8 @@ use crate::proto::{ErrorCode, GoAwayReason};
 
 pub use conn::CONNECT_TIMEOUT;
 pub use device::{DeviceClient, DeviceEvent, DeviceSecret};
-pub use provider::{ProviderClient, PushRequest, PushResult, Reply, DEFAULT_TTL_S};
+pub use provider::{ProviderClient, MAX_BUFFERED_RECEIPTS};
+pub use request::{expiry_in, PushRequest, PushResult, Receipt, Reply, DEFAULT_TTL_S};
 
 /// Why a client call failed.
 #[derive(Debug)]
@@ -58,10 +60,7 @@ impl fmt::Display for ClientError {
             ClientError::Protocol(s) => write!(f, "protocol error: {s}"),
             ClientError::ServerError { code, text } => write!(f, "gateway error {code}: {text}"),
             ClientError::GoAway { reason, reconnect_ms } => {
-                write!(
-                    f,
-                    "gateway sent goaway ({reason}), reconnect in {reconnect_ms} ms"
-                )
+                write!(f, "gateway sent goaway ({reason}), reconnect in {reconnect_ms} ms")
             }
             ClientError::Closed => f.write_str("connection closed by the gateway"),
             ClientError::Timeout => f.write_str("timed out waiting for the gateway"),

@@ -1,144 +1,33 @@
-//! The provider side: challenge-response login, then PUSH and MULTI_PUSH,
-//! either one at a time or pipelined up to the gateway's in-flight limit.
+//! The provider side: challenge-response login, then PUSH, MULTI_PUSH and
+//! FEEDBACK, either one at a time or pipelined up to the gateway's in-flight
+//! limit, with receipts collected on the side.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::io;
 use std::net::{TcpStream, ToSocketAddrs};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use super::conn::{after, Conn, CONNECT_TIMEOUT};
 use super::device::{refusal, unexpected};
+use super::request::{PushRequest, PushResult, Receipt, Reply};
 use super::ClientError;
 use crate::proto::frame::{
-    multi_entries, MultiPush, Push, MAX_COLLAPSE, MAX_MULTICAST, PROVIDER_MAX_BODY, VERSION,
+    feedback_entries, multi_entries, MultiPush, Push, MAX_MULTICAST, PROVIDER_MAX_BODY, VERSION,
 };
 use crate::proto::session::auth_proof;
-use crate::proto::{Frame, Kind, Status, Token, PRIORITY_HIGH, TOKEN_LEN};
-
-/// Lifetime [`PushRequest::new`] gives a notification: a day, long enough to
-/// reach a phone that was off overnight, short enough that stale alerts die.
-pub const DEFAULT_TTL_S: u32 = 86_400;
+use crate::proto::{Frame, Status, Token, TOKEN_LEN};
 
 /// How long [`ProviderClient::push`], `multicast` and `ping` wait for their answer by default.
 const DEFAULT_REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Receipts kept for [`ProviderClient::take_receipts`]; past this the oldest
+/// are dropped, so a client that never asks for them does not grow forever.
+pub const MAX_BUFFERED_RECEIPTS: usize = 100_000;
 
-/// One notification to push. Fields are public; the `with_*` methods are shorthands.
-#[derive(Clone, PartialEq, Eq, Debug)]
-pub struct PushRequest {
-    pub token: Token,
-    pub kind: Kind,
-    /// [`PRIORITY_HIGH`] (10) or `PRIORITY_NORMAL` (5).
-    pub priority: u8,
-    /// Reserved; 0 in protocol version 1.
-    pub flags: u8,
-    /// Unix seconds after which the notification is dropped; 0 = deliver now or never.
-    pub expiry: u32,
-    /// Up to 64 bytes; a stored notification with the same collapse id is replaced.
-    pub collapse: Vec<u8>,
-    pub payload: Vec<u8>,
-}
-
-impl PushRequest {
-    /// An alert at high priority that expires [`DEFAULT_TTL_S`] from now, no collapse id.
-    pub fn new(token: Token, payload: impl Into<Vec<u8>>) -> PushRequest {
-        PushRequest {
-            token,
-            kind: Kind::ALERT,
-            priority: PRIORITY_HIGH,
-            flags: 0,
-            expiry: expiry_in(DEFAULT_TTL_S),
-            collapse: Vec::new(),
-            payload: payload.into(),
-        }
-    }
-
-    pub fn with_kind(mut self, kind: Kind) -> PushRequest {
-        self.kind = kind;
-        self
-    }
-
-    pub fn with_priority(mut self, priority: u8) -> PushRequest {
-        self.priority = priority;
-        self
-    }
-
-    /// Expires `ttl_s` seconds from now; 0 means now or never.
-    pub fn with_ttl(mut self, ttl_s: u32) -> PushRequest {
-        self.expiry = expiry_in(ttl_s);
-        self
-    }
-
-    pub fn with_collapse(mut self, collapse: impl Into<Vec<u8>>) -> PushRequest {
-        self.collapse = collapse.into();
-        self
-    }
-
-    /// Refuses what the gateway would treat as a malformed frame, which would
-    /// close the connection and lose every pipelined request with it. Values it
-    /// answers with a status (payload size, kind, priority) are left to it.
-    fn check(&self) -> Result<(), ClientError> {
-        if self.collapse.len() > MAX_COLLAPSE {
-            return Err(ClientError::Invalid(format!(
-                "collapse id longer than {MAX_COLLAPSE} bytes"
-            )));
-        }
-        Ok(())
-    }
-}
-
-/// The expiry field for a notification that lives `ttl_s` seconds from now (0 stays 0).
-pub fn expiry_in(ttl_s: u32) -> u32 {
-    if ttl_s == 0 {
-        return 0;
-    }
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    u32::try_from(now.saturating_add(ttl_s.into())).unwrap_or(u32::MAX)
-}
-
-/// The gateway's answer to one PUSH.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub struct PushResult {
-    pub req_id: u32,
-    pub status: Status,
-    /// The notification's id when delivered or queued, else 0.
-    pub msg_id: u64,
-    /// Status detail: retry-after ms for rate_limited/unavailable, unregister time for unregistered.
-    pub info: u64,
-}
-
-impl PushResult {
-    /// Delivered or queued: the gateway took responsibility for the notification.
-    pub fn is_accepted(&self) -> bool {
-        matches!(self.status, Status::DELIVERED | Status::QUEUED)
-    }
-}
-
-/// An answer from the gateway to a pipelined request.
-#[derive(Clone, PartialEq, Eq, Debug)]
-pub enum Reply {
-    Result(PushResult),
-    /// `(status, msg_id)` per token, in the order the MULTI_PUSH listed them.
-    Multi {
-        req_id: u32,
-        entries: Vec<(Status, u64)>,
-    },
-}
-
-impl Reply {
-    pub fn req_id(&self) -> u32 {
-        match self {
-            Reply::Result(r) => r.req_id,
-            Reply::Multi { req_id, .. } => *req_id,
-        }
-    }
-}
-
+/// What one read produced: a reply for the caller, or something already
+/// filed (a PONG counted, a receipt buffered).
 enum Incoming {
     Reply(Reply),
-    Pong,
+    Filed,
 }
 
 /// An authenticated provider connection for one app. The gateway closes a
@@ -150,6 +39,7 @@ pub struct ProviderClient {
     next_req: u32,
     /// Replies read while waiting for a different one; `recv_result` hands them out first.
     stash: VecDeque<Reply>,
+    receipts: VecDeque<Receipt>,
     pings_sent: u64,
     pongs_seen: u64,
     reply_timeout: Duration,
@@ -175,19 +65,14 @@ impl ProviderClient {
             return Err(ClientError::Invalid("app id longer than 255 bytes".into()));
         }
         let mut conn = Conn::connect(addr, PROVIDER_MAX_BODY)?;
-        conn.send(&Frame::AuthHello {
-            version: VERSION,
-            app_id,
-        })?;
+        conn.send(&Frame::AuthHello { version: VERSION, app_id })?;
         let nonce = conn
             .recv(after(CONNECT_TIMEOUT), |f| match f {
                 Frame::Challenge { nonce } => Ok(nonce),
                 other => Err(refusal(other)),
             })?
             .ok_or(ClientError::Timeout)?;
-        conn.send(&Frame::Auth {
-            proof: auth_proof(secret, app_id, &nonce),
-        })?;
+        conn.send(&Frame::Auth { proof: auth_proof(secret, app_id, &nonce) })?;
         let max_in_flight = conn
             .recv(after(CONNECT_TIMEOUT), |f| match f {
                 Frame::AuthOk { max_in_flight } => Ok(max_in_flight),
@@ -200,6 +85,7 @@ impl ProviderClient {
             in_flight: 0,
             next_req: 1,
             stash: VecDeque::new(),
+            receipts: VecDeque::new(),
             pings_sent: 0,
             pongs_seen: 0,
             reply_timeout: DEFAULT_REPLY_TIMEOUT,
@@ -226,7 +112,7 @@ impl ProviderClient {
         let id = self.send_push(req)?;
         match self.wait_reply(id)? {
             Reply::Result(r) => Ok(r),
-            Reply::Multi { .. } => Err(ClientError::Protocol(format!("MULTI_RESULT answered PUSH {id}"))),
+            _ => Err(ClientError::Protocol(format!("PUSH {id} answered by another request's kind of reply"))),
         }
     }
 
@@ -255,10 +141,7 @@ impl ProviderClient {
     pub fn send_multi_push(&mut self, tokens: &[Token], req: &PushRequest) -> Result<u32, ClientError> {
         req.check()?;
         if tokens.is_empty() || tokens.len() > MAX_MULTICAST {
-            return Err(ClientError::Invalid(format!(
-                "{} tokens in one MULTI_PUSH",
-                tokens.len()
-            )));
+            return Err(ClientError::Invalid(format!("{} tokens in one MULTI_PUSH", tokens.len())));
         }
         self.wait_for_slot()?;
         let flat: Vec<u8> = tokens.iter().flat_map(|t| t.0).collect();
@@ -277,8 +160,72 @@ impl ProviderClient {
         Ok(req_id)
     }
 
-    /// The next RESULT or MULTI_RESULT, in the order the gateway sent them
-    /// (not necessarily request order); `Ok(None)` if `timeout` passes first.
+    /// Asks which of this app's tokens unregistered at or after `since_ms` (unix
+    /// ms) without waiting; the answer is a [`Reply::Feedback`].
+    pub fn send_feedback(&mut self, since_ms: u64) -> Result<u32, ClientError> {
+        self.wait_for_slot()?;
+        let req_id = self.take_req_id();
+        self.conn.send(&Frame::Feedback { req_id, since_ms })?;
+        self.in_flight += 1;
+        Ok(req_id)
+    }
+
+    /// Every token of this app unregistered at or after `since_ms`, with its
+    /// unregister time (unix ms), oldest first, following the gateway's pages.
+    pub fn feedback(&mut self, since_ms: u64) -> Result<Vec<(Token, u64)>, ClientError> {
+        let mut out = Vec::new();
+        let mut seen = HashSet::new();
+        let mut since = since_ms;
+        loop {
+            let id = self.send_feedback(since)?;
+            let (more, entries) = match self.wait_reply(id)? {
+                Reply::Feedback { more, entries, .. } => (more, entries),
+                _ => {
+                    return Err(ClientError::Protocol(format!(
+                        "FEEDBACK {id} answered by another kind of reply"
+                    )))
+                }
+            };
+            let last = entries.last().map(|e| e.1);
+            let before = out.len();
+            // A page starts at the previous page's last time, so its tokens repeat.
+            out.extend(entries.into_iter().filter(|(t, _)| seen.insert(*t)));
+            match last {
+                Some(l) if more && out.len() > before => since = l,
+                Some(_) if more => {
+                    // A full page sharing one millisecond: asking again returns
+                    // the same page, so stop rather than loop forever.
+                    log::warn!("FEEDBACK paging stalled at {since} ms; the list is incomplete");
+                    return Ok(out);
+                }
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    /// Receipts that arrived so far, oldest first, and forgets them.
+    pub fn take_receipts(&mut self) -> Vec<Receipt> {
+        self.receipts.drain(..).collect()
+    }
+
+    /// The next receipt, waiting up to `timeout` (forever if `None`); replies
+    /// read meanwhile are kept for [`recv_result`](Self::recv_result).
+    pub fn recv_receipt(&mut self, timeout: Option<Duration>) -> Result<Option<Receipt>, ClientError> {
+        let deadline = timeout.and_then(after);
+        loop {
+            if let Some(r) = self.receipts.pop_front() {
+                return Ok(Some(r));
+            }
+            match self.read_incoming(deadline)? {
+                Some(Incoming::Reply(r)) => self.stash.push_back(r),
+                Some(Incoming::Filed) => {}
+                None => return Ok(None),
+            }
+        }
+    }
+
+    /// The next RESULT, MULTI_RESULT or FEEDBACK_RESULT, in the order the gateway
+    /// sent them (not necessarily request order); `Ok(None)` if `timeout` passes first.
     pub fn recv_result(&mut self, timeout: Option<Duration>) -> Result<Option<Reply>, ClientError> {
         if let Some(r) = self.stash.pop_front() {
             return Ok(Some(r));
@@ -287,7 +234,7 @@ impl ProviderClient {
         loop {
             match self.read_incoming(deadline)? {
                 Some(Incoming::Reply(r)) => return Ok(Some(r)),
-                Some(Incoming::Pong) => {}
+                Some(Incoming::Filed) => {}
                 None => return Ok(None),
             }
         }
@@ -305,17 +252,17 @@ impl ProviderClient {
         let fixed = 4 + 2 + 1 + 1 + 1 + 4 + 1 + req.collapse.len() + req.payload.len();
         let per_frame = (PROVIDER_MAX_BODY.saturating_sub(fixed) / TOKEN_LEN).min(MAX_MULTICAST);
         if per_frame == 0 {
-            return Err(ClientError::Invalid(
-                "payload too large for a MULTI_PUSH frame".into(),
-            ));
+            return Err(ClientError::Invalid("payload too large for a MULTI_PUSH frame".into()));
         }
         let mut out = Vec::with_capacity(tokens.len());
         for chunk in tokens.chunks(per_frame) {
             let id = self.send_multi_push(chunk, req)?;
             let entries = match self.wait_reply(id)? {
                 Reply::Multi { entries, .. } => entries,
-                Reply::Result(_) => {
-                    return Err(ClientError::Protocol(format!("RESULT answered MULTI_PUSH {id}")))
+                _ => {
+                    return Err(ClientError::Protocol(format!(
+                        "MULTI_PUSH {id} answered by another kind of reply"
+                    )))
                 }
             };
             if entries.len() != chunk.len() {
@@ -339,7 +286,7 @@ impl ProviderClient {
         while self.pongs_seen < self.pings_sent {
             match self.read_incoming(deadline)? {
                 Some(Incoming::Reply(r)) => self.stash.push_back(r),
-                Some(Incoming::Pong) => {}
+                Some(Incoming::Filed) => {}
                 None => return Err(ClientError::Timeout),
             }
         }
@@ -370,7 +317,7 @@ impl ProviderClient {
         while self.in_flight >= self.max_in_flight.max(1) {
             match self.read_incoming(deadline)? {
                 Some(Incoming::Reply(r)) => self.stash.push_back(r),
-                Some(Incoming::Pong) => {}
+                Some(Incoming::Filed) => {}
                 None => return Err(ClientError::Timeout),
             }
         }
@@ -389,39 +336,53 @@ impl ProviderClient {
             match self.read_incoming(deadline)? {
                 Some(Incoming::Reply(r)) if r.req_id() == req_id => return Ok(r),
                 Some(Incoming::Reply(r)) => self.stash.push_back(r),
-                Some(Incoming::Pong) => {}
+                Some(Incoming::Filed) => {}
                 None => return Err(ClientError::Timeout),
             }
         }
     }
 
+    /// Reads one frame and files it: a reply is returned, a receipt buffered, a PONG counted.
     fn read_incoming(&mut self, deadline: Option<Instant>) -> Result<Option<Incoming>, ClientError> {
+        enum Got {
+            Reply(Reply),
+            Receipt(Receipt),
+            Pong,
+        }
         let got = self.conn.recv(deadline, |f| match f {
-            Frame::Result {
-                req_id,
-                status,
-                msg_id,
-                info,
-            } => Ok(Incoming::Reply(Reply::Result(PushResult {
-                req_id,
-                status,
-                msg_id,
-                info,
-            }))),
-            Frame::MultiResult { req_id, entries } => Ok(Incoming::Reply(Reply::Multi {
-                req_id,
-                entries: multi_entries(entries).collect(),
-            })),
-            Frame::Pong => Ok(Incoming::Pong),
+            Frame::Result { req_id, status, msg_id, info } => {
+                Ok(Got::Reply(Reply::Result(PushResult { req_id, status, msg_id, info })))
+            }
+            Frame::MultiResult { req_id, entries } => {
+                Ok(Got::Reply(Reply::Multi { req_id, entries: multi_entries(entries).collect() }))
+            }
+            Frame::FeedbackResult { req_id, more, entries } => {
+                Ok(Got::Reply(Reply::Feedback { req_id, more, entries: feedback_entries(entries).collect() }))
+            }
+            Frame::Receipt { token, msg_id, acked_at_ms } => {
+                Ok(Got::Receipt(Receipt { token, msg_id, acked_at_ms }))
+            }
+            Frame::Pong => Ok(Got::Pong),
             f @ (Frame::Error { .. } | Frame::GoAway { .. }) => Err(refusal(f)),
             other => Err(unexpected(&other)),
         })?;
-        match &got {
-            Some(Incoming::Reply(_)) => self.in_flight = self.in_flight.saturating_sub(1),
-            Some(Incoming::Pong) => self.pongs_seen += 1,
-            None => {}
-        }
-        Ok(got)
+        Ok(got.map(|g| match g {
+            Got::Reply(r) => {
+                self.in_flight = self.in_flight.saturating_sub(1);
+                Incoming::Reply(r)
+            }
+            Got::Receipt(r) => {
+                if self.receipts.len() >= MAX_BUFFERED_RECEIPTS {
+                    self.receipts.pop_front();
+                }
+                self.receipts.push_back(r);
+                Incoming::Filed
+            }
+            Got::Pong => {
+                self.pongs_seen += 1;
+                Incoming::Filed
+            }
+        }))
     }
 }
 
@@ -429,8 +390,9 @@ impl ProviderClient {
 mod tests {
     use super::*;
     use crate::client::fake::{serve, Peer};
-    use crate::proto::frame::{ftype, put_multi_entry};
-    use crate::proto::{ErrorCode, GoAwayReason, PRIORITY_NORMAL};
+    use crate::client::request::{expiry_in, DEFAULT_TTL_S};
+    use crate::proto::frame::{ftype, put_multi_entry, FLAG_RECEIPT};
+    use crate::proto::{ErrorCode, GoAwayReason, Kind, PRIORITY_NORMAL};
 
     const NONCE: [u8; 32] = [5; 32];
 
@@ -442,28 +404,13 @@ mod tests {
 
     /// Runs the login as the gateway, checking the proof against `secret`.
     fn login(p: &mut Peer, secret: &[u8], max_in_flight: u32) {
-        p.expect(|f| {
-            assert_eq!(
-                f,
-                Frame::AuthHello {
-                    version: 1,
-                    app_id: "demo"
-                }
-            )
-        });
+        p.expect(|f| assert_eq!(f, Frame::AuthHello { version: 1, app_id: "demo" }));
         p.send(&Frame::Challenge { nonce: NONCE });
-        let ok = p.expect(|f| {
-            f == Frame::Auth {
-                proof: auth_proof(secret, "demo", &NONCE),
-            }
-        });
+        let ok = p.expect(|f| f == Frame::Auth { proof: auth_proof(secret, "demo", &NONCE) });
         if ok {
             p.send(&Frame::AuthOk { max_in_flight });
         } else {
-            p.send(&Frame::Error {
-                code: ErrorCode::AUTH_FAILED,
-                text: "authentication failed",
-            });
+            p.send(&Frame::Error { code: ErrorCode::AUTH_FAILED, text: "authentication failed" });
         }
     }
 
@@ -476,12 +423,7 @@ mod tests {
     }
 
     fn result(p: &mut Peer, req_id: u32, msg_id: u64) {
-        p.send(&Frame::Result {
-            req_id,
-            status: Status::DELIVERED,
-            msg_id,
-            info: 0,
-        });
+        p.send(&Frame::Result { req_id, status: Status::DELIVERED, msg_id, info: 0 });
     }
 
     #[test]
@@ -491,25 +433,13 @@ mod tests {
             let req_id = p.expect(|f| {
                 let Frame::Push(push) = f else { panic!("{f:?}") };
                 assert_eq!(push.token, tok(1));
-                assert_eq!(
-                    (push.kind, push.priority, push.flags),
-                    (Kind::BACKGROUND.0, PRIORITY_NORMAL, 0)
-                );
+                assert_eq!((push.kind, push.priority, push.flags), (Kind::BACKGROUND.0, PRIORITY_NORMAL, 0));
                 assert_eq!((push.collapse, push.payload), (&b"score"[..], &b"3-1"[..]));
                 let in_a_day = expiry_in(DEFAULT_TTL_S);
-                assert!(
-                    push.expiry > in_a_day - 60 && push.expiry <= in_a_day,
-                    "{}",
-                    push.expiry
-                );
+                assert!(push.expiry > in_a_day - 60 && push.expiry <= in_a_day, "{}", push.expiry);
                 push.req_id
             });
-            p.send(&Frame::Result {
-                req_id,
-                status: Status::QUEUED,
-                msg_id: 42,
-                info: 0,
-            });
+            p.send(&Frame::Result { req_id, status: Status::QUEUED, msg_id: 42, info: 0 });
             p.expect(|f| assert_eq!(f, Frame::Ping));
             p.send(&Frame::Pong);
         });
@@ -550,9 +480,7 @@ mod tests {
             result(&mut p, a, 100);
         });
         let mut c = ProviderClient::connect(addr, "demo", "k").unwrap();
-        let ids: Vec<u32> = (0..3)
-            .map(|i| c.send_push(&PushRequest::new(tok(i), "x")).unwrap())
-            .collect();
+        let ids: Vec<u32> = (0..3).map(|i| c.send_push(&PushRequest::new(tok(i), "x")).unwrap()).collect();
         let mut got = Vec::new();
         while let Some(r) = c.recv_result(Some(Duration::from_secs(5))).unwrap() {
             let Reply::Result(r) = r else { panic!("{r:?}") };
@@ -601,17 +529,10 @@ mod tests {
                 sizes.push(ids.len());
                 let mut entries = Vec::new();
                 for id in ids {
-                    let status = if id.is_multiple_of(2) {
-                        Status::QUEUED
-                    } else {
-                        Status::BAD_TOKEN
-                    };
+                    let status = if id.is_multiple_of(2) { Status::QUEUED } else { Status::BAD_TOKEN };
                     put_multi_entry(&mut entries, status, id * 10);
                 }
-                p.send(&Frame::MultiResult {
-                    req_id,
-                    entries: &entries,
-                });
+                p.send(&Frame::MultiResult { req_id, entries: &entries });
             }
             assert_eq!(sizes, [1000, 1000, 500]);
         });
@@ -620,14 +541,7 @@ mod tests {
         assert_eq!(out.len(), 2500);
         for (i, (t, status, msg_id)) in out.into_iter().enumerate() {
             assert_eq!(t, tok(i));
-            assert_eq!(
-                status,
-                if i.is_multiple_of(2) {
-                    Status::QUEUED
-                } else {
-                    Status::BAD_TOKEN
-                }
-            );
+            assert_eq!(status, if i.is_multiple_of(2) { Status::QUEUED } else { Status::BAD_TOKEN });
             assert_eq!(msg_id, i as u64 * 10);
         }
         h.join().unwrap();
@@ -643,10 +557,7 @@ mod tests {
             });
             let mut entries = Vec::new();
             put_multi_entry(&mut entries, Status::QUEUED, 1);
-            p.send(&Frame::MultiResult {
-                req_id,
-                entries: &entries,
-            });
+            p.send(&Frame::MultiResult { req_id, entries: &entries });
         });
         let mut c = ProviderClient::connect(addr, "demo", "k").unwrap();
         let got = c.multicast(&[tok(1), tok(2)], &PushRequest::new(tok(0), "x"));
@@ -666,13 +577,7 @@ mod tests {
                 |e| matches!(e, ClientError::ServerError { code: ErrorCode::INTERNAL, text } if text == "x"),
             ),
             (&[ftype::GOAWAY, 5, 1, 0, 0, 0, 9], |e| {
-                matches!(
-                    e,
-                    ClientError::GoAway {
-                        reason: GoAwayReason::SHUTDOWN,
-                        reconnect_ms: 9
-                    }
-                )
+                matches!(e, ClientError::GoAway { reason: GoAwayReason::SHUTDOWN, reconnect_ms: 9 })
             }),
         ];
         for (bytes, want) in cases {
@@ -711,6 +616,62 @@ mod tests {
     }
 
     #[test]
+    fn receipts_are_kept_aside_from_replies() {
+        let receipt = |msg_id| Frame::Receipt { token: tok(1), msg_id, acked_at_ms: 1000 + msg_id };
+        let (addr, h) = serve(move |mut p| {
+            login(&mut p, b"k", 8);
+            // A receipt left over from an earlier session arrives unasked.
+            p.send(&receipt(1));
+            let req_id = p.expect(|f| match f {
+                Frame::Push(push) if push.flags == FLAG_RECEIPT => push.req_id,
+                other => panic!("{other:?}"),
+            });
+            p.send(&receipt(2));
+            result(&mut p, req_id, 3);
+            p.expect(|f| assert_eq!(f, Frame::Ping));
+            p.send(&Frame::Pong);
+            p.send(&receipt(3));
+        });
+        let mut c = ProviderClient::connect(addr, "demo", "k").unwrap();
+        let r = c.push(&PushRequest::new(tok(1), "x").with_receipt()).unwrap();
+        assert_eq!(r.msg_id, 3);
+        let ids: Vec<u64> = c.take_receipts().iter().map(|r| r.msg_id).collect();
+        assert_eq!(ids, [1, 2]);
+        assert_eq!(c.recv_result(Some(Duration::ZERO)).unwrap(), None, "receipts are not replies");
+        c.ping().unwrap();
+        let third = c.recv_receipt(Some(Duration::from_secs(5))).unwrap();
+        assert_eq!(third, Some(Receipt { token: tok(1), msg_id: 3, acked_at_ms: 1003 }));
+        h.join().unwrap();
+    }
+
+    #[test]
+    fn feedback_follows_pages_and_drops_the_repeated_boundary() {
+        fn page(entries: &[(usize, u64)]) -> Vec<u8> {
+            entries.iter().flat_map(|&(t, at)| tok(t).0.into_iter().chain(at.to_be_bytes())).collect()
+        }
+        let (addr, h) = serve(|mut p| {
+            login(&mut p, b"k", 8);
+            let answer = |p: &mut Peer, since: u64, more: bool, entries: &[(usize, u64)]| {
+                let req_id = p.expect(|f| match f {
+                    Frame::Feedback { req_id, since_ms } if since_ms == since => req_id,
+                    other => panic!("{other:?}"),
+                });
+                p.send(&Frame::FeedbackResult { req_id, more, entries: &page(entries) });
+            };
+            answer(&mut p, 50, true, &[(1, 100), (2, 200)]);
+            answer(&mut p, 200, false, &[(2, 200), (3, 300)]);
+            // A gateway repeating a full page must not trap the client in a loop.
+            answer(&mut p, 0, true, &[(4, 400)]);
+            answer(&mut p, 400, true, &[(4, 400)]);
+        });
+        let mut c = ProviderClient::connect(addr, "demo", "k").unwrap();
+        assert_eq!(c.feedback(50).unwrap(), [(tok(1), 100), (tok(2), 200), (tok(3), 300)]);
+        assert_eq!(c.feedback(0).unwrap(), [(tok(4), 400)]);
+        assert_eq!(c.in_flight(), 0);
+        h.join().unwrap();
+    }
+
+    #[test]
     fn a_silent_gateway_times_out() {
         let (addr, h) = serve(|mut p| {
             login(&mut p, b"k", 8);
@@ -719,10 +680,7 @@ mod tests {
         });
         let mut c = ProviderClient::connect(addr, "demo", "k").unwrap();
         c.set_reply_timeout(Duration::from_millis(100));
-        assert!(matches!(
-            c.push(&PushRequest::new(tok(0), "x")),
-            Err(ClientError::Timeout)
-        ));
+        assert!(matches!(c.push(&PushRequest::new(tok(0), "x")), Err(ClientError::Timeout)));
         h.join().unwrap();
     }
 }

@@ -1,0 +1,143 @@
+//! What a provider sends and gets back: the push request with its defaults,
+//! and the gateway's results, feedback and receipts as owned values.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::ClientError;
+use crate::proto::frame::{FLAG_RECEIPT, MAX_COLLAPSE};
+use crate::proto::{Kind, Status, Token, PRIORITY_HIGH};
+
+/// Lifetime [`PushRequest::new`] gives a notification: a day, long enough to
+/// reach a phone that was off overnight, short enough that stale alerts die.
+pub const DEFAULT_TTL_S: u32 = 86_400;
+
+/// One notification to push. Fields are public; the `with_*` methods are shorthands.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct PushRequest {
+    pub token: Token,
+    pub kind: Kind,
+    /// [`PRIORITY_HIGH`] (10) or `PRIORITY_NORMAL` (5).
+    pub priority: u8,
+    /// Bit 0 ([`FLAG_RECEIPT`]) asks for a [`Receipt`]; the other bits must be 0.
+    pub flags: u8,
+    /// Unix seconds after which the notification is dropped; 0 = deliver now or never.
+    pub expiry: u32,
+    /// Up to 64 bytes; a stored notification with the same collapse id is replaced.
+    pub collapse: Vec<u8>,
+    pub payload: Vec<u8>,
+}
+
+impl PushRequest {
+    /// An alert at high priority that expires [`DEFAULT_TTL_S`] from now, no collapse id.
+    pub fn new(token: Token, payload: impl Into<Vec<u8>>) -> PushRequest {
+        PushRequest {
+            token,
+            kind: Kind::ALERT,
+            priority: PRIORITY_HIGH,
+            flags: 0,
+            expiry: expiry_in(DEFAULT_TTL_S),
+            collapse: Vec::new(),
+            payload: payload.into(),
+        }
+    }
+
+    pub fn with_kind(mut self, kind: Kind) -> PushRequest {
+        self.kind = kind;
+        self
+    }
+
+    pub fn with_priority(mut self, priority: u8) -> PushRequest {
+        self.priority = priority;
+        self
+    }
+
+    /// Expires `ttl_s` seconds from now; 0 means now or never.
+    pub fn with_ttl(mut self, ttl_s: u32) -> PushRequest {
+        self.expiry = expiry_in(ttl_s);
+        self
+    }
+
+    pub fn with_collapse(mut self, collapse: impl Into<Vec<u8>>) -> PushRequest {
+        self.collapse = collapse.into();
+        self
+    }
+
+    /// Asks the gateway for a [`Receipt`] when the device ACKs this notification.
+    pub fn with_receipt(mut self) -> PushRequest {
+        self.flags |= FLAG_RECEIPT;
+        self
+    }
+
+    /// Refuses what the gateway would treat as a malformed frame, which would
+    /// close the connection and lose every pipelined request with it. Values it
+    /// answers with a status (payload size, kind, priority) are left to it.
+    pub(crate) fn check(&self) -> Result<(), ClientError> {
+        if self.collapse.len() > MAX_COLLAPSE {
+            return Err(ClientError::Invalid(format!("collapse id longer than {MAX_COLLAPSE} bytes")));
+        }
+        Ok(())
+    }
+}
+
+/// The expiry field for a notification that lives `ttl_s` seconds from now (0 stays 0).
+pub fn expiry_in(ttl_s: u32) -> u32 {
+    if ttl_s == 0 {
+        return 0;
+    }
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    u32::try_from(now.saturating_add(ttl_s.into())).unwrap_or(u32::MAX)
+}
+
+/// The gateway's answer to one PUSH.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct PushResult {
+    pub req_id: u32,
+    pub status: Status,
+    /// The notification's id when delivered or queued, else 0.
+    pub msg_id: u64,
+    /// Status detail: retry-after ms for rate_limited/unavailable, unregister time for unregistered.
+    pub info: u64,
+}
+
+impl PushResult {
+    /// Delivered or queued: the gateway took responsibility for the notification.
+    pub fn is_accepted(&self) -> bool {
+        matches!(self.status, Status::DELIVERED | Status::QUEUED)
+    }
+}
+
+/// An answer from the gateway to a pipelined request.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum Reply {
+    Result(PushResult),
+    /// `(status, msg_id)` per token, in the order the MULTI_PUSH listed them.
+    Multi {
+        req_id: u32,
+        entries: Vec<(Status, u64)>,
+    },
+    /// `(token, unregistered_at_ms)`, oldest first; `more` asks for another FEEDBACK.
+    Feedback {
+        req_id: u32,
+        more: bool,
+        entries: Vec<(Token, u64)>,
+    },
+}
+
+impl Reply {
+    pub fn req_id(&self) -> u32 {
+        match self {
+            Reply::Result(r) => r.req_id,
+            Reply::Multi { req_id, .. } | Reply::Feedback { req_id, .. } => *req_id,
+        }
+    }
+}
+
+/// Proof that a device ACKed a notification pushed with [`PushRequest::with_receipt`].
+/// Not an answer to a request: it may arrive at any time, on any session of the app.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Receipt {
+    pub token: Token,
+    pub msg_id: u64,
+    /// When the gateway received the ACK, unix milliseconds.
+    pub acked_at_ms: u64,
+}
