@@ -1,7 +1,7 @@
 //! Blocking device and provider clients over std::net, for the CLI, the
 //! integration tests and the load test.
 //!
-//! Both clients own one `TcpStream` and a read buffer ([`conn`]); every read
+//! Both clients own one `TcpStream` and a read buffer (module `conn`); every read
 //! takes an optional timeout, and nothing the gateway sends can make them
 //! panic: bytes that do not decode become [`ClientError::Protocol`].
 //!
