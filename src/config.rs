@@ -19,7 +19,23 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub drain: DrainConfig,
     pub store: StoreConfig,
+    pub admin: AdminConfig,
     pub apps: Vec<AppConfig>,
+}
+
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Serve /metrics, /healthz, /readyz and POST /drain.
+    pub enabled: bool,
+    /// Loopback by default: the admin port has no authentication.
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig { enabled: true, listen: SocketAddr::from(([127, 0, 0, 1], 7702)) }
+    }
 }
 
 #[derive(Deserialize, Debug, Clone)]
@@ -33,6 +49,10 @@ pub struct ServerConfig {
     pub shards: usize,
     /// Token key, demo secret and durable store live here.
     pub data_dir: PathBuf,
+    /// Expect a PROXY protocol v1/v2 header (from a load balancer) on device connections.
+    pub device_proxy_protocol: bool,
+    /// Expect a PROXY protocol v1/v2 header on provider connections.
+    pub provider_proxy_protocol: bool,
     /// 32-byte token key as 64 hex digits in this file; default `<data_dir>/token.key`,
     /// created on first start. Every node behind one load balancer needs the same key.
     pub token_key_file: Option<PathBuf>,
@@ -72,6 +92,16 @@ pub struct LimitsConfig {
     pub server_full_retry_ms: u32,
     /// Delivery receipts kept per app while no provider session of it is connected.
     pub receipts_per_app: usize,
+    /// Registered devices across shards; 0 = only `max_connections` applies.
+    pub max_devices: usize,
+    /// New connections per second from one source address (each allows one handshake); 0 = no limit.
+    pub connections_per_source_per_s: u64,
+    /// Burst allowed above that rate.
+    pub connections_per_source_burst: u64,
+    /// Pushes per second per app, over all its provider connections; 0 = no limit.
+    pub pushes_per_app_per_s: u64,
+    /// Burst allowed above that rate.
+    pub pushes_per_app_burst: u64,
 }
 
 #[derive(Deserialize, Debug, Clone)]
@@ -127,17 +157,15 @@ impl Default for ServerConfig {
             shards: 0,
             data_dir: PathBuf::from("pushgate-data"),
             token_key_file: None,
+            device_proxy_protocol: false,
+            provider_proxy_protocol: false,
         }
     }
 }
 
 impl Default for HeartbeatConfig {
     fn default() -> Self {
-        HeartbeatConfig {
-            default_s: 60,
-            min_s: 10,
-            max_s: 1800,
-        }
+        HeartbeatConfig { default_s: 60, min_s: 10, max_s: 1800 }
     }
 }
 
@@ -154,16 +182,18 @@ impl Default for LimitsConfig {
             provider_idle_s: 300,
             server_full_retry_ms: 30_000,
             receipts_per_app: 10_000,
+            max_devices: 0,
+            connections_per_source_per_s: 200,
+            connections_per_source_burst: 1000,
+            pushes_per_app_per_s: 0,
+            pushes_per_app_burst: 10_000,
         }
     }
 }
 
 impl Default for DrainConfig {
     fn default() -> Self {
-        DrainConfig {
-            timeout_ms: 30_000,
-            spread_ms: 10_000,
-        }
+        DrainConfig { timeout_ms: 30_000, spread_ms: 10_000 }
     }
 }
 
@@ -196,31 +226,21 @@ impl Config {
     /// Parses TOML text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
         let cfg: Config = toml::from_str(text).map_err(|e| ConfigError(format!("{origin}: {e}")))?;
-        cfg.validate()
-            .map_err(|(key, why)| ConfigError(format!("{origin}: key `{key}`: {why}")))?;
+        cfg.validate().map_err(|(key, why)| ConfigError(format!("{origin}: key `{key}`: {why}")))?;
         Ok(cfg)
     }
 
     fn validate(&self) -> Result<(), (String, String)> {
         let h = &self.heartbeat;
         if h.min_s == 0 || h.min_s > h.max_s {
-            return Err((
-                "heartbeat.min_s".into(),
-                "must be at least 1 and at most heartbeat.max_s".into(),
-            ));
+            return Err(("heartbeat.min_s".into(), "must be at least 1 and at most heartbeat.max_s".into()));
         }
         if h.default_s < h.min_s || h.default_s > h.max_s {
-            return Err((
-                "heartbeat.default_s".into(),
-                "must lie between heartbeat.min_s and max_s".into(),
-            ));
+            return Err(("heartbeat.default_s".into(), "must lie between heartbeat.min_s and max_s".into()));
         }
         let l = &self.limits;
         if l.provider_max_in_flight == 0 {
-            return Err((
-                "limits.provider_max_in_flight".into(),
-                "must be at least 1".into(),
-            ));
+            return Err(("limits.provider_max_in_flight".into(), "must be at least 1".into()));
         }
         if l.device_max_in_flight == 0 {
             return Err(("limits.device_max_in_flight".into(), "must be at least 1".into()));
@@ -239,10 +259,7 @@ impl Config {
                 return Err((format!("apps[{i}].id"), "1 to 64 of A-Z a-z 0-9 . _ -".into()));
             }
             if app.secret.len() < 16 {
-                return Err((
-                    format!("apps[{i}].secret"),
-                    "must be at least 16 characters".into(),
-                ));
+                return Err((format!("apps[{i}].secret"), "must be at least 16 characters".into()));
             }
             if self.apps[..i].iter().any(|a| a.id == app.id) {
                 return Err((format!("apps[{i}].id"), format!("duplicate app id {:?}", app.id)));
@@ -278,22 +295,14 @@ mod tests {
 
     #[test]
     fn errors_name_file_and_key() {
-        let e = Config::parse("[heartbeat]\nmin_s = 0\n", "gw.toml")
-            .unwrap_err()
-            .0;
+        let e = Config::parse("[heartbeat]\nmin_s = 0\n", "gw.toml").unwrap_err().0;
         assert!(e.contains("gw.toml") && e.contains("heartbeat.min_s"), "{e}");
         let e = Config::parse("[server]\nbogus = 1\n", "gw.toml").unwrap_err().0;
         assert!(e.contains("gw.toml") && e.contains("bogus"), "{e}");
-        let e = Config::parse(
-            "[[apps]]\nid = \"a b\"\nsecret = \"0123456789abcdef\"\n",
-            "g.toml",
-        )
-        .unwrap_err()
-        .0;
+        let e =
+            Config::parse("[[apps]]\nid = \"a b\"\nsecret = \"0123456789abcdef\"\n", "g.toml").unwrap_err().0;
         assert!(e.contains("apps[0].id"), "{e}");
-        let e = Config::parse("[server]\nshards = \"two\"\n", "g.toml")
-            .unwrap_err()
-            .0;
+        let e = Config::parse("[server]\nshards = \"two\"\n", "g.toml").unwrap_err().0;
         assert!(e.contains("g.toml") && e.contains("shards"), "{e}");
     }
 }

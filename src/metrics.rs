@@ -85,8 +85,8 @@ impl Limit {
             Limit::ProviderPaused => "provider_paused",
             Limit::DeviceWindowFull => "device_window_full",
             Limit::QueueOverflow => "queue_overflow",
-            Limit::RateLimited => "rate_limited",
-            Limit::HandshakeRate => "handshake_rate",
+            Limit::RateLimited => "push_rate_per_app",
+            Limit::HandshakeRate => "connection_rate_per_source",
             Limit::AcceptPaused => "accept_paused",
         }
     }
@@ -365,6 +365,10 @@ impl ShardMetrics {
 
     pub fn acks(&self) -> u64 {
         self.acks.load(Relaxed)
+    }
+
+    pub fn limit_hits(&self, limit: Limit) -> u64 {
+        self.limits[limit as usize].load(Relaxed)
     }
 
     pub fn deliveries_observed(&self) -> u64 {

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use log::{error, info, warn};
 
+use crate::admin::{self, DrainFn, ReadyFn};
 use crate::config::{AppConfig, Config, StoreKind};
 use crate::proto::TokenKey;
 use crate::server::Gateway;
@@ -38,6 +39,9 @@ pub struct ServeArgs {
     /// Overrides `store.kind`: durable or memory.
     #[arg(long)]
     pub store: Option<StoreKind>,
+    /// Overrides `admin.listen`.
+    #[arg(long)]
+    pub admin_listen: Option<std::net::SocketAddr>,
 }
 
 pub fn run(args: &ServeArgs) -> ExitCode {
@@ -78,8 +82,12 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
     if let Some(k) = args.store {
         cfg.store.kind = k;
     }
+    if let Some(a) = args.admin_listen {
+        cfg.admin.listen = a;
+    }
     let dir = cfg.server.data_dir.clone();
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: cannot create data directory: {e}", dir.display()))?;
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| format!("{}: cannot create data directory: {e}", dir.display()))?;
     let key_path = cfg.server.token_key_file.clone().unwrap_or_else(|| dir.join("token.key"));
     let key = load_or_create_key(&key_path)?;
     if cfg.apps.is_empty() {
@@ -99,8 +107,26 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
             connectable(gw.provider_addr)
         );
     }
+    // SIGINT, SIGTERM and POST /drain all end up here.
+    let stop = Arc::new(AtomicBool::new(false));
+    let admin = if cfg.admin.enabled {
+        let ready: ReadyFn = {
+            let (shared, stop) = (gw.shared.clone(), stop.clone());
+            Arc::new(move || !stop.load(Ordering::Relaxed) && !shared.draining.load(Ordering::Acquire))
+        };
+        let drain: DrainFn = {
+            let stop = stop.clone();
+            Arc::new(move || stop.store(true, Ordering::Relaxed))
+        };
+        let a = admin::start(cfg.admin.listen, gw.shared.metrics.clone(), ready, drain)
+            .map_err(|e| format!("admin listener on {}: {e}", cfg.admin.listen))?;
+        println!("pushgate: admin on http://{}/metrics", a.local_addr());
+        Some(a)
+    } else {
+        None
+    };
     let _ = std::io::stdout().flush();
-    wait_for_signal(&gw);
+    wait_for_signal(&gw, &stop);
     info!("draining: GOAWAY to every connection");
     gw.drain();
     let deadline = std::time::Instant::now() + Duration::from_millis(cfg.drain.timeout_ms + 2000);
@@ -112,6 +138,9 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
         info!("drained; bye");
     } else {
         warn!("drain deadline passed; exiting with connections open");
+    }
+    if let Some(a) = admin {
+        a.stop();
     }
     Ok(())
 }
@@ -135,7 +164,8 @@ fn open_stores(cfg: &Config, shards: usize) -> Result<Vec<Box<dyn Store>>, Strin
             let path = cfg.store.path.clone().unwrap_or_else(|| cfg.server.data_dir.join("store"));
             let started = std::time::Instant::now();
             // A store that cannot be read stops the gateway; it is never wiped.
-            let stores = open_durable(&path, shards, cap).map_err(|e| format!("cannot open the store: {e}"))?;
+            let stores =
+                open_durable(&path, shards, cap).map_err(|e| format!("cannot open the store: {e}"))?;
             let held: usize = stores.iter().map(|s| s.len()).sum();
             info!("store {} opened in {:?}: {held} notifications waiting", path.display(), started.elapsed());
             Ok(stores)
@@ -143,8 +173,7 @@ fn open_stores(cfg: &Config, shards: usize) -> Result<Vec<Box<dyn Store>>, Strin
     }
 }
 
-fn wait_for_signal(gw: &Gateway) {
-    let stop = Arc::new(AtomicBool::new(false));
+fn wait_for_signal(gw: &Gateway, stop: &Arc<AtomicBool>) {
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         if let Err(e) = signal_hook::flag::register(sig, stop.clone()) {
             warn!("cannot watch signal {sig}: {e}");

@@ -12,7 +12,7 @@ use log::info;
 use crate::config::Config;
 use crate::net;
 use crate::proto::{Apps, TokenKey};
-use crate::shard::{self, msg::ShardMsg, Shard, ShardStats, Shared};
+use crate::shard::{self, msg::ShardMsg, Shard, Shared};
 use crate::store::Store;
 
 /// A running gateway.
@@ -36,7 +36,9 @@ impl Gateway {
         let max_conns = match cfg.limits.max_connections {
             0 => capacity,
             m if m > capacity => {
-                log::warn!("limits.max_connections = {m} exceeds what {nofile} open files allow; using {capacity}");
+                log::warn!(
+                    "limits.max_connections = {m} exceeds what {nofile} open files allow; using {capacity}"
+                );
                 capacity
             }
             m => m,
@@ -61,7 +63,7 @@ impl Gateway {
             cfg,
             apps,
             key,
-            stats: (0..n).map(|_| ShardStats::default()).collect(),
+            metrics: crate::metrics::Metrics::new(n),
             handles,
             conns: AtomicUsize::new(0),
             max_conns,
@@ -99,7 +101,8 @@ impl Gateway {
 
     /// Devices currently registered, per shard.
     pub fn devices_per_shard(&self) -> Vec<usize> {
-        self.shared.stats.iter().map(|s| s.devices.load(Ordering::Relaxed)).collect()
+        let m = &self.shared.metrics;
+        (0..m.shards()).map(|i| m.shard(i).devices().max(0) as usize).collect()
     }
 
     pub fn connections(&self) -> usize {

@@ -38,7 +38,7 @@ fn lines(out: ChildStdout) -> mpsc::Receiver<String> {
 
 fn serve(data_dir: &std::path::Path) -> Server {
     let mut child = Command::new(BIN)
-        .args(["serve", "--shards", "2", "--device-listen", "127.0.0.1:0", "--provider-listen", "127.0.0.1:0"])
+        .args(["serve", "--shards", "2", "--device-listen", "127.0.0.1:0", "--provider-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
         .arg("--data-dir")
         .arg(data_dir)
         .env("RUST_LOG", "warn")

@@ -32,7 +32,7 @@ fn serve(data: &std::path::Path) -> Server {
         .args(["serve", "--store", "durable", "--shards", "2"])
         .arg("--config")
         .arg(&cfg)
-        .args(["--device-listen", "127.0.0.1:0", "--provider-listen", "127.0.0.1:0"])
+        .args(["--device-listen", "127.0.0.1:0", "--provider-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
         .arg("--data-dir")
         .arg(data)
         .env("RUST_LOG", "warn")

@@ -178,11 +178,8 @@ fn receipts_reach_a_provider_and_wait_while_none_is_connected() {
     // With no provider connected the receipt waits, then reaches the next session.
     let (_, id2, _) = push(&mut p, 3, token, FLAG_RECEIPT, u32::MAX);
     drop(p);
-    assert!(wait_until(Duration::from_secs(3), || gw
-        .shared
-        .stats
-        .iter()
-        .all(|s| s.providers.load(std::sync::atomic::Ordering::Relaxed) == 0)));
+    let m = gw.shared.metrics.clone();
+    assert!(wait_until(Duration::from_secs(3), || (0..m.shards()).all(|i| m.shard(i).providers() == 0)));
     dev.expect(|f| assert!(matches!(f, Frame::Notify { msg_id, .. } if msg_id == id2)));
     dev.send(&Frame::Ack { msg_id: id2 });
     std::thread::sleep(Duration::from_millis(200));

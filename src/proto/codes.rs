@@ -103,6 +103,8 @@ wire_code! {
         SLOW_CONSUMER = 5, "slow_consumer";
         /// The device's UNREGISTER is durable. Do not reconnect until the app registers again.
         UNREGISTERED = 6, "unregistered";
+        /// Too many new connections from this source address. Reconnect after the hint.
+        RATE_LIMITED = 7, "rate_limited";
     }
 }
 

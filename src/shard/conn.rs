@@ -16,6 +16,8 @@ pub const F_CLOSING: u8 = 4;
 pub const F_READY: u8 = 8;
 /// Stopped reading because too many requests are in flight (providers only).
 pub const F_PAUSED: u8 = 16;
+/// The listener expects a PROXY protocol header before the first frame.
+pub const F_PROXY: u8 = 64;
 
 /// Marks an unacked id whose provider wants a receipt. Message ids stay below
 /// 2^63 (they start from the clock in ms shifted by 16 bits).

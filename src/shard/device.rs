@@ -11,6 +11,7 @@ use super::conn::{Conn, Device, F_CLOSING, F_HELD, F_READY};
 use super::io::Flow;
 use super::msg::{Adopt, PushMsg, ResultMsg, ShardMsg};
 use super::timer::Entry;
+use crate::metrics::{Limit, Role};
 use super::{Sent, Shard};
 use crate::proto::frame::FLAG_RECEIPT;
 use crate::proto::{
@@ -41,11 +42,7 @@ impl Shard {
         let Some(Conn::Device(d)) = self.conns.get_mut(idx as usize) else {
             return Flow::Stop;
         };
-        let state = if d.flags & F_READY != 0 {
-            DeviceState::Ready
-        } else {
-            DeviceState::AwaitHello
-        };
+        let state = if d.flags & F_READY != 0 { DeviceState::Ready } else { DeviceState::AwaitHello };
         if state == DeviceState::Ready {
             d.since = self.now_tick as u32;
         }
@@ -69,13 +66,7 @@ impl Shard {
                     return Flow::Stop;
                 };
                 debug!("shard {}: device handed to shard {owner}", self.index);
-                let adopt = Adopt {
-                    stream,
-                    token,
-                    app,
-                    keepalive_s: h.keepalive_s,
-                    leftover: rest.to_vec(),
-                };
+                let adopt = Adopt { stream, token, app, keepalive_s: h.keepalive_s, leftover: rest.to_vec() };
                 self.route(owner, ShardMsg::Adopt(adopt));
                 Flow::HandedOff
             }
@@ -114,11 +105,7 @@ impl Shard {
         let mut stream = a.stream;
         if self.drain_deadline.is_some() {
             let mut buf = Vec::new();
-            Frame::GoAway {
-                reason: GoAwayReason::SHUTDOWN,
-                reconnect_ms: 0,
-            }
-            .encode(&mut buf);
+            Frame::GoAway { reason: GoAwayReason::SHUTDOWN, reconnect_ms: 0 }.encode(&mut buf);
             let _ = std::io::Write::write(&mut stream, &buf);
             self.shared.conns.fetch_sub(1, Ordering::AcqRel);
             return;
@@ -163,19 +150,26 @@ impl Shard {
     /// Binds a device to its token, replacing any older connection, then sends
     /// WELCOME and whatever is stored for it.
     fn register_device(&mut self, idx: u32, token: Token, app: u16, keepalive_s: u16) {
+        let max_devices = self.shared.cfg.limits.max_devices;
+        if max_devices > 0 && !self.tokens.contains_key(&token) {
+            let m = &self.shared.metrics;
+            let devices: i64 = (0..m.shards()).map(|i| m.shard(i).devices()).sum();
+            if devices >= max_devices as i64 {
+                self.metrics.on_limit(Limit::ServerFull);
+                let retry = self.shared.cfg.limits.server_full_retry_ms;
+                self.goaway(idx, GoAwayReason::SERVER_FULL, retry);
+                return;
+            }
+        }
         self.lift_tombstone(&token);
         let hb = &self.shared.cfg.heartbeat;
-        let heartbeat_s = if keepalive_s == 0 {
-            hb.default_s
-        } else {
-            keepalive_s.clamp(hb.min_s, hb.max_s)
-        };
+        let heartbeat_s = if keepalive_s == 0 { hb.default_s } else { keepalive_s.clamp(hb.min_s, hb.max_s) };
         if let Some(old) = self.tokens.insert(token, idx) {
             if old != idx {
                 // The old connection is no longer bound; it only gets told why.
                 if let Some(Conn::Device(d)) = self.conns.get_mut(old as usize) {
                     d.flags &= !F_READY;
-                    self.stats().devices.fetch_sub(1, Ordering::Relaxed);
+                    self.metrics.on_unready(Role::Device);
                 }
                 self.goaway(old, GoAwayReason::REPLACED, 0);
             }
@@ -193,15 +187,9 @@ impl Shard {
         d.heartbeat_s = heartbeat_s;
         d.flags |= F_READY | F_BACKLOG;
         d.since = now;
-        self.stats().devices.fetch_add(1, Ordering::Relaxed);
-        if self.send_frame(
-            idx,
-            &Frame::Welcome {
-                token,
-                heartbeat_s,
-                missed,
-            },
-        ) {
+        self.metrics.on_ready(Role::Device);
+        self.metrics.on_handshake(Role::Device, Ok(()));
+        if self.send_frame(idx, &Frame::Welcome { token, heartbeat_s, missed }) {
             let _ = self.deliver(idx);
         }
     }
@@ -221,29 +209,19 @@ impl Shard {
         let room = (window as usize).saturating_sub(d.inflight());
         if room == 0 {
             d.flags |= F_BACKLOG;
+            self.metrics.on_limit(Limit::DeviceWindowFull);
             return Delivery::WindowFull;
         }
         let mut msgs = std::mem::take(&mut self.msgs);
         msgs.clear();
-        if let Err(e) = self
-            .store
-            .pending(&d.token, d.cursor, self.unix_s, room, &mut msgs)
-        {
+        if let Err(e) = self.store.pending(&d.token, d.cursor, self.unix_s, room, &mut msgs) {
             warn!("shard {}: reading stored notifications: {e}", self.index);
         }
-        let mut outcome = if msgs.len() == room {
-            Delivery::WindowFull
-        } else {
-            Delivery::Done
-        };
+        let mut outcome = if msgs.len() == room { Delivery::WindowFull } else { Delivery::Done };
         let mut sent = 0;
         for m in &msgs {
-            let frame = Frame::Notify {
-                msg_id: m.msg_id,
-                kind: m.kind,
-                priority: m.priority,
-                payload: &m.payload,
-            };
+            let frame =
+                Frame::Notify { msg_id: m.msg_id, kind: m.kind, priority: m.priority, payload: &m.payload };
             match self.try_send_frame(idx, &frame) {
                 Sent::Yes => {}
                 Sent::Gone => break,
@@ -264,7 +242,7 @@ impl Shard {
                 d.flags |= F_BACKLOG;
             }
         }
-        self.stats().notifies.fetch_add(sent, Ordering::Relaxed);
+        self.metrics.on_notify(sent);
         msgs.clear();
         self.msgs = msgs;
         outcome
@@ -276,9 +254,7 @@ impl Shard {
         match self.conns.get(idx as usize) {
             Some(Conn::Device(d)) if d.flags & F_BACKLOG != 0 => {
                 let _ = self.deliver(idx);
-                self.conns
-                    .get(idx as usize)
-                    .is_some_and(|c| c.flags() & super::conn::F_DIRTY != 0)
+                self.conns.get(idx as usize).is_some_and(|c| c.flags() & super::conn::F_DIRTY != 0)
             }
             _ => false,
         }
@@ -286,12 +262,7 @@ impl Shard {
 
     /// Holds normal-priority notifications briefly so several share one write.
     fn hold(&mut self, idx: u32) {
-        let delay = self
-            .shared
-            .cfg
-            .limits
-            .normal_priority_delay_ms
-            .div_ceil(super::TICK_MS);
+        let delay = self.shared.cfg.limits.normal_priority_delay_ms.div_ceil(super::TICK_MS);
         let Some(Conn::Device(d)) = self.conns.get_mut(idx as usize) else {
             return;
         };
@@ -324,7 +295,7 @@ impl Shard {
             Ok(false) => {}
             Err(e) => warn!("shard {}: ack: {e}", self.index),
         }
-        self.stats().acks.fetch_add(1, Ordering::Relaxed);
+        self.metrics.on_ack();
         if backlog {
             let _ = self.deliver(idx);
         }
@@ -345,7 +316,6 @@ impl Shard {
             msg_id,
             info: 0,
         };
-        self.stats().pushes.fetch_add(1, Ordering::Relaxed);
         if let Some(at_ms) = self.unregistered_at(&m.token) {
             result.status = Status::UNREGISTERED;
             result.msg_id = 0;
@@ -384,7 +354,10 @@ impl Shard {
                     self.hold(idx);
                 }
                 if let Some(Conn::Device(d)) = self.conns.get(idx as usize) {
-                    if d.cursor >= msg_id || d.flags & F_HELD != 0 {
+                    if d.cursor >= msg_id {
+                        result.status = Status::DELIVERED;
+                        self.metrics.observe_delivery(self.now.saturating_duration_since(m.read_at));
+                    } else if d.flags & F_HELD != 0 {
                         result.status = Status::DELIVERED;
                     }
                 }
@@ -400,17 +373,14 @@ impl Shard {
             let window = self.shared.cfg.limits.device_max_in_flight;
             if let Some(Conn::Device(d)) = self.conns.get(idx as usize) {
                 if d.inflight() < window as usize && d.flags & F_READY != 0 {
-                    let frame = Frame::Notify {
-                        msg_id,
-                        kind: m.kind,
-                        priority: m.priority,
-                        payload: &m.payload,
-                    };
+                    let frame =
+                        Frame::Notify { msg_id, kind: m.kind, priority: m.priority, payload: &m.payload };
                     if self.try_send_frame(idx, &frame) == Sent::Yes {
                         if let Some(Conn::Device(d)) = self.conns.get_mut(idx as usize) {
                             d.on_sent(msg_id, m.flags & FLAG_RECEIPT != 0);
                         }
-                        self.stats().notifies.fetch_add(1, Ordering::Relaxed);
+                        self.metrics.on_notify(1);
+                        self.metrics.observe_delivery(self.now.saturating_duration_since(m.read_at));
                         result.status = Status::DELIVERED;
                         result.msg_id = msg_id;
                     }

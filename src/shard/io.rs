@@ -3,16 +3,17 @@
 //! `device.rs` and `provider.rs`.
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::Shutdown;
+use std::net::{Shutdown, SocketAddr};
 use std::sync::atomic::Ordering;
 
-use log::{info, warn};
+use log::{debug, info, warn};
 use mio::net::TcpStream;
 use mio::{Interest, Token as MioToken};
 use slab::Slab;
 
-use super::conn::{Conn, Device, Provider, F_CLOSING, F_PAUSED};
+use super::conn::{Conn, Device, Provider, F_CLOSING, F_PAUSED, F_PROXY};
 use super::timer::Entry;
+use crate::metrics::{Close, Limit, Role};
 use super::Shard;
 use crate::proto::frame::{split_frame, DEVICE_MAX_BODY, PROVIDER_MAX_BODY};
 use crate::proto::{Frame, GoAwayReason, ProtoError, ProviderState, Token};
@@ -30,25 +31,19 @@ pub(super) enum Flow {
 impl Shard {
     pub(super) fn accept(&mut self, device: bool) {
         loop {
-            let listener = if device {
-                self.device_listener.as_ref()
-            } else {
-                self.provider_listener.as_ref()
-            };
+            let listener =
+                if device { self.device_listener.as_ref() } else { self.provider_listener.as_ref() };
             let Some(listener) = listener else { return };
             match listener.accept() {
-                Ok((stream, _)) => self.on_accepted(stream, device),
+                Ok((stream, peer)) => self.on_accepted(stream, peer, device),
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) if matches!(e.kind(), ErrorKind::Interrupted | ErrorKind::ConnectionAborted) => {}
                 Err(e) => {
                     // Out of descriptors (or another accept fault): stop accepting for
                     // one tick instead of spinning on a listener that stays readable.
+                    self.metrics.on_limit(Limit::AcceptPaused);
                     if crate::net::is_fd_exhaustion(&e) {
-                        warn!(
-                            "shard {}: accept: {e}; pausing accepts for {} ms",
-                            self.index,
-                            super::TICK_MS
-                        );
+                        warn!("shard {}: accept: {e}; pausing accepts for {} ms", self.index, super::TICK_MS);
                     } else {
                         warn!("shard {}: accept: {e}", self.index);
                     }
@@ -59,23 +54,31 @@ impl Shard {
         }
     }
 
-    fn on_accepted(&mut self, mut stream: TcpStream, device: bool) {
+    fn on_accepted(&mut self, mut stream: TcpStream, peer: SocketAddr, device: bool) {
         let max = self.shared.max_conns;
+        let refuse = |stream: &mut TcpStream, reason: GoAwayReason, retry: u64| {
+            let mut buf = Vec::with_capacity(8);
+            Frame::GoAway { reason, reconnect_ms: retry.min(u32::MAX as u64) as u32 }.encode(&mut buf);
+            let _ = stream.write(&buf);
+        };
         if self.shared.conns.fetch_add(1, Ordering::AcqRel) >= max {
             self.shared.conns.fetch_sub(1, Ordering::AcqRel);
-            let retry = self.cfg().limits.server_full_retry_ms;
-            let mut buf = Vec::with_capacity(8);
-            Frame::GoAway {
-                reason: GoAwayReason::SERVER_FULL,
-                reconnect_ms: retry,
-            }
-            .encode(&mut buf);
-            let _ = stream.write(&buf);
-            info!(
-                "shard {}: refused a connection: at the limit of {max}",
-                self.index
-            );
+            self.metrics.on_limit(Limit::ServerFull);
+            refuse(&mut stream, GoAwayReason::SERVER_FULL, self.cfg().limits.server_full_retry_ms.into());
+            info!("shard {}: refused a connection: at the limit of {max}", self.index);
             return;
+        }
+        let proxied =
+            if device { self.cfg().server.device_proxy_protocol } else { self.cfg().server.provider_proxy_protocol };
+        if !proxied {
+            let now = self.mono_ms();
+            if let Err(retry) = self.sources.admit(peer.ip(), now) {
+                self.shared.conns.fetch_sub(1, Ordering::AcqRel);
+                self.metrics.on_limit(Limit::HandshakeRate);
+                refuse(&mut stream, GoAwayReason::RATE_LIMITED, retry);
+                debug!("shard {}: {} over its connection rate", self.index, peer.ip());
+                return;
+            }
         }
         let _ = stream.set_nodelay(true);
         let id = self.next_id();
@@ -93,7 +96,7 @@ impl Shard {
                 heartbeat_s: 0,
                 unacked: None,
                 app: 0,
-                flags: 0,
+                flags: if proxied { F_PROXY } else { 0 },
             })
         } else {
             Conn::Provider(Box::new(Provider {
@@ -103,7 +106,7 @@ impl Shard {
                 id,
                 since,
                 inflight: 0,
-                flags: 0,
+                flags: if proxied { F_PROXY } else { 0 },
                 multis: Slab::new(),
                 feedback: Slab::new(),
             }))
@@ -116,7 +119,7 @@ impl Shard {
             Interest::READABLE | Interest::WRITABLE,
         ) {
             warn!("shard {}: register: {e}", self.index);
-            self.close(idx);
+            self.close_because(idx, Close::IoError);
             return;
         }
         let handshake = self.cfg().limits.handshake_timeout_ms.div_ceil(super::TICK_MS);
@@ -156,30 +159,34 @@ impl Shard {
                 return;
             };
             let (stream, _) = conn.io();
-            let mut eof = false;
+            let mut eof = None;
             let mut drained = false;
             if filled < scratch.len() {
                 match stream.read(&mut scratch[filled..]) {
-                    Ok(0) => eof = true,
-                    Ok(n) => filled += n,
+                    Ok(0) => eof = Some(Close::Eof),
+                    Ok(n) => {
+                        filled += n;
+                        let role = if conn.is_device() { Role::Device } else { Role::Provider };
+                        self.metrics.on_read(role, n);
+                    }
                     Err(e) if e.kind() == ErrorKind::WouldBlock => drained = true,
                     Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                    Err(_) => eof = true,
+                    Err(_) => eof = Some(Close::IoError),
                 }
             }
             let used = match self.handle_bytes(idx, &scratch[..filled]) {
                 (_, Flow::HandedOff) => return,
                 (used, Flow::Stop) => {
                     self.keep_remainder(idx, &scratch[used..filled]);
-                    if eof {
-                        self.close(idx);
+                    if let Some(why) = eof {
+                        self.close_because(idx, why);
                     }
                     return;
                 }
                 (used, Flow::Continue) => used,
             };
-            if eof {
-                self.close(idx);
+            if let Some(why) = eof {
+                self.close_because(idx, why);
                 return;
             }
             scratch.copy_within(used..filled, 0);
@@ -223,12 +230,17 @@ impl Shard {
             if conn.flags() & F_PAUSED != 0 {
                 return (used, Flow::Stop);
             }
+            if conn.flags() & F_PROXY != 0 {
+                match self.on_proxy_header(idx, &buf[used..]) {
+                    Some(n) => {
+                        used += n;
+                        continue;
+                    }
+                    None => return (used, Flow::Stop),
+                }
+            }
             let device = conn.is_device();
-            let max = if device {
-                DEVICE_MAX_BODY
-            } else {
-                PROVIDER_MAX_BODY
-            };
+            let max = if device { DEVICE_MAX_BODY } else { PROVIDER_MAX_BODY };
             let (raw, n) = match split_frame(&buf[used..], max) {
                 Ok(Some(x)) => x,
                 Ok(None) => return (used, Flow::Continue),
@@ -247,6 +259,42 @@ impl Shard {
                 Flow::Continue => {}
                 Flow::Stop => return (used, Flow::Stop),
                 Flow::HandedOff => return (buf.len(), Flow::HandedOff),
+            }
+        }
+    }
+
+    /// Reads the PROXY protocol header a load balancer puts before the first
+    /// frame: Some(bytes used) once it is complete and admitted; None to stop
+    /// (incomplete, with the bytes kept, or refused and closing).
+    fn on_proxy_header(&mut self, idx: u32, buf: &[u8]) -> Option<usize> {
+        match crate::proto::proxy::parse(buf) {
+            Ok(None) => None,
+            Ok(Some((header, n))) => {
+                let conn = self.conns.get_mut(idx as usize)?;
+                *conn.flags_mut() &= !F_PROXY;
+                let source = header.source.or_else(|| conn.io().0.peer_addr().ok());
+                if let Some(src) = source {
+                    debug!("shard {}: connection {idx} from {src} (PROXY header)", self.index);
+                    let now = self.mono_ms();
+                    if let Err(retry) = self.sources.admit(src.ip(), now) {
+                        self.metrics.on_limit(Limit::HandshakeRate);
+                        self.goaway(idx, GoAwayReason::RATE_LIMITED, retry.min(u32::MAX as u64) as u32);
+                        return None;
+                    }
+                }
+                Some(n)
+            }
+            Err(e) => {
+                let text = format!("expected a PROXY protocol header: {}", e.detail());
+                let code = crate::proto::ErrorCode::MALFORMED_FRAME;
+                if let Some(role) = self.role_of(idx) {
+                    self.metrics.on_handshake(role, Err(code));
+                }
+                if self.send_frame(idx, &Frame::Error { code, text: &text }) {
+                    self.count_close(idx, Close::Error(code));
+                    self.begin_close(idx);
+                }
+                None
             }
         }
     }
@@ -284,6 +332,7 @@ impl Shard {
         };
         *conn.flags_mut() &= !super::conn::F_DIRTY;
         let closing = conn.flags() & F_CLOSING != 0;
+        let role = if conn.is_device() { Role::Device } else { Role::Provider };
         let (stream, bufs) = conn.io();
         let Some(b) = bufs.as_mut() else { return true };
         let mut failed = false;
@@ -293,7 +342,10 @@ impl Shard {
                     failed = true;
                     break;
                 }
-                Ok(n) => b.wpos += n,
+                Ok(n) => {
+                    b.wpos += n;
+                    self.metrics.on_write(role, n);
+                }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(_) => {
@@ -303,7 +355,7 @@ impl Shard {
             }
         }
         if failed {
-            self.close(idx);
+            self.close_because(idx, Close::IoError);
             return false;
         }
         if b.wpos < b.wbuf.len() {

@@ -10,6 +10,7 @@
 pub mod conn;
 mod device;
 mod io;
+pub mod limits;
 pub mod msg;
 pub mod pool;
 mod provider;
@@ -18,7 +19,7 @@ pub mod timer;
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -29,6 +30,7 @@ use mio::{Events, Interest, Poll, Token as MioToken, Waker};
 use slab::Slab;
 
 use crate::config::Config;
+use crate::metrics::{Close, Limit, Metrics, Role, ShardWriter};
 use crate::proto::{Apps, Frame, GoAwayReason, Token, TokenKey};
 use crate::store::{Store, StoredMsg};
 use conn::{Conn, F_CLOSING, F_DIRTY};
@@ -43,17 +45,6 @@ const WAKER: MioToken = MioToken(usize::MAX - 3);
 const LINGER_TICKS: u64 = 20;
 /// Bytes read from sockets per call; also the largest unparsed remainder a connection keeps.
 const SCRATCH: usize = 64 * 1024;
-
-/// Counters a shard publishes for tests, logs and (later) metrics.
-#[derive(Default, Debug)]
-pub struct ShardStats {
-    pub devices: AtomicUsize,
-    pub providers: AtomicUsize,
-    pub pushes: AtomicU64,
-    pub notifies: AtomicU64,
-    pub acks: AtomicU64,
-    pub receipts: AtomicU64,
-}
 
 /// What became of a frame handed to a connection.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -93,7 +84,7 @@ pub struct Shared {
     pub apps: Apps,
     pub key: TokenKey,
     pub handles: Vec<ShardHandle>,
-    pub stats: Vec<ShardStats>,
+    pub metrics: Arc<Metrics>,
     /// Open connections across shards, against `max_conns`.
     pub conns: AtomicUsize,
     pub max_conns: usize,
@@ -118,21 +109,8 @@ pub fn prepare(
     let poll = Poll::new()?;
     let waker = Waker::new(poll.registry(), WAKER)?;
     let (tx, rx) = crossbeam_channel::unbounded();
-    let handle = ShardHandle {
-        tx,
-        waker,
-        wake_pending: AtomicBool::new(false),
-    };
-    Ok((
-        ShardParts {
-            poll,
-            rx,
-            device_listener,
-            provider_listener,
-            store,
-        },
-        handle,
-    ))
+    let handle = ShardHandle { tx, waker, wake_pending: AtomicBool::new(false) };
+    Ok((ShardParts { poll, rx, device_listener, provider_listener, store }, handle))
 }
 
 /// Hashes a token by 8 of its bytes. Tokens reaching the map are HMAC outputs
@@ -156,6 +134,9 @@ impl Hasher for TokenHasher {
 pub struct Shard {
     index: usize,
     shared: Arc<Shared>,
+    metrics: ShardWriter,
+    /// Monotonic time of this loop iteration, stamped on pushes for the latency histogram.
+    now: Instant,
     poll: Poll,
     rx: Receiver<Vec<ShardMsg>>,
     device_listener: Option<TcpListener>,
@@ -192,6 +173,10 @@ pub struct Shard {
     unix_s: u64,
     unix_ms: u64,
     accept_paused_until: Option<u64>,
+    sources: limits::SourceLimiter,
+    /// Per-app push buckets, indexed by app; empty when the limit is off.
+    app_buckets: Vec<limits::Bucket>,
+    push_rate: Option<limits::Rate>,
     drain_deadline: Option<u64>,
     drain_seq: u32,
     drain_total: u32,
@@ -201,22 +186,25 @@ impl Shard {
     pub fn new(index: usize, shared: Arc<Shared>, parts: ShardParts) -> std::io::Result<Shard> {
         let mut device_listener = TcpListener::from_std(parts.device_listener);
         let mut provider_listener = TcpListener::from_std(parts.provider_listener);
-        parts
-            .poll
-            .registry()
-            .register(&mut device_listener, DEVICE_LISTENER, Interest::READABLE)?;
-        parts
-            .poll
-            .registry()
-            .register(&mut provider_listener, PROVIDER_LISTENER, Interest::READABLE)?;
+        parts.poll.registry().register(&mut device_listener, DEVICE_LISTENER, Interest::READABLE)?;
+        parts.poll.registry().register(&mut provider_listener, PROVIDER_LISTENER, Interest::READABLE)?;
         let n = shared.handles.len();
-        let unix_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
+        let unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
         let next_msg_id = parts.store.max_msg_id().max(unix_ms << 16);
+        let l = &shared.cfg.limits;
+        let source_rate = (l.connections_per_source_per_s > 0).then(|| {
+            limits::Rate::per_shard(l.connections_per_source_per_s, l.connections_per_source_burst, n)
+        });
+        let push_rate = (l.pushes_per_app_per_s > 0)
+            .then(|| limits::Rate::per_shard(l.pushes_per_app_per_s, l.pushes_per_app_burst, n));
+        let app_buckets = match push_rate {
+            Some(r) => vec![limits::Bucket::full(r, 0); shared.apps.len()],
+            None => Vec::new(),
+        };
         Ok(Shard {
             index,
+            metrics: shared.metrics.writer(index),
+            now: Instant::now(),
             shared,
             poll: parts.poll,
             rx: parts.rx,
@@ -248,6 +236,9 @@ impl Shard {
             unix_s: 0,
             unix_ms: 0,
             accept_paused_until: None,
+            sources: limits::SourceLimiter::new(source_rate),
+            app_buckets,
+            push_rate,
             drain_deadline: None,
             drain_seq: 0,
             drain_total: 0,
@@ -258,16 +249,11 @@ impl Shard {
         &self.shared.cfg
     }
 
-    fn stats(&self) -> &ShardStats {
-        &self.shared.stats[self.index]
-    }
-
     fn tick_clock(&mut self) {
-        self.now_tick = self.start.elapsed().as_millis() as u64 / TICK_MS;
-        self.unix_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
+        self.now = Instant::now();
+        self.now_tick = self.now.duration_since(self.start).as_millis() as u64 / TICK_MS;
+        self.unix_ms =
+            SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
         self.unix_s = self.unix_ms / 1000;
     }
 
@@ -279,10 +265,7 @@ impl Shard {
         loop {
             let timeout = if self.local.is_empty() && self.resume.is_empty() {
                 let next = (self.now_tick + 1) * TICK_MS;
-                Duration::from_millis(
-                    next.saturating_sub(self.start.elapsed().as_millis() as u64)
-                        .max(1),
-                )
+                Duration::from_millis(next.saturating_sub(self.start.elapsed().as_millis() as u64).max(1))
             } else {
                 Duration::ZERO
             };
@@ -317,11 +300,7 @@ impl Shard {
             self.flush_dirty();
             if let Some(deadline) = self.drain_deadline {
                 if self.conns.is_empty() || self.now_tick >= deadline {
-                    debug!(
-                        "shard {} drained with {} connections left",
-                        self.index,
-                        self.conns.len()
-                    );
+                    debug!("shard {} drained with {} connections left", self.index, self.conns.len());
                     let _ = self.store.sync();
                     return;
                 }
@@ -330,9 +309,7 @@ impl Shard {
     }
 
     fn drain_inbox(&mut self) {
-        self.shared.handles[self.index]
-            .wake_pending
-            .store(false, Ordering::Release);
+        self.shared.handles[self.index].wake_pending.store(false, Ordering::Release);
         while let Ok(batch) = self.rx.try_recv() {
             for m in batch {
                 self.on_msg(m);
@@ -357,12 +334,9 @@ impl Shard {
             ShardMsg::DeliverReceipts { to, app, receipts } => self.on_deliver_receipts(to, app, receipts),
             ShardMsg::ProviderUp { app, conn } => self.on_provider_up(app, conn),
             ShardMsg::ProviderDown { app, conn } => self.on_provider_down(app, conn),
-            ShardMsg::FeedbackQuery {
-                reply,
-                slot,
-                app,
-                since_ms,
-            } => self.on_feedback_query(reply, slot, app, since_ms),
+            ShardMsg::FeedbackQuery { reply, slot, app, since_ms } => {
+                self.on_feedback_query(reply, slot, app, since_ms)
+            }
             ShardMsg::FeedbackPart { to, slot, entries } => self.on_feedback_part(to, slot, entries),
         }
     }
@@ -389,7 +363,11 @@ impl Shard {
     fn commit(&mut self) {
         if self.store_dirty {
             self.store_dirty = false;
-            if let Err(e) = self.store.sync() {
+            let started = Instant::now();
+            let synced = self.store.sync();
+            self.metrics.on_store_sync(started.elapsed(), synced.is_ok());
+            self.metrics.set_stored(self.store.len() as u64);
+            if let Err(e) = synced {
                 warn!("shard {}: store sync failed: {e}", self.index);
                 for r in &mut self.unsynced {
                     r.status = crate::proto::Status::STORE_FAILED;
@@ -412,6 +390,7 @@ impl Shard {
         for to in 0..self.outbound.len() {
             if !self.outbound[to].is_empty() {
                 let batch = std::mem::take(&mut self.outbound[to]);
+                self.metrics.on_channel_send(batch.len());
                 self.shared.handles[to].send(batch);
             }
         }
@@ -509,17 +488,11 @@ impl Shard {
         }
         let timeout = self.cfg().drain.timeout_ms.div_ceil(TICK_MS);
         self.drain_deadline = Some(self.now_tick + timeout);
-        for mut l in [self.device_listener.take(), self.provider_listener.take()]
-            .into_iter()
-            .flatten()
-        {
+        for mut l in [self.device_listener.take(), self.provider_listener.take()].into_iter().flatten() {
             let _ = self.poll.registry().deregister(&mut l);
         }
         let ids: Vec<u32> = self.conns.iter().map(|(i, _)| i as u32).collect();
-        self.drain_total = ids
-            .iter()
-            .filter(|&&i| self.conns[i as usize].is_device())
-            .count() as u32;
+        self.drain_total = ids.iter().filter(|&&i| self.conns[i as usize].is_device()).count() as u32;
         for idx in ids {
             match &mut self.conns[idx as usize] {
                 Conn::Device(_) => {
@@ -547,10 +520,8 @@ impl Shard {
             Sent::Yes => true,
             Sent::Gone => false,
             Sent::OutboxFull => {
-                debug!(
-                    "shard {}: connection {idx} is not reading; closing as a slow consumer",
-                    self.index
-                );
+                debug!("shard {}: connection {idx} is not reading; closing as a slow consumer", self.index);
+                self.metrics.on_limit(Limit::SlowConsumer);
                 self.goaway(idx, GoAwayReason::SLOW_CONSUMER, 0);
                 false
             }
@@ -585,21 +556,36 @@ impl Shard {
     /// Sends GOAWAY and starts closing.
     fn goaway(&mut self, idx: u32, reason: GoAwayReason, reconnect_ms: u32) {
         if self.send_frame(idx, &Frame::GoAway { reason, reconnect_ms }) {
+            self.count_close(idx, Close::GoAway(reason));
             self.begin_close(idx);
         }
+    }
+
+    fn role_of(&self, idx: u32) -> Option<Role> {
+        self.conns.get(idx as usize).map(|c| if c.is_device() { Role::Device } else { Role::Provider })
+    }
+
+    /// Counts why a connection ends, once: when it starts closing, or when it just goes.
+    fn count_close(&mut self, idx: u32, why: Close) {
+        let Some(conn) = self.conns.get(idx as usize) else { return };
+        if conn.flags() & F_CLOSING != 0 {
+            return;
+        }
+        let role = if conn.is_device() { Role::Device } else { Role::Provider };
+        self.metrics.on_close(role, why);
     }
 
     /// Sends ERROR for a protocol violation and starts closing.
     fn fail(&mut self, idx: u32, e: crate::proto::ProtoError) {
         debug!("shard {}: connection {idx}: {}", self.index, e.detail());
         let text = e.detail();
-        if self.send_frame(
-            idx,
-            &Frame::Error {
-                code: e.code(),
-                text: &text,
-            },
-        ) {
+        if let Some(role) = self.role_of(idx) {
+            if self.conns[idx as usize].flags() & conn::F_READY == 0 {
+                self.metrics.on_handshake(role, Err(e.code()));
+            }
+        }
+        if self.send_frame(idx, &Frame::Error { code: e.code(), text: &text }) {
+            self.count_close(idx, Close::Error(e.code()));
             self.begin_close(idx);
         }
     }
@@ -635,26 +621,28 @@ impl Shard {
                 if self.tokens.get(&token) == Some(&idx) {
                     self.tokens.remove(&token);
                 }
-                self.stats().devices.fetch_sub(1, Ordering::Relaxed);
+                self.metrics.on_unready(Role::Device);
             }
             Conn::Provider(p) if was_ready => {
                 let down = match p.state {
                     crate::proto::ProviderState::Ready { app } => Some((app, p.id)),
                     _ => None,
                 };
-                self.stats().providers.fetch_sub(1, Ordering::Relaxed);
+                self.metrics.on_unready(Role::Provider);
                 if let Some((app, id)) = down {
-                    let conn = msg::ConnRef {
-                        shard: self.index as u16,
-                        idx,
-                        id,
-                    };
+                    let conn = msg::ConnRef { shard: self.index as u16, idx, id };
                     let hub = self.hub_of(app);
                     self.route(hub, ShardMsg::ProviderDown { app, conn });
                 }
             }
             _ => {}
         }
+    }
+
+    /// Frees the connection now, counting `why` unless it was already closing.
+    fn close_because(&mut self, idx: u32, why: Close) {
+        self.count_close(idx, why);
+        self.close(idx);
     }
 
     /// Frees the connection now.
@@ -680,5 +668,10 @@ impl Shard {
 
     fn unix_now(&self) -> u64 {
         self.unix_s
+    }
+
+    /// Milliseconds since the shard started: the clock the limit buckets run on.
+    fn mono_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
     }
 }

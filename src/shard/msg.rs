@@ -19,6 +19,8 @@ pub const NO_SLOT: u32 = u32::MAX;
 /// One notification for one token, on its way to the shard that owns the token.
 #[derive(Debug)]
 pub struct PushMsg {
+    /// When the PUSH was read, for the delivery latency histogram.
+    pub read_at: std::time::Instant,
     pub reply: ConnRef,
     pub req_id: u32,
     /// MULTI_PUSH aggregation slot on the provider's connection, or [`NO_SLOT`].

@@ -33,11 +33,7 @@ pub struct Pool {
 
 impl Pool {
     pub fn new(max_free: usize, max_keep: usize) -> Pool {
-        Pool {
-            free: Vec::new(),
-            max_free,
-            max_keep,
-        }
+        Pool { free: Vec::new(), max_free, max_keep }
     }
 
     pub fn get(&mut self) -> Box<Bufs> {

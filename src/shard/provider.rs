@@ -9,6 +9,7 @@ use log::warn;
 use super::conn::{Conn, Multi, F_PAUSED, F_READY};
 use super::io::Flow;
 use super::msg::{ConnRef, PushMsg, ResultMsg, ShardMsg, NO_SLOT};
+use crate::metrics::{Limit, Role};
 use super::Shard;
 use crate::proto::frame::{ftype, put_multi_entry, KNOWN_FLAGS, MAX_PAYLOAD, MULTI_RESULT_ENTRY, NONCE_LEN};
 use crate::proto::{
@@ -28,11 +29,7 @@ struct Common {
 
 impl Shard {
     pub(super) fn on_provider_frame(&mut self, idx: u32, raw: RawFrame<'_>) -> Flow {
-        let nonce = if raw.ftype == ftype::AUTH_HELLO {
-            fresh_nonce()
-        } else {
-            [0u8; NONCE_LEN]
-        };
+        let nonce = if raw.ftype == ftype::AUTH_HELLO { fresh_nonce() } else { [0u8; NONCE_LEN] };
         let now = self.now_tick as u32;
         let Some(Conn::Provider(p)) = self.conns.get_mut(idx as usize) else {
             return Flow::Stop;
@@ -55,12 +52,9 @@ impl Shard {
             ProviderEvent::Authenticated { app } => {
                 p.flags |= F_READY;
                 p.since = now;
-                let conn = ConnRef {
-                    shard: self.index as u16,
-                    idx,
-                    id: p.id,
-                };
-                self.stats().providers.fetch_add(1, Ordering::Relaxed);
+                let conn = ConnRef { shard: self.index as u16, idx, id: p.id };
+                self.metrics.on_ready(Role::Provider);
+                self.metrics.on_handshake(Role::Provider, Ok(()));
                 let max_in_flight = self.shared.cfg.limits.provider_max_in_flight;
                 self.send_frame(idx, &Frame::AuthOk { max_in_flight });
                 let hub = self.hub_of(app);
@@ -98,6 +92,7 @@ impl Shard {
         match self.conns.get_mut(idx as usize) {
             Some(Conn::Provider(p)) if p.inflight >= max => {
                 p.flags |= F_PAUSED;
+                self.metrics.on_limit(Limit::ProviderPaused);
                 Flow::Stop
             }
             Some(_) => Flow::Continue,
@@ -113,11 +108,7 @@ impl Shard {
         let ProviderState::Ready { app } = p.state else {
             return;
         };
-        let reply = ConnRef {
-            shard: self.index as u16,
-            idx,
-            id: p.id,
-        };
+        let reply = ConnRef { shard: self.index as u16, idx, id: p.id };
         let early = if c.payload.len() > MAX_PAYLOAD {
             Some(Status::PAYLOAD_TOO_LARGE)
         } else if !Kind(c.kind).is_known()
@@ -133,30 +124,27 @@ impl Shard {
         let retry = u64::from(self.shared.cfg.drain.spread_ms);
         let slot = if multi {
             let entries = vec![0u8; tokens.len() * MULTI_RESULT_ENTRY];
-            p.multis.insert(Multi {
-                req_id,
-                remaining: tokens.len() as u16,
-                entries,
-            }) as u32
+            p.multis.insert(Multi { req_id, remaining: tokens.len() as u16, entries }) as u32
         } else {
             NO_SLOT
         };
         let app_id = self.shared.apps.id(app).to_string();
         let n = self.shared.handles.len();
         for (i, token) in tokens.iter().enumerate() {
-            let status =
-                early.or_else(|| (!self.shared.key.verify(&app_id, token)).then_some(Status::BAD_TOKEN));
+            let mut info = 0;
+            let status = early
+                .or_else(|| (!self.shared.key.verify(&app_id, token)).then_some(Status::BAD_TOKEN))
+                .or_else(|| {
+                    let wait = self.take_push_token(app).err()?;
+                    info = wait;
+                    self.metrics.on_limit(Limit::RateLimited);
+                    Some(Status::RATE_LIMITED)
+                });
             if let Some(status) = status {
-                let info = if status == Status::UNAVAILABLE { retry } else { 0 };
-                let r = ResultMsg {
-                    to: reply,
-                    req_id,
-                    slot,
-                    index: i as u16,
-                    status,
-                    msg_id: 0,
-                    info,
-                };
+                if status == Status::UNAVAILABLE {
+                    info = retry;
+                }
+                let r = ResultMsg { to: reply, req_id, slot, index: i as u16, status, msg_id: 0, info };
                 if let Some(Conn::Provider(p)) = self.conns.get_mut(idx as usize) {
                     p.inflight += 1; // balanced by on_result
                 }
@@ -167,6 +155,7 @@ impl Shard {
                 p.inflight += 1;
             }
             let m = PushMsg {
+                read_at: self.now,
                 reply,
                 req_id,
                 slot,
@@ -183,8 +172,19 @@ impl Shard {
         }
     }
 
+    /// Charges one push to `app`'s rate bucket, or says in how many ms to retry.
+    fn take_push_token(&mut self, app: u16) -> Result<(), u64> {
+        let Some(rate) = self.push_rate else { return Ok(()) };
+        let now = self.mono_ms();
+        match self.app_buckets.get_mut(app as usize) {
+            Some(b) => b.take(rate, now),
+            None => Ok(()),
+        }
+    }
+
     /// A status for one token of one of this shard's providers' requests.
     pub(super) fn on_result(&mut self, r: ResultMsg) {
+        self.metrics.on_push(r.status);
         let Some(Conn::Provider(p)) = self.conns.get_mut(r.to.idx as usize) else {
             return;
         };
@@ -194,12 +194,7 @@ impl Shard {
         p.inflight = p.inflight.saturating_sub(1);
         let mut frame_entries = None;
         if r.slot == NO_SLOT {
-            let frame = Frame::Result {
-                req_id: r.req_id,
-                status: r.status,
-                msg_id: r.msg_id,
-                info: r.info,
-            };
+            let frame = Frame::Result { req_id: r.req_id, status: r.status, msg_id: r.msg_id, info: r.info };
             self.send_frame(r.to.idx, &frame);
         } else if let Some(m) = p.multis.get_mut(r.slot as usize) {
             let at = r.index as usize * MULTI_RESULT_ENTRY;
@@ -217,13 +212,7 @@ impl Shard {
             warn!("shard {}: result for an unknown multicast slot", self.index);
         }
         if let Some(m) = frame_entries {
-            self.send_frame(
-                r.to.idx,
-                &Frame::MultiResult {
-                    req_id: m.req_id,
-                    entries: &m.entries,
-                },
-            );
+            self.send_frame(r.to.idx, &Frame::MultiResult { req_id: m.req_id, entries: &m.entries });
         }
         self.maybe_resume(r.to.idx);
     }

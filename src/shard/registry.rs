@@ -2,8 +2,6 @@
 //! devices (and the FEEDBACK query over them), and delivery receipts, which
 //! meet their app's provider sessions at the app's hub shard.
 
-use std::sync::atomic::Ordering;
-
 use log::warn;
 
 use super::conn::{Conn, FeedbackAgg, F_READY};
@@ -87,27 +85,11 @@ impl Shard {
         let crate::proto::ProviderState::Ready { app } = p.state else {
             return;
         };
-        let slot = p.feedback.insert(FeedbackAgg {
-            req_id,
-            remaining: n as u16,
-            entries: Vec::new(),
-        }) as u32;
+        let slot = p.feedback.insert(FeedbackAgg { req_id, remaining: n as u16, entries: Vec::new() }) as u32;
         p.inflight += n as u32;
-        let reply = ConnRef {
-            shard: self.index as u16,
-            idx,
-            id: p.id,
-        };
+        let reply = ConnRef { shard: self.index as u16, idx, id: p.id };
         for to in 0..n {
-            self.route(
-                to,
-                ShardMsg::FeedbackQuery {
-                    reply,
-                    slot,
-                    app,
-                    since_ms,
-                },
-            );
+            self.route(to, ShardMsg::FeedbackQuery { reply, slot, app, since_ms });
         }
     }
 
@@ -120,14 +102,7 @@ impl Shard {
             .collect();
         entries.sort_unstable();
         entries.truncate(MAX_FEEDBACK + 1);
-        self.route(
-            reply.shard as usize,
-            ShardMsg::FeedbackPart {
-                to: reply,
-                slot,
-                entries,
-            },
-        );
+        self.route(reply.shard as usize, ShardMsg::FeedbackPart { to: reply, slot, entries });
     }
 
     pub(super) fn on_feedback_part(&mut self, to: ConnRef, slot: u32, mut entries: Vec<(u64, Token)>) {
@@ -155,24 +130,13 @@ impl Shard {
             body.extend_from_slice(&token.0);
             body.extend_from_slice(&at.to_be_bytes());
         }
-        self.send_frame(
-            to.idx,
-            &Frame::FeedbackResult {
-                req_id: agg.req_id,
-                more,
-                entries: &body,
-            },
-        );
+        self.send_frame(to.idx, &Frame::FeedbackResult { req_id: agg.req_id, more, entries: &body });
         self.maybe_resume(to.idx);
     }
 
     /// A device acknowledged a notification whose provider asked for a receipt.
     pub(super) fn emit_receipt(&mut self, app: u16, token: Token, msg_id: u64) {
-        let receipt = Receipt {
-            token,
-            msg_id,
-            acked_at_ms: self.unix_ms,
-        };
+        let receipt = Receipt { token, msg_id, acked_at_ms: self.unix_ms };
         let hub = self.hub_of(app);
         self.route(hub, ShardMsg::Receipt { app, receipt });
     }
@@ -191,14 +155,7 @@ impl Shard {
         }
         self.receipt_rr = self.receipt_rr.wrapping_add(1);
         let to = self.receipt_sinks[&app][self.receipt_rr % sinks];
-        self.route(
-            to.shard as usize,
-            ShardMsg::DeliverReceipts {
-                to,
-                app,
-                receipts: vec![receipt],
-            },
-        );
+        self.route(to.shard as usize, ShardMsg::DeliverReceipts { to, app, receipts: vec![receipt] });
     }
 
     /// At a provider's shard: write receipts; what cannot be written goes back to the hub.
@@ -207,18 +164,11 @@ impl Shard {
         let mut rest = receipts.into_iter();
         if live {
             for r in rest.by_ref() {
-                let frame = Frame::Receipt {
-                    token: r.token,
-                    msg_id: r.msg_id,
-                    acked_at_ms: r.acked_at_ms,
-                };
+                let frame = Frame::Receipt { token: r.token, msg_id: r.msg_id, acked_at_ms: r.acked_at_ms };
                 if self.try_send_frame(to.idx, &frame) != Sent::Yes {
                     self.bounce_receipt(app, r);
                     break;
                 }
-                self.shared.stats[self.index]
-                    .receipts
-                    .fetch_add(1, Ordering::Relaxed);
             }
         }
         for r in rest {
@@ -281,14 +231,7 @@ impl Shard {
         }
         if !batch.is_empty() {
             self.store_dirty = true;
-            self.route(
-                to.shard as usize,
-                ShardMsg::DeliverReceipts {
-                    to,
-                    app,
-                    receipts: batch,
-                },
-            );
+            self.route(to.shard as usize, ShardMsg::DeliverReceipts { to, app, receipts: batch });
         }
     }
 }

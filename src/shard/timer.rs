@@ -30,10 +30,7 @@ impl Default for Wheel {
 
 impl Wheel {
     pub fn new() -> Wheel {
-        Wheel {
-            slots: (0..SLOTS).map(|_| Vec::new()).collect(),
-            next: 0,
-        }
+        Wheel { slots: (0..SLOTS).map(|_| Vec::new()).collect(), next: 0 }
     }
 
     /// Arms `e` to fire at tick `at`; a tick already past fires on the next advance,
