@@ -78,10 +78,7 @@ fn exp_key(expiry: u32, t: &Token, id: u64) -> [u8; 38] {
 
 impl Redb {
     fn open(dir: &Path) -> Redb {
-        Redb {
-            db: Database::create(dir.join("redb")).unwrap(),
-            durability: Durability::Immediate.into(),
-        }
+        Redb { db: Database::create(dir.join("redb")).unwrap(), durability: Durability::Immediate.into() }
     }
 
     /// Appends ids `from..to`, one durable transaction per `batch`.
@@ -131,10 +128,7 @@ impl Redb {
         let txn = self.db.begin_read().unwrap();
         let m = txn.open_table(MSGS).unwrap();
         let range = m.range(&msg_key(t, 0)[..]..=&msg_key(t, u64::MAX)[..]).unwrap();
-        range
-            .map(|kv| kv.unwrap().1.value().len())
-            .filter(|&n| n > 0)
-            .count()
+        range.map(|kv| kv.unwrap().1.value().len()).filter(|&n| n > 0).count()
     }
 
     fn sweep(&self, now: u32) -> usize {
@@ -143,11 +137,8 @@ impl Redb {
         {
             let (mut m, mut x) = (txn.open_table(MSGS).unwrap(), txn.open_table(EXPIRY).unwrap());
             let end = exp_key(now, &Token([0; 24]), 0);
-            let keys: Vec<Vec<u8>> = x
-                .range(&[0u8; 6][..]..&end[..])
-                .unwrap()
-                .map(|kv| kv.unwrap().0.value().to_vec())
-                .collect();
+            let keys: Vec<Vec<u8>> =
+                x.range(&[0u8; 6][..]..&end[..]).unwrap().map(|kv| kv.unwrap().0.value().to_vec()).collect();
             for k in keys {
                 x.remove(&k[..]).unwrap();
                 m.remove(&k[6..]).unwrap();
@@ -231,10 +222,7 @@ fn ack_sync(c: &mut Criterion) {
     let mut g = c.benchmark_group("ack_sync");
     g.sample_size(20).throughput(Throughput::Elements(BATCH));
     let dir = tempfile::tempdir().unwrap();
-    let mut s = open_durable(&dir.path().join("fjall"), 1, 1_000_000)
-        .unwrap()
-        .pop()
-        .unwrap();
+    let mut s = open_durable(&dir.path().join("fjall"), 1, 1_000_000).unwrap().pop().unwrap();
     let mut next = 1;
     g.bench_function("fjall", |b| {
         b.iter_custom(|iters| {
@@ -295,28 +283,26 @@ fn scan_queue(c: &mut Criterion) {
     });
 }
 
-/// Deletes 10,000 expired messages from among 10,000 live ones.
+/// Deletes 10,000 expired messages from among 10,000 live ones; the clock
+/// advances one second per sweep, as the shard's once-a-second sweep sees it.
 fn sweep(c: &mut Criterion) {
     let mut g = c.benchmark_group("sweep_10k");
     g.sample_size(10).throughput(Throughput::Elements(10_000));
     let dir = tempfile::tempdir().unwrap();
-    let mut s = open_durable(&dir.path().join("fjall"), 1, 1_000_000)
-        .unwrap()
-        .pop()
-        .unwrap();
+    let mut s = open_durable(&dir.path().join("fjall"), 1, 1_000_000).unwrap().pop().unwrap();
     let r = Redb::open(dir.path());
-    let mut next = 1;
-    fjall_append(&mut *s, 1, 10_001, 1024, FAR);
-    r.append(1, 10_001, 1024, FAR);
-    next += 10_000;
+    let (mut next, mut clock) = (10_001, 10);
+    fjall_append(&mut *s, 1, next, 1024, FAR);
+    r.append(1, next, 1024, FAR);
     g.bench_function("fjall", |b| {
         b.iter_custom(|iters| {
             let mut took = Duration::ZERO;
             for _ in 0..iters {
-                fjall_append(&mut *s, next, next + 10_000, 1024, 10);
+                fjall_append(&mut *s, next, next + 10_000, 1024, clock);
                 next += 10_000;
+                clock += 1;
                 let start = Instant::now();
-                assert_eq!(s.sweep_expired(11).unwrap(), 10_000);
+                assert_eq!(s.sweep_expired(clock.into()).unwrap(), 10_000);
                 s.sync().unwrap();
                 took += start.elapsed();
             }
@@ -327,10 +313,11 @@ fn sweep(c: &mut Criterion) {
         b.iter_custom(|iters| {
             let mut took = Duration::ZERO;
             for _ in 0..iters {
-                r.append(next, next + 10_000, 1024, 10);
+                r.append(next, next + 10_000, 1024, clock);
                 next += 10_000;
+                clock += 1;
                 let start = Instant::now();
-                assert_eq!(r.sweep(11), 10_000);
+                assert_eq!(r.sweep(clock), 10_000);
                 took += start.elapsed();
             }
             took
@@ -342,66 +329,68 @@ fn sweep(c: &mut Criterion) {
 fn restart(n: u64) {
     let dir =
         tempfile::tempdir_in(std::env::var("STORE_BENCH_DIR").unwrap_or_else(|_| "/tmp".into())).unwrap();
-    let secs = |d: Duration| format!("{:.3} s", d.as_secs_f64());
+    let engine = std::env::var("STORE_BENCH_ENGINE").unwrap_or_default();
+    if engine != "redb" {
+        restart_fjall(dir.path(), n);
+    }
+    if engine != "fjall" {
+        restart_redb(dir.path(), n);
+    }
+}
 
+fn secs(d: Duration) -> String {
+    format!("{:.3} s", d.as_secs_f64())
+}
+
+fn rate(n: u64, d: Duration) -> String {
+    format!("{} ({:.0}/s)", secs(d), n as f64 / d.as_secs_f64())
+}
+
+fn du(p: &Path) -> String {
+    let out = std::process::Command::new("du").arg("-sh").arg(p).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn restart_fjall(dir: &Path, n: u64) {
     let start = Instant::now();
-    let mut s = open_fjall(dir.path());
+    let mut s = open_fjall(dir);
     fjall_append(&mut *s, 1, n + 1, 1024, FAR);
-    drop(s);
-    println!(
-        "fjall: filled {n} in {} ({:.0}/s)",
-        secs(start.elapsed()),
-        n as f64 / start.elapsed().as_secs_f64()
-    );
+    println!("fjall: filled {n} in {}", rate(n, start.elapsed()));
     let start = Instant::now();
-    let mut s = open_fjall(dir.path());
+    drop(s);
+    println!("fjall: closed in {}", secs(start.elapsed()));
+    let start = Instant::now();
+    let mut s = open_fjall(dir);
     let opened = start.elapsed();
     let mut out = Vec::new();
     s.pending(&owner(n), 0, 0, CAP, &mut out).unwrap();
+    assert_eq!((s.len() as u64, s.max_msg_id(), out.len()), (n, n, CAP));
     println!(
-        "fjall: reopen {} (len {}, max id {}), first queue read {} later",
+        "fjall: reopened in {}, first queue read {} later",
         secs(opened),
-        s.len(),
-        s.max_msg_id(),
         secs(start.elapsed() - opened)
     );
     drop(s);
     let start = Instant::now();
-    let shards = open_durable(&dir.path().join("fjall"), 2, CAP).unwrap();
-    println!(
-        "fjall: reopen with 2 shards (rebuild) {} (len {})",
-        secs(start.elapsed()),
-        shards.iter().map(|s| s.len()).sum::<usize>()
-    );
+    let shards = open_durable(&dir.join("fjall"), 2, CAP).unwrap();
+    assert_eq!(shards.iter().map(|s| s.len() as u64).sum::<u64>(), n);
+    println!("fjall: reopened as 2 shards (rebuild) in {}", secs(start.elapsed()));
     drop(shards);
+    println!("fjall: {}", du(&dir.join("fjall")));
+}
 
+fn restart_redb(dir: &Path, n: u64) {
     let start = Instant::now();
-    let r = Redb::open(dir.path());
+    let r = Redb::open(dir);
     r.append(1, n + 1, 1024, FAR);
     drop(r);
-    println!(
-        "redb: filled {n} in {} ({:.0}/s)",
-        secs(start.elapsed()),
-        n as f64 / start.elapsed().as_secs_f64()
-    );
+    println!("redb: filled {n} in {}", rate(n, start.elapsed()));
     let start = Instant::now();
-    let r = Redb::open(dir.path());
+    let r = Redb::open(dir);
     let opened = start.elapsed();
     assert_eq!(r.scan(&owner(n)), CAP);
-    println!(
-        "redb: reopen {}, first queue read {} later",
-        secs(opened),
-        secs(start.elapsed() - opened)
-    );
-    let du = |p: &str| {
-        let out = std::process::Command::new("du")
-            .arg("-sh")
-            .arg(dir.path().join(p))
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    };
-    println!("disk: {} / {}", du("fjall"), du("redb"));
+    println!("redb: reopened in {}, first queue read {} later", secs(opened), secs(start.elapsed() - opened));
+    println!("redb: {}", du(&dir.join("redb")));
 }
 
 fn main() {

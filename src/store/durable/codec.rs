@@ -99,10 +99,7 @@ impl ShardMeta {
     }
 
     pub fn decode(v: &[u8]) -> Option<ShardMeta> {
-        (v.len() == 16).then(|| ShardMeta {
-            max_id: be_u64(&v[..8]),
-            len: be_u64(&v[8..]),
-        })
+        (v.len() == 16).then(|| ShardMeta { max_id: be_u64(&v[..8]), len: be_u64(&v[8..]) })
     }
 }
 

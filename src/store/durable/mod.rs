@@ -73,19 +73,10 @@ impl DurableStore {
             let (_, id) = codec::parse_msg_key(&k).ok_or_else(|| self.eng.corrupt("message key", &k))?;
             let (expiry, collapse, _) =
                 codec::split_msg(&v).ok_or_else(|| self.eng.corrupt("message", &k))?;
-            q.msgs.push_back(Entry {
-                id,
-                expiry,
-                collapse: Bytes::copy_from_slice(collapse),
-            });
+            q.msgs.push_back(Entry { id, expiry, collapse: Bytes::copy_from_slice(collapse) });
         }
         let key = codec::missed_key(token);
-        if let Some(v) = self
-            .eng
-            .meta
-            .get(key)
-            .map_err(|e| self.eng.err("reading a missed count", e))?
-        {
+        if let Some(v) = self.eng.meta.get(key).map_err(|e| self.eng.err("reading a missed count", e))? {
             q.missed = codec::decode_u32(&v).ok_or_else(|| self.eng.corrupt("missed count", &key))?;
         }
         Ok(q)
@@ -100,10 +91,7 @@ impl DurableStore {
 
     fn remove_msg(&self, b: &mut OwnedWriteBatch, token: &Token, e: &Entry) {
         b.remove(&self.eng.msgs, codec::msg_key(token, e.id));
-        b.remove(
-            &self.eng.expiry,
-            codec::exp_key(self.shard, e.expiry, token, e.id),
-        );
+        b.remove(&self.eng.expiry, codec::exp_key(self.shard, e.expiry, token, e.id));
     }
 
     /// Commits `b` together with the shard counters `c`; the counters change only if it lands.
@@ -138,26 +126,14 @@ impl Store for DurableStore {
         if q.missed != missed_before {
             b.insert(&self.eng.meta, codec::missed_key(token), q.missed.to_be_bytes());
         }
-        b.insert(
-            &self.eng.msgs,
-            codec::msg_key(token, msg.msg_id),
-            codec::encode_msg(&msg),
-        );
-        b.insert(
-            &self.eng.expiry,
-            codec::exp_key(self.shard, msg.expiry, token, msg.msg_id),
-            [],
-        );
+        b.insert(&self.eng.msgs, codec::msg_key(token, msg.msg_id), codec::encode_msg(&msg));
+        b.insert(&self.eng.expiry, codec::exp_key(self.shard, msg.expiry, token, msg.msg_id), []);
         c.len += 1;
         c.max_id = c.max_id.max(msg.msg_id);
         self.swept_below = self.swept_below.min(msg.expiry);
         // On failure the cached queue is dropped, so the next use reloads it from disk.
         self.commit(b, c, "appending")?;
-        q.msgs.push_back(Entry {
-            id: msg.msg_id,
-            expiry: msg.expiry,
-            collapse: msg.collapse,
-        });
+        q.msgs.push_back(Entry { id: msg.msg_id, expiry: msg.expiry, collapse: msg.collapse });
         self.keep(token, q);
         Ok(())
     }
@@ -201,10 +177,7 @@ impl Store for DurableStore {
         if let Some(e) = q.msgs.remove(i) {
             self.remove_msg(&mut b, token, &e);
         }
-        let c = ShardMeta {
-            len: self.counters.len - 1,
-            ..self.counters
-        };
+        let c = ShardMeta { len: self.counters.len - 1, ..self.counters };
         self.commit(b, c, "acknowledging")?;
         self.keep(token, q);
         Ok(true)
@@ -216,8 +189,7 @@ impl Store for DurableStore {
         if n != 0 {
             let mut b = self.eng.db.batch();
             b.remove(&self.eng.meta, codec::missed_key(token));
-            b.commit()
-                .map_err(|e| self.eng.err("resetting a missed count", e))?;
+            b.commit().map_err(|e| self.eng.err("resetting a missed count", e))?;
         }
         self.keep(token, q);
         Ok(n)
@@ -234,15 +206,8 @@ impl Store for DurableStore {
         loop {
             let mut found = Vec::with_capacity(SWEEP_CHUNK);
             let mut last = None;
-            for kv in self
-                .eng
-                .expiry
-                .range((from.clone(), end.clone()))
-                .take(SWEEP_CHUNK)
-            {
-                let k = kv
-                    .key()
-                    .map_err(|e| self.eng.err("reading the expiry index", e))?;
+            for kv in self.eng.expiry.range((from.clone(), end.clone())).take(SWEEP_CHUNK) {
+                let k = kv.key().map_err(|e| self.eng.err("reading the expiry index", e))?;
                 found.push(codec::parse_exp_key(&k).ok_or_else(|| self.eng.corrupt("expiry key", &k))?);
                 last = Some(k);
             }
@@ -251,15 +216,7 @@ impl Store for DurableStore {
             let mut b = self.eng.db.batch();
             let mut c = self.counters;
             for &(expiry, token, id) in &found {
-                self.remove_msg(
-                    &mut b,
-                    &token,
-                    &Entry {
-                        id,
-                        expiry,
-                        collapse: Bytes::new(),
-                    },
-                );
+                self.remove_msg(&mut b, &token, &Entry { id, expiry, collapse: Bytes::new() });
                 c.len -= 1;
             }
             self.commit(b, c, "sweeping expired messages")?;
@@ -276,10 +233,7 @@ impl Store for DurableStore {
     }
 
     fn sync(&mut self) -> Result<(), StoreError> {
-        self.eng
-            .db
-            .persist(PersistMode::SyncAll)
-            .map_err(|e| self.eng.err("syncing the journal", e))
+        self.eng.db.persist(PersistMode::SyncAll).map_err(|e| self.eng.err("syncing the journal", e))
     }
 
     fn max_msg_id(&self) -> u64 {
@@ -298,11 +252,7 @@ impl Engine {
     }
 
     fn corrupt(&self, what: &str, key: &[u8]) -> StoreError {
-        StoreError::Corrupt(format!(
-            "{}: malformed {what} at key {}",
-            self.path.display(),
-            hex::encode(key)
-        ))
+        StoreError::Corrupt(format!("{}: malformed {what} at key {}", self.path.display(), hex::encode(key)))
     }
 }
 

@@ -10,6 +10,8 @@ use super::{map_err, DurableStore, Engine};
 use crate::proto::Token;
 use crate::store::{Store, StoreError};
 
+/// The journal's size limit; past it fjall flushes memtables so journal files can go.
+const JOURNAL_BYTES: u64 = 64 << 20;
 /// Writes per batch while rebuilding.
 const REBUILD_CHUNK: usize = 4096;
 
@@ -21,10 +23,7 @@ const REBUILD_CHUNK: usize = 4096;
 /// messages (one pass over them) and every shard continues above the highest
 /// id any shard had stored.
 pub fn open_durable(dir: &Path, shards: usize, cap: usize) -> Result<Vec<Box<dyn Store>>, StoreError> {
-    Ok(open_shards(dir, shards, cap)?
-        .into_iter()
-        .map(|s| Box::new(s) as Box<dyn Store>)
-        .collect())
+    Ok(open_shards(dir, shards, cap)?.into_iter().map(|s| Box::new(s) as Box<dyn Store>).collect())
 }
 
 /// `open_durable` with the concrete type.
@@ -37,34 +36,29 @@ fn open_shards(dir: &Path, shards: usize, cap: usize) -> Result<Vec<DurableStore
         return Err(StoreError::Io(format!("{}: not a directory", dir.display())));
     }
     let err = |what: &str, e: fjall::Error| map_err(dir, what, e);
+    // A restart replays the journal not yet flushed to tables: keep it at fjall's minimum.
     let db = Database::builder(dir)
+        .max_journaling_size(JOURNAL_BYTES)
         .open()
         .map_err(|e| err("opening the store", e))?;
-    let ks = |name: &str| {
-        db.keyspace(name, KeyspaceCreateOptions::default)
+    let ks = |name: &str, memtable: u64| {
+        db.keyspace(name, || KeyspaceCreateOptions::default().max_memtable_size(memtable))
             .map_err(|e| err("opening a keyspace", e))
     };
+    // Small memtables for the small keyspaces, so they flush, and free journal files, often.
     let eng = Engine {
-        msgs: ks("msgs")?,
-        expiry: ks("expiry")?,
-        meta: ks("meta")?,
+        msgs: ks("msgs", 32 << 20)?,
+        expiry: ks("expiry", 8 << 20)?,
+        meta: ks("meta", 4 << 20)?,
         db: db.clone(),
         path: dir.into(),
     };
 
-    let layout = match eng
-        .meta
-        .get(codec::LAYOUT_KEY)
-        .map_err(|e| err("reading the layout", e))?
-    {
+    let layout = match eng.meta.get(codec::LAYOUT_KEY).map_err(|e| err("reading the layout", e))? {
         Some(v) => Some(codec::decode_layout(&v).ok_or_else(|| eng.corrupt("layout", codec::LAYOUT_KEY))?),
         None => None,
     };
-    let counters = if layout == Some(u32::from(n)) {
-        read_counters(&eng, n)?
-    } else {
-        rebuild(&eng, n)?
-    };
+    let counters = if layout == Some(u32::from(n)) { read_counters(&eng, n)? } else { rebuild(&eng, n)? };
     Ok(counters
         .into_iter()
         .enumerate()
@@ -83,11 +77,7 @@ fn read_counters(eng: &Engine, n: u16) -> Result<Vec<ShardMeta>, StoreError> {
     (0..n)
         .map(|i| {
             let key = codec::shard_key(i);
-            match eng
-                .meta
-                .get(key)
-                .map_err(|e| eng.err("reading shard counters", e))?
-            {
+            match eng.meta.get(key).map_err(|e| eng.err("reading shard counters", e))? {
                 Some(v) => ShardMeta::decode(&v).ok_or_else(|| eng.corrupt("shard counters", &key)),
                 None => Ok(ShardMeta::default()),
             }
@@ -103,16 +93,10 @@ fn rebuild(eng: &Engine, n: u16) -> Result<Vec<ShardMeta>, StoreError> {
     let mut old_keys = Vec::new();
     for kv in eng.meta.prefix(&codec::shard_key(0)[..1]) {
         let (k, v) = kv.into_inner().map_err(|e| err("reading shard counters", e))?;
-        max_id = max_id.max(
-            ShardMeta::decode(&v)
-                .ok_or_else(|| eng.corrupt("shard counters", &k))?
-                .max_id,
-        );
+        max_id = max_id.max(ShardMeta::decode(&v).ok_or_else(|| eng.corrupt("shard counters", &k))?.max_id);
         old_keys.push(k);
     }
-    eng.expiry
-        .clear()
-        .map_err(|e| err("clearing the expiry index", e))?;
+    eng.expiry.clear().map_err(|e| err("clearing the expiry index", e))?;
 
     let mut lens = vec![0u64; usize::from(n)];
     let mut b = eng.db.batch();
@@ -126,9 +110,7 @@ fn rebuild(eng: &Engine, n: u16) -> Result<Vec<ShardMeta>, StoreError> {
         lens[shard] += 1;
         max_id = max_id.max(id);
         if b.len() >= REBUILD_CHUNK {
-            std::mem::replace(&mut b, eng.db.batch())
-                .commit()
-                .map_err(|e| err("rebuilding", e))?;
+            std::mem::replace(&mut b, eng.db.batch()).commit().map_err(|e| err("rebuilding", e))?;
         }
     }
     for k in old_keys {
@@ -140,8 +122,6 @@ fn rebuild(eng: &Engine, n: u16) -> Result<Vec<ShardMeta>, StoreError> {
     }
     b.insert(&eng.meta, codec::LAYOUT_KEY, codec::encode_layout(u32::from(n)));
     b.commit().map_err(|e| err("rebuilding", e))?;
-    eng.db
-        .persist(PersistMode::SyncAll)
-        .map_err(|e| err("syncing the rebuild", e))?;
+    eng.db.persist(PersistMode::SyncAll).map_err(|e| err("syncing the rebuild", e))?;
     Ok(counters)
 }
