@@ -79,11 +79,7 @@ fn reopen_keeps_order_collapse_cap_missed_and_max_id() {
     drop(s);
 
     let mut s = open1(dir.path(), 3);
-    assert_eq!(
-        s.take_missed(&t).unwrap(),
-        0,
-        "taking the missed count is durable"
-    );
+    assert_eq!(s.take_missed(&t).unwrap(), 0, "taking the missed count is durable");
     assert_eq!(s.sweep_expired(61).unwrap(), 1);
     assert_eq!(ids(&mut *s, &t, 0), vec![3, 7]);
     s.sync().unwrap();
@@ -104,8 +100,7 @@ fn pending_skips_expired_and_honours_max() {
     let (t, other) = (token(1), token(2));
     let mut s = open1(dir.path(), 100);
     for id in 1..=6 {
-        s.append(&t, msg(id, if id % 2 == 0 { 10 } else { 100 }, b""))
-            .unwrap();
+        s.append(&t, msg(id, if id % 2 == 0 { 10 } else { 100 }, b"")).unwrap();
     }
     s.append(&other, msg(7, 100, b"")).unwrap();
     let mut out = Vec::new();
@@ -151,18 +146,10 @@ fn behaves_like_the_memory_store_across_restarts() {
                     let id = rng.next(next_id + 1);
                     assert_eq!(mem.ack(&t, id).unwrap(), dur.ack(&t, id).unwrap(), "{ctx}");
                 }
-                5 => assert_eq!(
-                    mem.take_missed(&t).unwrap(),
-                    dur.take_missed(&t).unwrap(),
-                    "{ctx}"
-                ),
+                5 => assert_eq!(mem.take_missed(&t).unwrap(), dur.take_missed(&t).unwrap(), "{ctx}"),
                 6 => {
                     let now = rng.next(40);
-                    assert_eq!(
-                        mem.sweep_expired(now).unwrap(),
-                        dur.sweep_expired(now).unwrap(),
-                        "{ctx}"
-                    );
+                    assert_eq!(mem.sweep_expired(now).unwrap(), dur.sweep_expired(now).unwrap(), "{ctx}");
                 }
                 7 => {
                     dur.sync().unwrap();
@@ -201,10 +188,7 @@ fn a_new_shard_count_finds_every_queue() {
 
     let mut shards = open_durable(dir.path(), 3, 100).unwrap();
     assert_eq!(shards.iter().map(|s| s.len()).sum::<usize>(), 120);
-    assert!(
-        shards.iter().all(|s| s.max_msg_id() == next[1]),
-        "ids keep growing on every shard"
-    );
+    assert!(shards.iter().all(|s| s.max_msg_id() == next[1]), "ids keep growing on every shard");
     for t in &tokens {
         assert_eq!(ids(&mut *shards[t.shard(3)], t, 0).len(), 3, "{t:?}");
     }
@@ -280,11 +264,7 @@ fn assert_names(e: StoreError, path: &Path) {
         StoreError::Corrupt(t) | StoreError::Io(t) => t,
         StoreError::Full => panic!("unexpected {e:?}"),
     };
-    assert!(
-        text.contains(&path.display().to_string()),
-        "{e:?} does not name {}",
-        path.display()
-    );
+    assert!(text.contains(&path.display().to_string()), "{e:?} does not name {}", path.display());
 }
 
 #[test]
@@ -309,9 +289,7 @@ fn a_malformed_record_is_corrupt_not_a_panic() {
     {
         // Damage the record behind the store's back, the way a bad disk would.
         let db = fjall::Database::builder(dir.path()).open().unwrap();
-        let msgs = db
-            .keyspace("msgs", fjall::KeyspaceCreateOptions::default)
-            .unwrap();
+        let msgs = db.keyspace("msgs", fjall::KeyspaceCreateOptions::default).unwrap();
         let mut key = t.0.to_vec();
         key.extend_from_slice(&1u64.to_be_bytes());
         msgs.insert(key, b"\x01\x02".to_vec()).unwrap();
@@ -341,16 +319,10 @@ fn garbage_files_are_an_error_naming_the_dir() {
         damaged.push(entry);
     }
     assert!(!damaged.is_empty());
-    let e = open_durable(dir.path(), 1, 100)
-        .err()
-        .expect("opening garbage must fail");
+    let e = open_durable(dir.path(), 1, 100).err().expect("opening garbage must fail");
     assert_names(e, dir.path());
     for f in &damaged {
-        assert!(
-            std::fs::read(f).unwrap().iter().all(|&b| b == 0xA5),
-            "{} was rewritten",
-            f.display()
-        );
+        assert!(std::fs::read(f).unwrap().iter().all(|&b| b == 0xA5), "{} was rewritten", f.display());
     }
 }
 
