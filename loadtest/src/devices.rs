@@ -54,6 +54,8 @@ pub enum Cmd {
     Park,
     /// Connect every parked device.
     Unpark,
+    /// Start dropping devices at random (`churn_per_s`), once all have registered.
+    Churn,
     Stop,
 }
 
@@ -118,6 +120,7 @@ pub struct DeviceThread {
     tokens: Vec<(u32, String)>,
     rng: Rng,
     churn_acc: f64,
+    churn_on: bool,
     parked_all: bool,
     scratch: Vec<u8>,
 }
@@ -160,6 +163,7 @@ impl DeviceThread {
             tokens: Vec::new(),
             rng,
             churn_acc: 0.0,
+            churn_on: false,
             scratch: vec![0u8; 64 * 1024],
         };
         for i in 0..t.devs.len() {
@@ -596,13 +600,14 @@ impl DeviceThread {
                     }
                 }
             }
+            Cmd::Churn => self.churn_on = true,
             Cmd::Stop => {}
         }
     }
 
     /// Drops random registered devices at the configured rate; they reconnect after a short backoff.
     fn on_churn(&mut self, elapsed_s: f64) {
-        if self.cfg.churn_per_s <= 0.0 || self.parked_all {
+        if !self.churn_on || self.cfg.churn_per_s <= 0.0 || self.parked_all {
             return;
         }
         self.churn_acc += self.cfg.churn_per_s * self.devs.len() as f64 * elapsed_s;

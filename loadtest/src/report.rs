@@ -43,7 +43,12 @@ pub struct Summary {
     pub server_rss_before: Option<u64>,
     pub server_rss_after: Option<u64>,
     pub server_rss_bytes_per_device: Option<f64>,
+    /// Server RSS at the end of the run, after any pushing.
+    pub server_rss_end: Option<u64>,
     pub push_secs: Option<f64>,
+    /// CPU use while pushing, in percent of one core (the machine's cores are shared by both).
+    pub server_cpu_pct: Option<f64>,
+    pub harness_cpu_pct: Option<f64>,
     pub sent: u64,
     pub accepted: u64,
     pub status_counts: [u64; 10],
@@ -153,8 +158,15 @@ pub fn print_table(s: &Summary) {
             "closed by server / proto errors / goaway",
             format!("{} / {} / {:?}", s.closed_by_server, s.proto_errors, goaway),
         ),
-        ("server RSS before / after", format!("{} / {}", mb(s.server_rss_before), mb(s.server_rss_after))),
+        (
+            "server RSS before / connected / end",
+            format!("{} / {} / {}", mb(s.server_rss_before), mb(s.server_rss_after), mb(s.server_rss_end)),
+        ),
         ("server RSS per device", opt(s.server_rss_bytes_per_device, " B")),
+        (
+            "CPU while pushing: server / harness",
+            format!("{} / {}", opt(s.server_cpu_pct, " %"), opt(s.harness_cpu_pct, " %")),
+        ),
         ("pushes sent / accepted", format!("{} / {}", s.sent, s.accepted)),
         ("results", statuses),
         ("accepted rate", opt(s.accepted_per_sec, " /s")),

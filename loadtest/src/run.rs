@@ -19,7 +19,7 @@ use crate::opts::{RunOpts, Scenario};
 use crate::provider::{self, ProvConfig, ProvStats, Targets};
 use crate::report::{self, Sample, Summary};
 use crate::stats::{add_pairs, new_hist, DevCounters, Fingerprint};
-use crate::util::{now_ns, raise_nofile, rss_bytes};
+use crate::util::{cpu_secs, now_ns, raise_nofile, rss_bytes};
 use crate::wire::Target;
 use crate::worker::{Report, WorkerSpec};
 
@@ -264,6 +264,20 @@ fn spawn_server(cmd: &str, addr: SocketAddr) -> std::io::Result<Spawned> {
     Err(std::io::Error::other(format!("server did not listen on {addr} within 30 s")))
 }
 
+/// CPU seconds used so far by the server processes and by the harness (itself and its workers).
+fn cpu_now(servers: &[u32], st: &State) -> (Option<f64>, Option<f64>) {
+    let server = if servers.is_empty() { None } else { servers.iter().map(|p| cpu_secs(*p)).sum() };
+    let mut harness = cpu_secs(std::process::id());
+    for w in &st.workers {
+        harness = harness.zip(cpu_secs(w.child.id())).map(|(a, b)| a + b);
+    }
+    (server, harness)
+}
+
+fn pct(a: Option<f64>, b: Option<f64>, secs: f64) -> Option<f64> {
+    Some((b? - a?) / secs.max(1e-9) * 100.0)
+}
+
 fn rss_total(pids: &[u32]) -> Option<u64> {
     if pids.is_empty() {
         return None;
@@ -392,9 +406,17 @@ pub fn main(o: Box<RunOpts>) -> Result<i32, String> {
             let t0 = now_ns();
             let u0 = st.counters().unique;
             let hs = start_providers(&o, &st, providers.max(gws), None, &stop)?;
+            if o.churn > 0.0 {
+                st.send("churn");
+            }
+            let cpu0 = cpu_now(&pids, &st);
             st.pump(o.duration as f64, |_| false);
             stop.store(true, Relaxed);
             let t1 = now_ns();
+            let cpu1 = cpu_now(&pids, &st);
+            let secs = (t1 - t0) as f64 / 1e9;
+            sum.server_cpu_pct = pct(cpu0.0, cpu1.0, secs);
+            sum.harness_cpu_pct = pct(cpu0.1, cpu1.1, secs);
             st.phase = "drain";
             sum.provider_errors += join_providers(hs, &mut acc);
             let accepted = st.prov_stats.accepted.load(Relaxed);
@@ -462,6 +484,7 @@ pub fn main(o: Box<RunOpts>) -> Result<i32, String> {
             }
         }
     }
+    sum.server_rss_end = rss_total(&pids);
     st.phase = "final";
     st.send("final");
     let nw = st.workers.len();

@@ -77,6 +77,7 @@ pub fn run(spec: WorkerSpec) -> std::io::Result<()> {
                 Some("storm") => Cmd::Storm,
                 Some("park") => Cmd::Park,
                 Some("unpark") => Cmd::Unpark,
+                Some("churn") => Cmd::Churn,
                 Some("final") | None => {
                     finish = true;
                     break;

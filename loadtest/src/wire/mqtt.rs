@@ -116,3 +116,42 @@ pub fn on_bytes(
     }
     Ok(used)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_registers_on_suback_and_pubacks_qos1_publish() {
+        let mut out = Vec::new();
+        publish_qos1(0x1234, "d/7", b"hi", &mut out);
+        let mut buf = vec![0x20, 2, 0, 0, 0x90, 3, 0, 1, 1];
+        buf.extend_from_slice(&out);
+        buf.push(0xd0); // a PINGRESP cut after its first byte stays in the buffer
+        let mut st = WireState::default();
+        let mut reply = Vec::new();
+        let mut seen = Vec::new();
+        let used = on_bytes(&mut st, &buf, &mut reply, &mut |e| {
+            seen.push(match e {
+                DevEvent::Registered { .. } => "registered".to_string(),
+                DevEvent::Notify { payload, .. } => String::from_utf8_lossy(payload).into_owned(),
+                _ => "other".to_string(),
+            })
+        })
+        .unwrap();
+        assert_eq!(used, buf.len() - 1);
+        assert!(st.registered);
+        assert_eq!(seen, ["registered", "hi"]);
+        assert_eq!(reply, [0x40, 2, 0x12, 0x34]);
+    }
+
+    #[test]
+    fn refused_connack_and_long_lengths() {
+        let mut st = WireState::default();
+        assert!(on_bytes(&mut st, &[0x20, 2, 0, 5], &mut Vec::new(), &mut |_| {}).is_err());
+        let mut big = Vec::new();
+        publish_qos1(1, "t", &[0u8; 300], &mut big);
+        assert_eq!(split(&big).unwrap().unwrap().2, big.len());
+        assert!(split(&big[..100]).unwrap().is_none());
+    }
+}

@@ -85,3 +85,28 @@ pub fn on_bytes(
     }
     Ok(used)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_pong_registers_msgs_arrive_and_pings_are_answered() {
+        let buf = b"INFO {}\r\nPONG\r\nMSG d.3 1 5\r\nhello\r\nPING\r\nMSG d.3 1 5\r\nhel";
+        let mut st = WireState::default();
+        let mut out = Vec::new();
+        let mut seen = Vec::new();
+        let used = on_bytes(&mut st, buf, &mut out, &mut |e| {
+            seen.push(match e {
+                DevEvent::Registered { .. } => "registered".to_string(),
+                DevEvent::Notify { payload, .. } => String::from_utf8_lossy(payload).into_owned(),
+                _ => "other".to_string(),
+            })
+        })
+        .unwrap();
+        assert_eq!(seen, ["registered", "hello"]);
+        assert_eq!(out, b"PONG\r\n");
+        assert_eq!(&buf[used..], b"MSG d.3 1 5\r\nhel");
+        assert!(on_bytes(&mut st, b"-ERR 'Slow Consumer'\r\n", &mut out, &mut |_| {}).is_err());
+    }
+}

@@ -44,3 +44,40 @@ pub fn on_bytes(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ::pushgate::proto::Token;
+
+    #[test]
+    fn welcome_registers_and_every_notify_is_acked() {
+        let mut buf = Vec::new();
+        Frame::Welcome { token: Token([9; 24]), heartbeat_s: 45, missed: 2 }.encode(&mut buf);
+        Frame::Notify { msg_id: 77, kind: 0, priority: 10, payload: b"x" }.encode(&mut buf);
+        let mut st = WireState::default();
+        let mut out = Vec::new();
+        let mut hb = 0;
+        let mut ids = Vec::new();
+        let used = on_bytes(&mut st, &buf, &mut out, &mut |e| match e {
+            DevEvent::Registered { heartbeat_s, missed, token } => {
+                hb = heartbeat_s;
+                assert_eq!((missed, token), (2, Some(Token([9; 24]))));
+            }
+            DevEvent::Notify { msg_id, .. } => ids.push(msg_id),
+            _ => {}
+        })
+        .unwrap();
+        assert_eq!((used, hb, ids), (buf.len(), 45, vec![Some(77)]));
+        let mut ack = Vec::new();
+        Frame::Ack { msg_id: 77 }.encode(&mut ack);
+        assert_eq!(out, ack);
+    }
+
+    #[test]
+    fn error_frame_closes() {
+        let mut buf = Vec::new();
+        Frame::Error { code: ::pushgate::proto::ErrorCode::UNKNOWN_APP, text: "no" }.encode(&mut buf);
+        assert!(on_bytes(&mut WireState::default(), &buf, &mut Vec::new(), &mut |_| {}).is_err());
+    }
+}
