@@ -427,7 +427,7 @@ fn length_over_the_port_maximum_is_refused_before_the_body_arrives() {
 
 #[test]
 fn undefined_type_bytes_are_unknown_type() {
-    for t in [0x00, 0x0a, 0x20, 0x2c, 0x7f, 0xff] {
+    for t in [0x00, 0x0a, 0x20, 0x2d, 0x7f, 0xff] {
         let buf = framed(t, &[]);
         let (raw, used) = split_frame(&buf, DEVICE_MAX_BODY).unwrap().unwrap();
         assert_eq!(used, 2);
@@ -1015,10 +1015,8 @@ fn lifecycle_frames_round_trip_and_refuse_bad_fields() {
     }
     let frames = [
         Frame::Unregister,
-        Frame::Feedback {
-            req_id: 1,
-            since_ms: u64::MAX,
-        },
+        Frame::Feedback { req_id: 1, since_ms: u64::MAX, after: token },
+        Frame::SubscribeReceipts,
         Frame::FeedbackResult {
             req_id: 2,
             more: true,

@@ -406,7 +406,7 @@ fn on_device_port(t: u8) -> bool {
 }
 
 fn on_provider_port(t: u8) -> bool {
-    matches!(t, 0x03 | 0x04 | 0x07 | 0x08) || (0x21..=0x2b).contains(&t)
+    matches!(t, 0x03 | 0x04 | 0x07 | 0x08) || (0x21..=0x2c).contains(&t)
 }
 
 proptest! {

@@ -121,6 +121,9 @@ fn push(args: &PushArgs) -> Result<ExitCode, ExitCode> {
 
     let mut client = ProviderClient::connect(args.addr.as_str(), &args.app, &secret)
         .map_err(|e| fail(&format!("cannot authenticate as {} at {}: {e}", args.app, args.addr)))?;
+    if receipt_wait.is_some() {
+        client.subscribe_receipts().map_err(|e| fail(&format!("cannot subscribe to receipts: {e}")))?;
+    }
     let mut all_accepted = true;
     // (token, msg_id) of every accepted notification, for matching receipts.
     let mut accepted = HashSet::new();

@@ -2,7 +2,7 @@
 //! FEEDBACK, either one at a time or pipelined up to the gateway's in-flight
 //! limit, with receipts collected on the side.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::io;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
@@ -160,24 +160,30 @@ impl ProviderClient {
         Ok(req_id)
     }
 
-    /// Asks which of this app's tokens unregistered at or after `since_ms` (unix
-    /// ms) without waiting; the answer is a [`Reply::Feedback`].
-    pub fn send_feedback(&mut self, since_ms: u64) -> Result<u32, ClientError> {
+    /// Asks which of this app's tokens unregistered after the cursor without
+    /// waiting: at or after `since_ms` (unix ms) when `after` is `None`, else
+    /// strictly after `(since_ms, after)`. The answer is a [`Reply::Feedback`].
+    pub fn send_feedback(&mut self, since_ms: u64, after: Option<Token>) -> Result<u32, ClientError> {
         self.wait_for_slot()?;
         let req_id = self.take_req_id();
-        self.conn.send(&Frame::Feedback { req_id, since_ms })?;
+        let after = after.unwrap_or(Token([0; TOKEN_LEN]));
+        self.conn.send(&Frame::Feedback { req_id, since_ms, after })?;
         self.in_flight += 1;
         Ok(req_id)
+    }
+
+    /// Asks for this app's delivery receipts on this connection (SUBSCRIBE_RECEIPTS).
+    pub fn subscribe_receipts(&mut self) -> Result<(), ClientError> {
+        self.conn.send(&Frame::SubscribeReceipts)
     }
 
     /// Every token of this app unregistered at or after `since_ms`, with its
     /// unregister time (unix ms), oldest first, following the gateway's pages.
     pub fn feedback(&mut self, since_ms: u64) -> Result<Vec<(Token, u64)>, ClientError> {
         let mut out = Vec::new();
-        let mut seen = HashSet::new();
-        let mut since = since_ms;
+        let mut cursor = (since_ms, None);
         loop {
-            let id = self.send_feedback(since)?;
+            let id = self.send_feedback(cursor.0, cursor.1)?;
             let (more, entries) = match self.wait_reply(id)? {
                 Reply::Feedback { more, entries, .. } => (more, entries),
                 _ => {
@@ -186,18 +192,11 @@ impl ProviderClient {
                     )))
                 }
             };
-            let last = entries.last().map(|e| e.1);
-            let before = out.len();
-            // A page starts at the previous page's last time, so its tokens repeat.
-            out.extend(entries.into_iter().filter(|(t, _)| seen.insert(*t)));
+            // The next page starts strictly after the last entry, in (time, token) order.
+            let last = entries.last().copied();
+            out.extend(entries);
             match last {
-                Some(l) if more && out.len() > before => since = l,
-                Some(_) if more => {
-                    // A full page sharing one millisecond: asking again returns
-                    // the same page, so stop rather than loop forever.
-                    log::warn!("FEEDBACK paging stalled at {since} ms; the list is incomplete");
-                    return Ok(out);
-                }
+                Some((t, at)) if more => cursor = (at, Some(t)),
                 _ => return Ok(out),
             }
         }
@@ -645,28 +644,29 @@ mod tests {
     }
 
     #[test]
-    fn feedback_follows_pages_and_drops_the_repeated_boundary() {
+    fn feedback_follows_pages_with_a_strict_cursor() {
         fn page(entries: &[(usize, u64)]) -> Vec<u8> {
             entries.iter().flat_map(|&(t, at)| tok(t).0.into_iter().chain(at.to_be_bytes())).collect()
         }
         let (addr, h) = serve(|mut p| {
             login(&mut p, b"k", 8);
-            let answer = |p: &mut Peer, since: u64, more: bool, entries: &[(usize, u64)]| {
+            let answer = |p: &mut Peer, since: (u64, Token), more: bool, entries: &[(usize, u64)]| {
                 let req_id = p.expect(|f| match f {
-                    Frame::Feedback { req_id, since_ms } if since_ms == since => req_id,
+                    Frame::Feedback { req_id, since_ms, after } if (since_ms, after) == since => req_id,
                     other => panic!("{other:?}"),
                 });
                 p.send(&Frame::FeedbackResult { req_id, more, entries: &page(entries) });
             };
-            answer(&mut p, 50, true, &[(1, 100), (2, 200)]);
-            answer(&mut p, 200, false, &[(2, 200), (3, 300)]);
-            // A gateway repeating a full page must not trap the client in a loop.
-            answer(&mut p, 0, true, &[(4, 400)]);
-            answer(&mut p, 400, true, &[(4, 400)]);
+            let zero = Token([0; TOKEN_LEN]);
+            answer(&mut p, (50, zero), true, &[(1, 100), (2, 200)]);
+            answer(&mut p, (200, tok(2)), false, &[(3, 300)]);
+            // Many tokens in one millisecond: the token in the cursor moves the page on.
+            answer(&mut p, (0, zero), true, &[(4, 400)]);
+            answer(&mut p, (400, tok(4)), false, &[(5, 400)]);
         });
         let mut c = ProviderClient::connect(addr, "demo", "k").unwrap();
         assert_eq!(c.feedback(50).unwrap(), [(tok(1), 100), (tok(2), 200), (tok(3), 300)]);
-        assert_eq!(c.feedback(0).unwrap(), [(tok(4), 400)]);
+        assert_eq!(c.feedback(0).unwrap(), [(tok(4), 400), (tok(5), 400)]);
         assert_eq!(c.in_flight(), 0);
         h.join().unwrap();
     }

@@ -60,6 +60,7 @@ pub mod ftype {
     pub const FEEDBACK: u8 = 0x29;
     pub const FEEDBACK_RESULT: u8 = 0x2A;
     pub const RECEIPT: u8 = 0x2B;
+    pub const SUBSCRIBE_RECEIPTS: u8 = 0x2C;
 }
 
 /// PUSH / MULTI_PUSH flags bit: send a RECEIPT when the device acknowledges.
@@ -134,13 +135,7 @@ pub fn split_frame(buf: &[u8], max_body: usize) -> Result<Option<(RawFrame<'_>, 
     if buf.len() < end {
         return Ok(None);
     }
-    Ok(Some((
-        RawFrame {
-            ftype,
-            body: &buf[i..end],
-        },
-        end,
-    )))
+    Ok(Some((RawFrame { ftype, body: &buf[i..end] }, end)))
 }
 
 /// Writes a frame header for a body of `len` bytes.
@@ -276,10 +271,13 @@ pub enum Frame<'a> {
     },
     /// The device's app was uninstalled or the user opted out.
     Unregister,
-    /// Tokens of the provider's app unregistered at or after `since_ms` (unix ms).
+    /// Tokens of the provider's app unregistered after the cursor: at or after
+    /// `since_ms` (unix ms) when `after` is all zeros, else strictly after
+    /// `(since_ms, after)` in (time, token) order, so pages never repeat.
     Feedback {
         req_id: u32,
         since_ms: u64,
+        after: Token,
     },
     /// `entries` holds `count` entries of [`FEEDBACK_ENTRY`] bytes, oldest first;
     /// `more` says a further FEEDBACK (from the last entry's time) has more.
@@ -294,6 +292,8 @@ pub enum Frame<'a> {
         msg_id: u64,
         acked_at_ms: u64,
     },
+    /// This session wants the app's RECEIPTs.
+    SubscribeReceipts,
 }
 
 /// A cursor over a frame body; every read fails with `Malformed` past the end.
@@ -377,28 +377,16 @@ impl<'a> Frame<'a> {
                 let version = r.u8()?;
                 if version != VERSION {
                     // Later versions may lay the rest out differently.
-                    return Ok(Frame::Hello(Hello {
-                        version,
-                        keepalive_s: 0,
-                        app_id: "",
-                        secret: &[],
-                    }));
+                    return Ok(Frame::Hello(Hello { version, keepalive_s: 0, app_id: "", secret: &[] }));
                 }
                 let keepalive_s = r.u16()?;
                 let app_id = r.app_id()?;
                 let secret = r.short_bytes()?;
-                Frame::Hello(Hello {
-                    version,
-                    keepalive_s,
-                    app_id,
-                    secret,
-                })
+                Frame::Hello(Hello { version, keepalive_s, app_id, secret })
             }
-            ftype::WELCOME => Frame::Welcome {
-                token: Token(r.array()?),
-                heartbeat_s: r.u16()?,
-                missed: r.u32()?,
-            },
+            ftype::WELCOME => {
+                Frame::Welcome { token: Token(r.array()?), heartbeat_s: r.u16()?, missed: r.u32()? }
+            }
             ftype::PING => Frame::Ping,
             ftype::PONG => Frame::Pong,
             ftype::NOTIFY => {
@@ -409,66 +397,38 @@ impl<'a> Frame<'a> {
                 if payload.len() > MAX_PAYLOAD {
                     return Err(FrameError::Malformed);
                 }
-                Frame::Notify {
-                    msg_id,
-                    kind,
-                    priority,
-                    payload,
-                }
+                Frame::Notify { msg_id, kind, priority, payload }
             }
             ftype::ACK => Frame::Ack { msg_id: r.u64()? },
-            ftype::GOAWAY => Frame::GoAway {
-                reason: GoAwayReason(r.u8()?),
-                reconnect_ms: r.u32()?,
-            },
+            ftype::GOAWAY => Frame::GoAway { reason: GoAwayReason(r.u8()?), reconnect_ms: r.u32()? },
             ftype::ERROR => {
                 let code = ErrorCode(r.u8()?);
                 let text = r.rest();
                 if text.len() > MAX_ERROR_TEXT {
                     return Err(FrameError::Malformed);
                 }
-                Frame::Error {
-                    code,
-                    text: std::str::from_utf8(text).map_err(|_| FrameError::Malformed)?,
-                }
+                Frame::Error { code, text: std::str::from_utf8(text).map_err(|_| FrameError::Malformed)? }
             }
             ftype::AUTH_HELLO => {
                 let version = r.u8()?;
                 if version != VERSION {
                     return Ok(Frame::AuthHello { version, app_id: "" });
                 }
-                Frame::AuthHello {
-                    version,
-                    app_id: r.app_id()?,
-                }
+                Frame::AuthHello { version, app_id: r.app_id()? }
             }
             ftype::CHALLENGE => Frame::Challenge { nonce: r.array()? },
             ftype::AUTH => Frame::Auth { proof: r.array()? },
-            ftype::AUTH_OK => Frame::AuthOk {
-                max_in_flight: r.u32()?,
-            },
+            ftype::AUTH_OK => Frame::AuthOk { max_in_flight: r.u32()? },
             ftype::PUSH => {
                 let req_id = r.u32()?;
                 let token = Token(r.array()?);
                 let (kind, priority, flags, expiry, collapse) = push_tail(&mut r)?;
                 let payload = r.rest();
-                Frame::Push(Push {
-                    req_id,
-                    token,
-                    kind,
-                    priority,
-                    flags,
-                    expiry,
-                    collapse,
-                    payload,
-                })
+                Frame::Push(Push { req_id, token, kind, priority, flags, expiry, collapse, payload })
             }
-            ftype::RESULT => Frame::Result {
-                req_id: r.u32()?,
-                status: Status(r.u8()?),
-                msg_id: r.u64()?,
-                info: r.u64()?,
-            },
+            ftype::RESULT => {
+                Frame::Result { req_id: r.u32()?, status: Status(r.u8()?), msg_id: r.u64()?, info: r.u64()? }
+            }
             ftype::MULTI_PUSH => {
                 let req_id = r.u32()?;
                 let count = r.u16()? as usize;
@@ -496,10 +456,8 @@ impl<'a> Frame<'a> {
                 Frame::MultiResult { req_id, entries }
             }
             ftype::UNREGISTER => Frame::Unregister,
-            ftype::FEEDBACK => Frame::Feedback {
-                req_id: r.u32()?,
-                since_ms: r.u64()?,
-            },
+            ftype::FEEDBACK => Frame::Feedback { req_id: r.u32()?, since_ms: r.u64()?, after: Token(r.array()?) },
+            ftype::SUBSCRIBE_RECEIPTS => Frame::SubscribeReceipts,
             ftype::FEEDBACK_RESULT => {
                 let req_id = r.u32()?;
                 let more = match r.u8()? {
@@ -512,17 +470,11 @@ impl<'a> Frame<'a> {
                     return Err(FrameError::Malformed);
                 }
                 let entries = r.take(count * FEEDBACK_ENTRY)?;
-                Frame::FeedbackResult {
-                    req_id,
-                    more,
-                    entries,
-                }
+                Frame::FeedbackResult { req_id, more, entries }
             }
-            ftype::RECEIPT => Frame::Receipt {
-                token: Token(r.array()?),
-                msg_id: r.u64()?,
-                acked_at_ms: r.u64()?,
-            },
+            ftype::RECEIPT => {
+                Frame::Receipt { token: Token(r.array()?), msg_id: r.u64()?, acked_at_ms: r.u64()? }
+            }
             other => return Err(FrameError::UnknownType(other)),
         };
         r.end()?;
@@ -551,6 +503,7 @@ impl<'a> Frame<'a> {
             Frame::Feedback { .. } => ftype::FEEDBACK,
             Frame::FeedbackResult { .. } => ftype::FEEDBACK_RESULT,
             Frame::Receipt { .. } => ftype::RECEIPT,
+            Frame::SubscribeReceipts => ftype::SUBSCRIBE_RECEIPTS,
         }
     }
 
@@ -574,9 +527,10 @@ impl<'a> Frame<'a> {
             }
             Frame::MultiResult { entries, .. } => 4 + 2 + entries.len(),
             Frame::Unregister => 0,
-            Frame::Feedback { .. } => 4 + 8,
+            Frame::Feedback { .. } => 4 + 8 + TOKEN_LEN,
             Frame::FeedbackResult { entries, .. } => 4 + 1 + 2 + entries.len(),
             Frame::Receipt { .. } => TOKEN_LEN + 8 + 8,
+            Frame::SubscribeReceipts => 0,
         }
     }
 
@@ -597,22 +551,13 @@ impl<'a> Frame<'a> {
                 put_short(out, h.app_id.as_bytes());
                 put_short(out, h.secret);
             }
-            Frame::Welcome {
-                token,
-                heartbeat_s,
-                missed,
-            } => {
+            Frame::Welcome { token, heartbeat_s, missed } => {
                 out.put_slice(&token.0);
                 out.put_u16(heartbeat_s);
                 out.put_u32(missed);
             }
             Frame::Ping | Frame::Pong => {}
-            Frame::Notify {
-                msg_id,
-                kind,
-                priority,
-                payload,
-            } => {
+            Frame::Notify { msg_id, kind, priority, payload } => {
                 out.put_u64(msg_id);
                 out.put_u8(kind);
                 out.put_u8(priority);
@@ -640,12 +585,7 @@ impl<'a> Frame<'a> {
                 put_push_tail(out, p.kind, p.priority, p.flags, p.expiry, p.collapse);
                 out.put_slice(p.payload);
             }
-            Frame::Result {
-                req_id,
-                status,
-                msg_id,
-                info,
-            } => {
+            Frame::Result { req_id, status, msg_id, info } => {
                 out.put_u32(req_id);
                 out.put_u8(status.0);
                 out.put_u64(msg_id);
@@ -664,25 +604,19 @@ impl<'a> Frame<'a> {
                 out.put_slice(entries);
             }
             Frame::Unregister => {}
-            Frame::Feedback { req_id, since_ms } => {
+            Frame::Feedback { req_id, since_ms, after } => {
                 out.put_u32(req_id);
                 out.put_u64(since_ms);
+                out.put_slice(&after.0);
             }
-            Frame::FeedbackResult {
-                req_id,
-                more,
-                entries,
-            } => {
+            Frame::SubscribeReceipts => {}
+            Frame::FeedbackResult { req_id, more, entries } => {
                 out.put_u32(req_id);
                 out.put_u8(more as u8);
                 out.put_u16((entries.len() / FEEDBACK_ENTRY) as u16);
                 out.put_slice(entries);
             }
-            Frame::Receipt {
-                token,
-                msg_id,
-                acked_at_ms,
-            } => {
+            Frame::Receipt { token, msg_id, acked_at_ms } => {
                 out.put_slice(&token.0);
                 out.put_u64(msg_id);
                 out.put_u64(acked_at_ms);

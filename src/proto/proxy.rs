@@ -43,10 +43,7 @@ pub struct ProxyHeader {
 }
 
 impl ProxyHeader {
-    const NO_ADDRESSES: ProxyHeader = ProxyHeader {
-        source: None,
-        destination: None,
-    };
+    const NO_ADDRESSES: ProxyHeader = ProxyHeader { source: None, destination: None };
 }
 
 /// Why bytes are not an acceptable PROXY header. The connection is closed on any of them.
@@ -125,11 +122,7 @@ fn parse_v1(buf: &[u8]) -> Result<Option<(ProxyHeader, usize)>, ProxyError> {
         }
     }
     let Some(cr) = cr else {
-        return if buf.len() >= V1_MAX_LINE {
-            Err(ProxyError::TooLong)
-        } else {
-            Ok(None)
-        };
+        return if buf.len() >= V1_MAX_LINE { Err(ProxyError::TooLong) } else { Ok(None) };
     };
     let line = std::str::from_utf8(&window[V1_PREFIX.len()..cr]).map_err(|_| ProxyError::Malformed)?;
     let mut fields = line.split(' ');
@@ -138,13 +131,9 @@ fn parse_v1(buf: &[u8]) -> Result<Option<(ProxyHeader, usize)>, ProxyError> {
         // The spec has the receiver ignore whatever follows UNKNOWN on the line.
         return Ok(Some((ProxyHeader::NO_ADDRESSES, cr + 2)));
     }
-    let (Some(src), Some(dst), Some(sport), Some(dport), None) = (
-        fields.next(),
-        fields.next(),
-        fields.next(),
-        fields.next(),
-        fields.next(),
-    ) else {
+    let (Some(src), Some(dst), Some(sport), Some(dport), None) =
+        (fields.next(), fields.next(), fields.next(), fields.next(), fields.next())
+    else {
         return Err(ProxyError::Malformed);
     };
     let (src, dst) = match family {
@@ -225,17 +214,12 @@ fn parse_v2(buf: &[u8]) -> Result<Option<(ProxyHeader, usize)>, ProxyError> {
     }
     let header = match (local, family, transport) {
         (false, FAM_INET, PROTO_STREAM) => {
-            let (src, dst) = (
-                Ipv4Addr::from(array::<4>(block, 0)?),
-                Ipv4Addr::from(array::<4>(block, 4)?),
-            );
+            let (src, dst) = (Ipv4Addr::from(array::<4>(block, 0)?), Ipv4Addr::from(array::<4>(block, 4)?));
             v2_addresses(IpAddr::V4(src), IpAddr::V4(dst), block, 8)?
         }
         (false, FAM_INET6, PROTO_STREAM) => {
-            let (src, dst) = (
-                Ipv6Addr::from(array::<16>(block, 0)?),
-                Ipv6Addr::from(array::<16>(block, 16)?),
-            );
+            let (src, dst) =
+                (Ipv6Addr::from(array::<16>(block, 0)?), Ipv6Addr::from(array::<16>(block, 16)?));
             v2_addresses(IpAddr::V6(src), IpAddr::V6(dst), block, 32)?
         }
         _ => ProxyHeader::NO_ADDRESSES,
@@ -253,17 +237,13 @@ fn v2_addresses(src: IpAddr, dst: IpAddr, block: &[u8], ports_at: usize) -> Resu
 }
 
 fn array<const N: usize>(b: &[u8], at: usize) -> Result<[u8; N], ProxyError> {
-    b.get(at..at + N)
-        .and_then(|s| s.try_into().ok())
-        .ok_or(ProxyError::Malformed)
+    b.get(at..at + N).and_then(|s| s.try_into().ok()).ok_or(ProxyError::Malformed)
 }
 
 /// TLVs (`type:u8 | length:u16 | value`) must exactly fill what follows the addresses.
 fn check_tlvs(mut rest: &[u8]) -> Result<(), ProxyError> {
     while let [_, hi, lo, tail @ ..] = rest {
-        rest = tail
-            .get(usize::from(u16::from_be_bytes([*hi, *lo]))..)
-            .ok_or(ProxyError::Malformed)?;
+        rest = tail.get(usize::from(u16::from_be_bytes([*hi, *lo]))..).ok_or(ProxyError::Malformed)?;
     }
     if rest.is_empty() {
         Ok(())
@@ -286,10 +266,7 @@ mod tests {
     fn ok(buf: &[u8]) -> (ProxyHeader, usize) {
         match parse(buf) {
             Ok(Some(r)) => r,
-            other => panic!(
-                "{:?}: expected a header, got {other:?}",
-                String::from_utf8_lossy(buf)
-            ),
+            other => panic!("{:?}: expected a header, got {other:?}", String::from_utf8_lossy(buf)),
         }
     }
 
@@ -379,10 +356,7 @@ mod tests {
 
     #[test]
     fn v1_unknown_ignores_the_rest_of_the_line() {
-        for h in [
-            &b"PROXY UNKNOWN\r\n"[..],
-            b"PROXY UNKNOWN 1.2.3.4 whatever 99999\r\n",
-        ] {
+        for h in [&b"PROXY UNKNOWN\r\n"[..], b"PROXY UNKNOWN 1.2.3.4 whatever 99999\r\n"] {
             assert_eq!(ok(h), (ProxyHeader::NO_ADDRESSES, h.len()));
         }
     }
@@ -397,10 +371,7 @@ mod tests {
         assert_eq!(parse(long.as_bytes()), Err(ProxyError::TooLong));
         // Decided at 107 bytes, without waiting for the rest.
         assert_eq!(parse(&long.as_bytes()[..V1_MAX_LINE]), Err(ProxyError::TooLong));
-        assert_eq!(
-            parse(&[b'P', b'R', b'O', b'X', b'Y', b' ', b'A'].repeat(20)),
-            Err(ProxyError::TooLong)
-        );
+        assert_eq!(parse(&[b'P', b'R', b'O', b'X', b'Y', b' ', b'A'].repeat(20)), Err(ProxyError::TooLong));
     }
 
     #[test]
@@ -432,12 +403,7 @@ mod tests {
             b"PROXY  TCP4 1.2.3.4 5.6.7.8 1111 2222\r\n",
         ];
         for h in bad {
-            assert_eq!(
-                parse(h),
-                Err(ProxyError::Malformed),
-                "{:?}",
-                String::from_utf8_lossy(h)
-            );
+            assert_eq!(parse(h), Err(ProxyError::Malformed), "{:?}", String::from_utf8_lossy(h));
         }
     }
 
@@ -452,23 +418,13 @@ mod tests {
             b"PROXY UNKNOWN \0",
         ];
         for h in bad {
-            assert_eq!(
-                parse(h),
-                Err(ProxyError::Malformed),
-                "{:?}",
-                String::from_utf8_lossy(h)
-            );
+            assert_eq!(parse(h), Err(ProxyError::Malformed), "{:?}", String::from_utf8_lossy(h));
         }
     }
 
     #[test]
     fn v2_proxy_tcp4() {
-        let mut h = v2(
-            0x21,
-            0x11,
-            &v4_block([192, 0, 2, 7], [198, 51, 100, 1], 50123, 7700),
-            &[],
-        );
+        let mut h = v2(0x21, 0x11, &v4_block([192, 0, 2, 7], [198, 51, 100, 1], 50123, 7700), &[]);
         assert_eq!(h.len(), 28);
         h.extend_from_slice(b"\x01\x25"); // the client's first bytes stay unread
         let (hdr, n) = ok(&h);
@@ -481,12 +437,7 @@ mod tests {
     fn v2_proxy_tcp6_with_tlvs() {
         let src: Ipv6Addr = "2001:db8::17".parse().expect("v6");
         let dst: Ipv6Addr = "2001:db8::1".parse().expect("v6");
-        let tlvs = [
-            tlv(0x02, b"push.example.com"),
-            tlv(0x04, &[]),
-            tlv(0xe0, &[7; 300]),
-        ]
-        .concat();
+        let tlvs = [tlv(0x02, b"push.example.com"), tlv(0x04, &[]), tlv(0xe0, &[7; 300])].concat();
         let h = v2(0x21, 0x21, &v6_block(src, dst, 1, 65535), &tlvs);
         let (hdr, n) = ok(&h);
         assert_eq!(n, 16 + 36 + tlvs.len());
@@ -496,12 +447,7 @@ mod tests {
 
     #[test]
     fn v2_proxy_tcp4_with_tlvs_skips_them() {
-        let h = v2(
-            0x21,
-            0x11,
-            &v4_block([1, 2, 3, 4], [5, 6, 7, 8], 1111, 2222),
-            &tlv(0x05, &[9; 128]),
-        );
+        let h = v2(0x21, 0x11, &v4_block([1, 2, 3, 4], [5, 6, 7, 8], 1111, 2222), &tlv(0x05, &[9; 128]));
         let (hdr, n) = ok(&h);
         assert_eq!(n, h.len());
         assert_eq!(hdr.source, sa("1.2.3.4:1111"));
@@ -528,26 +474,13 @@ mod tests {
     #[test]
     fn v2_undefined_values_are_unsupported() {
         let block = v4_block([1, 2, 3, 4], [5, 6, 7, 8], 1, 2);
-        for (ver_cmd, fam) in [
-            (0x11, 0x11),
-            (0x31, 0x11),
-            (0x22, 0x11),
-            (0x2f, 0x11),
-            (0x21, 0x41),
-            (0x21, 0x13),
-        ] {
+        for (ver_cmd, fam) in
+            [(0x11, 0x11), (0x31, 0x11), (0x22, 0x11), (0x2f, 0x11), (0x21, 0x41), (0x21, 0x13)]
+        {
             let h = v2(ver_cmd, fam, &block, &[]);
-            assert_eq!(
-                parse(&h),
-                Err(ProxyError::Unsupported),
-                "{ver_cmd:#04x} {fam:#04x}"
-            );
+            assert_eq!(parse(&h), Err(ProxyError::Unsupported), "{ver_cmd:#04x} {fam:#04x}");
             // Known from the 13th or 14th byte, before the length.
-            assert_eq!(
-                parse(&h[..14]),
-                Err(ProxyError::Unsupported),
-                "{ver_cmd:#04x} {fam:#04x}"
-            );
+            assert_eq!(parse(&h[..14]), Err(ProxyError::Unsupported), "{ver_cmd:#04x} {fam:#04x}");
         }
     }
 
@@ -555,20 +488,12 @@ mod tests {
     fn v2_length_overflow() {
         let mut h = v2(0x21, 0x11, &[], &[]);
         h[14..16].copy_from_slice(&u16::MAX.to_be_bytes());
-        assert_eq!(
-            parse(&h),
-            Err(ProxyError::TooLong),
-            "refused before the body arrives"
-        );
+        assert_eq!(parse(&h), Err(ProxyError::TooLong), "refused before the body arrives");
         h[14..16].copy_from_slice(&((V2_MAX_LEN - 16 + 1) as u16).to_be_bytes());
         assert_eq!(parse(&h), Err(ProxyError::TooLong));
         // Exactly at the cap: fine.
-        let h = v2(
-            0x21,
-            0x11,
-            &v4_block([1, 1, 1, 1], [2, 2, 2, 2], 3, 4),
-            &tlv(0x04, &[0; V2_MAX_LEN - 31]),
-        );
+        let h =
+            v2(0x21, 0x11, &v4_block([1, 1, 1, 1], [2, 2, 2, 2], 3, 4), &tlv(0x04, &[0; V2_MAX_LEN - 31]));
         assert_eq!(h.len(), V2_MAX_LEN);
         assert_eq!(ok(&h).1, V2_MAX_LEN);
     }
@@ -577,11 +502,7 @@ mod tests {
     fn v2_length_too_short_for_the_family() {
         let full = v4_block([1, 2, 3, 4], [5, 6, 7, 8], 1, 2);
         let h = v2(0x21, 0x11, &full[..11], &[]);
-        assert_eq!(
-            parse(&h[..16]),
-            Err(ProxyError::Malformed),
-            "known from the length alone"
-        );
+        assert_eq!(parse(&h[..16]), Err(ProxyError::Malformed), "known from the length alone");
         assert_eq!(parse(&v2(0x21, 0x21, &full, &[])), Err(ProxyError::Malformed));
         assert_eq!(parse(&v2(0x21, 0x31, &[0; 108], &[])), Err(ProxyError::Malformed));
     }
@@ -589,17 +510,9 @@ mod tests {
     #[test]
     fn v2_tlvs_must_fill_the_rest_exactly() {
         let a = v4_block([1, 2, 3, 4], [5, 6, 7, 8], 1, 2);
-        for tlvs in [
-            &[0x04u8][..],
-            &[0x04, 0x00],
-            &[0x04, 0x00, 0x02, 0xaa],
-            &[0x04, 0x00, 0x00, 0x04, 0x00],
-        ] {
-            assert_eq!(
-                parse(&v2(0x21, 0x11, &a, tlvs)),
-                Err(ProxyError::Malformed),
-                "{tlvs:?}"
-            );
+        for tlvs in [&[0x04u8][..], &[0x04, 0x00], &[0x04, 0x00, 0x02, 0xaa], &[0x04, 0x00, 0x00, 0x04, 0x00]]
+        {
+            assert_eq!(parse(&v2(0x21, 0x11, &a, tlvs)), Err(ProxyError::Malformed), "{tlvs:?}");
         }
     }
 
@@ -613,15 +526,9 @@ mod tests {
 
     #[test]
     fn not_proxy_is_decided_on_the_first_differing_byte() {
-        for buf in [
-            &b"\x01\x25\x01"[..],
-            b"G",
-            b"GET / HTTP/1.1\r\n",
-            b"\x16\x03\x01",
-            b"\0",
-            b"PROXX",
-            b"PROXY\t",
-        ] {
+        for buf in
+            [&b"\x01\x25\x01"[..], b"G", b"GET / HTTP/1.1\r\n", b"\x16\x03\x01", b"\0", b"PROXX", b"PROXY\t"]
+        {
             assert_eq!(parse(buf), Err(ProxyError::NotProxy), "{buf:?}");
         }
         let mut sig = V2_SIGNATURE.to_vec();
@@ -634,35 +541,22 @@ mod tests {
 
     #[test]
     fn garbage_after_a_signature_is_malformed() {
-        for buf in [
-            &b"PROXY \x00\x01\x02"[..],
-            b"PROXY \n",
-            b"PROXY TCP4 \xc3\xa9\r\n",
-            b"PROXY garbage\r\n",
-        ] {
+        for buf in [&b"PROXY \x00\x01\x02"[..], b"PROXY \n", b"PROXY TCP4 \xc3\xa9\r\n", b"PROXY garbage\r\n"]
+        {
             assert_eq!(parse(buf), Err(ProxyError::Malformed), "{buf:?}");
         }
     }
 
     fn v1_line(src: SocketAddr, dst: SocketAddr) -> String {
         let fam = if src.is_ipv4() { "TCP4" } else { "TCP6" };
-        format!(
-            "PROXY {fam} {} {} {} {}\r\n",
-            src.ip(),
-            dst.ip(),
-            src.port(),
-            dst.port()
-        )
+        format!("PROXY {fam} {} {} {} {}\r\n", src.ip(), dst.ip(), src.port(), dst.port())
     }
 
     fn v2_header(src: SocketAddr, dst: SocketAddr, tlvs: &[u8]) -> Vec<u8> {
         match (src, dst) {
-            (SocketAddr::V4(s), SocketAddr::V4(d)) => v2(
-                0x21,
-                0x11,
-                &v4_block(s.ip().octets(), d.ip().octets(), s.port(), d.port()),
-                tlvs,
-            ),
+            (SocketAddr::V4(s), SocketAddr::V4(d)) => {
+                v2(0x21, 0x11, &v4_block(s.ip().octets(), d.ip().octets(), s.port(), d.port()), tlvs)
+            }
             (SocketAddr::V6(s), SocketAddr::V6(d)) => {
                 v2(0x21, 0x21, &v6_block(*s.ip(), *d.ip(), s.port(), d.port()), tlvs)
             }
@@ -682,11 +576,7 @@ mod tests {
 
     /// Mostly bytes that start like a header, so the cases get past the signature check.
     fn header_like() -> impl Strategy<Value = Vec<u8>> {
-        let v2_start = (
-            prop::sample::select(vec![0x20u8, 0x21, 0x22, 0x11]),
-            any::<u8>(),
-            0u16..80,
-        )
+        let v2_start = (prop::sample::select(vec![0x20u8, 0x21, 0x22, 0x11]), any::<u8>(), 0u16..80)
             .prop_flat_map(|(vc, fam, len)| {
                 prop::collection::vec(any::<u8>(), 0..100).prop_map(move |tail| {
                     let mut b = V2_SIGNATURE.to_vec();

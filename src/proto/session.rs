@@ -6,6 +6,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use super::codes::ErrorCode;
+use super::token::Token;
 use super::frame::{
     ftype, Frame, FrameError, Hello, MultiPush, Push, RawFrame, MAX_SECRET, MIN_SECRET, NONCE_LEN, VERSION,
 };
@@ -114,7 +115,7 @@ pub fn is_device_port_type(t: u8) -> bool {
 /// Frame types defined on the provider port.
 pub fn is_provider_port_type(t: u8) -> bool {
     matches!(t, ftype::PING | ftype::PONG | ftype::GOAWAY | ftype::ERROR)
-        || (ftype::AUTH_HELLO..=ftype::RECEIPT).contains(&t)
+        || (ftype::AUTH_HELLO..=ftype::SUBSCRIBE_RECEIPTS).contains(&t)
 }
 
 /// The configured apps, addressed by a small index so a connection stores 2 bytes, not a name.
@@ -200,7 +201,9 @@ pub enum ProviderEvent<'a> {
     Feedback {
         req_id: u32,
         since_ms: u64,
+        after: Token,
     },
+    SubscribeReceipts,
 }
 
 /// Applies the provider session rules to one frame, advancing `state`.
@@ -221,16 +224,11 @@ pub fn on_provider_frame<'a>(
                 return Err(ProtoError::UnsupportedVersion(version));
             }
             let app = apps.index_of(app_id).ok_or(ProtoError::UnknownApp)?;
-            *state = ProviderState::AwaitAuth {
-                app,
-                nonce: fresh_nonce,
-            };
+            *state = ProviderState::AwaitAuth { app, nonce: fresh_nonce };
             Ok(ProviderEvent::Challenge(fresh_nonce))
         }
         (ProviderState::AwaitAuth { app, nonce }, Frame::Auth { proof }) => {
-            let ok = auth_mac(apps.secret(app), apps.id(app), &nonce)
-                .verify_slice(&proof)
-                .is_ok();
+            let ok = auth_mac(apps.secret(app), apps.id(app), &nonce).verify_slice(&proof).is_ok();
             if !ok {
                 return Err(ProtoError::AuthFailed);
             }
@@ -240,9 +238,10 @@ pub fn on_provider_frame<'a>(
         (ProviderState::Ready { .. }, Frame::Ping) => Ok(ProviderEvent::Ping),
         (ProviderState::Ready { .. }, Frame::Push(p)) => Ok(ProviderEvent::Push(p)),
         (ProviderState::Ready { .. }, Frame::MultiPush(p)) => Ok(ProviderEvent::MultiPush(p)),
-        (ProviderState::Ready { .. }, Frame::Feedback { req_id, since_ms }) => {
-            Ok(ProviderEvent::Feedback { req_id, since_ms })
+        (ProviderState::Ready { .. }, Frame::Feedback { req_id, since_ms, after }) => {
+            Ok(ProviderEvent::Feedback { req_id, since_ms, after })
         }
+        (ProviderState::Ready { .. }, Frame::SubscribeReceipts) => Ok(ProviderEvent::SubscribeReceipts),
         (_, f) => Err(ProtoError::Unexpected(f.ftype())),
     }
 }

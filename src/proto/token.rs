@@ -95,14 +95,8 @@ impl TokenKey {
 
     /// The token of the device holding `secret` in app `app_id`.
     pub fn derive(&self, app_id: &str, secret: &[u8]) -> Token {
-        let id = self
-            .mac(b"pushgate/token-id/v1", app_id, secret)
-            .finalize()
-            .into_bytes();
-        let tag = self
-            .mac(b"pushgate/token-app/v1", app_id, &id[..ID_LEN])
-            .finalize()
-            .into_bytes();
+        let id = self.mac(b"pushgate/token-id/v1", app_id, secret).finalize().into_bytes();
+        let tag = self.mac(b"pushgate/token-app/v1", app_id, &id[..ID_LEN]).finalize().into_bytes();
         let mut t = [0u8; TOKEN_LEN];
         t[..ID_LEN].copy_from_slice(&id[..ID_LEN]);
         t[ID_LEN..].copy_from_slice(&tag[..TOKEN_LEN - ID_LEN]);

@@ -334,8 +334,8 @@ impl Shard {
             ShardMsg::DeliverReceipts { to, app, receipts } => self.on_deliver_receipts(to, app, receipts),
             ShardMsg::ProviderUp { app, conn } => self.on_provider_up(app, conn),
             ShardMsg::ProviderDown { app, conn } => self.on_provider_down(app, conn),
-            ShardMsg::FeedbackQuery { reply, slot, app, since_ms } => {
-                self.on_feedback_query(reply, slot, app, since_ms)
+            ShardMsg::FeedbackQuery { reply, slot, app, since_ms, after } => {
+                self.on_feedback_query(reply, slot, app, (since_ms, after))
             }
             ShardMsg::FeedbackPart { to, slot, entries } => self.on_feedback_part(to, slot, entries),
         }
@@ -628,6 +628,7 @@ impl Shard {
                     crate::proto::ProviderState::Ready { app } => Some((app, p.id)),
                     _ => None,
                 };
+                let down = down.filter(|_| self.is_receipt_sink(idx));
                 self.metrics.on_unready(Role::Provider);
                 if let Some((app, id)) = down {
                     let conn = msg::ConnRef { shard: self.index as u16, idx, id };

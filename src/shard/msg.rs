@@ -84,12 +84,13 @@ pub enum ShardMsg {
         app: u16,
         conn: ConnRef,
     },
-    /// To every shard: the tombstones of `app` at or after `since_ms`.
+    /// To every shard: the tombstones of `app` after the cursor `(since_ms, after)`.
     FeedbackQuery {
         reply: ConnRef,
         slot: u32,
         app: u16,
         since_ms: u64,
+        after: Token,
     },
     /// One shard's answer, oldest first, at most one frame's worth plus one.
     FeedbackPart {

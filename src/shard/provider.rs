@@ -52,15 +52,14 @@ impl Shard {
             ProviderEvent::Authenticated { app } => {
                 p.flags |= F_READY;
                 p.since = now;
-                let conn = ConnRef { shard: self.index as u16, idx, id: p.id };
                 self.metrics.on_ready(Role::Provider);
                 self.metrics.on_handshake(Role::Provider, Ok(()));
                 let max_in_flight = self.shared.cfg.limits.provider_max_in_flight;
                 self.send_frame(idx, &Frame::AuthOk { max_in_flight });
-                let hub = self.hub_of(app);
-                self.route(hub, ShardMsg::ProviderUp { app, conn });
+                let _ = app;
             }
-            ProviderEvent::Feedback { req_id, since_ms } => self.start_feedback(idx, req_id, since_ms),
+            ProviderEvent::Feedback { req_id, since_ms, after } => self.start_feedback(idx, req_id, since_ms, after),
+            ProviderEvent::SubscribeReceipts => self.subscribe_receipts(idx),
             ProviderEvent::Ping => {
                 self.send_frame(idx, &Frame::Pong);
             }

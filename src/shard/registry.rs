@@ -11,6 +11,9 @@ use crate::proto::frame::{FEEDBACK_ENTRY, MAX_FEEDBACK};
 use crate::proto::{Frame, Token};
 use crate::store::Receipt;
 
+/// Provider flags bit: the session sent SUBSCRIBE_RECEIPTS.
+const F_RECEIPTS: u8 = 128;
+
 /// Receipts handed from the store to provider sessions per hub tick.
 const RECEIPT_BATCH: usize = 500;
 
@@ -77,7 +80,7 @@ impl Shard {
     }
 
     /// A provider asked for its app's unregistered tokens: ask every shard.
-    pub(super) fn start_feedback(&mut self, idx: u32, req_id: u32, since_ms: u64) {
+    pub(super) fn start_feedback(&mut self, idx: u32, req_id: u32, since_ms: u64, after: Token) {
         let n = self.shared.handles.len();
         let Some(Conn::Provider(p)) = self.conns.get_mut(idx as usize) else {
             return;
@@ -89,16 +92,20 @@ impl Shard {
         p.inflight += n as u32;
         let reply = ConnRef { shard: self.index as u16, idx, id: p.id };
         for to in 0..n {
-            self.route(to, ShardMsg::FeedbackQuery { reply, slot, app, since_ms });
+            self.route(to, ShardMsg::FeedbackQuery { reply, slot, app, since_ms, after });
         }
     }
 
-    pub(super) fn on_feedback_query(&mut self, reply: ConnRef, slot: u32, app: u16, since_ms: u64) {
+    /// Tombstones of `app` after `cursor` in (time, token) order; an all-zero
+    /// token in the cursor means "from this time on, inclusive".
+    pub(super) fn on_feedback_query(&mut self, reply: ConnRef, slot: u32, app: u16, cursor: (u64, Token)) {
+        let inclusive = cursor.1 == Token([0; crate::proto::TOKEN_LEN]);
         let mut entries: Vec<(u64, Token)> = self
             .tombstones
             .iter()
-            .filter(|(_, &(a, at))| a == app && at >= since_ms)
+            .filter(|(_, &(a, _))| a == app)
             .map(|(t, &(_, at))| (at, *t))
+            .filter(|e| if inclusive { e.0 >= cursor.0 } else { *e > cursor })
             .collect();
         entries.sort_unstable();
         entries.truncate(MAX_FEEDBACK + 1);
@@ -194,6 +201,24 @@ impl Shard {
                 self.route(hub, ShardMsg::Receipt { app, receipt });
             }
         }
+    }
+
+    /// The session asked for its app's receipts: register it at the app's hub.
+    pub(super) fn subscribe_receipts(&mut self, idx: u32) {
+        let Some(Conn::Provider(p)) = self.conns.get_mut(idx as usize) else { return };
+        let crate::proto::ProviderState::Ready { app } = p.state else { return };
+        if p.flags & F_RECEIPTS != 0 {
+            return;
+        }
+        p.flags |= F_RECEIPTS;
+        let conn = ConnRef { shard: self.index as u16, idx, id: p.id };
+        let hub = self.hub_of(app);
+        self.route(hub, ShardMsg::ProviderUp { app, conn });
+    }
+
+    /// Whether a provider connection subscribed to receipts, so its hub must hear of its end.
+    pub(super) fn is_receipt_sink(&self, idx: u32) -> bool {
+        matches!(self.conns.get(idx as usize), Some(Conn::Provider(p)) if p.flags & F_RECEIPTS != 0)
     }
 
     pub(super) fn on_provider_up(&mut self, app: u16, conn: ConnRef) {
