@@ -42,17 +42,44 @@ run() {
     sleep 2 # let TIME_WAIT sockets and the server's memory settle
 }
 
+# Scenario by scenario, the three targets back to back, so they see the same machine.
+for t in pushgate mosquitto nats; do run idle "$t" --scenario idle --devices "$IDLE_N" --hold 5; done
 for t in pushgate mosquitto nats; do
-    run idle "$t" --scenario idle --devices "$IDLE_N" --hold 5
     run tp-rate "$t" --scenario throughput --devices "$TP_N" --rate "$TP_RATE" --duration "$SECS"
-    run tp-max "$t" --scenario throughput --devices "$TP_N" --rate 0 --duration "$SECS"
-    run storm "$t" --scenario storm --devices "$STORM_N" --hold 3
 done
-run offline pushgate --scenario offline --devices "$TP_N" --per-device 5
+for t in pushgate mosquitto nats; do
+    run tp-max "$t" --scenario throughput --devices "$TP_N" --rate 0 --duration "$SECS"
+done
+for t in pushgate mosquitto nats; do run storm "$t" --scenario storm --devices "$STORM_N" --hold 3; done
+
+# pushgate only: stored notifications, and correctness while connections break.
+run offline pushgate --scenario offline --devices "$TP_N" --per-device 20
 run durable pushgate --scenario durable --devices "$TP_N" --rate "$TP_RATE" --duration "$SECS"
-# Correctness while connections break: stored pushes (expiry > 0) must all arrive.
 run storm-push pushgate --scenario storm --devices 5000 --hold 3 --providers 2 --rate 5000 --expiry 3600
 run churn pushgate --scenario throughput --devices "$TP_N" --rate "$TP_RATE" --duration "$SECS" --churn 0.02 --expiry 3600
+
+# Two gateway processes (127.0.0.1 and 127.0.0.2), 15k devices each: past one process's 20k open files.
+multi() {
+    local name=$1
+    shift
+    echo "== $name (2 x pushgate): $*" >&2
+    rm -rf "$DATA" "${DATA}2"
+    "$GW_BIN" serve --config loadtest/gateway.toml >"$OUT/$name-gw1.log" 2>&1 &
+    local p1=$!
+    "$GW_BIN" serve --config loadtest/gateway2.toml >"$OUT/$name-gw2.log" 2>&1 &
+    local p2=$!
+    sleep 1
+    local rc=0
+    "$LT_BIN" run --addr 127.0.0.1:7700,127.0.0.2:7700 --provider-addr 127.0.0.1:7701,127.0.0.2:7701 \
+        --server-pid "$p1,$p2" "${AUTH[@]}" --json --svg "$OUT/$name-pushgate.svg" "$@" \
+        >"$OUT/$name-pushgate.json" 2>"$OUT/$name-pushgate.log" || rc=$?
+    kill "$p1" "$p2"
+    wait "$p1" "$p2" || true
+    echo "   exit $rc" >&2
+    sleep 2
+}
+multi multi-idle --scenario idle --devices 30000 --hold 5
+multi multi-tp --scenario throughput --devices 30000 --rate "$TP_RATE" --duration "$SECS"
 
 python3 - "$OUT" <<'PY'
 import json, pathlib, sys
@@ -66,13 +93,36 @@ for f in sorted(out.glob("*.json")):
 def g(k, key, fmt="{:.0f}"):
     v = rows.get(k, {}).get(key)
     return "-" if v is None else fmt.format(v)
-print("| target | idle: devices | connect/s | RSS/device (B) | fixed rate: delivered/s | p50 us | p99 us | p99.9 us | max: delivered/s | p50 us | p99 us | storm: recovery ms | lost | dup |")
-print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-for t in ["pushgate", "mosquitto", "nats"]:
-    i, r, m, s = (f"idle-{t}", f"tp-rate-{t}", f"tp-max-{t}", f"storm-{t}")
-    lost = sum(rows.get(k, {}).get("lost", 0) for k in (i, r, m, s))
-    dup = sum(rows.get(k, {}).get("duplicated", 0) for k in (i, r, m, s))
-    print(f"| {t} | {g(i,'devices')} | {g(i,'connect_per_sec')} | {g(i,'server_rss_bytes_per_device')} | "
-          f"{g(r,'delivered_per_sec')} | {g(r,'p50_us')} | {g(r,'p99_us')} | {g(r,'p999_us')} | "
-          f"{g(m,'delivered_per_sec')} | {g(m,'p50_us')} | {g(m,'p99_us')} | {g(s,'storm_recovery_ms')} | {lost} | {dup} |")
+def mib(k, key):
+    v = rows.get(k, {}).get(key)
+    return "-" if v is None else f"{v / 1048576:.1f}"
+T = ["pushgate", "mosquitto", "nats"]
+print("Idle: devices connected and held\n")
+print("| target | devices | connect/s | failures | RSS before MiB | RSS connected MiB | RSS/device B | load avg |")
+print("|---|---|---|---|---|---|---|---|")
+for t in T:
+    k = f"idle-{t}"
+    print(f"| {t} | {g(k,'devices')} | {g(k,'connect_per_sec')} | {g(k,'connect_failures')} | "
+          f"{mib(k,'server_rss_before')} | {mib(k,'server_rss_after')} | {g(k,'server_rss_bytes_per_device')} | {g(k,'loadavg_start','{:.1f}')} |")
+for name, title in (("tp-rate", "Throughput at a fixed rate"), ("tp-max", "Throughput as fast as accepted")):
+    print(f"\n{title}\n")
+    print("| target | devices | accepted/s | delivered/s | p50 us | p99 us | p99.9 us | max us | server CPU % | harness CPU % | lost | dup | load avg |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for t in T:
+        k = f"{name}-{t}"
+        print(f"| {t} | {g(k,'devices')} | {g(k,'accepted_per_sec')} | {g(k,'delivered_per_sec')} | {g(k,'p50_us')} | {g(k,'p99_us')} | "
+              f"{g(k,'p999_us')} | {g(k,'max_us')} | {g(k,'server_cpu_pct')} | {g(k,'harness_cpu_pct')} | {g(k,'lost')} | {g(k,'duplicated')} | {g(k,'loadavg_start','{:.1f}')} |")
+print("\nStorm: every device drops and reconnects at once\n")
+print("| target | devices | recovery ms | connect failures | timeouts | load avg |")
+print("|---|---|---|---|---|---|")
+for t in T:
+    k = f"storm-{t}"
+    print(f"| {t} | {g(k,'devices')} | {g(k,'storm_recovery_ms')} | {g(k,'connect_failures')} | {g(k,'handshake_timeouts')} | {g(k,'loadavg_start','{:.1f}')} |")
+print("\npushgate only\n")
+print("| run | devices | accepted | delivered | delivered/s | drain/s | p50 us | p99 us | lost | dup | redelivered | RSS/device B |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+for k in ("offline", "durable", "storm-push", "churn", "multi-idle", "multi-tp"):
+    k2 = f"{k}-pushgate"
+    print(f"| {k} | {g(k2,'devices')} | {g(k2,'accepted')} | {g(k2,'delivered')} | {g(k2,'delivered_per_sec')} | {g(k2,'drain_per_sec')} | "
+          f"{g(k2,'p50_us')} | {g(k2,'p99_us')} | {g(k2,'lost')} | {g(k2,'duplicated')} | {g(k2,'redelivered')} | {g(k2,'server_rss_bytes_per_device')} |")
 PY

@@ -74,6 +74,9 @@ pub struct Summary {
     pub drain_per_sec: Option<f64>,
     pub provider_errors: u64,
     pub worker_failures: u64,
+    /// 1-minute load average at the start and end: the machine is shared, so a busy one shows here.
+    pub loadavg_start: Option<f64>,
+    pub loadavg_end: Option<f64>,
 }
 
 impl Summary {
@@ -86,6 +89,7 @@ impl Summary {
             servers,
             payload_bytes: o.payload,
             expiry_s: o.expiry_s(),
+            loadavg_start: loadavg(),
             ..Summary::default()
         }
     }
@@ -119,8 +123,13 @@ impl Summary {
         self.duplicated = c.duplicated;
         self.redelivered = c.redelivered;
         self.misrouted = c.misrouted;
+        self.loadavg_end = loadavg();
         self.loss_allowed = self.expiry_s == 0 && c.dropped_on_purpose > 0 && self.target == "pushgate";
     }
+}
+
+fn loadavg() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()
 }
 
 fn opt(v: Option<f64>, unit: &str) -> String {
@@ -184,6 +193,7 @@ pub fn print_table(s: &Summary) {
         ("storm recovery", opt(s.storm_recovery_ms, " ms")),
         ("offline drain", format!("{} in {}", opt(s.drain_per_sec, " /s"), opt(s.drain_secs, " s"))),
         ("missed (WELCOME)", s.missed_in_welcome.to_string()),
+        ("load average start / end", format!("{} / {}", opt(s.loadavg_start, ""), opt(s.loadavg_end, ""))),
         ("provider errors / worker failures", format!("{} / {}", s.provider_errors, s.worker_failures)),
     ];
     eprintln!();
