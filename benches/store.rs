@@ -393,6 +393,9 @@ fn restart_redb(dir: &Path, n: u64) {
     println!("redb: {}", du(&dir.join("redb")));
 }
 
+/// One benchmark group: fills its store, then measures.
+type Group = fn(&mut Criterion);
+
 fn main() {
     if let Ok(n) = std::env::var("STORE_BENCH_RESTART") {
         restart(n.parse().expect("STORE_BENCH_RESTART is a message count"));
@@ -403,7 +406,7 @@ fn main() {
     let wanted =
         |group: &str| filter.as_deref().is_none_or(|f| group.contains(f.split('/').next().unwrap_or(f)));
     let mut c = Criterion::default().configure_from_args();
-    let groups: [(&str, fn(&mut Criterion)); 5] = [
+    let groups: [(&str, Group); 5] = [
         ("append_sync", append_sync),
         ("append_nosync", append_nosync),
         ("ack_sync", ack_sync),
