@@ -338,3 +338,14 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     files
 }
+
+#[test]
+fn a_second_open_of_the_same_dir_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = open_durable(dir.path(), 1, 100).unwrap();
+    let e = open_durable(dir.path(), 1, 100).err().expect("two writers on one directory");
+    assert!(matches!(e, StoreError::Io(_)), "{e:?}");
+    assert_names(e, dir.path());
+    drop(first);
+    assert!(open_durable(dir.path(), 1, 100).is_ok());
+}
