@@ -6,10 +6,9 @@
 //! the connected device, or stores the notification until it connects.
 //! The wire format is specified in `protocol.md`.
 //!
-//! What it does not do: TLS, metrics and PROXY protocol are not here yet;
-//! a token's notifications live on the node the device connects to (one
-//! node, or a load balancer that keeps a device on one node); the in-memory
-//! store loses queued notifications on restart.
+//! What it does not do: a token's notifications live on the node the device
+//! is connected to (one node, or a load balancer that keeps a device on one
+//! node); nodes do not forward pushes to each other.
 //!
 //! ```text
 //!  provider ──PUSH──▶ shard A (provider's connection)
@@ -24,12 +23,14 @@
 //!
 //! # Layout
 //! - [`proto`]: sans-IO core: frame codec, wire codes, tokens, session rules.
-//! - [`shard`]: one mio event loop per core: connections, timers, routing, delivery.
+//! - [`shard`]: one mio event loop per core: connections, timers, routing, delivery, limits.
 //! - [`store`]: the `Store` trait and its implementations.
 //! - [`server`]: assembles listeners and shards into a running [`server::Gateway`].
 //! - [`config`]: TOML configuration with embedded defaults.
 //! - [`net`]: SO_REUSEPORT listeners and the open-files limit.
 //! - [`client`]: blocking device and provider clients (CLI, tests, load test).
+//! - [`metrics`]: lock-free per-shard counters and histograms, Prometheus text.
+//! - [`admin`]: the admin HTTP listener: /metrics, /healthz, /readyz, POST /drain.
 //! - [`cli`]: the `device` and `push` subcommands; [`serve`] is `pushgate serve`.
 
 pub mod admin;
@@ -43,3 +44,4 @@ pub mod serve;
 pub mod server;
 pub mod shard;
 pub mod store;
+pub mod tls;
