@@ -3,7 +3,8 @@
 //!
 //! `cargo bench --bench store -- --warm-up-time 1 --measurement-time 3` runs the
 //! criterion groups; `STORE_BENCH_RESTART=1000000 cargo bench --bench store`
-//! runs the one-off restart measurement instead (fill, close, time the reopen).
+//! runs the one-off restart measurement instead (fill, close, time the reopen);
+//! `STORE_BENCH_CONCURRENT=2` appends from 2 shards at once.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -396,7 +397,30 @@ fn restart_redb(dir: &Path, n: u64) {
 /// One benchmark group: fills its store, then measures.
 type Group = fn(&mut Criterion);
 
+/// Appends `n` messages from each of `threads` shards at once (batches of `batch`,
+/// each followed by its shard's sync): what the shared journal costs when shards sync concurrently.
+fn concurrent(threads: usize, n: u64, batch: u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let shards = open_durable(dir.path(), threads, 1_000_000).unwrap();
+    let start = Instant::now();
+    std::thread::scope(|scope| {
+        for (i, mut s) in shards.into_iter().enumerate() {
+            let from = 1 + i as u64 * n;
+            scope.spawn(move || fjall_append(&mut *s, from, from + n, batch, FAR));
+        }
+    });
+    let total = n * threads as u64;
+    println!("fjall: {threads} shards x {n} in batches of {batch}: {}", rate(total, start.elapsed()));
+}
+
 fn main() {
+    if let Ok(t) = std::env::var("STORE_BENCH_CONCURRENT") {
+        let threads = t.parse().expect("STORE_BENCH_CONCURRENT is a shard count");
+        for batch in [64, 256, 1024] {
+            concurrent(threads, 100_000, batch);
+        }
+        return;
+    }
     if let Ok(n) = std::env::var("STORE_BENCH_RESTART") {
         restart(n.parse().expect("STORE_BENCH_RESTART is a message count"));
         return;
