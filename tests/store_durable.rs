@@ -203,23 +203,45 @@ fn a_new_shard_count_finds_every_queue() {
     assert_eq!(shards[0].len(), 60);
 }
 
-/// Runs only as the child of `synced_messages_survive_sigkill`: appends to a
-/// few tokens, syncing every 64, and reports the last id of each synced batch.
+/// Two tokens owned by each of two shards.
+fn crash_tokens() -> [[Token; 2]; 2] {
+    let mut by_shard = [Vec::new(), Vec::new()];
+    for k in 0.. {
+        let t = token(k);
+        if by_shard[t.shard(2)].len() < 2 {
+            by_shard[t.shard(2)].push(t);
+        }
+        if by_shard.iter().all(|v| v.len() == 2) {
+            break;
+        }
+    }
+    by_shard.map(|v| [v[0], v[1]])
+}
+
+/// Runs only as the child of `synced_messages_survive_sigkill`: two shards on
+/// two threads append to their tokens, syncing every 64, and report the last
+/// id of each synced batch.
 #[test]
 fn crash_child() {
-    let Some(dir) = std::env::var_os(CRASH_ENV) else {
-        return;
-    };
-    let mut s = open1(Path::new(&dir), 1_000_000);
-    let mut id = s.max_msg_id();
-    loop {
-        for _ in 0..64 {
-            id += 1;
-            s.append(&token(id % 4), msg(id, u32::MAX, b"")).unwrap();
+    let Some(dir) = std::env::var_os(CRASH_ENV) else { return };
+    let shards = open_durable(Path::new(&dir), 2, 1_000_000).unwrap();
+    let tokens = crash_tokens();
+    std::thread::scope(|scope| {
+        for (i, mut s) in shards.into_iter().enumerate() {
+            let mine = tokens[i];
+            scope.spawn(move || {
+                let mut id = s.max_msg_id();
+                loop {
+                    for _ in 0..64 {
+                        id += 1;
+                        s.append(&mine[(id % 2) as usize], msg(id, u32::MAX, b"")).unwrap();
+                    }
+                    s.sync().unwrap();
+                    println!("synced {i} {id}");
+                }
+            });
         }
-        s.sync().unwrap();
-        println!("synced {id}");
-    }
+    });
 }
 
 #[test]
@@ -231,32 +253,36 @@ fn synced_messages_survive_sigkill() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut synced = 0;
+    let mut synced = [0u64; 2];
     for line in BufReader::new(child.stdout.take().unwrap()).lines() {
-        if let Some(n) = line.unwrap().strip_prefix("synced ") {
-            synced = n.parse().unwrap();
-            if synced >= 20_000 {
-                break;
-            }
+        let line = line.unwrap();
+        let Some(rest) = line.strip_prefix("synced ") else { continue };
+        let (shard, id) = rest.split_once(' ').unwrap();
+        synced[shard.parse::<usize>().unwrap()] = id.parse().unwrap();
+        if synced.iter().all(|&n| n >= 10_000) {
+            break;
         }
     }
     child.kill().unwrap(); // SIGKILL, mid-stream: the child never stops appending.
     child.wait().unwrap();
-    assert!(synced >= 20_000, "the child stopped early");
+    assert!(synced.iter().all(|&n| n >= 10_000), "the child stopped early");
 
-    let mut s = open1(dir.path(), 1_000_000);
-    assert!(s.max_msg_id() >= synced);
-    assert!(s.len() as u64 >= synced);
-    for k in 0..4 {
-        let got = ids(&mut *s, &token(k), 0);
-        assert!(got.windows(2).all(|w| w[0] < w[1]), "token {k} out of order");
-        let want: Vec<u64> = (1..=synced).filter(|id| id % 4 == k).collect();
-        assert_eq!(&got[..want.len()], &want[..], "token {k} lost synced messages");
+    let mut shards = open_durable(dir.path(), 2, 1_000_000).unwrap();
+    let tokens = crash_tokens();
+    for (i, s) in shards.iter_mut().enumerate() {
+        assert!(s.max_msg_id() >= synced[i]);
+        assert!(s.len() as u64 >= synced[i]);
+        for (k, t) in tokens[i].iter().enumerate() {
+            let got = ids(&mut **s, t, 0);
+            assert!(got.windows(2).all(|w| w[0] < w[1]), "shard {i} token {k} out of order");
+            let want: Vec<u64> = (1..=synced[i]).filter(|id| id % 2 == k as u64).collect();
+            assert_eq!(&got[..want.len()], &want[..], "shard {i} token {k} lost synced messages");
+        }
+        // The restarted writer continues above everything recovered.
+        let next = s.max_msg_id() + 1;
+        s.append(&tokens[i][0], msg(next, u32::MAX, b"")).unwrap();
+        assert_eq!(ids(&mut **s, &tokens[i][0], 0).last(), Some(&next));
     }
-    // The restarted writer continues above everything recovered.
-    let next = s.max_msg_id() + 1;
-    s.append(&token(0), msg(next, u32::MAX, b"")).unwrap();
-    assert_eq!(ids(&mut *s, &token(0), 0).last(), Some(&next));
 }
 
 fn assert_names(e: StoreError, path: &Path) {

@@ -11,10 +11,12 @@
 
 mod codec;
 mod open;
+mod sync;
 
 use std::collections::{HashMap, VecDeque};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use fjall::{Database, Keyspace, OwnedWriteBatch, PersistMode};
@@ -22,6 +24,7 @@ use fjall::{Database, Keyspace, OwnedWriteBatch, PersistMode};
 use super::{Store, StoreError, StoredMsg};
 use crate::proto::Token;
 use codec::ShardMeta;
+use sync::SyncGate;
 
 pub use open::open_durable;
 
@@ -49,6 +52,7 @@ struct Engine {
     expiry: Keyspace,
     meta: Keyspace,
     path: PathBuf,
+    gate: Arc<SyncGate>,
 }
 
 /// One shard's handle on the durable store.
@@ -58,6 +62,8 @@ pub struct DurableStore {
     cap: usize,
     counters: ShardMeta,
     cache: HashMap<Token, Queue>,
+    /// The number `SyncGate` gave this shard's latest committed batch.
+    last_write: u64,
     /// No entry of this shard's expiry index is older than this (0 after opening).
     swept_below: u32,
 }
@@ -98,6 +104,7 @@ impl DurableStore {
     fn commit(&mut self, mut b: OwnedWriteBatch, c: ShardMeta, what: &str) -> Result<(), StoreError> {
         b.insert(&self.eng.meta, codec::shard_key(self.shard), c.encode());
         b.commit().map_err(|e| self.eng.err(what, e))?;
+        self.last_write = self.eng.gate.wrote();
         self.counters = c;
         Ok(())
     }
@@ -190,6 +197,7 @@ impl Store for DurableStore {
             let mut b = self.eng.db.batch();
             b.remove(&self.eng.meta, codec::missed_key(token));
             b.commit().map_err(|e| self.eng.err("resetting a missed count", e))?;
+            self.last_write = self.eng.gate.wrote();
         }
         self.keep(token, q);
         Ok(n)
@@ -233,7 +241,10 @@ impl Store for DurableStore {
     }
 
     fn sync(&mut self) -> Result<(), StoreError> {
-        self.eng.db.persist(PersistMode::SyncAll).map_err(|e| self.eng.err("syncing the journal", e))
+        let eng = &self.eng;
+        eng.gate.sync(self.last_write, || {
+            eng.db.persist(PersistMode::SyncAll).map_err(|e| eng.err("syncing the journal", e))
+        })
     }
 
     fn max_msg_id(&self) -> u64 {

@@ -52,6 +52,7 @@ fn open_shards(dir: &Path, shards: usize, cap: usize) -> Result<Vec<DurableStore
         meta: ks("meta", 4 << 20)?,
         db: db.clone(),
         path: dir.into(),
+        gate: Default::default(),
     };
 
     let layout = match eng.meta.get(codec::LAYOUT_KEY).map_err(|e| err("reading the layout", e))? {
@@ -68,6 +69,7 @@ fn open_shards(dir: &Path, shards: usize, cap: usize) -> Result<Vec<DurableStore
             cap: cap.max(1),
             counters: c,
             cache: Default::default(),
+            last_write: 0,
             swept_below: 0,
         })
         .collect())
