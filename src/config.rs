@@ -20,7 +20,22 @@ pub struct Config {
     pub drain: DrainConfig,
     pub store: StoreConfig,
     pub admin: AdminConfig,
+    pub tls: TlsConfig,
     pub apps: Vec<AppConfig>,
+}
+
+/// TLS on the device and provider listeners (rustls). Off unless a listener asks for it.
+#[derive(Deserialize, Debug, Clone, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first.
+    pub cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: Option<PathBuf>,
+    /// Serve TLS on the device listener.
+    pub device: bool,
+    /// Serve TLS on the provider listener.
+    pub provider: bool,
 }
 
 #[derive(Deserialize, Debug, Clone)]

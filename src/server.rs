@@ -43,6 +43,8 @@ impl Gateway {
             }
             m => m,
         };
+        let tls = crate::tls::TlsPorts::load(&cfg.tls)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         info!("open-files limit {nofile}: room for {max_conns} connections on {n} shards");
         let device = net::bind_reuseport(cfg.server.device_listen, n)?;
         let provider = net::bind_reuseport(cfg.server.provider_listen, n)?;
@@ -68,6 +70,7 @@ impl Gateway {
             conns: AtomicUsize::new(0),
             max_conns,
             draining: AtomicBool::new(false),
+            tls,
         });
         let mut threads = Vec::with_capacity(n);
         for (i, part) in parts.into_iter().enumerate() {

@@ -1,6 +1,7 @@
 //! Connection state kept per socket, sized so an idle device costs a few dozen bytes.
 
 use mio::net::TcpStream;
+use rustls::ServerConnection;
 use slab::Slab;
 
 use super::pool::Bufs;
@@ -27,6 +28,8 @@ const RECEIPT_BIT: u64 = 1 << 63;
 pub struct Device {
     pub stream: TcpStream,
     pub bufs: Option<Box<Bufs>>,
+    /// The TLS session on a TLS listener; boxed so a plain device pays 8 bytes.
+    pub tls: Option<Box<ServerConnection>>,
     pub token: Token,
     /// Highest message id written to this connection.
     pub cursor: u64,
@@ -60,6 +63,7 @@ pub struct Multi {
 pub struct Provider {
     pub stream: TcpStream,
     pub bufs: Option<Box<Bufs>>,
+    pub tls: Option<Box<ServerConnection>>,
     pub state: ProviderState,
     pub id: u32,
     pub since: u32,
@@ -68,6 +72,13 @@ pub struct Provider {
     pub flags: u8,
     pub multis: Slab<Multi>,
     pub feedback: Slab<FeedbackAgg>,
+}
+
+/// A connection's IO parts, borrowed together.
+pub struct Io<'a> {
+    pub stream: &'a mut TcpStream,
+    pub bufs: &'a mut Option<Box<Bufs>>,
+    pub tls: &'a mut Option<Box<ServerConnection>>,
 }
 
 pub enum Conn {
@@ -112,6 +123,14 @@ impl Conn {
         }
     }
 
+    /// The socket, the buffers and the TLS session, for the read and write paths.
+    pub fn io_tls(&mut self) -> Io<'_> {
+        match self {
+            Conn::Device(d) => Io { stream: &mut d.stream, bufs: &mut d.bufs, tls: &mut d.tls },
+            Conn::Provider(p) => Io { stream: &mut p.stream, bufs: &mut p.bufs, tls: &mut p.tls },
+        }
+    }
+
     pub fn is_device(&self) -> bool {
         matches!(self, Conn::Device(_))
     }
@@ -140,5 +159,31 @@ impl Device {
             self.unacked = None;
         }
         Some(entry & RECEIPT_BIT != 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `Device` as it was before TLS, to hold its growth to one pointer.
+    #[allow(dead_code)]
+    struct PlainDevice {
+        stream: TcpStream,
+        bufs: Option<Box<Bufs>>,
+        token: Token,
+        cursor: u64,
+        id: u32,
+        since: u32,
+        heartbeat_s: u16,
+        unacked: Option<Box<Vec<u64>>>,
+        app: u16,
+        flags: u8,
+    }
+
+    #[test]
+    fn tls_adds_at_most_one_pointer_to_a_device() {
+        let (with, without) = (std::mem::size_of::<Device>(), std::mem::size_of::<PlainDevice>());
+        assert!(with <= without + 8, "Device is {with} bytes, {without} without TLS");
     }
 }

@@ -62,11 +62,12 @@ impl Shard {
                     self.register_device(idx, token, app, h.keepalive_s);
                     return Flow::Continue;
                 }
-                let Some(stream) = self.take_stream(idx) else {
+                let Some((stream, tls)) = self.take_stream(idx) else {
                     return Flow::Stop;
                 };
                 debug!("shard {}: device handed to shard {owner}", self.index);
-                let adopt = Adopt { stream, token, app, keepalive_s: h.keepalive_s, leftover: rest.to_vec() };
+                let adopt =
+                    Adopt { stream, tls, token, app, keepalive_s: h.keepalive_s, leftover: rest.to_vec() };
                 self.route(owner, ShardMsg::Adopt(adopt));
                 Flow::HandedOff
             }
@@ -85,8 +86,11 @@ impl Shard {
         }
     }
 
-    /// Detaches a handshaking device's socket from this shard's poll and slab.
-    fn take_stream(&mut self, idx: u32) -> Option<mio::net::TcpStream> {
+    /// Detaches a handshaking device's socket (and TLS session) from this shard's poll and slab.
+    fn take_stream(
+        &mut self,
+        idx: u32,
+    ) -> Option<(mio::net::TcpStream, Option<Box<rustls::ServerConnection>>)> {
         if !matches!(self.conns.get(idx as usize), Some(Conn::Device(_))) {
             return None;
         }
@@ -97,7 +101,7 @@ impl Shard {
         if let Some(b) = d.bufs.take() {
             self.pool.put(b);
         }
-        Some(d.stream)
+        Some((d.stream, d.tls))
     }
 
     /// A device whose HELLO another shard read, arriving at its owner.
@@ -106,7 +110,11 @@ impl Shard {
         if self.drain_deadline.is_some() {
             let mut buf = Vec::new();
             Frame::GoAway { reason: GoAwayReason::SHUTDOWN, reconnect_ms: 0 }.encode(&mut buf);
-            let _ = std::io::Write::write(&mut stream, &buf);
+            if let Some(mut tls) = a.tls {
+                crate::tls::write_pass(&mut tls, &mut stream, &buf);
+            } else {
+                let _ = std::io::Write::write(&mut stream, &buf);
+            }
             self.shared.conns.fetch_sub(1, Ordering::AcqRel);
             return;
         }
@@ -117,6 +125,7 @@ impl Shard {
         let conn = entry.insert(Conn::Device(Device {
             stream,
             bufs: None,
+            tls: a.tls,
             token: a.token,
             cursor: 0,
             id,

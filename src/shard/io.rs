@@ -1,6 +1,6 @@
 //! Socket IO for a shard: accepting, reading into the shared scratch buffer,
-//! splitting frames, and flushing output. Protocol decisions live in
-//! `device.rs` and `provider.rs`.
+//! splitting frames, and flushing output, through TLS on a TLS listener.
+//! Protocol decisions live in `device.rs` and `provider.rs`.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr};
@@ -11,12 +11,20 @@ use mio::net::TcpStream;
 use mio::{Interest, Token as MioToken};
 use slab::Slab;
 
-use super::conn::{Conn, Device, Provider, F_CLOSING, F_PAUSED, F_PROXY};
+use super::conn::{Conn, Device, Io, Provider, F_CLOSING, F_DIRTY, F_PAUSED, F_PROXY};
 use super::timer::Entry;
-use crate::metrics::{Close, Limit, Role};
 use super::Shard;
+use crate::metrics::{Close, Limit, Role};
 use crate::proto::frame::{split_frame, DEVICE_MAX_BODY, PROVIDER_MAX_BODY};
 use crate::proto::{Frame, GoAwayReason, ProtoError, ProviderState, Token};
+use crate::tls::{self, End};
+
+/// What one read from a connection brought.
+struct Step {
+    eof: Option<Close>,
+    /// Nothing more to read until the next readiness event.
+    drained: bool,
+}
 
 /// What a frame handler tells the read loop.
 pub(super) enum Flow {
@@ -56,7 +64,12 @@ impl Shard {
 
     fn on_accepted(&mut self, mut stream: TcpStream, peer: SocketAddr, device: bool) {
         let max = self.shared.max_conns;
+        let tls_config = self.shared.tls.for_port(device).cloned();
+        let plain = tls_config.is_none();
         let refuse = |stream: &mut TcpStream, reason: GoAwayReason, retry: u64| {
+            if !plain {
+                return; // a TLS client cannot read a frame before its handshake; it sees the close
+            }
             let mut buf = Vec::with_capacity(8);
             Frame::GoAway { reason, reconnect_ms: retry.min(u32::MAX as u64) as u32 }.encode(&mut buf);
             let _ = stream.write(&buf);
@@ -68,8 +81,11 @@ impl Shard {
             info!("shard {}: refused a connection: at the limit of {max}", self.index);
             return;
         }
-        let proxied =
-            if device { self.cfg().server.device_proxy_protocol } else { self.cfg().server.provider_proxy_protocol };
+        let proxied = if device {
+            self.cfg().server.device_proxy_protocol
+        } else {
+            self.cfg().server.provider_proxy_protocol
+        };
         if !proxied {
             let now = self.mono_ms();
             if let Err(retry) = self.sources.admit(peer.ip(), now) {
@@ -80,6 +96,14 @@ impl Shard {
                 return;
             }
         }
+        let tls = match tls_config.map(rustls::ServerConnection::new).transpose() {
+            Ok(tls) => tls.map(Box::new),
+            Err(e) => {
+                warn!("shard {}: TLS session: {e}", self.index);
+                self.shared.conns.fetch_sub(1, Ordering::AcqRel);
+                return;
+            }
+        };
         let _ = stream.set_nodelay(true);
         let id = self.next_id();
         let since = self.now_tick as u32;
@@ -89,6 +113,7 @@ impl Shard {
             Conn::Device(Device {
                 stream,
                 bufs: None,
+                tls,
                 token: Token([0; 24]),
                 cursor: 0,
                 id,
@@ -102,6 +127,7 @@ impl Shard {
             Conn::Provider(Box::new(Provider {
                 stream,
                 bufs: None,
+                tls,
                 state: ProviderState::AwaitHello,
                 id,
                 since,
@@ -155,25 +181,9 @@ impl Shard {
             }
         }
         loop {
-            let Some(conn) = self.conns.get_mut(idx as usize) else {
+            let Some(Step { eof, drained }) = self.read_step(idx, scratch, &mut filled) else {
                 return;
             };
-            let (stream, _) = conn.io();
-            let mut eof = None;
-            let mut drained = false;
-            if filled < scratch.len() {
-                match stream.read(&mut scratch[filled..]) {
-                    Ok(0) => eof = Some(Close::Eof),
-                    Ok(n) => {
-                        filled += n;
-                        let role = if conn.is_device() { Role::Device } else { Role::Provider };
-                        self.metrics.on_read(role, n);
-                    }
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => drained = true,
-                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                    Err(_) => eof = Some(Close::IoError),
-                }
-            }
             let used = match self.handle_bytes(idx, &scratch[..filled]) {
                 (_, Flow::HandedOff) => return,
                 (used, Flow::Stop) => {
@@ -194,6 +204,106 @@ impl Shard {
             if drained {
                 self.keep_remainder(idx, &scratch[..filled]);
                 return;
+            }
+        }
+    }
+
+    /// Reads once into `scratch[*filled..]`: from the socket, or through TLS on
+    /// a TLS connection. None when the connection is gone or was closed here.
+    fn read_step(&mut self, idx: u32, scratch: &mut [u8], filled: &mut usize) -> Option<Step> {
+        let conn = self.conns.get_mut(idx as usize)?;
+        let role = if conn.is_device() { Role::Device } else { Role::Provider };
+        let proxy_first = conn.flags() & F_PROXY != 0;
+        let Io { stream, tls, .. } = conn.io_tls();
+        let mut step = Step { eof: None, drained: false };
+        match tls {
+            Some(tls) if !proxy_first => {
+                let pass = tls::read_pass(tls, stream, &mut scratch[*filled..]);
+                *filled += pass.plain;
+                if pass.raw > 0 {
+                    self.metrics.on_read(role, pass.raw);
+                }
+                step.drained = pass.drained;
+                let output = tls.wants_write();
+                match pass.end {
+                    None => {}
+                    Some(End::Eof) => step.eof = Some(Close::Eof),
+                    Some(End::Io(e)) => {
+                        debug!("shard {}: connection {idx}: TLS read: {e}", self.index);
+                        step.eof = Some(Close::IoError);
+                    }
+                    Some(End::Tls(e)) => {
+                        debug!("shard {}: connection {idx}: TLS: {e}", self.index);
+                        tls::flush_alert(tls, stream);
+                        self.close_because(idx, Close::IoError);
+                        return None;
+                    }
+                }
+                if output {
+                    // Handshake flights (and key updates) leave with this iteration's flush.
+                    self.mark_dirty(idx);
+                }
+            }
+            _ => {
+                while *filled < scratch.len() {
+                    match stream.read(&mut scratch[*filled..]) {
+                        Ok(0) => step.eof = Some(Close::Eof),
+                        Ok(n) => {
+                            *filled += n;
+                            self.metrics.on_read(role, n);
+                        }
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => step.drained = true,
+                        Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                        Err(_) => step.eof = Some(Close::IoError),
+                    }
+                    break;
+                }
+                if proxy_first && tls.is_some() {
+                    return self.proxy_before_tls(idx, scratch, filled, step);
+                }
+            }
+        }
+        Some(step)
+    }
+
+    /// The PROXY header comes before TLS on the wire: once the raw bytes in
+    /// `scratch` hold all of it, the bytes after it go to rustls and reading
+    /// goes on through TLS. Until then the raw bytes take the plain path, whose
+    /// frame handling keeps them (incomplete) or closes (refused).
+    fn proxy_before_tls(
+        &mut self,
+        idx: u32,
+        scratch: &mut [u8],
+        filled: &mut usize,
+        step: Step,
+    ) -> Option<Step> {
+        let Some(n) = self.on_proxy_header(idx, &scratch[..*filled]) else {
+            return Some(step);
+        };
+        let conn = self.conns.get_mut(idx as usize)?;
+        let Io { stream, tls: Some(tls), .. } = conn.io_tls() else {
+            return None;
+        };
+        let fed = tls::feed(tls, &scratch[n..*filled]);
+        *filled = 0;
+        match fed {
+            Ok(()) => self.read_step(idx, scratch, filled),
+            Err(e) => {
+                debug!("shard {}: connection {idx}: TLS after the PROXY header: {e:?}", self.index);
+                tls::flush_alert(tls, stream);
+                self.close_because(idx, Close::IoError);
+                None
+            }
+        }
+    }
+
+    /// Queues connection `idx` for this iteration's flush.
+    fn mark_dirty(&mut self, idx: u32) {
+        if let Some(conn) = self.conns.get_mut(idx as usize) {
+            let flags = conn.flags_mut();
+            if *flags & F_DIRTY == 0 {
+                *flags |= F_DIRTY;
+                self.dirty.push(idx);
             }
         }
     }
@@ -330,47 +440,73 @@ impl Shard {
         let Some(conn) = self.conns.get_mut(idx as usize) else {
             return false;
         };
-        *conn.flags_mut() &= !super::conn::F_DIRTY;
+        *conn.flags_mut() &= !F_DIRTY;
         let closing = conn.flags() & F_CLOSING != 0;
         let role = if conn.is_device() { Role::Device } else { Role::Provider };
-        let (stream, bufs) = conn.io();
-        let Some(b) = bufs.as_mut() else { return true };
-        let mut failed = false;
-        while b.wpos < b.wbuf.len() {
-            match stream.write(&b.wbuf[b.wpos..]) {
-                Ok(0) => {
-                    failed = true;
-                    break;
+        let Io { stream, bufs, tls } = conn.io_tls();
+        let (written, failed) = match tls {
+            Some(tls) => {
+                let plain = bufs.as_ref().map_or(&[][..], |b| &b.wbuf[b.wpos..]);
+                let mut pass = tls::write_pass(tls, stream, plain);
+                if let Some(b) = bufs.as_mut() {
+                    b.wpos += pass.taken;
                 }
-                Ok(n) => {
-                    b.wpos += n;
-                    self.metrics.on_write(role, n);
+                let flushed = bufs.as_ref().is_none_or(|b| b.pending_write() == 0) && !tls.wants_write();
+                if closing && flushed && !pass.failed {
+                    // Said once (rustls ignores repeats); the FIN follows once it is out.
+                    tls.send_close_notify();
+                    let close = tls::write_pass(tls, stream, &[]);
+                    pass.raw += close.raw;
+                    pass.failed = close.failed;
                 }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(_) => {
-                    failed = true;
-                    break;
-                }
+                (pass.raw, pass.failed)
             }
+            None => write_plain(stream, bufs.as_deref_mut()),
+        };
+        if written > 0 {
+            self.metrics.on_write(role, written);
         }
         if failed {
             self.close_because(idx, Close::IoError);
             return false;
         }
-        if b.wpos < b.wbuf.len() {
+        if bufs.as_ref().is_some_and(|b| b.pending_write() > 0)
+            || tls.as_ref().is_some_and(|t| t.wants_write())
+        {
             return false;
         }
-        b.wbuf.clear();
-        b.wpos = 0;
+        if let Some(b) = bufs.as_mut() {
+            b.wbuf.clear();
+            b.wpos = 0;
+        }
         if closing {
             let _ = stream.shutdown(Shutdown::Write);
         }
-        if b.is_idle() {
+        if bufs.as_ref().is_some_and(|b| b.is_idle()) {
             if let Some(b) = bufs.take() {
                 self.pool.put(b);
             }
         }
         !closing
     }
+}
+
+/// Writes `bufs.wbuf` to the socket until it is out or the socket would block;
+/// returns the bytes written and whether the socket failed.
+fn write_plain(stream: &mut TcpStream, bufs: Option<&mut super::pool::Bufs>) -> (usize, bool) {
+    let Some(b) = bufs else { return (0, false) };
+    let mut written = 0;
+    while b.wpos < b.wbuf.len() {
+        match stream.write(&b.wbuf[b.wpos..]) {
+            Ok(0) => return (written, true),
+            Ok(n) => {
+                b.wpos += n;
+                written += n;
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(_) => return (written, true),
+        }
+    }
+    (written, false)
 }

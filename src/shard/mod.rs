@@ -89,6 +89,8 @@ pub struct Shared {
     pub conns: AtomicUsize,
     pub max_conns: usize,
     pub draining: AtomicBool,
+    /// TLS per listener, loaded once at start.
+    pub tls: crate::tls::TlsPorts,
 }
 
 /// Everything needed to start one shard's thread.

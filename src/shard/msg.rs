@@ -52,6 +52,8 @@ pub struct ResultMsg {
 #[derive(Debug)]
 pub struct Adopt {
     pub stream: mio::net::TcpStream,
+    /// The TLS session, if the device came in on a TLS listener.
+    pub tls: Option<Box<rustls::ServerConnection>>,
     pub token: Token,
     pub app: u16,
     pub keepalive_s: u16,
