@@ -9,7 +9,7 @@ use bytes::Bytes;
 use pushgate::proto::Token;
 use pushgate::store::durable::open_durable;
 use pushgate::store::memory::MemoryStore;
-use pushgate::store::{Store, StoreError, StoredMsg};
+use pushgate::store::{Receipt, Store, StoreError, StoredMsg, Tombstone};
 
 const CRASH_ENV: &str = "PUSHGATE_STORE_CRASH_CHILD";
 
@@ -134,7 +134,15 @@ fn behaves_like_the_memory_store_across_restarts() {
         for step in 0..600 {
             let t = tokens[rng.next(5) as usize];
             let ctx = format!("seed {seed} step {step}");
-            match rng.next(10) {
+            match rng.next(11) {
+                9 => {
+                    mem.unregister(&t, "app", step).unwrap();
+                    dur.unregister(&t, "app", step).unwrap();
+                    let (mut a, mut b) = (mem.tombstones().unwrap(), dur.tombstones().unwrap());
+                    a.sort_by_key(|x| x.token);
+                    b.sort_by_key(|x| x.token);
+                    assert_eq!(a, b, "{ctx}");
+                }
                 0..=3 => {
                     let collapse: &[u8] = [&b""[..], b"a", b"b"][rng.next(3) as usize];
                     let m = msg(next_id, 10 + rng.next(90) as u32, collapse);
@@ -374,4 +382,80 @@ fn a_second_open_of_the_same_dir_is_refused() {
     assert_names(e, dir.path());
     drop(first);
     assert!(open_durable(dir.path(), 1, 100).is_ok());
+}
+
+#[test]
+fn tombstones_are_durable_and_belong_to_the_owning_shard() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens: Vec<Token> = (0..6).map(token).collect();
+    let mut shards = open_durable(dir.path(), 2, 2).unwrap();
+    for (i, t) in tokens.iter().enumerate() {
+        let s = &mut shards[t.shard(2)];
+        for id in 0..3 {
+            s.append(t, msg(10 * i as u64 + id + 1, 100, b"")).unwrap();
+        }
+        s.unregister(t, &format!("app{i}"), 1000 + i as u64).unwrap();
+        assert!(ids(&mut **s, t, 0).is_empty());
+        s.sync().unwrap();
+    }
+    assert_eq!(shards.iter().map(|s| s.len()).sum::<usize>(), 0);
+    drop(shards);
+
+    let mut shards = open_durable(dir.path(), 3, 2).unwrap();
+    let mut all = Vec::new();
+    for (i, s) in shards.iter_mut().enumerate() {
+        let mine = s.tombstones().unwrap();
+        assert!(mine.iter().all(|x| x.token.shard(3) == i), "shard {i} got another shard's tombstone");
+        all.extend(mine);
+    }
+    all.sort_by_key(|x| x.at_ms);
+    let want: Vec<Tombstone> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| Tombstone { token: *t, app_id: format!("app{i}"), at_ms: 1000 + i as u64 })
+        .collect();
+    assert_eq!(all, want);
+    // The cap's missed count went with the queue.
+    assert_eq!(shards[tokens[0].shard(3)].take_missed(&tokens[0]).unwrap(), 0);
+    shards[tokens[0].shard(3)].reregister(&tokens[0]).unwrap();
+    shards.iter_mut().for_each(|s| s.sync().unwrap());
+    drop(shards);
+
+    let mut shards = open_durable(dir.path(), 3, 2).unwrap();
+    let left: usize = shards.iter_mut().map(|s| s.tombstones().unwrap().len()).sum();
+    assert_eq!(left, 5, "reregister is durable");
+}
+
+#[test]
+fn receipts_are_capped_taken_in_order_and_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = |id: u64| Receipt { token: token(id), msg_id: id, acked_at_ms: 100 + id };
+    let mut s = open1(dir.path(), 100);
+    for id in 0..5 {
+        s.save_receipt("app", r(id), 3).unwrap();
+    }
+    s.save_receipt("other", r(9), 3).unwrap();
+    let mut out = Vec::new();
+    s.take_receipts("app", 1, &mut out).unwrap();
+    assert_eq!(out, vec![r(2)]);
+    s.sync().unwrap();
+    drop(s);
+
+    // After a restart, and from any shard: receipts are keyed by app.
+    let mut shards = open_durable(dir.path(), 2, 100).unwrap();
+    let mut out = Vec::new();
+    shards[1].save_receipt("app", r(5), 3).unwrap();
+    shards[1].take_receipts("app", 10, &mut out).unwrap();
+    assert_eq!(out, vec![r(3), r(4), r(5)]);
+    shards[1].take_receipts("app", 10, &mut out).unwrap();
+    assert_eq!(out.len(), 3, "taken receipts are gone");
+    shards[1].save_receipt("app", r(6), 3).unwrap();
+    shards.iter_mut().for_each(|s| s.sync().unwrap());
+    drop(shards);
+
+    let mut s = open1(dir.path(), 100);
+    let mut out = Vec::new();
+    s.take_receipts("app", 10, &mut out).unwrap();
+    s.take_receipts("other", 10, &mut out).unwrap();
+    assert_eq!(out, vec![r(6), r(9)]);
 }

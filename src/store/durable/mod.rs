@@ -10,6 +10,7 @@
 //! use, so append, ack and collapse need no read from disk.
 
 mod codec;
+mod feedback;
 mod open;
 mod sync;
 
@@ -21,7 +22,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use fjall::{Database, Keyspace, OwnedWriteBatch, PersistMode};
 
-use super::{Store, StoreError, StoredMsg};
+use super::{Receipt, Store, StoreError, StoredMsg, Tombstone};
 use crate::proto::Token;
 use codec::ShardMeta;
 use sync::SyncGate;
@@ -59,9 +60,13 @@ struct Engine {
 pub struct DurableStore {
     eng: Engine,
     shard: u16,
+    /// How many shards share the store, to pick this shard's tombstones.
+    shards: u16,
     cap: usize,
     counters: ShardMeta,
     cache: HashMap<Token, Queue>,
+    /// Where each app's receipts are, for the apps this shard is the hub of.
+    receipts: feedback::ReceiptIndex,
     /// The number `SyncGate` gave this shard's latest committed batch.
     last_write: u64,
     /// No entry of this shard's expiry index is older than this (0 after opening).
@@ -245,6 +250,26 @@ impl Store for DurableStore {
         eng.gate.sync(self.last_write, || {
             eng.db.persist(PersistMode::SyncAll).map_err(|e| eng.err("syncing the journal", e))
         })
+    }
+
+    fn unregister(&mut self, token: &Token, app_id: &str, at_ms: u64) -> Result<(), StoreError> {
+        self.do_unregister(token, app_id, at_ms)
+    }
+
+    fn reregister(&mut self, token: &Token) -> Result<(), StoreError> {
+        self.do_reregister(token)
+    }
+
+    fn tombstones(&mut self) -> Result<Vec<Tombstone>, StoreError> {
+        self.do_tombstones()
+    }
+
+    fn save_receipt(&mut self, app_id: &str, r: Receipt, cap: usize) -> Result<(), StoreError> {
+        self.do_save_receipt(app_id, r, cap)
+    }
+
+    fn take_receipts(&mut self, app_id: &str, max: usize, out: &mut Vec<Receipt>) -> Result<(), StoreError> {
+        self.do_take_receipts(app_id, max, out)
     }
 
     fn max_msg_id(&self) -> u64 {

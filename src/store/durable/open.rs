@@ -66,9 +66,11 @@ fn open_shards(dir: &Path, shards: usize, cap: usize) -> Result<Vec<DurableStore
         .map(|(i, c)| DurableStore {
             eng: eng.clone(),
             shard: i as u16,
+            shards: n,
             cap: cap.max(1),
             counters: c,
             cache: Default::default(),
+            receipts: Default::default(),
             last_write: 0,
             swept_below: 0,
         })
