@@ -162,11 +162,12 @@ impl DurableStore {
             return Ok(());
         }
         let (from, to) = (receipt_key(app, range.head), receipt_key(app, range.tail));
+        let key_len = from.len();
         let mut b = self.eng.db.batch();
         let mut taken = Vec::new();
         for kv in self.eng.meta.range(from..to).take(max) {
             let (k, v) = kv.into_inner().map_err(|e| self.eng.err("reading receipts", e))?;
-            if v.len() != RECEIPT_LEN || k.len() != from.len() {
+            if v.len() != RECEIPT_LEN || k.len() != key_len {
                 return Err(self.eng.corrupt("receipt", &k));
             }
             let mut t = [0u8; TOKEN_LEN];
