@@ -66,7 +66,7 @@ impl DurableStore {
         let mut c: ShardMeta = self.counters;
         for e in &q.msgs {
             self.remove_msg(&mut b, token, e);
-            c.len -= 1;
+            c.len = c.len.saturating_sub(1);
         }
         if q.missed != 0 {
             b.remove(&self.eng.meta, super::codec::missed_key(token));

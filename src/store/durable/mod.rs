@@ -133,7 +133,7 @@ impl Store for DurableStore {
         }
         for e in &gone {
             self.remove_msg(&mut b, token, e);
-            c.len -= 1;
+            c.len = c.len.saturating_sub(1);
         }
         if q.missed != missed_before {
             b.insert(&self.eng.meta, codec::missed_key(token), q.missed.to_be_bytes());
@@ -189,7 +189,7 @@ impl Store for DurableStore {
         if let Some(e) = q.msgs.remove(i) {
             self.remove_msg(&mut b, token, &e);
         }
-        let c = ShardMeta { len: self.counters.len - 1, ..self.counters };
+        let c = ShardMeta { len: self.counters.len.saturating_sub(1), ..self.counters };
         self.commit(b, c, "acknowledging")?;
         self.keep(token, q);
         Ok(true)
@@ -230,7 +230,7 @@ impl Store for DurableStore {
             let mut c = self.counters;
             for &(expiry, token, id) in &found {
                 self.remove_msg(&mut b, &token, &Entry { id, expiry, collapse: Bytes::new() });
-                c.len -= 1;
+                c.len = c.len.saturating_sub(1);
             }
             self.commit(b, c, "sweeping expired messages")?;
             for (_, token, id) in &found {
