@@ -216,13 +216,14 @@ pub fn json(s: &Summary) -> String {
     v.to_string()
 }
 
-/// Three stacked panels: registered devices, throughput, latency.
-pub fn svg(title: &str, tl: &[Sample]) -> String {
+/// Three stacked panels: registered devices, throughput, latency; dashed lines mark phases.
+pub fn svg(title: &str, tl: &[Sample], phases: &[(f64, &str)]) -> String {
     const W: f64 = 900.0;
     const PH: f64 = 200.0;
     const L: f64 = 80.0;
     const R: f64 = 20.0;
     let tmax = tl.last().map(|s| s.t).unwrap_or(1.0).max(1.0);
+    let x_of = |t: f64| L + (W - L - R) * t / tmax;
     let mut out = String::new();
     let h = 50.0 + 3.0 * (PH + 50.0);
     let _ = writeln!(
@@ -274,18 +275,23 @@ pub fn svg(title: &str, tl: &[Sample]) -> String {
         }
         for k in 0..=5 {
             let x = L + (W - L - R) * k as f64 / 5.0;
+            let t = tmax * k as f64 / 5.0;
+            let label = if tmax >= 20.0 { format!("{t:.0}") } else { format!("{t:.1}") };
+            let _ =
+                writeln!(out, r#"<text x="{x}" y="{}" text-anchor="middle">{label}s</text>"#, bottom + 16.0);
+        }
+        for (t, name) in phases {
+            let x = x_of(*t);
             let _ = writeln!(
                 out,
-                r#"<text x="{x}" y="{}" text-anchor="middle">{:.0}s</text>"#,
-                bottom + 16.0,
-                tmax * k as f64 / 5.0
+                r##"<line x1="{x:.1}" x2="{x:.1}" y1="{top}" y2="{bottom}" stroke="#bbb" stroke-dasharray="4 3"/><text x="{:.1}" y="{}" fill="#888" font-size="10">{name}</text>"##,
+                x + 3.0,
+                top + 12.0
             );
         }
         for (si, (label, color, f)) in series.iter().enumerate() {
-            let pts: Vec<String> = tl
-                .iter()
-                .map(|s| format!("{:.1},{:.1}", L + (W - L - R) * s.t / tmax, bottom - PH * f(s) / ymax))
-                .collect();
+            let pts: Vec<String> =
+                tl.iter().map(|s| format!("{:.1},{:.1}", x_of(s.t), bottom - PH * f(s) / ymax)).collect();
             let _ = writeln!(
                 out,
                 r#"<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{}"/>"#,

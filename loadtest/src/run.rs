@@ -45,6 +45,8 @@ struct State {
     targets: Vec<Targets>,
     prov_stats: Arc<ProvStats>,
     timeline: Vec<Sample>,
+    /// When each phase began, seconds from the start, for the plot.
+    phases: Vec<(f64, &'static str)>,
     last_sample_ns: u64,
     last_unique: u64,
     last_accepted: u64,
@@ -94,6 +96,9 @@ impl State {
 
     /// Takes reports until `done` holds or `secs` pass; prints progress once a second.
     fn pump(&mut self, secs: f64, done: impl Fn(&State) -> bool) -> bool {
+        if self.phases.last().map(|p| p.1) != Some(self.phase) {
+            self.phases.push(((now_ns() - self.start_ns) as f64 / 1e9, self.phase));
+        }
         let until = (now_ns() + (secs * 1e9) as u64).min(self.deadline_ns);
         loop {
             if done(self) {
@@ -374,6 +379,7 @@ pub fn main(o: Box<RunOpts>) -> Result<i32, String> {
         targets: (0..gws).map(|_| Arc::new(RwLock::new(Vec::new()))).collect(),
         prov_stats: Arc::new(ProvStats::default()),
         timeline: Vec::new(),
+        phases: Vec::new(),
         last_sample_ns: start,
         last_unique: 0,
         last_accepted: 0,
@@ -479,6 +485,7 @@ pub fn main(o: Box<RunOpts>) -> Result<i32, String> {
             let secs = (st.counters().last_delivery_ns.max(t1) - t1) as f64 / 1e9;
             sum.drain_secs = Some(secs);
             sum.drain_per_sec = Some((st.counters().unique - u0) as f64 / secs.max(1e-9));
+            sum.delivered_per_sec = sum.drain_per_sec;
             if !drained {
                 eprintln!("offline: drain incomplete after {limit:.0} s");
             }
@@ -524,7 +531,7 @@ pub fn main(o: Box<RunOpts>) -> Result<i32, String> {
     }
     if let Some(path) = &o.svg {
         let title = format!("{} {} — {} devices", sum.target, sum.scenario, o.devices);
-        std::fs::write(path, report::svg(&title, &st.timeline))
+        std::fs::write(path, report::svg(&title, &st.timeline, &st.phases))
             .map_err(|e| format!("{}: {e}", path.display()))?;
         eprintln!("plot written to {}", path.display());
     }
