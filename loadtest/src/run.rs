@@ -258,7 +258,13 @@ impl Drop for Spawned {
 }
 
 fn spawn_server(cmd: &str, addr: SocketAddr) -> std::io::Result<Spawned> {
-    let child = Command::new("sh").arg("-c").arg(format!("exec {cmd}")).stdin(Stdio::null()).spawn()?;
+    // The server's stdout goes to our stderr: our stdout is the --json object alone.
+    let child = Command::new("sh")
+        .arg("-c")
+        .arg(format!("exec {cmd}"))
+        .stdin(Stdio::null())
+        .stdout(std::io::stderr())
+        .spawn()?;
     let s = Spawned(child);
     for _ in 0..300 {
         if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
