@@ -58,28 +58,35 @@ run durable pushgate --scenario durable --devices "$TP_N" --rate "$TP_RATE" --du
 run storm-push pushgate --scenario storm --devices 5000 --hold 3 --providers 2 --rate 5000 --expiry 3600
 run churn pushgate --scenario throughput --devices "$TP_N" --rate "$TP_RATE" --duration "$SECS" --churn 0.02 --expiry 3600
 
-# Two gateway processes (127.0.0.1 and 127.0.0.2), 15k devices each: past one process's 20k open files.
+# Several gateway processes (127.0.0.1, 127.0.0.2, ...), 15k devices each: past one process's 20k open files.
+# multi NAME GATEWAYS ARGS...
 multi() {
-    local name=$1
-    shift
-    echo "== $name (2 x pushgate): $*" >&2
-    rm -rf "$DATA" "${DATA}2"
-    "$GW_BIN" serve --config loadtest/gateway.toml >"$OUT/$name-gw1.log" 2>&1 &
-    local p1=$!
-    "$GW_BIN" serve --config loadtest/gateway2.toml >"$OUT/$name-gw2.log" 2>&1 &
-    local p2=$!
+    local name=$1 n=$2
+    shift 2
+    echo "== $name ($n x pushgate): $*" >&2
+    local pids=() addrs=() paddrs=()
+    for i in $(seq 1 "$n"); do
+        sed "s/127.0.0.1:770/127.0.0.$i:770/g; s#$DATA#$DATA-g$i#" loadtest/gateway.toml >"$OUT/gw$i.toml"
+        rm -rf "$DATA-g$i"
+        "$GW_BIN" serve --config "$OUT/gw$i.toml" >"$OUT/$name-gw$i.log" 2>&1 &
+        pids+=($!)
+        addrs+=("127.0.0.$i:7700")
+        paddrs+=("127.0.0.$i:7701")
+    done
     sleep 1
     local rc=0
-    "$LT_BIN" run --addr 127.0.0.1:7700,127.0.0.2:7700 --provider-addr 127.0.0.1:7701,127.0.0.2:7701 \
-        --server-pid "$p1,$p2" "${AUTH[@]}" --json --svg "$OUT/$name-pushgate.svg" "$@" \
-        >"$OUT/$name-pushgate.json" 2>"$OUT/$name-pushgate.log" || rc=$?
-    kill "$p1" "$p2"
-    wait "$p1" "$p2" || true
+    "$LT_BIN" run --addr "$(IFS=,; echo "${addrs[*]}")" --provider-addr "$(IFS=,; echo "${paddrs[*]}")" \
+        --server-pid "$(IFS=,; echo "${pids[*]}")" --providers "$n" "${AUTH[@]}" \
+        --json --svg "$OUT/$name-pushgate.svg" "$@" >"$OUT/$name-pushgate.json" 2>"$OUT/$name-pushgate.log" || rc=$?
+    kill "${pids[@]}"
+    wait "${pids[@]}" || true
     echo "   exit $rc" >&2
     sleep 2
 }
-multi multi-idle --scenario idle --devices 30000 --hold 5
-multi multi-tp --scenario throughput --devices 30000 --rate "$TP_RATE" --duration "$SECS"
+multi multi-idle 2 --scenario idle --devices 30000 --hold 5
+multi multi-tp 2 --scenario throughput --devices 30000 --rate "$TP_RATE" --duration "$SECS"
+multi multi4-tp 4 --scenario throughput --devices 60000 --rate "$TP_RATE" --duration "$SECS"
+multi multi8-tp 8 --scenario throughput --devices 120000 --rate "$TP_RATE" --duration "$SECS"
 
 python3 - "$OUT" <<'PY'
 import json, pathlib, sys
@@ -119,10 +126,10 @@ for t in T:
     k = f"storm-{t}"
     print(f"| {t} | {g(k,'devices')} | {g(k,'storm_recovery_ms')} | {g(k,'connect_failures')} | {g(k,'handshake_timeouts')} | {g(k,'loadavg_start','{:.1f}')} |")
 print("\npushgate only\n")
-print("| run | devices | accepted | delivered | delivered/s | drain/s | p50 us | p99 us | lost | dup | redelivered | RSS/device B |")
-print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-for k in ("offline", "durable", "storm-push", "churn", "multi-idle", "multi-tp"):
+print("| run | devices | connect/s | accepted | delivered | delivered/s | drain/s | p50 us | p99 us | lost | dup | redelivered | RSS/device B |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+for k in ("offline", "durable", "storm-push", "churn", "multi-idle", "multi-tp", "multi4-tp", "multi8-tp"):
     k2 = f"{k}-pushgate"
-    print(f"| {k} | {g(k2,'devices')} | {g(k2,'accepted')} | {g(k2,'delivered')} | {g(k2,'delivered_per_sec')} | {g(k2,'drain_per_sec')} | "
+    print(f"| {k} | {g(k2,'devices')} | {g(k2,'connect_per_sec')} | {g(k2,'accepted')} | {g(k2,'delivered')} | {g(k2,'delivered_per_sec')} | {g(k2,'drain_per_sec')} | "
           f"{g(k2,'p50_us')} | {g(k2,'p99_us')} | {g(k2,'lost')} | {g(k2,'duplicated')} | {g(k2,'redelivered')} | {g(k2,'server_rss_bytes_per_device')} |")
 PY
