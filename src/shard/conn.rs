@@ -167,7 +167,7 @@ mod tests {
     use super::*;
 
     /// `Device` as it was before TLS, to hold its growth to one pointer.
-    #[allow(dead_code)]
+    #[allow(dead_code, clippy::box_collection)]
     struct PlainDevice {
         stream: TcpStream,
         bufs: Option<Box<Bufs>>,
