@@ -378,7 +378,13 @@ impl Shard {
         result.status = Status::NOT_DELIVERED;
         result.msg_id = 0;
         if let Some(idx) = conn {
-            let _ = self.deliver(idx);
+            // Older stored notifications go first, to keep the order; only look
+            // in the store if some may be waiting.
+            let waiting = matches!(self.conns.get(idx as usize),
+                Some(Conn::Device(d)) if d.flags & (F_BACKLOG | F_HELD) != 0);
+            if waiting {
+                let _ = self.deliver(idx);
+            }
             let window = self.shared.cfg.limits.device_max_in_flight;
             if let Some(Conn::Device(d)) = self.conns.get(idx as usize) {
                 if d.inflight() < window as usize && d.flags & F_READY != 0 {

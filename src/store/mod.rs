@@ -102,41 +102,22 @@ pub trait Store: Send {
     /// Number of messages stored for this shard's tokens.
     fn len(&self) -> usize;
 
-    // TRANSITIONAL: the defaults below exist only until the durable store
-    // implements these; every store must override them.
-
     /// Records that `token` unregistered, and deletes its waiting notifications
     /// and missed count. Durable once `sync` returns.
-    fn unregister(&mut self, token: &Token, app_id: &str, at_ms: u64) -> Result<(), StoreError> {
-        let _ = (token, app_id, at_ms);
-        Err(StoreError::Io("unregister is not supported by this store".into()))
-    }
+    fn unregister(&mut self, token: &Token, app_id: &str, at_ms: u64) -> Result<(), StoreError>;
 
     /// Lifts `token`'s tombstone (the device registered again).
-    fn reregister(&mut self, token: &Token) -> Result<(), StoreError> {
-        let _ = token;
-        Err(StoreError::Io("reregister is not supported by this store".into()))
-    }
+    fn reregister(&mut self, token: &Token) -> Result<(), StoreError>;
 
     /// Every tombstone this handle holds, read once at start into memory.
-    fn tombstones(&mut self) -> Result<Vec<Tombstone>, StoreError> {
-        Err(StoreError::Io(
-            "tombstones are not supported by this store".into(),
-        ))
-    }
+    fn tombstones(&mut self) -> Result<Vec<Tombstone>, StoreError>;
 
     /// Keeps a receipt for `app_id` until a provider session takes it; at most
     /// `cap` per app, the oldest dropped past it. Durable once `sync` returns.
-    fn save_receipt(&mut self, app_id: &str, r: Receipt, cap: usize) -> Result<(), StoreError> {
-        let _ = (app_id, r, cap);
-        Err(StoreError::Io("receipts are not supported by this store".into()))
-    }
+    fn save_receipt(&mut self, app_id: &str, r: Receipt, cap: usize) -> Result<(), StoreError>;
 
     /// Removes and appends to `out` up to `max` of `app_id`'s receipts, oldest first.
-    fn take_receipts(&mut self, app_id: &str, max: usize, out: &mut Vec<Receipt>) -> Result<(), StoreError> {
-        let _ = (app_id, max, out);
-        Err(StoreError::Io("receipts are not supported by this store".into()))
-    }
+    fn take_receipts(&mut self, app_id: &str, max: usize, out: &mut Vec<Receipt>) -> Result<(), StoreError>;
 
     fn is_empty(&self) -> bool {
         self.len() == 0
