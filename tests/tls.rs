@@ -379,9 +379,12 @@ fn proxy_header_comes_before_tls() {
         c.server.device_proxy_protocol = true;
         c.server.provider_proxy_protocol = true;
     });
-    // The header alone in one segment, then the handshake.
+    // The header in two pieces, then the handshake.
     let mut sock = TcpStream::connect(gw.device_addr).unwrap();
-    sock.write_all(b"PROXY TCP4 192.0.2.7 127.0.0.1 4000 7700\r\n").unwrap();
+    sock.write_all(b"PROXY TCP4 192.0.2.7 ").unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    sock.write_all(b"127.0.0.1 4000 7700\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(50));
     let mut dev = pki.over(sock);
     let (token, _) = dev.hello("behind-lb");
     // The header and the ClientHello in one write: the bytes after the header go to rustls.
