@@ -31,6 +31,7 @@
 //! - [`client`]: blocking device and provider clients (CLI, tests, load test).
 //! - [`metrics`]: lock-free per-shard counters and histograms, Prometheus text.
 //! - [`admin`]: the admin HTTP listener: /metrics, /healthz, /readyz, POST /drain.
+//! - [`tls`]: optional TLS (rustls) per listener: loading and the read/write pipe.
 //! - [`cli`]: the `device` and `push` subcommands; [`serve`] is `pushgate serve`.
 
 pub mod admin;
