@@ -249,6 +249,10 @@ impl Shard {
                     match stream.read(&mut scratch[*filled..]) {
                         Ok(0) => step.eof = Some(Close::Eof),
                         Ok(n) => {
+                            // A short read emptied the socket's receive queue; data that
+                            // arrives later raises a new edge, so no read to EAGAIN is
+                            // needed (it would cost a system call per event).
+                            step.drained = n < scratch.len() - *filled;
                             *filled += n;
                             self.metrics.on_read(role, n);
                         }
