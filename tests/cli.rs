@@ -168,3 +168,39 @@ fn wait_timeout(child: &mut Child, d: Duration) -> Option<std::process::ExitStat
     }
     None
 }
+
+#[test]
+fn a_corrupt_store_stops_serve_with_an_error_naming_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    drop(serve(&data)); // creates the store, then is killed
+    let store = data.join("store");
+    let mut files = Vec::new();
+    let mut stack = vec![store.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.file_name().is_some_and(|n| n != "lock") {
+                files.push(p);
+            }
+        }
+    }
+    assert!(!files.is_empty(), "the store wrote files");
+    for f in &files {
+        std::fs::write(f, vec![0xA5; 256]).unwrap();
+    }
+    let out = Command::new(BIN)
+        .args(["serve", "--device-listen", "127.0.0.1:0", "--provider-listen", "127.0.0.1:0"])
+        .args(["--admin-listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "serve must refuse a corrupt store");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&store.display().to_string()), "the error names the store: {err}");
+    for f in &files {
+        assert_eq!(std::fs::read(f).unwrap(), vec![0xA5; 256], "{} was rewritten, not kept", f.display());
+    }
+}
