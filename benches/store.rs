@@ -394,6 +394,58 @@ fn restart_redb(dir: &Path, n: u64) {
     println!("redb: {}", du(&dir.join("redb")));
 }
 
+/// Tokens the acceptance groups spread appends over, with a cap they never reach.
+const ACCEPT_TOKENS: u64 = 100_000;
+
+/// What a shard's event loop does with a burst of pushes: `n` appends of
+/// 200-byte payloads over many tokens, then one `sync` before the RESULTs go
+/// out. `durable_acceptance/2_shards` runs two such loops on two threads.
+fn acceptance(c: &mut Criterion) {
+    let mut g = c.benchmark_group("durable_acceptance");
+    g.sample_size(10);
+    for n in [256u64, 1024, 4096] {
+        g.throughput(Throughput::Elements(n));
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = open_durable(dir.path(), 1, 1_000_000).unwrap().pop().unwrap();
+        let mut id = 0;
+        g.bench_function(BenchmarkId::new("1_shard", n), |b| {
+            b.iter(|| {
+                accept(&mut *s, &mut id, n, 0);
+            })
+        });
+        drop(s);
+        g.throughput(Throughput::Elements(2 * n));
+        let dir = tempfile::tempdir().unwrap();
+        let mut shards = open_durable(dir.path(), 2, 1_000_000).unwrap();
+        let mut ids = [0u64; 2];
+        g.bench_function(BenchmarkId::new("2_shards", n), |b| {
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                std::thread::scope(|scope| {
+                    for (i, (s, id)) in shards.iter_mut().zip(ids.iter_mut()).enumerate() {
+                        scope.spawn(move || {
+                            for _ in 0..iters {
+                                accept(&mut **s, id, n, i as u64);
+                            }
+                        });
+                    }
+                });
+                start.elapsed()
+            })
+        });
+    }
+}
+
+/// One loop iteration of shard `shard`: `n` appends, then the sync.
+fn accept(s: &mut dyn Store, id: &mut u64, n: u64, shard: u64) {
+    for _ in 0..n {
+        *id += 1;
+        let t = token(shard * ACCEPT_TOKENS + id.wrapping_mul(7919) % ACCEPT_TOKENS);
+        s.append(&t, msg(*id, FAR)).unwrap();
+    }
+    s.sync().unwrap();
+}
+
 /// One benchmark group: fills its store, then measures.
 type Group = fn(&mut Criterion);
 
@@ -430,7 +482,8 @@ fn main() {
     let wanted =
         |group: &str| filter.as_deref().is_none_or(|f| group.contains(f.split('/').next().unwrap_or(f)));
     let mut c = Criterion::default().configure_from_args();
-    let groups: [(&str, Group); 5] = [
+    let groups: [(&str, Group); 6] = [
+        ("durable_acceptance", acceptance),
         ("append_sync", append_sync),
         ("append_nosync", append_nosync),
         ("ack_sync", ack_sync),

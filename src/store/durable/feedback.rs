@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use super::{DurableStore, ShardMeta};
+use super::DurableStore;
 use crate::proto::token::TOKEN_LEN;
 use crate::proto::Token;
 use crate::store::{Receipt, StoreError, Tombstone};
@@ -26,7 +26,7 @@ pub struct ReceiptRange {
 
 pub type ReceiptIndex = HashMap<String, ReceiptRange>;
 
-fn tomb_key(token: &Token) -> [u8; 1 + TOKEN_LEN] {
+pub(super) fn tomb_key(token: &Token) -> [u8; 1 + TOKEN_LEN] {
     let mut k = [0u8; 1 + TOKEN_LEN];
     k[0] = TOMB_TAG;
     k[1..].copy_from_slice(&token.0);
@@ -62,32 +62,29 @@ impl DurableStore {
         at_ms: u64,
     ) -> Result<(), StoreError> {
         let q = self.queue(token)?;
-        let mut b = self.eng.db.batch();
-        let mut c: ShardMeta = self.counters;
         for e in &q.msgs {
-            self.remove_msg(&mut b, token, e);
-            c.len = c.len.saturating_sub(1);
-        }
-        if q.missed != 0 {
-            b.remove(&self.eng.meta, super::codec::missed_key(token));
+            self.stage_remove(token, e.id, e.expiry);
         }
         let mut v = at_ms.to_be_bytes().to_vec();
         v.extend_from_slice(app_id.as_bytes());
-        b.insert(&self.eng.meta, tomb_key(token), v);
-        // The queue stays out of the cache: it is empty now, and on failure it is re-read.
-        self.commit(b, c, "unregistering")
+        let s = self.stage_of(token);
+        if q.missed != 0 {
+            s.missed = Some(0);
+        }
+        s.tomb = Some(Some(v));
+        // The queue stays out of the cache: it is empty now.
+        Ok(())
     }
 
     pub(super) fn do_reregister(&mut self, token: &Token) -> Result<(), StoreError> {
-        let mut b = self.eng.db.batch();
-        b.remove(&self.eng.meta, tomb_key(token));
-        b.commit().map_err(|e| self.eng.err("lifting a tombstone", e))?;
-        self.last_write = self.eng.gate.wrote();
+        self.stage_of(token).tomb = Some(None);
         Ok(())
     }
 
     /// The tombstones of the tokens this shard owns.
     pub(super) fn do_tombstones(&mut self) -> Result<Vec<Tombstone>, StoreError> {
+        // They are read from disk, so staged ones must be there first.
+        self.flush()?;
         let mut out = Vec::new();
         for kv in self.eng.meta.prefix([TOMB_TAG]) {
             let (k, v) = kv.into_inner().map_err(|e| self.eng.err("reading tombstones", e))?;

@@ -4,14 +4,16 @@
 //!
 //! Keyspaces: `msgs` (token || id -> message), `expiry` (shard || expiry ||
 //! token || id, the sweep index) and `meta` (layout, per-shard counters, missed
-//! counts). Every mutation is one atomic batch that also rewrites the shard's
-//! counters, so max_msg_id and len never disagree with the messages after a crash.
-//! A token's queue summary (ids, expiries, collapse ids) is cached after first
-//! use, so append, ack and collapse need no read from disk.
+//! counts). Mutations are staged in memory (`stage.rs`) and committed by `sync`
+//! as one atomic batch that also rewrites the shard's counters, so max_msg_id and
+//! len never disagree with the messages after a crash. A token's queue summary
+//! (ids, expiries, collapse ids) is cached after first use, so append, ack and
+//! collapse need no read from disk.
 
 mod codec;
 mod feedback;
 mod open;
+mod stage;
 mod sync;
 
 use std::collections::{HashMap, VecDeque};
@@ -25,6 +27,7 @@ use fjall::{Database, Keyspace, OwnedWriteBatch, PersistMode};
 use super::{Receipt, Store, StoreError, StoredMsg, Tombstone};
 use crate::proto::Token;
 use codec::ShardMeta;
+use stage::{StagedMap, STAGE_LIMIT};
 use sync::SyncGate;
 
 pub use open::open_durable;
@@ -63,8 +66,15 @@ pub struct DurableStore {
     /// How many shards share the store, to pick this shard's tombstones.
     shards: u16,
     cap: usize,
+    /// Counted with what is staged.
     counters: ShardMeta,
+    /// As last committed.
+    committed: ShardMeta,
     cache: HashMap<Token, Queue>,
+    /// Writes since the last commit, by token; `sync` commits them.
+    staged: StagedMap,
+    /// Messages and deletions in `staged`.
+    staged_ops: usize,
     /// Where each app's receipts are, for the apps this shard is the hub of.
     receipts: feedback::ReceiptIndex,
     /// The number `SyncGate` gave this shard's latest committed batch.
@@ -84,11 +94,23 @@ impl DurableStore {
             let (_, id) = codec::parse_msg_key(&k).ok_or_else(|| self.eng.corrupt("message key", &k))?;
             let (expiry, collapse, _) =
                 codec::split_msg(&v).ok_or_else(|| self.eng.corrupt("message", &k))?;
-            q.msgs.push_back(Entry { id, expiry, collapse: Bytes::copy_from_slice(collapse) });
+            if !self.staged_removed(token, id) {
+                q.msgs.push_back(Entry { id, expiry, collapse: Bytes::copy_from_slice(collapse) });
+            }
         }
         let key = codec::missed_key(token);
         if let Some(v) = self.eng.meta.get(key).map_err(|e| self.eng.err("reading a missed count", e))? {
             q.missed = codec::decode_u32(&v).ok_or_else(|| self.eng.corrupt("missed count", &key))?;
+        }
+        // A queue that emptied this iteration left the cache but may still have staged writes.
+        if let Some(s) = self.staged.get(token) {
+            q.missed = s.missed.unwrap_or(q.missed);
+            let staged = s.added.iter().map(|m| Entry {
+                id: m.msg_id,
+                expiry: m.expiry,
+                collapse: m.collapse.clone(),
+            });
+            q.msgs.extend(staged);
         }
         Ok(q)
     }
@@ -105,47 +127,48 @@ impl DurableStore {
         b.remove(&self.eng.expiry, codec::exp_key(self.shard, e.expiry, token, e.id));
     }
 
-    /// Commits `b` together with the shard counters `c`; the counters change only if it lands.
+    /// Commits `b` together with the shard counters `c`; the counters change
+    /// only if it lands. Only for writes made with nothing staged.
     fn commit(&mut self, mut b: OwnedWriteBatch, c: ShardMeta, what: &str) -> Result<(), StoreError> {
+        debug_assert!(self.staged.is_empty());
         b.insert(&self.eng.meta, codec::shard_key(self.shard), c.encode());
         b.commit().map_err(|e| self.eng.err(what, e))?;
         self.last_write = self.eng.gate.wrote();
         self.counters = c;
+        self.committed = c;
         Ok(())
     }
 }
 
 impl Store for DurableStore {
     fn append(&mut self, token: &Token, msg: StoredMsg) -> Result<(), StoreError> {
+        if self.staged_ops >= STAGE_LIMIT {
+            self.flush()?;
+        }
         let mut q = self.queue(token)?;
-        let mut b = self.eng.db.batch();
-        let mut c = self.counters;
-        let mut gone = Vec::new();
         if !msg.collapse.is_empty() {
-            if let Some(i) = q.msgs.iter().position(|e| e.collapse == msg.collapse) {
-                gone.extend(q.msgs.remove(i));
+            if let Some(e) =
+                q.msgs.iter().position(|e| e.collapse == msg.collapse).and_then(|i| q.msgs.remove(i))
+            {
+                self.stage_remove(token, e.id, e.expiry);
             }
         }
         let missed_before = q.missed;
         while q.msgs.len() >= self.cap {
-            gone.extend(q.msgs.pop_front());
+            let Some(e) = q.msgs.pop_front() else { break };
+            self.stage_remove(token, e.id, e.expiry);
             q.missed = q.missed.saturating_add(1);
         }
-        for e in &gone {
-            self.remove_msg(&mut b, token, e);
-            c.len = c.len.saturating_sub(1);
-        }
-        if q.missed != missed_before {
-            b.insert(&self.eng.meta, codec::missed_key(token), q.missed.to_be_bytes());
-        }
-        b.insert(&self.eng.msgs, codec::msg_key(token, msg.msg_id), codec::encode_msg(&msg));
-        b.insert(&self.eng.expiry, codec::exp_key(self.shard, msg.expiry, token, msg.msg_id), []);
-        c.len += 1;
-        c.max_id = c.max_id.max(msg.msg_id);
+        q.msgs.push_back(Entry { id: msg.msg_id, expiry: msg.expiry, collapse: msg.collapse.clone() });
+        self.counters.len += 1;
+        self.counters.max_id = self.counters.max_id.max(msg.msg_id);
         self.swept_below = self.swept_below.min(msg.expiry);
-        // On failure the cached queue is dropped, so the next use reloads it from disk.
-        self.commit(b, c, "appending")?;
-        q.msgs.push_back(Entry { id: msg.msg_id, expiry: msg.expiry, collapse: msg.collapse });
+        self.staged_ops += 1;
+        let s = self.stage_of(token);
+        if q.missed != missed_before {
+            s.missed = Some(q.missed);
+        }
+        s.added.push(msg);
         self.keep(token, q);
         Ok(())
     }
@@ -162,13 +185,14 @@ impl Store for DurableStore {
             return Ok(());
         }
         let range = codec::msg_key(token, after + 1)..=codec::msg_key(token, u64::MAX);
+        let start = out.len();
         let mut n = 0;
         for kv in self.eng.msgs.range(range) {
             let (k, v) = kv.into_inner().map_err(|e| self.eng.err("reading a queue", e))?;
             let msg = codec::parse_msg_key(&k)
                 .and_then(|(_, id)| codec::decode_msg(id, &v))
                 .ok_or_else(|| self.eng.corrupt("message", &k))?;
-            if u64::from(msg.expiry) >= now_unix {
+            if u64::from(msg.expiry) >= now_unix && !self.staged_removed(token, msg.msg_id) {
                 out.push(msg);
                 n += 1;
                 if n == max {
@@ -176,6 +200,7 @@ impl Store for DurableStore {
                 }
             }
         }
+        self.merge_staged(token, after, now_unix, max, out, start);
         Ok(())
     }
 
@@ -185,12 +210,9 @@ impl Store for DurableStore {
             self.keep(token, q);
             return Ok(false);
         };
-        let mut b = self.eng.db.batch();
         if let Some(e) = q.msgs.remove(i) {
-            self.remove_msg(&mut b, token, &e);
+            self.stage_remove(token, e.id, e.expiry);
         }
-        let c = ShardMeta { len: self.counters.len.saturating_sub(1), ..self.counters };
-        self.commit(b, c, "acknowledging")?;
         self.keep(token, q);
         Ok(true)
     }
@@ -199,10 +221,7 @@ impl Store for DurableStore {
         let mut q = self.queue(token)?;
         let n = std::mem::take(&mut q.missed);
         if n != 0 {
-            let mut b = self.eng.db.batch();
-            b.remove(&self.eng.meta, codec::missed_key(token));
-            b.commit().map_err(|e| self.eng.err("resetting a missed count", e))?;
-            self.last_write = self.eng.gate.wrote();
+            self.stage_of(token).missed = Some(0);
         }
         self.keep(token, q);
         Ok(n)
@@ -212,6 +231,8 @@ impl Store for DurableStore {
         if now_unix <= u64::from(self.swept_below) {
             return Ok(0);
         }
+        // The sweep reads the expiry index on disk, and its deletions must not meet staged ones.
+        self.flush()?;
         // Start past what earlier sweeps deleted: their tombstones would otherwise be read again.
         let mut from = Bound::Included(codec::exp_bound(self.shard, self.swept_below.into()).to_vec());
         let end = Bound::Excluded(codec::exp_bound(self.shard, now_unix).to_vec());
@@ -246,6 +267,7 @@ impl Store for DurableStore {
     }
 
     fn sync(&mut self) -> Result<(), StoreError> {
+        self.flush()?;
         let eng = &self.eng;
         eng.gate.sync(self.last_write, || {
             eng.db.persist(PersistMode::SyncAll).map_err(|e| eng.err("syncing the journal", e))
