@@ -228,7 +228,9 @@ impl Shard {
             unsynced: Vec::new(),
             store: parts.store,
             store_dirty: false,
-            pool: Pool::new(4096, 64 * 1024),
+            // At most 256 spare buffer pairs of up to 16 KiB each: a burst's
+            // buffers go back to the allocator instead of staying pinned.
+            pool: Pool::new(256, 16 * 1024),
             scratch: vec![0u8; SCRATCH].into_boxed_slice(),
             msgs: Vec::new(),
             next_conn_id: 1,
@@ -432,6 +434,9 @@ impl Shard {
             if self.conns.get(e.idx as usize).is_some_and(|c| c.id() == e.id) {
                 let _ = self.deliver(e.idx);
             }
+        }
+        if self.now_tick.is_multiple_of(100) {
+            self.shrink_maps();
         }
         if self.now_tick.is_multiple_of(10) {
             self.pump_receipts();
@@ -671,6 +676,16 @@ impl Shard {
 
     fn unix_now(&self) -> u64 {
         self.unix_s
+    }
+
+    /// Gives back map capacity left over from a peak (a storm, a drain), every 10 s.
+    fn shrink_maps(&mut self) {
+        if self.tokens.capacity() > 2 * self.tokens.len() + 1024 {
+            self.tokens.shrink_to(self.tokens.len() * 5 / 4);
+        }
+        if self.held.capacity() > 2 * self.held.len() + 1024 {
+            self.held.shrink_to_fit();
+        }
     }
 
     /// Milliseconds since the shard started: the clock the limit buckets run on.

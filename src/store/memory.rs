@@ -45,11 +45,7 @@ impl MemoryStore {
     }
 
     fn drop_if_empty(&mut self, token: &Token) {
-        if self
-            .queues
-            .get(token)
-            .is_some_and(|q| q.msgs.is_empty() && q.missed == 0)
-        {
+        if self.queues.get(token).is_some_and(|q| q.msgs.is_empty() && q.missed == 0) {
             self.queues.remove(token);
         }
     }
@@ -59,10 +55,8 @@ impl Store for MemoryStore {
     fn append(&mut self, token: &Token, msg: StoredMsg) -> Result<(), StoreError> {
         self.max_id = self.max_id.max(msg.msg_id);
         if !msg.collapse.is_empty() {
-            let pos = self
-                .queues
-                .get(token)
-                .and_then(|q| q.msgs.iter().position(|m| m.collapse == msg.collapse));
+            let pos =
+                self.queues.get(token).and_then(|q| q.msgs.iter().position(|m| m.collapse == msg.collapse));
             if let Some(i) = pos {
                 self.remove_at(token, i);
             }
@@ -89,36 +83,31 @@ impl Store for MemoryStore {
         out: &mut Vec<StoredMsg>,
     ) -> Result<(), StoreError> {
         if let Some(q) = self.queues.get(token) {
-            let live = q
-                .msgs
-                .iter()
-                .filter(|m| m.msg_id > after && u64::from(m.expiry) >= now_unix);
+            let live = q.msgs.iter().filter(|m| m.msg_id > after && u64::from(m.expiry) >= now_unix);
             out.extend(live.take(max).cloned());
         }
         Ok(())
     }
 
     fn ack(&mut self, token: &Token, msg_id: u64) -> Result<bool, StoreError> {
-        let pos = self
-            .queues
-            .get(token)
-            .and_then(|q| q.msgs.iter().position(|m| m.msg_id == msg_id));
+        let pos = self.queues.get(token).and_then(|q| q.msgs.iter().position(|m| m.msg_id == msg_id));
         let found = pos.and_then(|i| self.remove_at(token, i)).is_some();
         self.drop_if_empty(token);
         Ok(found)
     }
 
     fn take_missed(&mut self, token: &Token) -> Result<u32, StoreError> {
-        let n = self
-            .queues
-            .get_mut(token)
-            .map(|q| std::mem::take(&mut q.missed))
-            .unwrap_or(0);
+        let n = self.queues.get_mut(token).map(|q| std::mem::take(&mut q.missed)).unwrap_or(0);
         self.drop_if_empty(token);
         Ok(n)
     }
 
     fn sweep_expired(&mut self, now_unix: u64) -> Result<usize, StoreError> {
+        // Called about once a second: also the moment to give back the capacity
+        // a drained peak left in the queue map.
+        if self.queues.capacity() > 2 * self.queues.len() + 1024 {
+            self.queues.shrink_to(self.queues.len() * 5 / 4);
+        }
         let mut n = 0;
         while let Some(&(exp, token, id)) = self.by_expiry.first() {
             if u64::from(exp) >= now_unix {
@@ -169,11 +158,7 @@ impl Store for MemoryStore {
         Ok(self
             .tombstones
             .iter()
-            .map(|(t, (a, at))| Tombstone {
-                token: *t,
-                app_id: a.clone(),
-                at_ms: *at,
-            })
+            .map(|(t, (a, at))| Tombstone { token: *t, app_id: a.clone(), at_ms: *at })
             .collect())
     }
 
@@ -255,27 +240,11 @@ mod tests {
         s.unregister(&t, "app", 77).unwrap();
         assert_eq!(ids(&mut s, &t, 0), Vec::<u64>::new());
         assert_eq!(s.len(), 0);
-        assert_eq!(
-            s.tombstones().unwrap(),
-            vec![Tombstone {
-                token: t,
-                app_id: "app".into(),
-                at_ms: 77
-            }]
-        );
+        assert_eq!(s.tombstones().unwrap(), vec![Tombstone { token: t, app_id: "app".into(), at_ms: 77 }]);
         s.reregister(&t).unwrap();
         assert!(s.tombstones().unwrap().is_empty());
         for id in 0..5 {
-            s.save_receipt(
-                "app",
-                Receipt {
-                    token: t,
-                    msg_id: id,
-                    acked_at_ms: id,
-                },
-                3,
-            )
-            .unwrap();
+            s.save_receipt("app", Receipt { token: t, msg_id: id, acked_at_ms: id }, 3).unwrap();
         }
         let mut out = Vec::new();
         s.take_receipts("app", 2, &mut out).unwrap();
