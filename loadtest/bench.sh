@@ -3,7 +3,7 @@
 # NATS, each started fresh for every scenario, all on loopback.
 #   loadtest/bench.sh [OUT_DIR]        (default /tmp/pushgate-bench)
 # Environment: GW_BIN, LT_BIN (binaries; default: build target/release),
-# IDLE_N (15000), TP_N (10000), TP_RATE (10000), STORM_N (15000), SECS (20).
+# IDLE_N (15000), TP_N (10000), TP_RATE (10000), STORM_N (15000), SECS (20), MULTI_PER (15000).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-/tmp/pushgate-bench}
@@ -18,6 +18,7 @@ TP_N=${TP_N:-10000}
 TP_RATE=${TP_RATE:-10000}
 STORM_N=${STORM_N:-15000}
 SECS=${SECS:-20}
+MULTI_PER=${MULTI_PER:-15000} # devices per gateway in the multi-gateway runs
 AUTH=(--app load --secret loadtest-secret-0123456789)
 DATA=/tmp/pushgate-loadtest-data
 
@@ -29,7 +30,7 @@ run() {
     local server=()
     if [ "$target" = pushgate ]; then
         rm -rf "$DATA"
-        server=(--spawn "$GW_BIN serve --config loadtest/gateway.toml" "${AUTH[@]}")
+        server=(--spawn "$GW_BIN serve --config loadtest/gateway.toml" --addr 127.0.0.1:17700 "${AUTH[@]}")
     else
         loadtest/peers.sh start "$target"
         server=(--server-pid "$(loadtest/peers.sh pid "$target")")
@@ -66,12 +67,12 @@ multi() {
     echo "== $name ($n x pushgate): $*" >&2
     local pids=() addrs=() paddrs=()
     for i in $(seq 1 "$n"); do
-        sed "s/127.0.0.1:770/127.0.0.$i:770/g; s#$DATA#$DATA-g$i#" loadtest/gateway.toml >"$OUT/gw$i.toml"
+        sed "s/127.0.0.1:1770/127.0.0.$i:1770/g; s#$DATA#$DATA-g$i#" loadtest/gateway.toml >"$OUT/gw$i.toml"
         rm -rf "$DATA-g$i"
         "$GW_BIN" serve --config "$OUT/gw$i.toml" >"$OUT/$name-gw$i.log" 2>&1 &
         pids+=($!)
-        addrs+=("127.0.0.$i:7700")
-        paddrs+=("127.0.0.$i:7701")
+        addrs+=("127.0.0.$i:17700")
+        paddrs+=("127.0.0.$i:17701")
     done
     sleep 1
     local rc=0
@@ -83,10 +84,10 @@ multi() {
     echo "   exit $rc" >&2
     sleep 2
 }
-multi multi-idle 2 --scenario idle --devices 30000 --hold 5
-multi multi-tp 2 --scenario throughput --devices 30000 --rate "$TP_RATE" --duration "$SECS"
-multi multi4-tp 4 --scenario throughput --devices 60000 --rate "$TP_RATE" --duration "$SECS"
-multi multi8-tp 8 --scenario throughput --devices 120000 --rate "$TP_RATE" --duration "$SECS"
+multi multi-idle 2 --scenario idle --devices $((2 * MULTI_PER)) --hold 5
+multi multi-tp 2 --scenario throughput --devices $((2 * MULTI_PER)) --rate "$TP_RATE" --duration "$SECS"
+multi multi4-tp 4 --scenario throughput --devices $((4 * MULTI_PER)) --rate "$TP_RATE" --duration "$SECS"
+multi multi8-tp 8 --scenario throughput --devices $((8 * MULTI_PER)) --rate "$TP_RATE" --duration "$SECS"
 
 python3 - "$OUT" <<'PY'
 import json, pathlib, sys

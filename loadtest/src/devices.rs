@@ -94,7 +94,8 @@ struct Dev {
     seen: HashMap<u64, u32>,
     fp: Fingerprint,
     storm_pending: bool,
-    token_reported: bool,
+    /// The token last reported to the parent; a different one is reported again.
+    token: Option<String>,
 }
 
 /// Why a connection ended, for the counters and the reconnect policy.
@@ -146,7 +147,7 @@ impl DeviceThread {
                 seen: HashMap::new(),
                 fp: Fingerprint::default(),
                 storm_pending: false,
-                token_reported: false,
+                token: None,
             })
             .collect();
         let rng = Rng::new(cfg.seed ^ mix64(first as u64 + 1));
@@ -433,9 +434,15 @@ impl DeviceThread {
                 if heartbeat_s > 0 {
                     d.hb_ns = heartbeat_s as u64 * 1000 * MS;
                 }
-                if let (Some(t), false) = (token, d.token_reported) {
-                    d.token_reported = true;
-                    self.tokens.push((d.idx, t));
+                if let Some(t) = token {
+                    if d.token.as_ref() != Some(&t) {
+                        if d.token.is_some() {
+                            // Another gateway key: pushes to the old token now fail with bad_token.
+                            self.c.token_changed += 1;
+                        }
+                        d.token = Some(t.clone());
+                        self.tokens.push((d.idx, t));
+                    }
                 }
                 if d.storm_pending {
                     d.storm_pending = false;

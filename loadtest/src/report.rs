@@ -69,6 +69,7 @@ pub struct Summary {
     pub unexpected: u64,
     pub misrouted: u64,
     pub mismatched_devices: u64,
+    pub token_changed: u64,
     pub storm_recovery_ms: Option<f64>,
     pub drain_secs: Option<f64>,
     pub drain_per_sec: Option<f64>,
@@ -123,6 +124,7 @@ impl Summary {
         self.duplicated = c.duplicated;
         self.redelivered = c.redelivered;
         self.misrouted = c.misrouted;
+        self.token_changed = c.token_changed;
         self.loadavg_end = loadavg();
         self.loss_allowed = self.expiry_s == 0 && c.dropped_on_purpose > 0 && self.target == "pushgate";
     }
@@ -192,7 +194,7 @@ pub fn print_table(s: &Summary) {
         ),
         ("storm recovery", opt(s.storm_recovery_ms, " ms")),
         ("offline drain", format!("{} in {}", opt(s.drain_per_sec, " /s"), opt(s.drain_secs, " s"))),
-        ("missed (WELCOME)", s.missed_in_welcome.to_string()),
+        ("missed (WELCOME) / token changed", format!("{} / {}", s.missed_in_welcome, s.token_changed)),
         ("load average start / end", format!("{} / {}", opt(s.loadavg_start, ""), opt(s.loadavg_end, ""))),
         ("provider errors / worker failures", format!("{} / {}", s.provider_errors, s.worker_failures)),
     ];

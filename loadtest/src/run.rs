@@ -43,6 +43,8 @@ struct State {
     sec_hist: Histogram<u64>,
     /// Per gateway: the devices providers may push to.
     targets: Vec<Targets>,
+    /// Where each device's token sits in its gateway's target list.
+    token_pos: HashMap<u32, usize>,
     prov_stats: Arc<ProvStats>,
     timeline: Vec<Sample>,
     /// When each phase began, seconds from the start, for the plot.
@@ -78,7 +80,14 @@ impl State {
                     let gws = self.targets.len();
                     for (idx, hex) in tokens {
                         if let Some(t) = Token::from_hex(&hex) {
-                            self.targets[idx as usize % gws].write().expect("targets").push((idx, t));
+                            let mut list = self.targets[idx as usize % gws].write().expect("targets");
+                            match self.token_pos.get(&idx) {
+                                Some(&pos) => list[pos].1 = t,
+                                None => {
+                                    self.token_pos.insert(idx, list.len());
+                                    list.push((idx, t));
+                                }
+                            }
                         }
                     }
                 }
@@ -258,6 +267,13 @@ impl Drop for Spawned {
 }
 
 fn spawn_server(cmd: &str, addr: SocketAddr) -> std::io::Result<Spawned> {
+    // A server already there (a stale run, or someone's demo on 0.0.0.0 with
+    // SO_REUSEPORT) would take our devices and hand out tokens of another key.
+    if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+        return Err(std::io::Error::other(format!(
+            "something already listens on {addr}: stop it or use other ports"
+        )));
+    }
     // The server's stdout goes to our stderr: our stdout is the --json object alone.
     let child = Command::new("sh")
         .arg("-c")
@@ -265,8 +281,11 @@ fn spawn_server(cmd: &str, addr: SocketAddr) -> std::io::Result<Spawned> {
         .stdin(Stdio::null())
         .stdout(std::io::stderr())
         .spawn()?;
-    let s = Spawned(child);
+    let mut s = Spawned(child);
     for _ in 0..300 {
+        if let Ok(Some(status)) = s.0.try_wait() {
+            return Err(std::io::Error::other(format!("server exited at start: {status}")));
+        }
         if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
             return Ok(s);
         }
@@ -383,6 +402,7 @@ pub fn main(o: Box<RunOpts>) -> Result<i32, String> {
         total_hist: new_hist(),
         sec_hist: new_hist(),
         targets: (0..gws).map(|_| Arc::new(RwLock::new(Vec::new()))).collect(),
+        token_pos: HashMap::new(),
         prov_stats: Arc::new(ProvStats::default()),
         timeline: Vec::new(),
         phases: Vec::new(),

@@ -58,6 +58,8 @@ pub struct DevCounters {
     pub misrouted: u64,
     /// A payload without our header.
     pub foreign: u64,
+    /// WELCOMEs that gave a device a different token than before.
+    pub token_changed: u64,
     /// Devices registered again since the last storm, and when the last one did (monotonic ns).
     pub storm_registered: u64,
     pub storm_last_ns: u64,
@@ -88,6 +90,7 @@ impl DevCounters {
         self.redelivered += o.redelivered;
         self.misrouted += o.misrouted;
         self.foreign += o.foreign;
+        self.token_changed += o.token_changed;
         self.storm_registered += o.storm_registered;
         self.storm_last_ns = self.storm_last_ns.max(o.storm_last_ns);
         self.first_attempt_ns = match (self.first_attempt_ns, o.first_attempt_ns) {
