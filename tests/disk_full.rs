@@ -86,7 +86,7 @@ fn a_full_disk_refuses_pushes_with_store_failed_and_loses_nothing_accepted() {
     let mnt = dir.path().join("small");
     std::fs::create_dir_all(&mnt).unwrap();
     let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=24m", "tmpfs"])
+        .args(["-t", "tmpfs", "-o", "size=12m", "tmpfs"])
         .arg(&mnt)
         .stderr(Stdio::null())
         .status()
