@@ -4,7 +4,8 @@
 //! `cargo bench --bench store -- --warm-up-time 1 --measurement-time 3` runs the
 //! criterion groups; `STORE_BENCH_RESTART=1000000 cargo bench --bench store`
 //! runs the one-off restart measurement instead (fill, close, time the reopen);
-//! `STORE_BENCH_CONCURRENT=2` appends from 2 shards at once.
+//! `STORE_BENCH_CONCURRENT=2` appends from 2 shards at once (`STORE_BENCH_N`
+//! messages each, default 100,000), the way `durable_acceptance` does.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -450,26 +451,49 @@ fn accept(s: &mut dyn Store, id: &mut u64, n: u64, shard: u64) {
 type Group = fn(&mut Criterion);
 
 /// Appends `n` messages from each of `threads` shards at once (batches of `batch`,
-/// each followed by its shard's sync): what the shared journal costs when shards sync concurrently.
+/// each followed by its shard's sync): what the shared journal costs when shards
+/// sync concurrently. Also prints the process's CPU time per append (fjall's
+/// flush and compaction threads included), which a loaded machine disturbs less
+/// than the rate.
 fn concurrent(threads: usize, n: u64, batch: u64) {
     let dir = tempfile::tempdir().unwrap();
     let shards = open_durable(dir.path(), threads, 1_000_000).unwrap();
-    let start = Instant::now();
+    let (start, cpu) = (Instant::now(), cpu_time());
     std::thread::scope(|scope| {
         for (i, mut s) in shards.into_iter().enumerate() {
-            let from = 1 + i as u64 * n;
-            scope.spawn(move || fjall_append(&mut *s, from, from + n, batch, FAR));
+            scope.spawn(move || {
+                let mut id = 0;
+                for _ in 0..n / batch {
+                    accept(&mut *s, &mut id, batch, i as u64);
+                }
+            });
         }
     });
-    let total = n * threads as u64;
-    println!("fjall: {threads} shards x {n} in batches of {batch}: {}", rate(total, start.elapsed()));
+    let (wall, cpu) = (start.elapsed(), cpu_time() - cpu);
+    let total = (n / batch * batch) * threads as u64;
+    println!(
+        "fjall: {threads} shards x {n} in batches of {batch}: {}, {:.1} us CPU per append",
+        rate(total, wall),
+        cpu.as_secs_f64() * 1e6 / total as f64
+    );
+}
+
+/// User plus system time of the whole process so far.
+fn cpu_time() -> Duration {
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage only writes the struct it is given.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
 fn main() {
     if let Ok(t) = std::env::var("STORE_BENCH_CONCURRENT") {
         let threads = t.parse().expect("STORE_BENCH_CONCURRENT is a shard count");
-        for batch in [64, 256, 1024] {
-            concurrent(threads, 100_000, batch);
+        let n =
+            std::env::var("STORE_BENCH_N").map_or(100_000, |n| n.parse().expect("STORE_BENCH_N is a count"));
+        for batch in [256, 1024, 4096] {
+            concurrent(threads, n, batch);
         }
         return;
     }

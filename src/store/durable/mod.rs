@@ -34,6 +34,8 @@ pub use open::open_durable;
 
 /// Messages each sweep batch deletes before committing.
 const SWEEP_CHUNK: usize = 1024;
+/// Empty queues the cache may hold beyond twice the non-empty ones.
+const EMPTY_CACHED: usize = 65_536;
 
 /// What append and ack need to know about one waiting message.
 struct Entry {
@@ -71,10 +73,14 @@ pub struct DurableStore {
     /// As last committed.
     committed: ShardMeta,
     cache: HashMap<Token, Queue>,
+    /// Past this many cached queues, the empty ones are dropped.
+    cache_limit: usize,
     /// Writes since the last commit, by token; `sync` commits them.
     staged: StagedMap,
     /// Messages and deletions in `staged`.
     staged_ops: usize,
+    /// Why staged writes were dropped since the last `sync`, which then fails.
+    lost: Option<StoreError>,
     /// Where each app's receipts are, for the apps this shard is the hub of.
     receipts: feedback::ReceiptIndex,
     /// The number `SyncGate` gave this shard's latest committed batch.
@@ -115,10 +121,15 @@ impl DurableStore {
         Ok(q)
     }
 
-    /// Puts a queue back in the cache unless it holds nothing worth remembering.
+    /// Puts a queue back in the cache. Empty ones stay too, up to a limit: a
+    /// device that acks each notification as it comes would otherwise have its
+    /// queue re-read on every append, and that read walks every deletion of the
+    /// token's messages not yet compacted away.
     fn keep(&mut self, token: &Token, q: Queue) {
-        if !q.msgs.is_empty() || q.missed != 0 {
-            self.cache.insert(*token, q);
+        self.cache.insert(*token, q);
+        if self.cache.len() > self.cache_limit {
+            self.cache.retain(|_, q| !q.msgs.is_empty() || q.missed != 0);
+            self.cache_limit = 2 * self.cache.len() + EMPTY_CACHED;
         }
     }
 
@@ -184,8 +195,13 @@ impl Store for DurableStore {
         if max == 0 || after == u64::MAX {
             return Ok(());
         }
-        let range = codec::msg_key(token, after + 1)..=codec::msg_key(token, u64::MAX);
         let start = out.len();
+        if self.only_staged_after(token, after) {
+            // A device that is online gets its notifications before they are committed.
+            self.merge_staged(token, after, now_unix, max, out, start);
+            return Ok(());
+        }
+        let range = codec::msg_key(token, after + 1)..=codec::msg_key(token, u64::MAX);
         let mut n = 0;
         for kv in self.eng.msgs.range(range) {
             let (k, v) = kv.into_inner().map_err(|e| self.eng.err("reading a queue", e))?;
@@ -267,7 +283,11 @@ impl Store for DurableStore {
     }
 
     fn sync(&mut self) -> Result<(), StoreError> {
-        self.flush()?;
+        let flushed = self.flush();
+        if let Some(e) = self.lost.take() {
+            return Err(e);
+        }
+        flushed?;
         let eng = &self.eng;
         eng.gate.sync(self.last_write, || {
             eng.db.persist(PersistMode::SyncAll).map_err(|e| eng.err("syncing the journal", e))

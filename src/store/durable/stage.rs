@@ -96,7 +96,10 @@ impl DurableStore {
                 // counted them, and the messages they added (ids stay used).
                 self.cache.clear();
                 self.counters.len = self.committed.len;
-                Err(eng.err("committing", e))
+                let e = eng.err("committing", e);
+                // Whoever called, the next `sync` must not report these writes durable.
+                self.lost = Some(e.clone());
+                Err(e)
             }
         }
     }
@@ -121,6 +124,18 @@ impl DurableStore {
             out[start..].sort_by_key(|m| m.msg_id);
             out.truncate(start + max);
         }
+    }
+
+    /// Whether the cache shows that every message of `token` past `after` is
+    /// staged, so `pending` need not read the disk (an LSM range read costs
+    /// more than the rest of a delivery).
+    pub(super) fn only_staged_after(&self, token: &Token, after: u64) -> bool {
+        let Some(q) = self.cache.get(token) else { return false };
+        // Staged messages are a subset of the queue.
+        let waiting = q.msgs.iter().filter(|e| e.id > after).count();
+        let staged =
+            self.staged.get(token).map_or(0, |s| s.added.iter().filter(|m| m.msg_id > after).count());
+        waiting == staged
     }
 
     /// Whether a message `pending` found on disk has a staged deletion.
