@@ -8,6 +8,14 @@ use socket2::{Domain, Protocol, Socket, Type};
 /// Binds `n` listeners on `addr` with SO_REUSEPORT so the kernel spreads
 /// accepted connections over the shards. Port 0 picks one port for all.
 pub fn bind_reuseport(addr: SocketAddr, n: usize) -> io::Result<Vec<TcpListener>> {
+    if addr.port() != 0 {
+        // SO_REUSEPORT would let this process share a port another gateway (or
+        // anything else) already listens on, silently splitting its traffic.
+        // A plain bind fails with "address in use" if anyone holds the port.
+        let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        probe.set_reuse_address(true)?;
+        probe.bind(&addr.into()).map_err(|e| io::Error::new(e.kind(), format!("{addr}: {e}")))?;
+    }
     let mut out = Vec::with_capacity(n);
     let mut addr = addr;
     for _ in 0..n.max(1) {
@@ -42,5 +50,8 @@ pub fn capacity_for(nofile: u64, shards: usize) -> usize {
 
 /// Whether an accept error means "out of descriptors" (retry later, don't spin).
 pub fn is_fd_exhaustion(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM))
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM)
+    )
 }

@@ -204,3 +204,28 @@ fn a_corrupt_store_stops_serve_with_an_error_naming_the_path() {
         assert_eq!(std::fs::read(f).unwrap(), vec![0xA5; 256], "{} was rewritten, not kept", f.display());
     }
 }
+
+#[test]
+fn a_second_gateway_on_a_taken_port_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = Command::new(BIN)
+        .args(["serve", "--device-listen", &addr, "--provider-listen", "127.0.0.1:0"])
+        .args(["--admin-listen", "127.0.0.1:0", "--store", "memory", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "must not share a port with another listener");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&addr) && err.to_lowercase().contains("in use"), "{err}");
+    // And not with another pushgate either (which listens with SO_REUSEPORT).
+    let first = serve(&dir.path().join("a"));
+    let out = Command::new(BIN)
+        .args(["serve", "--device-listen", &first.device, "--provider-listen", "127.0.0.1:0"])
+        .args(["--admin-listen", "127.0.0.1:0", "--store", "memory", "--data-dir"])
+        .arg(dir.path().join("b"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a second pushgate must not split the first one's port");
+}

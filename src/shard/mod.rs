@@ -680,6 +680,15 @@ impl Shard {
 
     /// Gives back map capacity left over from a peak (a storm, a drain), every 10 s.
     fn shrink_maps(&mut self) {
+        if self.index == 0 {
+            // glibc keeps freed heap (after a drain of stored notifications,
+            // a storm's buffers) unless asked to return it.
+            // SAFETY: malloc_trim only releases free memory; it takes no pointers.
+            #[cfg(all(target_os = "linux", target_env = "gnu"))]
+            unsafe {
+                libc::malloc_trim(0);
+            }
+        }
         if self.tokens.capacity() > 2 * self.tokens.len() + 1024 {
             self.tokens.shrink_to(self.tokens.len() * 5 / 4);
         }
