@@ -173,3 +173,52 @@ impl HelloBytes for Raw {
         self.send(&Frame::Hello(pushgate::proto::Hello { version: 1, keepalive_s: 0, app_id: app, secret }));
     }
 }
+
+#[test]
+fn in_flight_handshake_and_connection_limits_each_count_when_they_bite() {
+    let mut cfg = test_config(1);
+    cfg.limits.provider_max_in_flight = 4;
+    cfg.limits.handshake_timeout_ms = 300;
+    cfg.limits.max_connections = 4;
+    let gw = start_gateway(cfg);
+    let mut d = Raw::connect(gw.device_addr);
+    let (token, _, _) = d.hello(APP, &secret("lim"), 0);
+    // In-flight per provider connection: 40 pipelined pushes against a window of 4.
+    let mut p = Raw::connect(gw.provider_addr);
+    assert_eq!(p.login(APP, APP_SECRET), 4);
+    let mut batch = Vec::new();
+    for i in 0..40u32 {
+        Frame::Push(Push {
+            req_id: i,
+            token,
+            kind: 0,
+            priority: PRIORITY_HIGH,
+            flags: 0,
+            expiry: u32::MAX,
+            collapse: b"",
+            payload: b"w",
+        })
+        .encode(&mut batch);
+    }
+    p.send_bytes(&batch);
+    for _ in 0..40 {
+        p.expect(|f| assert!(matches!(f, Frame::Result { .. })));
+    }
+    assert!(hits(&gw, Limit::ProviderPaused) >= 1, "the provider was paused at its window");
+    // Handshake deadline: a connection that never says HELLO.
+    let mut silent = Raw::connect(gw.device_addr);
+    silent.expect(|f| assert!(matches!(f, Frame::Error { code: ErrorCode::HANDSHAKE_TIMEOUT, .. })));
+    let text = gw.shared.metrics.render();
+    assert!(
+        text.lines().any(|l| l.starts_with("pushgate_handshakes_total{")
+            && l.contains("handshake_timeout")
+            && !l.ends_with(" 0")),
+        "handshake timeouts are counted"
+    );
+    // Connections: 3 open (device, provider, and one more); the 5th is refused.
+    let _third = Raw::connect(gw.device_addr);
+    let _fourth = Raw::connect(gw.device_addr);
+    let mut fifth = Raw::connect(gw.device_addr);
+    fifth.expect(|f| assert!(matches!(f, Frame::GoAway { reason: GoAwayReason::SERVER_FULL, .. })));
+    assert!(hits(&gw, Limit::ServerFull) >= 1);
+}
