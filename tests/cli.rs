@@ -7,21 +7,11 @@ use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+mod common;
+
+use common::{spawn_serve, Served};
+
 const BIN: &str = env!("CARGO_BIN_EXE_pushgate");
-
-struct Server {
-    child: Child,
-    device: String,
-    provider: String,
-    secret: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Lines of a child's stdout, read on a thread so a test can wait with a timeout.
 fn lines(out: ChildStdout) -> mpsc::Receiver<String> {
@@ -36,39 +26,18 @@ fn lines(out: ChildStdout) -> mpsc::Receiver<String> {
     rx
 }
 
-fn serve(data_dir: &std::path::Path) -> Server {
-    let mut child = Command::new(BIN)
-        .args(["serve", "--shards", "2", "--device-listen", "127.0.0.1:0", "--provider-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-        .arg("--data-dir")
-        .arg(data_dir)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("pushgate serve starts");
-    let rx = lines(child.stdout.take().unwrap());
-    let (mut device, mut provider, mut secret) = (String::new(), String::new(), String::new());
-    while device.is_empty() || secret.is_empty() {
-        let line = rx.recv_timeout(Duration::from_secs(20)).expect("serve prints its addresses");
-        if let Some(rest) = line.strip_prefix("pushgate: devices on ") {
-            let (d, p) = rest.split_once(", providers on ").unwrap();
-            device = d.to_string();
-            provider = p.to_string();
-        }
-        if let Some(i) = line.find("with secret ") {
-            secret = line[i + "with secret ".len()..].trim().to_string();
-        }
-    }
-    std::thread::spawn(move || while rx.recv().is_ok() {});
-    Server { child, device, provider, secret }
+fn serve(data_dir: &std::path::Path) -> Served {
+    let args: [&std::ffi::OsStr; 4] = ["--shards".as_ref(), "2".as_ref(), "--data-dir".as_ref(), data_dir.as_ref()];
+    spawn_serve(&args, "warn")
 }
 
 fn json(line: &str) -> serde_json::Value {
     serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
 }
 
-fn device(srv: &Server, secret_file: &std::path::Path, extra: &[&str]) -> (Child, mpsc::Receiver<String>) {
+fn device(srv: &Served, secret_file: &std::path::Path, extra: &[&str]) -> (Child, mpsc::Receiver<String>) {
     let mut child = Command::new(BIN)
-        .args(["device", "--json", "--addr", &srv.device])
+        .args(["device", "--json", "--addr", &srv.device.to_string()])
         .arg("--secret-file")
         .arg(secret_file)
         .args(extra)
@@ -97,7 +66,7 @@ fn serve_device_push_drain_and_restart() {
     assert_eq!(token.len(), 48);
 
     let out = Command::new(BIN)
-        .args(["push", "--json", "--addr", &srv.provider, "--secret", &srv.secret, "--token", &token])
+        .args(["push", "--json", "--addr", &srv.provider.to_string(), "--secret", &srv.secret, "--token", &token])
         .arg("hello from the CLI")
         .output()
         .unwrap();
@@ -112,7 +81,7 @@ fn serve_device_push_drain_and_restart() {
 
     // A wrong app secret is refused with exit code 2.
     let bad = Command::new(BIN)
-        .args(["push", "--addr", &srv.provider, "--secret", "wrong-secret-0000000", "--token", &token, "x"])
+        .args(["push", "--addr", &srv.provider.to_string(), "--secret", "wrong-secret-0000000", "--token", &token, "x"])
         .output()
         .unwrap();
     assert_eq!(bad.status.code(), Some(2));
@@ -222,7 +191,7 @@ fn a_second_gateway_on_a_taken_port_refuses_to_start() {
     // And not with another pushgate either (which listens with SO_REUSEPORT).
     let first = serve(&dir.path().join("a"));
     let out = Command::new(BIN)
-        .args(["serve", "--device-listen", &first.device, "--provider-listen", "127.0.0.1:0"])
+        .args(["serve", "--device-listen", &first.device.to_string(), "--provider-listen", "127.0.0.1:0"])
         .args(["--admin-listen", "127.0.0.1:0", "--store", "memory", "--data-dir"])
         .arg(dir.path().join("b"))
         .output()

@@ -5,55 +5,29 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Got, Raw};
+use common::{spawn_serve, Got, Raw, Served};
 use pushgate::proto::frame::{split_frame, PROVIDER_MAX_BODY};
 use pushgate::proto::{Frame, Push, Status, Token, PRIORITY_HIGH};
 
-const BIN: &str = env!("CARGO_BIN_EXE_pushgate");
-
-struct Server {
-    child: Child,
-    device: std::net::SocketAddr,
-    provider: std::net::SocketAddr,
-    secret: String,
-}
-
-fn serve(data: &std::path::Path) -> Server {
+fn serve(data: &std::path::Path) -> Served {
     // A cap far above what the test pushes per device: the cap's own drops are tested elsewhere.
     let cfg = data.with_extension("toml");
     std::fs::write(&cfg, "[limits]\ndevice_queue_cap = 100000\n").unwrap();
-    let mut child = Command::new(BIN)
-        .args(["serve", "--store", "durable", "--shards", "2"])
-        .arg("--config")
-        .arg(&cfg)
-        .args(["--device-listen", "127.0.0.1:0", "--provider-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-        .arg("--data-dir")
-        .arg(data)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let (mut device, mut provider, mut secret) = (None, None, String::new());
-    while device.is_none() || secret.is_empty() {
-        let line = lines.next().expect("serve prints its addresses").unwrap();
-        if let Some(rest) = line.strip_prefix("pushgate: devices on ") {
-            let (d, p) = rest.split_once(", providers on ").unwrap();
-            device = Some(d.parse().unwrap());
-            provider = Some(p.parse().unwrap());
-        }
-        if let Some(i) = line.find("with secret ") {
-            secret = line[i + 12..].trim().to_string();
-        }
-    }
-    std::thread::spawn(move || for _ in lines.by_ref() {});
-    Server { child, device: device.unwrap(), provider: provider.unwrap(), secret }
+    let args: [&std::ffi::OsStr; 8] = [
+        "--store".as_ref(),
+        "durable".as_ref(),
+        "--shards".as_ref(),
+        "2".as_ref(),
+        "--config".as_ref(),
+        cfg.as_ref(),
+        "--data-dir".as_ref(),
+        data.as_ref(),
+    ];
+    spawn_serve(&args, "warn")
 }
 
 fn device_secret(i: usize) -> Vec<u8> {
@@ -212,9 +186,3 @@ fn sigkill_mid_stream_loses_nothing_accepted() {
     drop(srv);
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}

@@ -6,17 +6,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Got, Raw};
+use common::{spawn_serve, Got, Raw, Served};
 use pushgate::proto::frame::{split_frame, PROVIDER_MAX_BODY};
 use pushgate::proto::{Frame, Push, Status, Token, PRIORITY_HIGH};
-
-const BIN: &str = env!("CARGO_BIN_EXE_pushgate");
 
 struct Mount(std::path::PathBuf);
 
@@ -26,41 +22,18 @@ impl Drop for Mount {
     }
 }
 
-struct Server(Child, SocketAddr, SocketAddr, String);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn serve(data: &Path, cfg: &Path) -> Server {
-    let mut child = Command::new(BIN)
-        .args(["serve", "--store", "durable", "--shards", "1", "--device-listen", "127.0.0.1:0"])
-        .args(["--provider-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--config"])
-        .arg(cfg)
-        .arg("--data-dir")
-        .arg(data)
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let (mut d, mut p, mut secret) = (None, None, String::new());
-    while d.is_none() || secret.is_empty() {
-        let line = lines.next().expect("serve starts").unwrap();
-        if let Some(rest) = line.strip_prefix("pushgate: devices on ") {
-            let (a, b) = rest.split_once(", providers on ").unwrap();
-            d = Some(a.parse().unwrap());
-            p = Some(b.parse().unwrap());
-        }
-        if let Some(i) = line.find("with secret ") {
-            secret = line[i + 12..].trim().to_string();
-        }
-    }
-    std::thread::spawn(move || for _ in lines.by_ref() {});
-    Server(child, d.unwrap(), p.unwrap(), secret)
+fn serve(data: &Path, cfg: &Path) -> Served {
+    let args: [&std::ffi::OsStr; 8] = [
+        "--store".as_ref(),
+        "durable".as_ref(),
+        "--shards".as_ref(),
+        "1".as_ref(),
+        "--config".as_ref(),
+        cfg.as_ref(),
+        "--data-dir".as_ref(),
+        data.as_ref(),
+    ];
+    spawn_serve(&args, "error")
 }
 
 fn push(p: &mut Raw, req_id: u32, token: Token, payload: &[u8]) -> Status {
@@ -101,9 +74,9 @@ fn a_full_disk_refuses_pushes_with_store_failed_and_loses_nothing_accepted() {
     let data = mnt.join("data");
     let srv = serve(&data, &cfg);
     let secret = b"disk-full-device-secret-0123456789".to_vec();
-    let token = Raw::connect(srv.1).hello("demo", &secret, 0).0;
-    let mut p = Raw::connect(srv.2);
-    p.login("demo", &srv.3);
+    let token = Raw::connect(srv.device).hello("demo", &secret, 0).0;
+    let mut p = Raw::connect(srv.provider);
+    p.login("demo", &srv.secret);
     let payload = vec![b'f'; 4000];
     let mut accepted = Vec::new();
     let mut refused = 0;
@@ -129,7 +102,7 @@ fn a_full_disk_refuses_pushes_with_store_failed_and_loses_nothing_accepted() {
 
     // Restart (the disk is still full: reading needs no space) and drain the device.
     let srv = serve(&data, &cfg);
-    let mut d = Raw::connect(srv.1);
+    let mut d = Raw::connect(srv.device);
     assert_eq!(d.hello("demo", &secret, 0).0, token);
     let mut got = 0;
     while let Got::Frame(b) = d.recv(Duration::from_secs(3)) {

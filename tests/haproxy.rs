@@ -7,17 +7,15 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Got, Raw};
+use common::{spawn_serve, Got, Raw, Served};
 use pushgate::proto::frame::{split_frame, PROVIDER_MAX_BODY};
 use pushgate::proto::{Frame, Push, Status, Token, PRIORITY_HIGH};
 
-const BIN: &str = env!("CARGO_BIN_EXE_pushgate");
 const SECRET: &str = "haproxy-test-app-secret";
 
 struct Proc(Child);
@@ -29,19 +27,12 @@ impl Drop for Proc {
     }
 }
 
-struct Node {
-    _proc: Proc,
-    device: SocketAddr,
-    provider: SocketAddr,
-    admin: SocketAddr,
-    log: Arc<Mutex<String>>,
-}
-
 fn haproxy_available() -> bool {
     Command::new("haproxy").arg("-v").output().is_ok_and(|o| o.status.success())
 }
 
-fn node(dir: &std::path::Path, name: &str) -> Node {
+/// A gateway with PROXY protocol on both ports, sharing the token key file with its peers.
+fn node(dir: &std::path::Path, name: &str) -> Served {
     let data = dir.join(name);
     std::fs::create_dir_all(&data).unwrap();
     let cfg = dir.join(format!("{name}.toml"));
@@ -55,40 +46,9 @@ fn node(dir: &std::path::Path, name: &str) -> Node {
         ),
     )
     .unwrap();
-    let mut child = Command::new(BIN)
-        .args(["serve", "--shards", "2", "--device-listen", "127.0.0.1:0", "--provider-listen", "127.0.0.1:0"])
-        .args(["--admin-listen", "127.0.0.1:0", "--config"])
-        .arg(&cfg)
-        .arg("--data-dir")
-        .arg(&data)
-        .env("RUST_LOG", "warn,pushgate::shard=debug")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let log = Arc::new(Mutex::new(String::new()));
-    let err = child.stderr.take().unwrap();
-    let l = log.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(err).lines().map_while(Result::ok) {
-            l.lock().unwrap().push_str(&(line + "\n"));
-        }
-    });
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let (mut device, mut provider, mut admin) = (None, None, None);
-    while admin.is_none() {
-        let line = lines.next().expect("serve prints its addresses").unwrap();
-        if let Some(rest) = line.strip_prefix("pushgate: devices on ") {
-            let (d, p) = rest.split_once(", providers on ").unwrap();
-            device = Some(d.parse().unwrap());
-            provider = Some(p.parse().unwrap());
-        }
-        if let Some(a) = line.strip_prefix("pushgate: admin on http://") {
-            admin = Some(a.trim_end_matches("/metrics").parse().unwrap());
-        }
-    }
-    std::thread::spawn(move || for _ in lines.by_ref() {});
-    Node { _proc: Proc(child), device: device.unwrap(), provider: provider.unwrap(), admin: admin.unwrap(), log }
+    let args: [&std::ffi::OsStr; 6] =
+        ["--shards".as_ref(), "2".as_ref(), "--config".as_ref(), cfg.as_ref(), "--data-dir".as_ref(), data.as_ref()];
+    spawn_serve(&args, "warn,pushgate::shard=debug")
 }
 
 fn free_port() -> u16 {
@@ -160,7 +120,7 @@ fn devices_and_pushes_through_haproxy_with_proxy_protocol_v2() {
     assert!(common::wait_until(Duration::from_secs(3), || devices_connected(a.admin) == 2.0
         && devices_connected(b.admin) == 2.0));
     // Both nodes derive the same token from the same credential (shared key).
-    let token_on = |n: &Node| {
+    let token_on = |n: &Served| {
         let mut direct = Raw::connect(n.device);
         direct.send_bytes(b"PROXY TCP4 192.0.2.1 127.0.0.1 1 1\r\n");
         direct.hello("demo", &secret(99), 0).0

@@ -27,6 +27,14 @@ struct Common {
     payload: Bytes,
 }
 
+impl Common {
+    /// Copies the payload and collapse id out of the read buffer once per request.
+    fn new(kind: u8, priority: u8, flags: u8, expiry: u32, collapse: &[u8], payload: &[u8]) -> Common {
+        let (collapse, payload) = (Bytes::copy_from_slice(collapse), Bytes::copy_from_slice(payload));
+        Common { kind, priority, flags, expiry, collapse, payload }
+    }
+}
+
 impl Shard {
     pub(super) fn on_provider_frame(&mut self, idx: u32, raw: RawFrame<'_>) -> Flow {
         let nonce = if raw.ftype == ftype::AUTH_HELLO { fresh_nonce() } else { [0u8; NONCE_LEN] };
@@ -64,25 +72,11 @@ impl Shard {
                 self.send_frame(idx, &Frame::Pong);
             }
             ProviderEvent::Push(push) => {
-                let common = Common {
-                    kind: push.kind,
-                    priority: push.priority,
-                    flags: push.flags,
-                    expiry: push.expiry,
-                    collapse: Bytes::copy_from_slice(push.collapse),
-                    payload: Bytes::copy_from_slice(push.payload),
-                };
+                let common = Common::new(push.kind, push.priority, push.flags, push.expiry, push.collapse, push.payload);
                 self.on_push_request(idx, push.req_id, &[push.token], &common, false);
             }
             ProviderEvent::MultiPush(push) => {
-                let common = Common {
-                    kind: push.kind,
-                    priority: push.priority,
-                    flags: push.flags,
-                    expiry: push.expiry,
-                    collapse: Bytes::copy_from_slice(push.collapse),
-                    payload: Bytes::copy_from_slice(push.payload),
-                };
+                let common = Common::new(push.kind, push.priority, push.flags, push.expiry, push.collapse, push.payload);
                 let tokens: Vec<Token> = push.tokens().collect();
                 self.on_push_request(idx, push.req_id, &tokens, &common, true);
             }

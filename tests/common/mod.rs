@@ -31,14 +31,8 @@ pub fn test_config(shards: usize) -> Config {
     cfg.drain.timeout_ms = 3000;
     cfg.drain.spread_ms = 1000;
     cfg.apps = vec![
-        AppConfig {
-            id: APP.into(),
-            secret: APP_SECRET.into(),
-        },
-        AppConfig {
-            id: OTHER_APP.into(),
-            secret: OTHER_SECRET.into(),
-        },
+        AppConfig { id: APP.into(), secret: APP_SECRET.into() },
+        AppConfig { id: OTHER_APP.into(), secret: OTHER_SECRET.into() },
     ];
     cfg
 }
@@ -50,9 +44,8 @@ pub fn test_key() -> TokenKey {
 /// Starts an in-process gateway with in-memory stores.
 pub fn start_gateway(cfg: Config) -> Gateway {
     let n = cfg.shard_count();
-    let stores: Vec<Box<dyn Store>> = (0..n)
-        .map(|_| Box::new(MemoryStore::new(cfg.limits.device_queue_cap)) as Box<dyn Store>)
-        .collect();
+    let stores: Vec<Box<dyn Store>> =
+        (0..n).map(|_| Box::new(MemoryStore::new(cfg.limits.device_queue_cap)) as Box<dyn Store>).collect();
     Gateway::start(cfg, test_key(), stores).expect("gateway starts")
 }
 
@@ -94,10 +87,7 @@ impl Raw {
     pub fn connect(addr: SocketAddr) -> Raw {
         let stream = TcpStream::connect(addr).expect("connect");
         stream.set_nodelay(true).unwrap();
-        Raw {
-            stream,
-            buf: Vec::new(),
-        }
+        Raw { stream, buf: Vec::new() }
     }
 
     /// Wraps an existing stream, e.g. a `try_clone` for a reader thread.
@@ -133,10 +123,7 @@ impl Raw {
                 Ok(0) => return Got::Closed,
                 Ok(n) => self.buf.extend_from_slice(&tmp[..n]),
                 Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
+                    if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
                 {
                     return Got::Timeout
                 }
@@ -170,38 +157,94 @@ impl Raw {
 
     /// Device handshake; returns (token, heartbeat_s, missed).
     pub fn hello(&mut self, app: &str, secret: &[u8], keepalive_s: u16) -> (Token, u16, u32) {
-        self.send(&Frame::Hello(pushgate::proto::Hello {
-            version: 1,
-            keepalive_s,
-            app_id: app,
-            secret,
-        }));
+        self.send(&Frame::Hello(pushgate::proto::Hello { version: 1, keepalive_s, app_id: app, secret }));
         self.expect(|f| match f {
-            Frame::Welcome {
-                token,
-                heartbeat_s,
-                missed,
-            } => (token, heartbeat_s, missed),
+            Frame::Welcome { token, heartbeat_s, missed } => (token, heartbeat_s, missed),
             other => panic!("expected WELCOME, got {other:?}"),
         })
     }
 
     /// Provider login; returns max_in_flight.
     pub fn login(&mut self, app: &str, secret: &str) -> u32 {
-        self.send(&Frame::AuthHello {
-            version: 1,
-            app_id: app,
-        });
+        self.send(&Frame::AuthHello { version: 1, app_id: app });
         let nonce = self.expect(|f| match f {
             Frame::Challenge { nonce } => nonce,
             other => panic!("expected CHALLENGE, got {other:?}"),
         });
-        self.send(&Frame::Auth {
-            proof: auth_proof(secret.as_bytes(), app, &nonce),
-        });
+        self.send(&Frame::Auth { proof: auth_proof(secret.as_bytes(), app, &nonce) });
         self.expect(|f| match f {
             Frame::AuthOk { max_in_flight } => max_in_flight,
             other => panic!("expected AUTH_OK, got {other:?}"),
         })
+    }
+}
+
+/// A `pushgate serve` child process on loopback port 0, killed when dropped.
+pub struct Served {
+    pub child: std::process::Child,
+    pub device: SocketAddr,
+    pub provider: SocketAddr,
+    pub admin: SocketAddr,
+    /// The demo app's secret, when serve printed one (no apps configured).
+    pub secret: String,
+    /// Everything the process wrote to stderr so far.
+    pub log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `pushgate serve` with every listener on 127.0.0.1 port 0, plus `args`,
+/// and reads the addresses (and the demo secret) it prints. `rust_log` sets its log filter.
+pub fn spawn_serve<S: AsRef<std::ffi::OsStr>>(args: &[S], rust_log: &str) -> Served {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pushgate"))
+        .args(["serve", "--device-listen", "127.0.0.1:0", "--provider-listen", "127.0.0.1:0"])
+        .args(["--admin-listen", "127.0.0.1:0"])
+        .args(args)
+        .env("RUST_LOG", rust_log)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("pushgate serve starts");
+    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let err = child.stderr.take().expect("piped stderr");
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push_str(&(line + "\n"));
+        }
+    });
+    let mut lines = std::io::BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+    let (mut device, mut provider, mut admin, mut secret) = (None, None, None, String::new());
+    while admin.is_none() {
+        let Some(Ok(line)) = lines.next() else {
+            panic!("serve stopped before printing its addresses: {}", log.lock().unwrap());
+        };
+        if let Some(rest) = line.strip_prefix("pushgate: devices on ") {
+            let (d, p) = rest.split_once(", providers on ").expect("both addresses");
+            device = Some(d.parse().expect("device address"));
+            provider = Some(p.parse().expect("provider address"));
+        }
+        if let Some(i) = line.find("with secret ") {
+            secret = line[i + "with secret ".len()..].trim().to_string();
+        }
+        if let Some(a) = line.strip_prefix("pushgate: admin on http://") {
+            admin = Some(a.trim_end_matches("/metrics").parse().expect("admin address"));
+        }
+    }
+    std::thread::spawn(move || for _ in lines.by_ref() {});
+    Served {
+        child,
+        device: device.expect("device address printed"),
+        provider: provider.expect("provider address printed"),
+        admin: admin.expect("admin address printed"),
+        secret,
+        log,
     }
 }
