@@ -58,33 +58,14 @@ fn frames(c: &mut Criterion) {
     };
     let dev = DEVICE_MAX_BODY;
     let prov = PROVIDER_MAX_BODY;
-    let hello = Hello {
-        version: 1,
-        keepalive_s: 240,
-        app_id: "com.example.chat",
-        secret: &secret,
-    };
+    let hello = Hello { version: 1, keepalive_s: 240, app_id: "com.example.chat", secret: &secret };
     bench_frame(c, "HELLO", Frame::Hello(hello), dev);
-    bench_frame(
-        c,
-        "WELCOME",
-        Frame::Welcome {
-            token: tok(2),
-            heartbeat_s: 240,
-            missed: 3,
-        },
-        dev,
-    );
+    bench_frame(c, "WELCOME", Frame::Welcome { token: tok(2), heartbeat_s: 240, missed: 3 }, dev);
     bench_frame(c, "PING", Frame::Ping, dev);
     bench_frame(
         c,
         "NOTIFY_200B",
-        Frame::Notify {
-            msg_id: 99,
-            kind: 0,
-            priority: 10,
-            payload: &payload,
-        },
+        Frame::Notify { msg_id: 99, kind: 0, priority: 10, payload: &payload },
         dev,
     );
     bench_frame(c, "ACK", Frame::Ack { msg_id: 99 }, dev);
@@ -92,12 +73,7 @@ fn frames(c: &mut Criterion) {
     bench_frame(
         c,
         "RESULT",
-        Frame::Result {
-            req_id: 7,
-            status: Status::DELIVERED,
-            msg_id: 99,
-            info: 0,
-        },
+        Frame::Result { req_id: 7, status: Status::DELIVERED, msg_id: 99, info: 0 },
         prov,
     );
     let multi = MultiPush {
@@ -111,15 +87,7 @@ fn frames(c: &mut Criterion) {
         payload: &payload,
     };
     bench_frame(c, "MULTI_PUSH_1000x200B", Frame::MultiPush(multi), prov);
-    bench_frame(
-        c,
-        "MULTI_RESULT_1000",
-        Frame::MultiResult {
-            req_id: 8,
-            entries: &entries,
-        },
-        prov,
-    );
+    bench_frame(c, "MULTI_RESULT_1000", Frame::MultiResult { req_id: 8, entries: &entries }, prov);
 }
 
 fn tokens(c: &mut Criterion) {
@@ -127,21 +95,12 @@ fn tokens(c: &mut Criterion) {
     let secret = [0x11u8; 32];
     let t = key.derive("com.example.chat", &secret);
     let mut g = c.benchmark_group("token");
-    g.bench_function("derive", |b| {
-        b.iter(|| key.derive(black_box("com.example.chat"), black_box(&secret)))
-    });
-    g.bench_function("verify", |b| {
-        b.iter(|| key.verify(black_box("com.example.chat"), black_box(&t)))
-    });
+    g.bench_function("derive", |b| b.iter(|| key.derive(black_box("com.example.chat"), black_box(&secret))));
+    g.bench_function("verify", |b| b.iter(|| key.verify(black_box("com.example.chat"), black_box(&t))));
     let many: Vec<Token> = (0..1024).map(tok).collect();
     g.throughput(Throughput::Elements(many.len() as u64));
     g.bench_function("shard_of_1024_tokens_over_8", |b| {
-        b.iter(|| {
-            black_box(&many)
-                .iter()
-                .map(|t| t.shard(black_box(8)))
-                .sum::<usize>()
-        })
+        b.iter(|| black_box(&many).iter().map(|t| t.shard(black_box(8))).sum::<usize>())
     });
     g.finish();
 }
@@ -184,12 +143,7 @@ fn handoff_run(tx: &Sender<Handoff>, rx: &Receiver<Handoff>, batch: usize, batch
         for _ in 0..batches {
             for _ in 0..batch {
                 id += 1;
-                tx.send(Handoff {
-                    _conn: 1,
-                    msg_id: id,
-                    _token: [7; TOKEN_LEN],
-                })
-                .unwrap();
+                tx.send(Handoff { _conn: 1, msg_id: id, _token: [7; TOKEN_LEN] }).unwrap();
             }
             if !pending.swap(true, Ordering::SeqCst) {
                 waker.wake().unwrap();
@@ -217,9 +171,7 @@ fn handoff(c: &mut Criterion) {
 }
 
 fn config() -> Criterion {
-    Criterion::default()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
+    Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3))
 }
 
 criterion_group! { name = benches; config = config(); targets = frames, tokens, handoff }

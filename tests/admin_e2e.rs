@@ -16,7 +16,8 @@ use pushgate::proto::{ErrorCode, Frame, Push, Status, PRIORITY_HIGH};
 
 fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).unwrap();
-    write!(s, "{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     let code = out.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);

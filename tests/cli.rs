@@ -27,7 +27,8 @@ fn lines(out: ChildStdout) -> mpsc::Receiver<String> {
 }
 
 fn serve(data_dir: &std::path::Path) -> Served {
-    let args: [&std::ffi::OsStr; 4] = ["--shards".as_ref(), "2".as_ref(), "--data-dir".as_ref(), data_dir.as_ref()];
+    let args: [&std::ffi::OsStr; 4] =
+        ["--shards".as_ref(), "2".as_ref(), "--data-dir".as_ref(), data_dir.as_ref()];
     spawn_serve(&args, "warn")
 }
 
@@ -66,7 +67,16 @@ fn serve_device_push_drain_and_restart() {
     assert_eq!(token.len(), 48);
 
     let out = Command::new(BIN)
-        .args(["push", "--json", "--addr", &srv.provider.to_string(), "--secret", &srv.secret, "--token", &token])
+        .args([
+            "push",
+            "--json",
+            "--addr",
+            &srv.provider.to_string(),
+            "--secret",
+            &srv.secret,
+            "--token",
+            &token,
+        ])
         .arg("hello from the CLI")
         .output()
         .unwrap();
@@ -81,7 +91,16 @@ fn serve_device_push_drain_and_restart() {
 
     // A wrong app secret is refused with exit code 2.
     let bad = Command::new(BIN)
-        .args(["push", "--addr", &srv.provider.to_string(), "--secret", "wrong-secret-0000000", "--token", &token, "x"])
+        .args([
+            "push",
+            "--addr",
+            &srv.provider.to_string(),
+            "--secret",
+            "wrong-secret-0000000",
+            "--token",
+            &token,
+            "x",
+        ])
         .output()
         .unwrap();
     assert_eq!(bad.status.code(), Some(2));

@@ -23,11 +23,7 @@ fn encode(f: &Frame<'_>) -> Vec<u8> {
 /// it comes back unchanged having used exactly its encoded length.
 fn round_trip(f: Frame<'_>, max_body: usize) -> Vec<u8> {
     let buf = encode(&f);
-    assert_eq!(
-        buf.len(),
-        f.encoded_len(),
-        "encoded_len disagrees with encode for {f:?}"
-    );
+    assert_eq!(buf.len(), f.encoded_len(), "encoded_len disagrees with encode for {f:?}");
     let (raw, used) = split_frame(&buf, max_body).unwrap().expect("a whole frame");
     assert_eq!(used, buf.len());
     assert_eq!(raw.ftype, f.ftype());
@@ -77,25 +73,11 @@ fn push<'a>(collapse: &'a [u8], payload: &'a [u8]) -> Push<'a> {
 }
 
 fn multi<'a>(tokens: &'a [u8], collapse: &'a [u8], payload: &'a [u8]) -> MultiPush<'a> {
-    MultiPush {
-        req_id: 77,
-        tokens,
-        kind: 2,
-        priority: 5,
-        flags: 0,
-        expiry: 0,
-        collapse,
-        payload,
-    }
+    MultiPush { req_id: 77, tokens, kind: 2, priority: 5, flags: 0, expiry: 0, collapse, payload }
 }
 
 fn hello(secret: &[u8]) -> Frame<'_> {
-    Frame::Hello(Hello {
-        version: 1,
-        keepalive_s: 240,
-        app_id: "com.example.chat",
-        secret,
-    })
+    Frame::Hello(Hello { version: 1, keepalive_s: 240, app_id: "com.example.chat", secret })
 }
 
 // ---------------------------------------------------------------- round trips
@@ -108,46 +90,16 @@ fn every_device_port_frame_round_trips() {
     let frames = [
         hello(&secret16),
         hello(&secret64),
-        Frame::Hello(Hello {
-            version: 1,
-            keepalive_s: 0,
-            app_id: "a",
-            secret: &secret16,
-        }),
-        Frame::Welcome {
-            token: tok(1),
-            heartbeat_s: 300,
-            missed: 12,
-        },
+        Frame::Hello(Hello { version: 1, keepalive_s: 0, app_id: "a", secret: &secret16 }),
+        Frame::Welcome { token: tok(1), heartbeat_s: 300, missed: 12 },
         Frame::Ping,
         Frame::Pong,
-        Frame::Notify {
-            msg_id: u64::MAX,
-            kind: 0,
-            priority: 10,
-            payload: &[],
-        },
-        Frame::Notify {
-            msg_id: 1,
-            kind: 2,
-            priority: 5,
-            payload: &payload,
-        },
-        Frame::Ack {
-            msg_id: 0x0102_0304_0506_0708,
-        },
-        Frame::GoAway {
-            reason: GoAwayReason::SHUTDOWN,
-            reconnect_ms: 5000,
-        },
-        Frame::Error {
-            code: ErrorCode::BAD_CREDENTIAL,
-            text: "",
-        },
-        Frame::Error {
-            code: ErrorCode::INTERNAL,
-            text: "caf\u{e9} \u{1f600}",
-        },
+        Frame::Notify { msg_id: u64::MAX, kind: 0, priority: 10, payload: &[] },
+        Frame::Notify { msg_id: 1, kind: 2, priority: 5, payload: &payload },
+        Frame::Ack { msg_id: 0x0102_0304_0506_0708 },
+        Frame::GoAway { reason: GoAwayReason::SHUTDOWN, reconnect_ms: 5000 },
+        Frame::Error { code: ErrorCode::BAD_CREDENTIAL, text: "" },
+        Frame::Error { code: ErrorCode::INTERNAL, text: "caf\u{e9} \u{1f600}" },
     ];
     for f in frames {
         round_trip(f, DEVICE_MAX_BODY);
@@ -167,46 +119,22 @@ fn every_provider_port_frame_round_trips() {
         pushgate::proto::frame::put_multi_entry(&mut entries, Status((i % 10) as u8), i << 20);
     }
     let frames = [
-        Frame::AuthHello {
-            version: 1,
-            app_id: "com.example-app_1",
-        },
-        Frame::AuthHello {
-            version: 1,
-            app_id: &app64,
-        },
-        Frame::Challenge {
-            nonce: [0xa5; NONCE_LEN],
-        },
-        Frame::Auth {
-            proof: [0x5a; NONCE_LEN],
-        },
+        Frame::AuthHello { version: 1, app_id: "com.example-app_1" },
+        Frame::AuthHello { version: 1, app_id: &app64 },
+        Frame::Challenge { nonce: [0xa5; NONCE_LEN] },
+        Frame::Auth { proof: [0x5a; NONCE_LEN] },
         Frame::AuthOk { max_in_flight: 1024 },
         Frame::Push(push(&[], &[])),
         Frame::Push(push(&collapse, &small)),
         Frame::Push(push(&collapse, &payload)),
-        Frame::Result {
-            req_id: 3,
-            status: Status::RATE_LIMITED,
-            msg_id: 99,
-            info: 250,
-        },
+        Frame::Result { req_id: 3, status: Status::RATE_LIMITED, msg_id: 99, info: 250 },
         Frame::MultiPush(multi(&toks1, &[], &small)),
         Frame::MultiPush(multi(&toks1000, &collapse, &payload)),
-        Frame::MultiResult {
-            req_id: 8,
-            entries: &[],
-        },
-        Frame::MultiResult {
-            req_id: 8,
-            entries: &entries,
-        },
+        Frame::MultiResult { req_id: 8, entries: &[] },
+        Frame::MultiResult { req_id: 8, entries: &entries },
         Frame::Ping,
         Frame::Pong,
-        Frame::Error {
-            code: ErrorCode::AUTH_FAILED,
-            text: "authentication failed",
-        },
+        Frame::Error { code: ErrorCode::AUTH_FAILED, text: "authentication failed" },
     ];
     for f in frames {
         round_trip(f, PROVIDER_MAX_BODY);
@@ -236,24 +164,10 @@ fn length_varint_grows_at_128_and_16384() {
     // NOTIFY body = 10 + payload.
     let p127 = bytes(117);
     let p128 = bytes(118);
-    let b127 = round_trip(
-        Frame::Notify {
-            msg_id: 5,
-            kind: 0,
-            priority: 10,
-            payload: &p127,
-        },
-        DEVICE_MAX_BODY,
-    );
-    let b128 = round_trip(
-        Frame::Notify {
-            msg_id: 5,
-            kind: 0,
-            priority: 10,
-            payload: &p128,
-        },
-        DEVICE_MAX_BODY,
-    );
+    let b127 =
+        round_trip(Frame::Notify { msg_id: 5, kind: 0, priority: 10, payload: &p127 }, DEVICE_MAX_BODY);
+    let b128 =
+        round_trip(Frame::Notify { msg_id: 5, kind: 0, priority: 10, payload: &p128 }, DEVICE_MAX_BODY);
     assert_eq!(&b127[..2], &[ftype::NOTIFY, 0x7f]);
     assert_eq!(b127.len(), 2 + 127);
     assert_eq!(&b128[..3], &[ftype::NOTIFY, 0x80, 0x01]);
@@ -274,17 +188,9 @@ fn back_to_back_frames_split_one_at_a_time() {
     let payload = bytes(300);
     let frames = [
         Frame::Ping,
-        Frame::Notify {
-            msg_id: 1,
-            kind: 0,
-            priority: 10,
-            payload: &payload,
-        },
+        Frame::Notify { msg_id: 1, kind: 0, priority: 10, payload: &payload },
         Frame::Ack { msg_id: 1 },
-        Frame::Error {
-            code: ErrorCode::MALFORMED_FRAME,
-            text: "x",
-        },
+        Frame::Error { code: ErrorCode::MALFORMED_FRAME, text: "x" },
         Frame::Pong,
     ];
     let mut stream = Vec::new();
@@ -304,20 +210,14 @@ fn back_to_back_frames_split_one_at_a_time() {
 #[test]
 fn error_text_over_the_limit_is_cut_to_200_bytes() {
     let long = "e".repeat(MAX_ERROR_TEXT + 50);
-    let f = Frame::Error {
-        code: ErrorCode::INTERNAL,
-        text: &long,
-    };
+    let f = Frame::Error { code: ErrorCode::INTERNAL, text: &long };
     let buf = encode(&f);
     assert_eq!(buf.len(), f.encoded_len());
     let (raw, used) = split_frame(&buf, DEVICE_MAX_BODY).unwrap().unwrap();
     assert_eq!(used, buf.len());
     assert_eq!(
         Frame::parse(raw),
-        Ok(Frame::Error {
-            code: ErrorCode::INTERNAL,
-            text: &long[..MAX_ERROR_TEXT]
-        })
+        Ok(Frame::Error { code: ErrorCode::INTERNAL, text: &long[..MAX_ERROR_TEXT] })
     );
 }
 
@@ -325,26 +225,16 @@ fn error_text_over_the_limit_is_cut_to_200_bytes() {
 fn error_text_cut_inside_a_multibyte_char_still_frames_correctly() {
     // 199 ASCII bytes then a 2-byte char straddling the 200-byte limit: the cut lands at 199.
     let text = format!("{}\u{e9}tail", "a".repeat(MAX_ERROR_TEXT - 1));
-    let f = Frame::Error {
-        code: ErrorCode::INTERNAL,
-        text: &text,
-    };
+    let f = Frame::Error { code: ErrorCode::INTERNAL, text: &text };
     let mut stream = encode(&f);
     Frame::Ping.encode(&mut stream);
-    let (raw, used) = split_frame(&stream, DEVICE_MAX_BODY)
-        .unwrap()
-        .expect("a whole ERROR frame");
+    let (raw, used) = split_frame(&stream, DEVICE_MAX_BODY).unwrap().expect("a whole ERROR frame");
     assert_eq!(used, f.encoded_len());
     assert_eq!(
         Frame::parse(raw),
-        Ok(Frame::Error {
-            code: ErrorCode::INTERNAL,
-            text: &text[..MAX_ERROR_TEXT - 1]
-        })
+        Ok(Frame::Error { code: ErrorCode::INTERNAL, text: &text[..MAX_ERROR_TEXT - 1] })
     );
-    let (next, _) = split_frame(&stream[used..], DEVICE_MAX_BODY)
-        .unwrap()
-        .expect("the PING after it");
+    let (next, _) = split_frame(&stream[used..], DEVICE_MAX_BODY).unwrap().expect("the PING after it");
     assert_eq!(Frame::parse(next), Ok(Frame::Ping));
 }
 
@@ -352,27 +242,13 @@ fn error_text_cut_inside_a_multibyte_char_still_frames_correctly() {
 
 #[test]
 fn incomplete_header_or_body_waits_for_more_bytes() {
-    for buf in [
-        &[][..],
-        &[ftype::PING],
-        &[ftype::NOTIFY, 0x80],
-        &[ftype::NOTIFY, 0x80, 0x80],
-    ] {
+    for buf in [&[][..], &[ftype::PING], &[ftype::NOTIFY, 0x80], &[ftype::NOTIFY, 0x80, 0x80]] {
         assert_eq!(split_frame(buf, DEVICE_MAX_BODY), Ok(None), "{buf:02x?}");
     }
     let payload = bytes(200);
-    let buf = encode(&Frame::Notify {
-        msg_id: 1,
-        kind: 0,
-        priority: 10,
-        payload: &payload,
-    });
+    let buf = encode(&Frame::Notify { msg_id: 1, kind: 0, priority: 10, payload: &payload });
     for n in 0..buf.len() {
-        assert_eq!(
-            split_frame(&buf[..n], DEVICE_MAX_BODY),
-            Ok(None),
-            "prefix of {n} bytes"
-        );
+        assert_eq!(split_frame(&buf[..n], DEVICE_MAX_BODY), Ok(None), "prefix of {n} bytes");
     }
 }
 
@@ -385,11 +261,7 @@ fn non_shortest_length_is_malformed() {
         &[ftype::NOTIFY, 0xff, 0x80, 0x00],
     ];
     for buf in cases {
-        assert_eq!(
-            split_frame(buf, PROVIDER_MAX_BODY),
-            Err(FrameError::Malformed),
-            "{buf:02x?}"
-        );
+        assert_eq!(split_frame(buf, PROVIDER_MAX_BODY), Err(FrameError::Malformed), "{buf:02x?}");
     }
 }
 
@@ -399,10 +271,7 @@ fn four_byte_length_is_malformed_without_waiting_for_the_fourth_byte() {
         split_frame(&[ftype::PING, 0x81, 0x81, 0x81, 0x01], PROVIDER_MAX_BODY),
         Err(FrameError::Malformed)
     );
-    assert_eq!(
-        split_frame(&[ftype::PING, 0x81, 0x81, 0x81], PROVIDER_MAX_BODY),
-        Err(FrameError::Malformed)
-    );
+    assert_eq!(split_frame(&[ftype::PING, 0x81, 0x81, 0x81], PROVIDER_MAX_BODY), Err(FrameError::Malformed));
 }
 
 #[test]
@@ -410,11 +279,7 @@ fn length_over_the_port_maximum_is_refused_before_the_body_arrives() {
     for (max, name) in [(DEVICE_MAX_BODY, "device"), (PROVIDER_MAX_BODY, "provider")] {
         let mut at_max = Vec::new();
         put_header(&mut at_max, ftype::PUSH, max);
-        assert_eq!(
-            split_frame(&at_max, max),
-            Ok(None),
-            "{name}: a body of exactly the max is legal"
-        );
+        assert_eq!(split_frame(&at_max, max), Ok(None), "{name}: a body of exactly the max is legal");
         let mut over = Vec::new();
         put_header(&mut over, ftype::PUSH, max + 1);
         assert_eq!(split_frame(&over, max), Err(FrameError::TooLarge), "{name}");
@@ -453,11 +318,7 @@ fn fixed_size_bodies_refuse_trailing_and_missing_bytes() {
     for (t, size) in cases {
         let body = bytes(size + 1);
         assert!(parse(t, &body[..size]).is_ok(), "type {t:#04x} with {size} bytes");
-        assert_eq!(
-            parse(t, &body[..size + 1]),
-            Err(FrameError::Malformed),
-            "type {t:#04x} trailing byte"
-        );
+        assert_eq!(parse(t, &body[..size + 1]), Err(FrameError::Malformed), "type {t:#04x} trailing byte");
         if size > 0 {
             assert_eq!(
                 parse(t, &body[..size - 1]),
@@ -477,20 +338,13 @@ fn variable_bodies_refuse_short_fields_and_trailing_bytes() {
     let hello_body = &hello_buf[2..];
     // Cut anywhere inside the fixed fields or the length-prefixed ones.
     for n in 0..hello_body.len() {
-        assert_eq!(
-            parse(ftype::HELLO, &hello_body[..n]),
-            Err(FrameError::Malformed),
-            "HELLO cut at {n}"
-        );
+        assert_eq!(parse(ftype::HELLO, &hello_body[..n]), Err(FrameError::Malformed), "HELLO cut at {n}");
     }
     let mut trailing = hello_body.to_vec();
     trailing.push(0);
     assert_eq!(parse(ftype::HELLO, &trailing), Err(FrameError::Malformed));
 
-    let ah = encode(&Frame::AuthHello {
-        version: 1,
-        app_id: "app",
-    });
+    let ah = encode(&Frame::AuthHello { version: 1, app_id: "app" });
     for n in 0..ah.len() - 2 {
         assert_eq!(
             parse(ftype::AUTH_HELLO, &ah[2..2 + n]),
@@ -507,11 +361,7 @@ fn variable_bodies_refuse_short_fields_and_trailing_bytes() {
     let p = encode(&Frame::Push(push(&collapse, &[])));
     let fixed = p.len() - 2;
     for n in 0..fixed {
-        assert_eq!(
-            parse(ftype::PUSH, &p[2..2 + n]),
-            Err(FrameError::Malformed),
-            "PUSH cut at {n}"
-        );
+        assert_eq!(parse(ftype::PUSH, &p[2..2 + n]), Err(FrameError::Malformed), "PUSH cut at {n}");
     }
 
     // MULTI_PUSH announcing 2 tokens but carrying 1 (and nothing after it).
@@ -549,30 +399,13 @@ fn app_ids_must_be_1_to_64_of_the_allowed_bytes() {
     let ok64 = "A".repeat(64);
     let bad65 = "A".repeat(65);
     for good in ["a", "Com.Example_app-9", ok64.as_str()] {
-        assert!(
-            parse(ftype::HELLO, &hello_body(good.as_bytes())).is_ok(),
-            "{good}"
-        );
-        assert!(
-            parse(ftype::AUTH_HELLO, &auth_hello_body(good.as_bytes())).is_ok(),
-            "{good}"
-        );
+        assert!(parse(ftype::HELLO, &hello_body(good.as_bytes())).is_ok(), "{good}");
+        assert!(parse(ftype::AUTH_HELLO, &auth_hello_body(good.as_bytes())).is_ok(), "{good}");
     }
-    let bad: [&[u8]; 7] = [
-        b"",
-        bad65.as_bytes(),
-        b"app id",
-        b"app/x",
-        b"app:x",
-        "app\u{e9}".as_bytes(),
-        b"a\0",
-    ];
+    let bad: [&[u8]; 7] =
+        [b"", bad65.as_bytes(), b"app id", b"app/x", b"app:x", "app\u{e9}".as_bytes(), b"a\0"];
     for app in bad {
-        assert_eq!(
-            parse(ftype::HELLO, &hello_body(app)),
-            Err(FrameError::Malformed),
-            "HELLO {app:?}"
-        );
+        assert_eq!(parse(ftype::HELLO, &hello_body(app)), Err(FrameError::Malformed), "HELLO {app:?}");
         assert_eq!(
             parse(ftype::AUTH_HELLO, &auth_hello_body(app)),
             Err(FrameError::Malformed),
@@ -593,10 +426,7 @@ fn collapse_id_over_64_bytes_is_malformed_in_push_and_multi_push() {
     let ok_multi = encode(&Frame::MultiPush(multi(&toks, &c64, b"hi")));
     let bad_multi = encode(&Frame::MultiPush(multi(&toks, &c65, b"hi")));
     assert!(parse(ftype::MULTI_PUSH, &ok_multi[3..]).is_ok());
-    assert_eq!(
-        parse(ftype::MULTI_PUSH, &bad_multi[3..]),
-        Err(FrameError::Malformed)
-    );
+    assert_eq!(parse(ftype::MULTI_PUSH, &bad_multi[3..]), Err(FrameError::Malformed));
 }
 
 #[test]
@@ -619,32 +449,20 @@ fn multicast_count_must_be_1_to_1000() {
         b.extend_from_slice(b"payload");
         b
     };
-    assert_eq!(
-        parse(ftype::MULTI_PUSH, &body_with(0, 0)),
-        Err(FrameError::Malformed)
-    );
+    assert_eq!(parse(ftype::MULTI_PUSH, &body_with(0, 0)), Err(FrameError::Malformed));
     assert!(parse(ftype::MULTI_PUSH, &body_with(1000, 1000)).is_ok());
-    assert_eq!(
-        parse(ftype::MULTI_PUSH, &body_with(1001, 1001)),
-        Err(FrameError::Malformed)
-    );
+    assert_eq!(parse(ftype::MULTI_PUSH, &body_with(1001, 1001)), Err(FrameError::Malformed));
 }
 
 #[test]
 fn error_text_must_be_utf8_and_at_most_200_bytes() {
-    assert_eq!(
-        parse(ftype::ERROR, &[5, b'o', 0xff, b'k']),
-        Err(FrameError::Malformed)
-    );
+    assert_eq!(parse(ftype::ERROR, &[5, b'o', 0xff, b'k']), Err(FrameError::Malformed));
     assert_eq!(parse(ftype::ERROR, &[5, 0xc3]), Err(FrameError::Malformed)); // a cut 2-byte char
     let mut body = vec![5];
     body.extend_from_slice(&[b'x'; MAX_ERROR_TEXT]);
     assert_eq!(
         parse(ftype::ERROR, &body),
-        Ok(Frame::Error {
-            code: ErrorCode::UNEXPECTED_FRAME,
-            text: &"x".repeat(MAX_ERROR_TEXT)
-        })
+        Ok(Frame::Error { code: ErrorCode::UNEXPECTED_FRAME, text: &"x".repeat(MAX_ERROR_TEXT) })
     );
     body.push(b'x');
     assert_eq!(parse(ftype::ERROR, &body), Err(FrameError::Malformed));
@@ -667,41 +485,19 @@ fn device_handshake_accepts_a_valid_hello_only() {
         let Ok(DeviceEvent::Hello(h)) = on_device_frame(DeviceState::AwaitHello, raw) else {
             panic!("secret of {n} bytes refused");
         };
-        assert_eq!(
-            (h.version, h.keepalive_s, h.app_id, h.secret),
-            (1, 240, "com.example.chat", &secret[..])
-        );
+        assert_eq!((h.version, h.keepalive_s, h.app_id, h.secret), (1, 240, "com.example.chat", &secret[..]));
     }
     let before_hello = [
         Frame::Ping,
         Frame::Pong,
         Frame::Ack { msg_id: 1 },
-        Frame::Welcome {
-            token: tok(1),
-            heartbeat_s: 1,
-            missed: 0,
-        },
-        Frame::Notify {
-            msg_id: 1,
-            kind: 0,
-            priority: 10,
-            payload: b"x",
-        },
-        Frame::GoAway {
-            reason: GoAwayReason::SHUTDOWN,
-            reconnect_ms: 0,
-        },
-        Frame::Error {
-            code: ErrorCode::INTERNAL,
-            text: "",
-        },
+        Frame::Welcome { token: tok(1), heartbeat_s: 1, missed: 0 },
+        Frame::Notify { msg_id: 1, kind: 0, priority: 10, payload: b"x" },
+        Frame::GoAway { reason: GoAwayReason::SHUTDOWN, reconnect_ms: 0 },
+        Frame::Error { code: ErrorCode::INTERNAL, text: "" },
     ];
     for f in before_hello {
-        assert_eq!(
-            device(DeviceState::AwaitHello, &f),
-            Err(ProtoError::Unexpected(f.ftype())),
-            "{f:?}"
-        );
+        assert_eq!(device(DeviceState::AwaitHello, &f), Err(ProtoError::Unexpected(f.ftype())), "{f:?}");
     }
 }
 
@@ -733,20 +529,9 @@ fn ready_device_may_ping_and_ack_but_not_hello_again() {
     let (raw, _) = split_frame(&buf, DEVICE_MAX_BODY).unwrap().unwrap();
     assert_eq!(on_device_frame(DeviceState::Ready, raw), Ok(DeviceEvent::Ack(42)));
     let secret = bytes(16);
-    assert_eq!(
-        device(DeviceState::Ready, &hello(&secret)),
-        Err(ProtoError::Unexpected(ftype::HELLO))
-    );
-    let notify = Frame::Notify {
-        msg_id: 1,
-        kind: 0,
-        priority: 10,
-        payload: b"",
-    };
-    assert_eq!(
-        device(DeviceState::Ready, &notify),
-        Err(ProtoError::Unexpected(ftype::NOTIFY))
-    );
+    assert_eq!(device(DeviceState::Ready, &hello(&secret)), Err(ProtoError::Unexpected(ftype::HELLO)));
+    let notify = Frame::Notify { msg_id: 1, kind: 0, priority: 10, payload: b"" };
+    assert_eq!(device(DeviceState::Ready, &notify), Err(ProtoError::Unexpected(ftype::NOTIFY)));
 }
 
 #[test]
@@ -757,22 +542,13 @@ fn provider_frames_on_the_device_port_are_unknown_type() {
     let frames = [
         Frame::Push(push(b"c", b"{}")),
         Frame::MultiPush(multi(&toks, &[], b"{}")),
-        Frame::AuthHello {
-            version: 1,
-            app_id: "app",
-        },
-        Frame::Auth {
-            proof: [0; NONCE_LEN],
-        },
+        Frame::AuthHello { version: 1, app_id: "app" },
+        Frame::Auth { proof: [0; NONCE_LEN] },
     ];
     for state in [DeviceState::AwaitHello, DeviceState::Ready] {
         for f in &frames {
             let err = device(state, f).unwrap_err();
-            assert_eq!(
-                err,
-                ProtoError::Frame(FrameError::UnknownType(f.ftype())),
-                "{state:?} {f:?}"
-            );
+            assert_eq!(err, ProtoError::Frame(FrameError::UnknownType(f.ftype())), "{state:?} {f:?}");
             assert_eq!(err.code(), ErrorCode(4));
         }
     }
@@ -814,24 +590,13 @@ fn provider_logs_in_with_the_right_proof_and_may_then_push() {
     let apps = apps();
     let nonce = [0x3c; NONCE_LEN];
     let mut st = ProviderState::AwaitHello;
-    let ah = encode(&Frame::AuthHello {
-        version: 1,
-        app_id: APP,
-    });
-    assert_eq!(
-        provider(&mut st, &ah, &apps, nonce),
-        Ok(ProviderEvent::Challenge(nonce))
-    );
+    let ah = encode(&Frame::AuthHello { version: 1, app_id: APP });
+    assert_eq!(provider(&mut st, &ah, &apps, nonce), Ok(ProviderEvent::Challenge(nonce)));
     assert_eq!(st, ProviderState::AwaitAuth { app: 1, nonce });
 
-    let auth = encode(&Frame::Auth {
-        proof: auth_proof(SECRET, APP, &nonce),
-    });
+    let auth = encode(&Frame::Auth { proof: auth_proof(SECRET, APP, &nonce) });
     // The nonce passed with later frames is only for new logins; the challenge in the state counts.
-    assert_eq!(
-        provider(&mut st, &auth, &apps, [0; NONCE_LEN]),
-        Ok(ProviderEvent::Authenticated { app: 1 })
-    );
+    assert_eq!(provider(&mut st, &auth, &apps, [0; NONCE_LEN]), Ok(ProviderEvent::Authenticated { app: 1 }));
     assert_eq!(st, ProviderState::Ready { app: 1 });
 
     let p = push(b"", b"{\"alert\":\"hi\"}");
@@ -840,19 +605,10 @@ fn provider_logs_in_with_the_right_proof_and_may_then_push() {
     let toks = tokens(5);
     let m = multi(&toks, b"c", b"{}");
     let buf = encode(&Frame::MultiPush(m));
-    assert_eq!(
-        provider(&mut st, &buf, &apps, nonce),
-        Ok(ProviderEvent::MultiPush(m))
-    );
-    assert_eq!(
-        provider(&mut st, &encode(&Frame::Ping), &apps, nonce),
-        Ok(ProviderEvent::Ping)
-    );
+    assert_eq!(provider(&mut st, &buf, &apps, nonce), Ok(ProviderEvent::MultiPush(m)));
+    assert_eq!(provider(&mut st, &encode(&Frame::Ping), &apps, nonce), Ok(ProviderEvent::Ping));
     // A second login on an authenticated connection is refused.
-    assert_eq!(
-        provider(&mut st, &ah, &apps, nonce),
-        Err(ProtoError::Unexpected(ftype::AUTH_HELLO))
-    );
+    assert_eq!(provider(&mut st, &ah, &apps, nonce), Err(ProtoError::Unexpected(ftype::AUTH_HELLO)));
     assert_eq!(st, ProviderState::Ready { app: 1 });
 }
 
@@ -870,10 +626,7 @@ fn provider_with_a_wrong_proof_is_auth_failed() {
     ];
     for proof in wrong {
         let mut st = ProviderState::AwaitHello;
-        let ah = encode(&Frame::AuthHello {
-            version: 1,
-            app_id: APP,
-        });
+        let ah = encode(&Frame::AuthHello { version: 1, app_id: APP });
         provider(&mut st, &ah, &apps, nonce).unwrap();
         let err = provider(&mut st, &encode(&Frame::Auth { proof }), &apps, nonce).unwrap_err();
         assert_eq!(err, ProtoError::AuthFailed);
@@ -885,10 +638,7 @@ fn provider_with_a_wrong_proof_is_auth_failed() {
 #[test]
 fn provider_naming_an_unconfigured_app_is_unknown_app() {
     let mut st = ProviderState::AwaitHello;
-    let ah = encode(&Frame::AuthHello {
-        version: 1,
-        app_id: "com.example.nope",
-    });
+    let ah = encode(&Frame::AuthHello { version: 1, app_id: "com.example.nope" });
     let err = provider(&mut st, &ah, &apps(), [1; NONCE_LEN]).unwrap_err();
     assert_eq!(err, ProtoError::UnknownApp);
     assert_eq!(err.code(), ErrorCode(8));
@@ -899,10 +649,7 @@ fn provider_naming_an_unconfigured_app_is_unknown_app() {
 fn provider_auth_hello_with_another_version_is_unsupported_version() {
     let mut st = ProviderState::AwaitHello;
     let buf = framed(ftype::AUTH_HELLO, &[9, 0xff]);
-    assert_eq!(
-        provider(&mut st, &buf, &apps(), [1; NONCE_LEN]),
-        Err(ProtoError::UnsupportedVersion(9))
-    );
+    assert_eq!(provider(&mut st, &buf, &apps(), [1; NONCE_LEN]), Err(ProtoError::UnsupportedVersion(9)));
 }
 
 #[test]
@@ -914,9 +661,7 @@ fn provider_may_not_push_or_skip_steps_before_auth() {
         Frame::Push(push(b"", b"x")),
         Frame::MultiPush(multi(&toks, b"", b"x")),
         Frame::Ping,
-        Frame::Auth {
-            proof: auth_proof(SECRET, APP, &nonce),
-        },
+        Frame::Auth { proof: auth_proof(SECRET, APP, &nonce) },
     ];
     for f in &early {
         let mut st = ProviderState::AwaitHello;
@@ -959,11 +704,7 @@ fn every_protocol_error_maps_to_its_documented_wire_code() {
         (ProtoError::UnsupportedVersion(2), 1, "unsupported_version"),
         (ProtoError::Frame(FrameError::Malformed), 2, "malformed_frame"),
         (ProtoError::Frame(FrameError::TooLarge), 3, "frame_too_large"),
-        (
-            ProtoError::Frame(FrameError::UnknownType(0x99)),
-            4,
-            "unknown_frame_type",
-        ),
+        (ProtoError::Frame(FrameError::UnknownType(0x99)), 4, "unknown_frame_type"),
         (ProtoError::Unexpected(ftype::PUSH), 5, "unexpected_frame"),
         (ProtoError::HandshakeTimeout, 6, "handshake_timeout"),
         (ProtoError::AuthFailed, 7, "auth_failed"),
@@ -976,10 +717,7 @@ fn every_protocol_error_maps_to_its_documented_wire_code() {
         assert!(!err.detail().is_empty());
         // The ERROR frame a connection is closed with carries the code and detail intact.
         let detail = err.detail();
-        let f = Frame::Error {
-            code: err.code(),
-            text: &detail,
-        };
+        let f = Frame::Error { code: err.code(), text: &detail };
         round_trip(f, DEVICE_MAX_BODY);
     }
     assert_eq!(FrameError::UnknownType(1).code(), ErrorCode::UNKNOWN_FRAME_TYPE);
@@ -1017,21 +755,9 @@ fn lifecycle_frames_round_trip_and_refuse_bad_fields() {
         Frame::Unregister,
         Frame::Feedback { req_id: 1, since_ms: u64::MAX, after: token },
         Frame::SubscribeReceipts,
-        Frame::FeedbackResult {
-            req_id: 2,
-            more: true,
-            entries: &entries,
-        },
-        Frame::FeedbackResult {
-            req_id: 3,
-            more: false,
-            entries: &[],
-        },
-        Frame::Receipt {
-            token,
-            msg_id: 7,
-            acked_at_ms: 8,
-        },
+        Frame::FeedbackResult { req_id: 2, more: true, entries: &entries },
+        Frame::FeedbackResult { req_id: 3, more: false, entries: &[] },
+        Frame::Receipt { token, msg_id: 7, acked_at_ms: 8 },
     ];
     for f in frames {
         let buf = encode(&f);
@@ -1043,32 +769,18 @@ fn lifecycle_frames_round_trip_and_refuse_bad_fields() {
     // `more` is a boolean byte; more than 800 entries is malformed.
     let mut body = vec![0, 0, 0, 1, 2, 0, 0];
     assert_eq!(
-        Frame::parse(RawFrame {
-            ftype: ftype::FEEDBACK_RESULT,
-            body: &body
-        }),
+        Frame::parse(RawFrame { ftype: ftype::FEEDBACK_RESULT, body: &body }),
         Err(FrameError::Malformed)
     );
     body[4] = 0;
     body[5..7].copy_from_slice(&(MAX_FEEDBACK as u16 + 1).to_be_bytes());
     body.extend(std::iter::repeat_n(0, (MAX_FEEDBACK + 1) * FEEDBACK_ENTRY));
     assert_eq!(
-        Frame::parse(RawFrame {
-            ftype: ftype::FEEDBACK_RESULT,
-            body: &body
-        }),
+        Frame::parse(RawFrame { ftype: ftype::FEEDBACK_RESULT, body: &body }),
         Err(FrameError::Malformed)
     );
     // UNREGISTER is legal only once registered.
-    let (raw, _) = split_frame(&[ftype::UNREGISTER, 0], DEVICE_MAX_BODY)
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        on_device_frame(DeviceState::Ready, raw),
-        Ok(pushgate::proto::DeviceEvent::Unregister)
-    );
-    assert_eq!(
-        on_device_frame(DeviceState::AwaitHello, raw),
-        Err(ProtoError::Unexpected(ftype::UNREGISTER))
-    );
+    let (raw, _) = split_frame(&[ftype::UNREGISTER, 0], DEVICE_MAX_BODY).unwrap().unwrap();
+    assert_eq!(on_device_frame(DeviceState::Ready, raw), Ok(pushgate::proto::DeviceEvent::Unregister));
+    assert_eq!(on_device_frame(DeviceState::AwaitHello, raw), Err(ProtoError::Unexpected(ftype::UNREGISTER)));
 }

@@ -172,7 +172,12 @@ fn sigkill_mid_stream_loses_nothing_accepted() {
             other => assert!(!arrived.contains(&n), "push {n} was refused ({other}) yet arrived"),
         }
     }
-    assert!(lost.is_empty(), "{} accepted notifications lost, e.g. {:?}", lost.len(), &lost[..lost.len().min(10)]);
+    assert!(
+        lost.is_empty(),
+        "{} accepted notifications lost, e.g. {:?}",
+        lost.len(),
+        &lost[..lost.len().min(10)]
+    );
     for (t, list) in &after {
         assert!(list.windows(2).all(|w| w[0] < w[1]), "order kept for {t}");
     }
@@ -185,4 +190,3 @@ fn sigkill_mid_stream_loses_nothing_accepted() {
     );
     drop(srv);
 }
-

@@ -12,7 +12,14 @@ fn unix_now() -> u32 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as u32
 }
 
-fn push(prov: &mut Raw, req_id: u32, token: Token, expiry: u32, collapse: &[u8], payload: &[u8]) -> (Status, u64) {
+fn push(
+    prov: &mut Raw,
+    req_id: u32,
+    token: Token,
+    expiry: u32,
+    collapse: &[u8],
+    payload: &[u8],
+) -> (Status, u64) {
     push_prio(prov, req_id, token, PRIORITY_HIGH, expiry, collapse, payload)
 }
 
@@ -122,7 +129,10 @@ fn queue_cap_drops_the_oldest_and_welcome_reports_missed() {
     std::thread::sleep(Duration::from_millis(50));
     let mut p = provider(&gw);
     for i in 0..5u32 {
-        assert_eq!(push(&mut p, i, token, unix_now() + 600, b"", format!("m{i}").as_bytes()).0, Status::QUEUED);
+        assert_eq!(
+            push(&mut p, i, token, unix_now() + 600, b"", format!("m{i}").as_bytes()).0,
+            Status::QUEUED
+        );
     }
     let mut dev = Raw::connect(gw.device_addr);
     let (_, _, missed) = dev.hello(APP, &secret("cap"), 0);
@@ -165,7 +175,8 @@ fn in_flight_window_holds_back_until_acks() {
     let mut dev = Raw::connect(gw.device_addr);
     let (token, _, _) = dev.hello(APP, &secret("window"), 0);
     let mut p = provider(&gw);
-    let statuses: Vec<Status> = (0..6u32).map(|i| push(&mut p, i, token, unix_now() + 600, b"", b"x").0).collect();
+    let statuses: Vec<Status> =
+        (0..6u32).map(|i| push(&mut p, i, token, unix_now() + 600, b"", b"x").0).collect();
     assert_eq!(&statuses[..4], &[Status::DELIVERED; 4]);
     assert_eq!(&statuses[4..], &[Status::QUEUED; 2], "beyond the window: stored, sent after acks");
     assert_eq!(push(&mut p, 9, token, 0, b"", b"now").0, Status::NOT_DELIVERED, "window full: never");

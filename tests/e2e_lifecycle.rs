@@ -25,12 +25,7 @@ fn push(p: &mut Raw, req_id: u32, token: Token, flags: u8, expiry: u32) -> (Stat
     }));
     loop {
         let r = p.expect(|f| match f {
-            Frame::Result {
-                req_id: r,
-                status,
-                msg_id,
-                info,
-            } if r == req_id => Some((status, msg_id, info)),
+            Frame::Result { req_id: r, status, msg_id, info } if r == req_id => Some((status, msg_id, info)),
             Frame::Receipt { .. } => None,
             other => panic!("{other:?}"),
         });
@@ -59,11 +54,9 @@ fn feedback(p: &mut Raw, req_id: u32, since_ms: u64) -> (bool, Vec<(Token, u64)>
 fn feedback_after(p: &mut Raw, req_id: u32, since_ms: u64, after: Token) -> (bool, Vec<(Token, u64)>) {
     p.send(&Frame::Feedback { req_id, since_ms, after });
     p.expect(|f| match f {
-        Frame::FeedbackResult {
-            req_id: r,
-            more,
-            entries,
-        } if r == req_id => (more, feedback_entries(entries).collect()),
+        Frame::FeedbackResult { req_id: r, more, entries } if r == req_id => {
+            (more, feedback_entries(entries).collect())
+        }
         other => panic!("{other:?}"),
     })
 }
@@ -79,31 +72,17 @@ fn unregister_tombstones_the_token_until_it_registers_again() {
     let mut other = Raw::connect(gw.device_addr);
     let (other_token, _, _) = other.hello(OTHER_APP, &secret("stays"), 0);
     dev.send(&Frame::Unregister);
-    dev.expect(|f| {
-        assert_eq!(
-            f,
-            Frame::GoAway {
-                reason: GoAwayReason::UNREGISTERED,
-                reconnect_ms: 0
-            }
-        )
-    });
+    dev.expect(|f| assert_eq!(f, Frame::GoAway { reason: GoAwayReason::UNREGISTERED, reconnect_ms: 0 }));
     assert!(dev.closed_within(Duration::from_secs(3)));
 
     let (status, msg_id, at) = push(&mut p, 1, token, 0, u32::MAX);
     assert_eq!((status, msg_id), (Status::UNREGISTERED, 0));
-    assert!(
-        at >= start && at <= unix_ms(),
-        "info is the unregister time: {at}"
-    );
+    assert!(at >= start && at <= unix_ms(), "info is the unregister time: {at}");
 
     let (more, list) = feedback(&mut p, 2, start);
     assert!(!more);
     assert_eq!(list, vec![(token, at)]);
-    assert!(
-        feedback(&mut p, 3, at + 1).1.is_empty(),
-        "since is inclusive of later times only"
-    );
+    assert!(feedback(&mut p, 3, at + 1).1.is_empty(), "since is inclusive of later times only");
     // Another app's provider does not see this app's tombstones.
     let mut p2 = provider(&gw, OTHER_APP, OTHER_SECRET);
     assert!(feedback(&mut p2, 4, 0).1.is_empty());
@@ -125,15 +104,7 @@ fn feedback_pages_through_many_tombstones_across_shards() {
         let mut d = Raw::connect(gw.device_addr);
         let (t, _, _) = d.hello(APP, &secret(&format!("many{i}")), 0);
         d.send(&Frame::Unregister);
-        d.expect(|f| {
-            assert!(matches!(
-                f,
-                Frame::GoAway {
-                    reason: GoAwayReason::UNREGISTERED,
-                    ..
-                }
-            ))
-        });
+        d.expect(|f| assert!(matches!(f, Frame::GoAway { reason: GoAwayReason::UNREGISTERED, .. })));
         expected.push(t);
     }
     let (more, first) = feedback(&mut p, 1, 0);

@@ -134,7 +134,15 @@ fn multicast_reports_a_status_per_token_in_request_order() {
     use Status as S;
     assert_eq!(
         statuses,
-        vec![S::DELIVERED, S::DELIVERED, S::BAD_TOKEN, S::DELIVERED, S::DELIVERED, S::DELIVERED, S::BAD_TOKEN]
+        vec![
+            S::DELIVERED,
+            S::DELIVERED,
+            S::BAD_TOKEN,
+            S::DELIVERED,
+            S::DELIVERED,
+            S::DELIVERED,
+            S::BAD_TOKEN
+        ]
     );
     let mut ids = entries.iter().map(|e| e.1).filter(|&id| id != 0);
     for d in &mut online {
@@ -206,7 +214,8 @@ fn pushes_past_the_in_flight_limit_wait_for_tcp_not_for_memory() {
     assert_eq!(p.login(APP, APP_SECRET), 8);
     let mut batch = Vec::new();
     for i in 0..400u32 {
-        Frame::Push(Push { expiry: u32::MAX, ..push_frame(i, tokens[i as usize % 4], b"bp") }).encode(&mut batch);
+        Frame::Push(Push { expiry: u32::MAX, ..push_frame(i, tokens[i as usize % 4], b"bp") })
+            .encode(&mut batch);
     }
     p.send_bytes(&batch);
     let mut got = 0;

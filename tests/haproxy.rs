@@ -46,8 +46,14 @@ fn node(dir: &std::path::Path, name: &str) -> Served {
         ),
     )
     .unwrap();
-    let args: [&std::ffi::OsStr; 6] =
-        ["--shards".as_ref(), "2".as_ref(), "--config".as_ref(), cfg.as_ref(), "--data-dir".as_ref(), data.as_ref()];
+    let args: [&std::ffi::OsStr; 6] = [
+        "--shards".as_ref(),
+        "2".as_ref(),
+        "--config".as_ref(),
+        cfg.as_ref(),
+        "--data-dir".as_ref(),
+        data.as_ref(),
+    ];
     spawn_serve(&args, "warn,pushgate::shard=debug")
 }
 
@@ -57,7 +63,8 @@ fn free_port() -> u16 {
 
 fn devices_connected(admin: SocketAddr) -> f64 {
     let mut s = TcpStream::connect(admin).unwrap();
-    std::io::Write::write_all(&mut s, b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").unwrap();
+    std::io::Write::write_all(&mut s, b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     out.lines()
@@ -100,7 +107,8 @@ fn devices_and_pushes_through_haproxy_with_proxy_protocol_v2() {
         ),
     )
     .unwrap();
-    let _haproxy = Proc(Command::new("haproxy").arg("-db").arg("-f").arg(&cfg).stdout(Stdio::null()).spawn().unwrap());
+    let _haproxy =
+        Proc(Command::new("haproxy").arg("-db").arg("-f").arg(&cfg).stdout(Stdio::null()).spawn().unwrap());
     let front_d: SocketAddr = format!("127.0.0.1:{fd}").parse().unwrap();
     let front_p: SocketAddr = format!("127.0.0.1:{fp}").parse().unwrap();
     let t0 = Instant::now();

@@ -3,8 +3,8 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpStream};
 use pushgate::metrics::Limit;
+use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use common::*;
@@ -103,7 +103,12 @@ fn max_devices_refuses_new_devices_but_not_a_reconnecting_one() {
     let mut b = Raw::connect(gw.device_addr);
     b.hello(APP, &secret("md-b"), 0);
     let mut c = Raw::connect(gw.device_addr);
-    c.send(&Frame::Hello(pushgate::proto::Hello { version: 1, keepalive_s: 0, app_id: APP, secret: &secret("md-c") }));
+    c.send(&Frame::Hello(pushgate::proto::Hello {
+        version: 1,
+        keepalive_s: 0,
+        app_id: APP,
+        secret: &secret("md-c"),
+    }));
     c.expect(|f| assert_eq!(f, Frame::GoAway { reason: GoAwayReason::SERVER_FULL, reconnect_ms: 777 }));
     // The same device coming back replaces itself: not a new device.
     let mut a2 = Raw::connect(gw.device_addr);

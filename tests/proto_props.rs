@@ -14,65 +14,22 @@ use pushgate::proto::{
 /// An owned frame, so strategies can generate what `Frame` only borrows.
 #[derive(Clone, Debug)]
 enum Owned {
-    Hello {
-        keepalive_s: u16,
-        app_id: String,
-        secret: Vec<u8>,
-    },
-    Welcome {
-        token: [u8; TOKEN_LEN],
-        heartbeat_s: u16,
-        missed: u32,
-    },
+    Hello { keepalive_s: u16, app_id: String, secret: Vec<u8> },
+    Welcome { token: [u8; TOKEN_LEN], heartbeat_s: u16, missed: u32 },
     Ping,
     Pong,
-    Notify {
-        msg_id: u64,
-        kind: u8,
-        priority: u8,
-        payload: Vec<u8>,
-    },
-    Ack {
-        msg_id: u64,
-    },
-    GoAway {
-        reason: u8,
-        reconnect_ms: u32,
-    },
-    Error {
-        code: u8,
-        text: String,
-    },
-    AuthHello {
-        app_id: String,
-    },
-    Challenge {
-        nonce: [u8; NONCE_LEN],
-    },
-    Auth {
-        proof: [u8; NONCE_LEN],
-    },
-    AuthOk {
-        max_in_flight: u32,
-    },
-    Push {
-        head: PushHead,
-        token: [u8; TOKEN_LEN],
-    },
-    Result {
-        req_id: u32,
-        status: u8,
-        msg_id: u64,
-        info: u64,
-    },
-    MultiPush {
-        head: PushHead,
-        tokens: Vec<u8>,
-    },
-    MultiResult {
-        req_id: u32,
-        entries: Vec<u8>,
-    },
+    Notify { msg_id: u64, kind: u8, priority: u8, payload: Vec<u8> },
+    Ack { msg_id: u64 },
+    GoAway { reason: u8, reconnect_ms: u32 },
+    Error { code: u8, text: String },
+    AuthHello { app_id: String },
+    Challenge { nonce: [u8; NONCE_LEN] },
+    Auth { proof: [u8; NONCE_LEN] },
+    AuthOk { max_in_flight: u32 },
+    Push { head: PushHead, token: [u8; TOKEN_LEN] },
+    Result { req_id: u32, status: u8, msg_id: u64, info: u64 },
+    MultiPush { head: PushHead, tokens: Vec<u8> },
+    MultiResult { req_id: u32, entries: Vec<u8> },
 }
 
 #[derive(Clone, Debug)]
@@ -89,53 +46,26 @@ struct PushHead {
 impl Owned {
     fn frame(&self) -> Frame<'_> {
         match self {
-            Owned::Hello {
-                keepalive_s,
-                app_id,
-                secret,
-            } => Frame::Hello(Hello {
-                version: 1,
-                keepalive_s: *keepalive_s,
-                app_id,
-                secret,
-            }),
-            Owned::Welcome {
-                token,
-                heartbeat_s,
-                missed,
-            } => Frame::Welcome {
-                token: Token(*token),
-                heartbeat_s: *heartbeat_s,
-                missed: *missed,
-            },
+            Owned::Hello { keepalive_s, app_id, secret } => {
+                Frame::Hello(Hello { version: 1, keepalive_s: *keepalive_s, app_id, secret })
+            }
+            Owned::Welcome { token, heartbeat_s, missed } => {
+                Frame::Welcome { token: Token(*token), heartbeat_s: *heartbeat_s, missed: *missed }
+            }
             Owned::Ping => Frame::Ping,
             Owned::Pong => Frame::Pong,
-            Owned::Notify {
-                msg_id,
-                kind,
-                priority,
-                payload,
-            } => Frame::Notify {
-                msg_id: *msg_id,
-                kind: *kind,
-                priority: *priority,
-                payload,
-            },
+            Owned::Notify { msg_id, kind, priority, payload } => {
+                Frame::Notify { msg_id: *msg_id, kind: *kind, priority: *priority, payload }
+            }
             Owned::Ack { msg_id } => Frame::Ack { msg_id: *msg_id },
-            Owned::GoAway { reason, reconnect_ms } => Frame::GoAway {
-                reason: GoAwayReason(*reason),
-                reconnect_ms: *reconnect_ms,
-            },
-            Owned::Error { code, text } => Frame::Error {
-                code: ErrorCode(*code),
-                text,
-            },
+            Owned::GoAway { reason, reconnect_ms } => {
+                Frame::GoAway { reason: GoAwayReason(*reason), reconnect_ms: *reconnect_ms }
+            }
+            Owned::Error { code, text } => Frame::Error { code: ErrorCode(*code), text },
             Owned::AuthHello { app_id } => Frame::AuthHello { version: 1, app_id },
             Owned::Challenge { nonce } => Frame::Challenge { nonce: *nonce },
             Owned::Auth { proof } => Frame::Auth { proof: *proof },
-            Owned::AuthOk { max_in_flight } => Frame::AuthOk {
-                max_in_flight: *max_in_flight,
-            },
+            Owned::AuthOk { max_in_flight } => Frame::AuthOk { max_in_flight: *max_in_flight },
             Owned::Push { head: h, token } => Frame::Push(Push {
                 req_id: h.req_id,
                 token: Token(*token),
@@ -146,17 +76,9 @@ impl Owned {
                 collapse: &h.collapse,
                 payload: &h.payload,
             }),
-            Owned::Result {
-                req_id,
-                status,
-                msg_id,
-                info,
-            } => Frame::Result {
-                req_id: *req_id,
-                status: Status(*status),
-                msg_id: *msg_id,
-                info: *info,
-            },
+            Owned::Result { req_id, status, msg_id, info } => {
+                Frame::Result { req_id: *req_id, status: Status(*status), msg_id: *msg_id, info: *info }
+            }
             Owned::MultiPush { head: h, tokens } => Frame::MultiPush(MultiPush {
                 req_id: h.req_id,
                 tokens,
@@ -167,10 +89,7 @@ impl Owned {
                 collapse: &h.collapse,
                 payload: &h.payload,
             }),
-            Owned::MultiResult { req_id, entries } => Frame::MultiResult {
-                req_id: *req_id,
-                entries,
-            },
+            Owned::MultiResult { req_id, entries } => Frame::MultiResult { req_id: *req_id, entries },
         }
     }
 
@@ -216,33 +135,23 @@ fn payload() -> impl Strategy<Value = Vec<u8>> {
 }
 
 fn push_head() -> impl Strategy<Value = PushHead> {
-    (
-        any::<(u32, u8, u8, u8, u32)>(),
-        prop::collection::vec(any::<u8>(), 0..=64),
-        payload(),
+    (any::<(u32, u8, u8, u8, u32)>(), prop::collection::vec(any::<u8>(), 0..=64), payload()).prop_map(
+        |((req_id, kind, priority, flags, expiry), collapse, payload)| PushHead {
+            req_id,
+            kind,
+            priority,
+            flags,
+            expiry,
+            collapse,
+            payload,
+        },
     )
-        .prop_map(
-            |((req_id, kind, priority, flags, expiry), collapse, payload)| PushHead {
-                req_id,
-                kind,
-                priority,
-                flags,
-                expiry,
-                collapse,
-                payload,
-            },
-        )
 }
 
 fn device_frame() -> impl Strategy<Value = Owned> {
     prop_oneof![
-        (any::<u16>(), app_id(), prop::collection::vec(any::<u8>(), 0..=80)).prop_map(
-            |(keepalive_s, app_id, secret)| Owned::Hello {
-                keepalive_s,
-                app_id,
-                secret
-            }
-        ),
+        (any::<u16>(), app_id(), prop::collection::vec(any::<u8>(), 0..=80))
+            .prop_map(|(keepalive_s, app_id, secret)| Owned::Hello { keepalive_s, app_id, secret }),
         any::<([u8; TOKEN_LEN], u16, u32)>().prop_map(|(token, heartbeat_s, missed)| Owned::Welcome {
             token,
             heartbeat_s,
@@ -276,14 +185,10 @@ fn provider_frame() -> impl Strategy<Value = Owned> {
             msg_id,
             info
         }),
-        (push_head(), 1..=1000usize, any::<u64>()).prop_map(|(head, n, seed)| Owned::MultiPush {
-            head,
-            tokens: filler(seed, n * TOKEN_LEN)
-        }),
-        (any::<u32>(), 0..=1000usize, any::<u64>()).prop_map(|(req_id, n, seed)| Owned::MultiResult {
-            req_id,
-            entries: filler(seed, n * 9)
-        }),
+        (push_head(), 1..=1000usize, any::<u64>())
+            .prop_map(|(head, n, seed)| Owned::MultiPush { head, tokens: filler(seed, n * TOKEN_LEN) }),
+        (any::<u32>(), 0..=1000usize, any::<u64>())
+            .prop_map(|(req_id, n, seed)| Owned::MultiResult { req_id, entries: filler(seed, n * 9) }),
     ]
 }
 
@@ -322,10 +227,7 @@ fn fuzzy_hello() -> impl Strategy<Value = Vec<u8>> {
     (
         prop_oneof![3 => Just(1u8), 1 => any::<u8>()],
         any::<u16>(),
-        prop_oneof![
-            app_id().prop_map(String::into_bytes),
-            prop::collection::vec(any::<u8>(), 0..70)
-        ],
+        prop_oneof![app_id().prop_map(String::into_bytes), prop::collection::vec(any::<u8>(), 0..70)],
         prop::collection::vec(any::<u8>(), 0..=80),
         prop::collection::vec(any::<u8>(), 0..3),
     )
@@ -345,10 +247,7 @@ const APP: &str = "com.example.backend";
 
 /// AUTH_HELLO for the configured app (so the fuzzer does reach AwaitAuth) or another.
 fn fuzzy_auth_hello() -> impl Strategy<Value = Vec<u8>> {
-    (
-        prop_oneof![3 => Just(1u8), 1 => any::<u8>()],
-        prop_oneof![3 => Just(APP.to_string()), 1 => app_id()],
-    )
+    (prop_oneof![3 => Just(1u8), 1 => any::<u8>()], prop_oneof![3 => Just(APP.to_string()), 1 => app_id()])
         .prop_map(|(version, app)| {
             let mut b = vec![version, app.len() as u8];
             b.extend_from_slice(app.as_bytes());

@@ -48,11 +48,7 @@ fn blocks(doc: &str) -> Vec<Block> {
         let t = l.trim();
         match cur.take() {
             None if t.starts_with("```") => {
-                cur = Some(Block {
-                    info: t[3..].trim().to_string(),
-                    line: i + 1,
-                    lines: Vec::new(),
-                })
+                cur = Some(Block { info: t[3..].trim().to_string(), line: i + 1, lines: Vec::new() })
             }
             None => {}
             Some(b) if t == "```" => out.push(b),
@@ -89,11 +85,7 @@ fn hex_examples(doc: &str) -> Vec<(Port, Block)> {
             "hex device" => Port::Device,
             "hex provider" => Port::Provider,
             other => {
-                assert!(
-                    !other.starts_with("hex"),
-                    "line {}: hex block needs a port: `{other}`",
-                    b.line
-                );
+                assert!(!other.starts_with("hex"), "line {}: hex block needs a port: `{other}`", b.line);
                 continue;
             }
         };
@@ -105,10 +97,7 @@ fn hex_examples(doc: &str) -> Vec<(Port, Block)> {
 /// `name = value` lines of the `text <tag>` block.
 fn kv_block(doc: &str, tag: &str) -> HashMap<String, String> {
     let info = format!("text {tag}");
-    let b = blocks(doc)
-        .into_iter()
-        .find(|b| b.info == info)
-        .unwrap_or_else(|| panic!("no ```{info} block"));
+    let b = blocks(doc).into_iter().find(|b| b.info == info).unwrap_or_else(|| panic!("no ```{info} block"));
     b.lines
         .iter()
         .filter_map(|l| l.split_once('='))
@@ -140,26 +129,14 @@ fn decoded_examples(doc: &str) -> Vec<(Port, u8, Vec<u8>)> {
             let frame = Frame::parse(raw).unwrap_or_else(|e| panic!("line {}: parse error {e:?}", b.line));
             let mut again = Vec::new();
             frame.encode(&mut again);
-            assert_eq!(
-                again,
-                &rest[..used],
-                "line {}: {frame:?} re-encodes differently",
-                b.line
-            );
+            assert_eq!(again, &rest[..used], "line {}: {frame:?} re-encodes differently", b.line);
             assert_eq!(frame.encoded_len(), used, "line {}", b.line);
-            let shared = matches!(
-                raw.ftype,
-                ftype::PING | ftype::PONG | ftype::GOAWAY | ftype::ERROR
-            );
+            let shared = matches!(raw.ftype, ftype::PING | ftype::PONG | ftype::GOAWAY | ftype::ERROR);
             let on_port = match port {
                 Port::Device => pushgate::proto::session::is_device_port_type(raw.ftype),
                 Port::Provider => shared || pushgate::proto::session::is_provider_port_type(raw.ftype),
             };
-            assert!(
-                on_port,
-                "line {}: type 0x{:02x} is not a {port:?}-port frame",
-                b.line, raw.ftype
-            );
+            assert!(on_port, "line {}: type 0x{:02x} is not a {port:?}-port frame", b.line, raw.ftype);
             out.push((port, raw.ftype, rest[..used].to_vec()));
             rest = &rest[used..];
         }
@@ -171,9 +148,7 @@ fn decoded_examples(doc: &str) -> Vec<(Port, u8, Vec<u8>)> {
 /// frame type added there without an example here fails this test.
 fn defined_frame_types() -> Vec<(String, u8)> {
     let src = include_str!("../src/proto/frame.rs");
-    let start = src
-        .find("pub mod ftype {")
-        .expect("frame.rs defines `pub mod ftype`");
+    let start = src.find("pub mod ftype {").expect("frame.rs defines `pub mod ftype`");
     let body = &src[start..];
     let body = &body[..body.find('}').expect("ftype module closes")];
     body.lines()
@@ -203,14 +178,8 @@ fn every_frame_type_has_a_heading_and_an_example() {
     let examples = decoded_examples(&doc);
     for (name, v) in types {
         let heading = format!("#### 0x{v:02x} {name} ");
-        assert!(
-            doc.lines().any(|l| l.starts_with(&heading)),
-            "no `{heading}(...)` heading"
-        );
-        assert!(
-            examples.iter().any(|(_, t, _)| *t == v),
-            "no hex example of {name} (0x{v:02x})"
-        );
+        assert!(doc.lines().any(|l| l.starts_with(&heading)), "no `{heading}(...)` heading");
+        assert!(examples.iter().any(|(_, t, _)| *t == v), "no hex example of {name} (0x{v:02x})");
     }
 }
 
@@ -225,19 +194,11 @@ fn every_wire_code_is_in_a_table() {
             (GoAwayReason(v).is_known(), GoAwayReason(v).name()),
             (Kind(v).is_known(), Kind(v).name()),
         ];
-        rows.extend(
-            codes
-                .iter()
-                .filter(|(known, _)| *known)
-                .map(|(_, name)| format!("| {v} | `{name}` |")),
-        );
+        rows.extend(codes.iter().filter(|(known, _)| *known).map(|(_, name)| format!("| {v} | `{name}` |")));
     }
     assert!(rows.len() >= 28, "code scan found only {} codes", rows.len());
     for row in rows {
-        assert!(
-            doc.contains(&row),
-            "protocol.md has no table row starting `{row}`"
-        );
+        assert!(doc.contains(&row), "protocol.md has no table row starting `{row}`");
     }
 }
 
@@ -250,13 +211,9 @@ fn token_example_derives() {
     let token = TokenKey::new(key).derive(&kv["app_id"], &secret);
     assert_eq!(token.to_hex(), kv["token"]);
     assert_eq!(kv["token"].len(), 48);
-    let welcome_has_it = decoded_examples(&doc)
-        .iter()
-        .any(|(_, t, bytes)| *t == ftype::WELCOME && bytes[2..26] == token.0);
-    assert!(
-        welcome_has_it,
-        "the WELCOME examples should carry the example token"
-    );
+    let welcome_has_it =
+        decoded_examples(&doc).iter().any(|(_, t, bytes)| *t == ftype::WELCOME && bytes[2..26] == token.0);
+    assert!(welcome_has_it, "the WELCOME examples should carry the example token");
 }
 
 #[test]
@@ -265,46 +222,24 @@ fn auth_example_proves() {
     let kv = kv_block(&doc, "auth-example");
     let nonce: [u8; 32] = hex_field(&kv, "nonce");
     let proof: [u8; 32] = hex_field(&kv, "proof");
-    assert_eq!(
-        auth_proof(kv["app_secret"].as_bytes(), &kv["app_id"], &nonce),
-        proof
-    );
+    assert_eq!(auth_proof(kv["app_secret"].as_bytes(), &kv["app_id"], &nonce), proof);
 
     let examples = decoded_examples(&doc);
-    assert!(examples
-        .iter()
-        .any(|(_, t, b)| *t == ftype::CHALLENGE && b[2..] == nonce));
-    assert!(examples
-        .iter()
-        .any(|(_, t, b)| *t == ftype::AUTH && b[2..] == proof));
+    assert!(examples.iter().any(|(_, t, b)| *t == ftype::CHALLENGE && b[2..] == nonce));
+    assert!(examples.iter().any(|(_, t, b)| *t == ftype::AUTH && b[2..] == proof));
 
     // The gateway accepts that proof and refuses any other.
     let mut apps = Apps::new();
     apps.add(&kv["app_id"], kv["app_secret"].as_bytes());
     let mut state = ProviderState::AwaitAuth { app: 0, nonce };
-    assert!(on_provider_frame(
-        &mut state,
-        RawFrame {
-            ftype: ftype::AUTH,
-            body: &proof
-        },
-        &apps,
-        nonce
-    )
-    .is_ok());
+    assert!(
+        on_provider_frame(&mut state, RawFrame { ftype: ftype::AUTH, body: &proof }, &apps, nonce).is_ok()
+    );
     assert_eq!(state, ProviderState::Ready { app: 0 });
     let mut bad = proof;
     bad[0] ^= 1;
     let mut state = ProviderState::AwaitAuth { app: 0, nonce };
-    let err = on_provider_frame(
-        &mut state,
-        RawFrame {
-            ftype: ftype::AUTH,
-            body: &bad,
-        },
-        &apps,
-        nonce,
-    );
+    let err = on_provider_frame(&mut state, RawFrame { ftype: ftype::AUTH, body: &bad }, &apps, nonce);
     assert_eq!(err.map(|_| ()), Err(ProtoError::AuthFailed));
 }
 
@@ -319,9 +254,7 @@ fn length_examples_match_the_codec() {
         put_header(&mut frame, ftype::PING, len);
         assert_eq!(frame[1..], want[..], "length {len}");
         frame.resize(frame.len() + len, 0);
-        let (raw, used) = split_frame(&frame, PROVIDER_MAX_BODY)
-            .expect("valid")
-            .expect("complete");
+        let (raw, used) = split_frame(&frame, PROVIDER_MAX_BODY).expect("valid").expect("complete");
         assert_eq!((raw.body.len(), used), (len, frame.len()));
     }
 }
@@ -343,35 +276,18 @@ fn stated_limits_match_the_constants() {
     Frame::Ping.encode(&mut ping);
     assert_eq!(ping, [0x03, 0x00]);
     let payload = [0u8; MAX_PAYLOAD];
-    let notify = Frame::Notify {
-        msg_id: u64::MAX,
-        kind: 0,
-        priority: 10,
-        payload: &payload,
-    };
+    let notify = Frame::Notify { msg_id: u64::MAX, kind: 0, priority: 10, payload: &payload };
     assert_eq!(notify.encoded_len() - MAX_PAYLOAD, 13);
 }
 
 #[test]
 fn framing_errors_are_as_documented() {
     let err = |b: &[u8], max| split_frame(b, max).map(|o| o.map(|(_, n)| n));
-    assert_eq!(
-        err(&[0x03, 0x80, 0x00], DEVICE_MAX_BODY),
-        Err(FrameError::Malformed)
-    );
-    assert_eq!(
-        err(&[0x03, 0x80, 0x80, 0x80, 0x01], PROVIDER_MAX_BODY),
-        Err(FrameError::Malformed)
-    );
+    assert_eq!(err(&[0x03, 0x80, 0x00], DEVICE_MAX_BODY), Err(FrameError::Malformed));
+    assert_eq!(err(&[0x03, 0x80, 0x80, 0x80, 0x01], PROVIDER_MAX_BODY), Err(FrameError::Malformed));
     // Refused from the header alone, before any body byte arrives.
-    assert_eq!(
-        err(&[0x05, 0x81, 0x40], DEVICE_MAX_BODY),
-        Err(FrameError::TooLarge)
-    );
-    assert_eq!(
-        err(&[0x25, 0x81, 0x80, 0x02], PROVIDER_MAX_BODY),
-        Err(FrameError::TooLarge)
-    );
+    assert_eq!(err(&[0x05, 0x81, 0x40], DEVICE_MAX_BODY), Err(FrameError::TooLarge));
+    assert_eq!(err(&[0x25, 0x81, 0x80, 0x02], PROVIDER_MAX_BODY), Err(FrameError::TooLarge));
     assert_eq!(err(&[0x03, 0x01], DEVICE_MAX_BODY), Ok(None));
 }
 
@@ -380,38 +296,20 @@ fn version_byte_first_and_state_errors_as_documented() {
     let code = |r: Result<(), ProtoError>| r.err().map(|e| e.code());
     let dev = |s, t, b: &[u8]| code(on_device_frame(s, RawFrame { ftype: t, body: b }).map(|_| ()));
     // A later version's HELLO may look like anything after its version byte.
-    assert_eq!(
-        dev(DeviceState::AwaitHello, ftype::HELLO, &[2, 0xff]),
-        Some(ErrorCode::UNSUPPORTED_VERSION)
-    );
+    assert_eq!(dev(DeviceState::AwaitHello, ftype::HELLO, &[2, 0xff]), Some(ErrorCode::UNSUPPORTED_VERSION));
     assert_eq!(
         dev(DeviceState::AwaitHello, ftype::HELLO, &[1, 0, 0, 1, b'a', 15]),
         Some(ErrorCode::MALFORMED_FRAME)
     );
     let mut short = vec![1, 0, 0, 1, b'a', 15];
     short.extend_from_slice(&[0; 15]);
-    assert_eq!(
-        dev(DeviceState::AwaitHello, ftype::HELLO, &short),
-        Some(ErrorCode::BAD_CREDENTIAL)
-    );
-    assert_eq!(
-        dev(DeviceState::AwaitHello, ftype::PING, &[]),
-        Some(ErrorCode::UNEXPECTED_FRAME)
-    );
+    assert_eq!(dev(DeviceState::AwaitHello, ftype::HELLO, &short), Some(ErrorCode::BAD_CREDENTIAL));
+    assert_eq!(dev(DeviceState::AwaitHello, ftype::PING, &[]), Some(ErrorCode::UNEXPECTED_FRAME));
     assert_eq!(dev(DeviceState::Ready, ftype::PING, &[]), None);
     assert_eq!(dev(DeviceState::Ready, ftype::ACK, &[0; 8]), None);
-    assert_eq!(
-        dev(DeviceState::Ready, ftype::PONG, &[]),
-        Some(ErrorCode::UNEXPECTED_FRAME)
-    );
-    assert_eq!(
-        dev(DeviceState::Ready, ftype::AUTH_OK, &[0; 4]),
-        Some(ErrorCode::UNKNOWN_FRAME_TYPE)
-    );
-    assert_eq!(
-        dev(DeviceState::Ready, 0x0a, &[]),
-        Some(ErrorCode::UNKNOWN_FRAME_TYPE)
-    );
+    assert_eq!(dev(DeviceState::Ready, ftype::PONG, &[]), Some(ErrorCode::UNEXPECTED_FRAME));
+    assert_eq!(dev(DeviceState::Ready, ftype::AUTH_OK, &[0; 4]), Some(ErrorCode::UNKNOWN_FRAME_TYPE));
+    assert_eq!(dev(DeviceState::Ready, 0x0a, &[]), Some(ErrorCode::UNKNOWN_FRAME_TYPE));
 
     let mut apps = Apps::new();
     apps.add("a", b"k");
@@ -419,32 +317,14 @@ fn version_byte_first_and_state_errors_as_documented() {
         code(on_provider_frame(s, RawFrame { ftype: t, body: b }, &apps, [7; 32]).map(|_| ()))
     };
     let mut s = ProviderState::AwaitHello;
-    assert_eq!(
-        prov(&mut s, ftype::AUTH_HELLO, &[9, 0xff]),
-        Some(ErrorCode::UNSUPPORTED_VERSION)
-    );
-    assert_eq!(
-        prov(&mut s, ftype::AUTH_HELLO, &[1, 1, b'b']),
-        Some(ErrorCode::UNKNOWN_APP)
-    );
+    assert_eq!(prov(&mut s, ftype::AUTH_HELLO, &[9, 0xff]), Some(ErrorCode::UNSUPPORTED_VERSION));
+    assert_eq!(prov(&mut s, ftype::AUTH_HELLO, &[1, 1, b'b']), Some(ErrorCode::UNKNOWN_APP));
     assert_eq!(prov(&mut s, ftype::PING, &[]), Some(ErrorCode::UNEXPECTED_FRAME));
     assert_eq!(prov(&mut s, ftype::AUTH_HELLO, &[1, 1, b'a']), None);
-    assert_eq!(
-        s,
-        ProviderState::AwaitAuth {
-            app: 0,
-            nonce: [7; 32]
-        }
-    );
+    assert_eq!(s, ProviderState::AwaitAuth { app: 0, nonce: [7; 32] });
     let mut ready = ProviderState::Ready { app: 0 };
     assert_eq!(prov(&mut ready, ftype::PING, &[]), None);
-    assert_eq!(
-        prov(&mut ready, ftype::HELLO, &[2]),
-        Some(ErrorCode::UNKNOWN_FRAME_TYPE)
-    );
-    assert_eq!(
-        prov(&mut ready, ftype::RESULT, &[0; 21]),
-        Some(ErrorCode::UNEXPECTED_FRAME)
-    );
+    assert_eq!(prov(&mut ready, ftype::HELLO, &[2]), Some(ErrorCode::UNKNOWN_FRAME_TYPE));
+    assert_eq!(prov(&mut ready, ftype::RESULT, &[0; 21]), Some(ErrorCode::UNEXPECTED_FRAME));
     assert_eq!(prov(&mut ready, 0x09, &[]), Some(ErrorCode::UNKNOWN_FRAME_TYPE));
 }

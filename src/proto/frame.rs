@@ -456,7 +456,9 @@ impl<'a> Frame<'a> {
                 Frame::MultiResult { req_id, entries }
             }
             ftype::UNREGISTER => Frame::Unregister,
-            ftype::FEEDBACK => Frame::Feedback { req_id: r.u32()?, since_ms: r.u64()?, after: Token(r.array()?) },
+            ftype::FEEDBACK => {
+                Frame::Feedback { req_id: r.u32()?, since_ms: r.u64()?, after: Token(r.array()?) }
+            }
             ftype::SUBSCRIBE_RECEIPTS => Frame::SubscribeReceipts,
             ftype::FEEDBACK_RESULT => {
                 let req_id = r.u32()?;

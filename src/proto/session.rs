@@ -6,10 +6,10 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use super::codes::ErrorCode;
-use super::token::Token;
 use super::frame::{
     ftype, Frame, FrameError, Hello, MultiPush, Push, RawFrame, MAX_SECRET, MIN_SECRET, NONCE_LEN, VERSION,
 };
+use super::token::Token;
 
 /// A protocol violation: the connection gets an ERROR frame with [`ProtoError::code`] and is closed.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]

@@ -11,8 +11,8 @@ use super::conn::{Conn, Device, F_CLOSING, F_HELD, F_READY};
 use super::io::Flow;
 use super::msg::{Adopt, PushMsg, ResultMsg, ShardMsg};
 use super::timer::Entry;
-use crate::metrics::{Limit, Role};
 use super::{Sent, Shard};
+use crate::metrics::{Limit, Role};
 use crate::proto::frame::FLAG_RECEIPT;
 use crate::proto::{
     on_device_frame, DeviceEvent, DeviceState, Frame, GoAwayReason, ProtoError, RawFrame, Status, Token,

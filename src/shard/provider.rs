@@ -9,8 +9,8 @@ use log::warn;
 use super::conn::{Conn, Multi, F_PAUSED, F_READY};
 use super::io::Flow;
 use super::msg::{ConnRef, PushMsg, ResultMsg, ShardMsg, NO_SLOT};
-use crate::metrics::{Limit, Role};
 use super::Shard;
+use crate::metrics::{Limit, Role};
 use crate::proto::frame::{ftype, put_multi_entry, KNOWN_FLAGS, MAX_PAYLOAD, MULTI_RESULT_ENTRY, NONCE_LEN};
 use crate::proto::{
     on_provider_frame, Frame, GoAwayReason, Kind, ProviderEvent, ProviderState, RawFrame, Status, Token,
@@ -66,17 +66,33 @@ impl Shard {
                 self.send_frame(idx, &Frame::AuthOk { max_in_flight });
                 let _ = app;
             }
-            ProviderEvent::Feedback { req_id, since_ms, after } => self.start_feedback(idx, req_id, since_ms, after),
+            ProviderEvent::Feedback { req_id, since_ms, after } => {
+                self.start_feedback(idx, req_id, since_ms, after)
+            }
             ProviderEvent::SubscribeReceipts => self.subscribe_receipts(idx),
             ProviderEvent::Ping => {
                 self.send_frame(idx, &Frame::Pong);
             }
             ProviderEvent::Push(push) => {
-                let common = Common::new(push.kind, push.priority, push.flags, push.expiry, push.collapse, push.payload);
+                let common = Common::new(
+                    push.kind,
+                    push.priority,
+                    push.flags,
+                    push.expiry,
+                    push.collapse,
+                    push.payload,
+                );
                 self.on_push_request(idx, push.req_id, &[push.token], &common, false);
             }
             ProviderEvent::MultiPush(push) => {
-                let common = Common::new(push.kind, push.priority, push.flags, push.expiry, push.collapse, push.payload);
+                let common = Common::new(
+                    push.kind,
+                    push.priority,
+                    push.flags,
+                    push.expiry,
+                    push.collapse,
+                    push.payload,
+                );
                 let tokens: Vec<Token> = push.tokens().collect();
                 self.on_push_request(idx, push.req_id, &tokens, &common, true);
             }
