@@ -137,12 +137,14 @@ impl Shard {
         } else {
             NO_SLOT
         };
-        let app_id = self.shared.apps.id(app).to_string();
-        let n = self.shared.handles.len();
+        // A handle on the shared state, so the app id is borrowed, not copied, per request.
+        let shared = self.shared.clone();
+        let app_id = shared.apps.id(app);
+        let n = shared.handles.len();
         for (i, token) in tokens.iter().enumerate() {
             let mut info = 0;
             let status = early
-                .or_else(|| (!self.shared.key.verify(&app_id, token)).then_some(Status::BAD_TOKEN))
+                .or_else(|| (!shared.key.verify(app_id, token)).then_some(Status::BAD_TOKEN))
                 .or_else(|| {
                     let wait = self.take_push_token(app).err()?;
                     info = wait;
