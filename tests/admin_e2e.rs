@@ -12,7 +12,7 @@ use std::time::Duration;
 use common::*;
 use pushgate::admin::{self, DrainFn, ReadyFn};
 use pushgate::proto::session::auth_proof;
-use pushgate::proto::{ErrorCode, Frame, Push, Status, PRIORITY_HIGH};
+use pushgate::proto::{ErrorCode, Frame, Status};
 
 fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).unwrap();
@@ -58,32 +58,12 @@ fn metrics_move_and_readiness_follows_the_drain() {
     let mut p = Raw::connect(gw.provider_addr);
     p.login(APP, APP_SECRET);
     for i in 0..3 {
-        p.send(&Frame::Push(Push {
-            req_id: i,
-            token,
-            kind: 0,
-            priority: PRIORITY_HIGH,
-            flags: 0,
-            expiry: 0,
-            collapse: b"",
-            payload: b"metrics",
-        }));
-        p.expect(|f| assert!(matches!(f, Frame::Result { status: Status::DELIVERED, .. })));
+        assert_eq!(p.push(push_frame(i, token, 0, b"metrics")).0, Status::DELIVERED);
     }
     // A cross-app push and a failed login.
     let mut other = Raw::connect(gw.provider_addr);
     other.login(OTHER_APP, OTHER_SECRET);
-    other.send(&Frame::Push(Push {
-        req_id: 1,
-        token,
-        kind: 0,
-        priority: PRIORITY_HIGH,
-        flags: 0,
-        expiry: 0,
-        collapse: b"",
-        payload: b"x",
-    }));
-    other.expect(|f| assert!(matches!(f, Frame::Result { status: Status::BAD_TOKEN, .. })));
+    assert_eq!(other.push(push_frame(1, token, 0, b"x")).0, Status::BAD_TOKEN);
     let mut bad = Raw::connect(gw.provider_addr);
     bad.send(&Frame::AuthHello { version: 1, app_id: APP });
     let nonce = bad.expect(|f| match f {

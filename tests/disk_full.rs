@@ -10,9 +10,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{spawn_serve, Got, Raw, Served};
+use common::{push_frame, spawn_serve, Got, Raw, Served};
 use pushgate::proto::frame::{split_frame, PROVIDER_MAX_BODY};
-use pushgate::proto::{Frame, Push, Status, Token, PRIORITY_HIGH};
+use pushgate::proto::{Frame, Status, Token};
 
 struct Mount(std::path::PathBuf);
 
@@ -37,20 +37,7 @@ fn serve(data: &Path, cfg: &Path) -> Served {
 }
 
 fn push(p: &mut Raw, req_id: u32, token: Token, payload: &[u8]) -> Status {
-    p.send(&Frame::Push(Push {
-        req_id,
-        token,
-        kind: 0,
-        priority: PRIORITY_HIGH,
-        flags: 0,
-        expiry: u32::MAX,
-        collapse: b"",
-        payload,
-    }));
-    p.expect(|f| match f {
-        Frame::Result { status, .. } => status,
-        other => panic!("{other:?}"),
-    })
+    p.push(push_frame(req_id, token, u32::MAX, payload)).0
 }
 
 #[test]

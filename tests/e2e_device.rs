@@ -32,11 +32,9 @@ fn push_prio(
     collapse: &[u8],
     payload: &[u8],
 ) -> (Status, u64) {
-    prov.send(&Frame::Push(Push { req_id, token, kind: 0, priority, flags: 0, expiry, collapse, payload }));
-    prov.expect(|f| match f {
-        Frame::Result { req_id: r, status, msg_id, .. } if r == req_id => (status, msg_id),
-        other => panic!("expected RESULT {req_id}, got {other:?}"),
-    })
+    let (status, msg_id, _) =
+        prov.push(Push { priority, collapse, ..push_frame(req_id, token, expiry, payload) });
+    (status, msg_id)
 }
 
 fn notify(dev: &mut Raw) -> (u64, Vec<u8>) {

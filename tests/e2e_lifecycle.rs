@@ -6,33 +6,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::*;
 use pushgate::proto::frame::{feedback_entries, FLAG_RECEIPT};
-use pushgate::proto::{Frame, GoAwayReason, Push, Status, Token, PRIORITY_HIGH};
+use pushgate::proto::{Frame, GoAwayReason, Push, Status, Token};
 
 fn unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
 }
 
 fn push(p: &mut Raw, req_id: u32, token: Token, flags: u8, expiry: u32) -> (Status, u64, u64) {
-    p.send(&Frame::Push(Push {
-        req_id,
-        token,
-        kind: 0,
-        priority: PRIORITY_HIGH,
-        flags,
-        expiry,
-        collapse: b"",
-        payload: b"x",
-    }));
-    loop {
-        let r = p.expect(|f| match f {
-            Frame::Result { req_id: r, status, msg_id, info } if r == req_id => Some((status, msg_id, info)),
-            Frame::Receipt { .. } => None,
-            other => panic!("{other:?}"),
-        });
-        if let Some(r) = r {
-            return r;
-        }
-    }
+    p.push(Push { flags, ..push_frame(req_id, token, expiry, b"x") })
 }
 
 fn provider(gw: &pushgate::server::Gateway, app: &str, secret: &str) -> Raw {

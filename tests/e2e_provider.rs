@@ -11,7 +11,7 @@ use pushgate::proto::session::auth_proof;
 use pushgate::proto::{ErrorCode, Frame, MultiPush, Push, Status, Token, PRIORITY_HIGH};
 
 fn push_frame(req_id: u32, token: Token, payload: &[u8]) -> Push<'_> {
-    Push { req_id, token, kind: 0, priority: PRIORITY_HIGH, flags: 0, expiry: 0, collapse: b"", payload }
+    common::push_frame(req_id, token, 0, payload)
 }
 
 fn result(p: &mut Raw) -> (u32, Status, u64) {

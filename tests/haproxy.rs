@@ -12,9 +12,9 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{spawn_serve, Got, Raw, Served};
+use common::{push_frame, spawn_serve, Got, Raw, Served};
 use pushgate::proto::frame::{split_frame, PROVIDER_MAX_BODY};
-use pushgate::proto::{Frame, Push, Status, Token, PRIORITY_HIGH};
+use pushgate::proto::{Frame, Status, Token};
 
 const SECRET: &str = "haproxy-test-app-secret";
 
@@ -149,20 +149,7 @@ fn devices_and_pushes_through_haproxy_with_proxy_protocol_v2() {
         let mut delivered = 0;
         for p in providers.iter_mut() {
             req += 1;
-            p.send(&Frame::Push(Push {
-                req_id: req,
-                token: *token,
-                kind: 0,
-                priority: PRIORITY_HIGH,
-                flags: 0,
-                expiry: 0,
-                collapse: b"",
-                payload: b"via haproxy",
-            }));
-            let st = p.expect(|f| match f {
-                Frame::Result { status, .. } => status,
-                other => panic!("{other:?}"),
-            });
+            let (st, _, _) = p.push(push_frame(req, *token, 0, b"via haproxy"));
             if st == Status::DELIVERED {
                 delivered += 1;
             } else {

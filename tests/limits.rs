@@ -25,20 +25,8 @@ fn hits(gw: &Gateway, limit: Limit) -> u64 {
 }
 
 fn push(p: &mut Raw, req_id: u32, token: Token) -> (Status, u64) {
-    p.send(&Frame::Push(Push {
-        req_id,
-        token,
-        kind: 0,
-        priority: PRIORITY_HIGH,
-        flags: 0,
-        expiry: 0,
-        collapse: b"",
-        payload: b"r",
-    }));
-    p.expect(|f| match f {
-        Frame::Result { status, info, .. } => (status, info),
-        other => panic!("{other:?}"),
-    })
+    let (status, _, info) = p.push(push_frame(req_id, token, 0, b"r"));
+    (status, info)
 }
 
 #[test]

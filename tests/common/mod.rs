@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use pushgate::config::{AppConfig, Config};
 use pushgate::proto::frame::{split_frame, PROVIDER_MAX_BODY};
 use pushgate::proto::session::auth_proof;
-use pushgate::proto::{Frame, Token, TokenKey};
+use pushgate::proto::{Frame, Push, Status, Token, TokenKey, PRIORITY_HIGH};
 use pushgate::server::Gateway;
 use pushgate::store::memory::MemoryStore;
 use pushgate::store::Store;
@@ -67,6 +67,12 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(10));
     }
     f()
+}
+
+/// A high-priority alert PUSH with no collapse id and no flags; change other
+/// fields with struct update syntax.
+pub fn push_frame(req_id: u32, token: Token, expiry: u32, payload: &[u8]) -> Push<'_> {
+    Push { req_id, token, kind: 0, priority: PRIORITY_HIGH, flags: 0, expiry, collapse: b"", payload }
 }
 
 /// A connection that sends and receives whole frames as owned values.
@@ -151,6 +157,24 @@ impl Raw {
                 Got::Closed => return true,
                 Got::Timeout => return false,
                 Got::Frame(_) => {}
+            }
+        }
+    }
+
+    /// Sends `push` and waits for its RESULT, skipping RECEIPTs: (status, msg_id, info).
+    pub fn push(&mut self, push: Push<'_>) -> (Status, u64, u64) {
+        let req_id = push.req_id;
+        self.send(&Frame::Push(push));
+        loop {
+            let r = self.expect(|f| match f {
+                Frame::Result { req_id: r, status, msg_id, info } if r == req_id => {
+                    Some((status, msg_id, info))
+                }
+                Frame::Receipt { .. } => None,
+                other => panic!("expected RESULT {req_id}, got {other:?}"),
+            });
+            if let Some(r) = r {
+                return r;
             }
         }
     }
