@@ -51,8 +51,9 @@ impl Shard {
         let (token, app, id) = (d.token, d.app, d.id);
         d.flags |= super::conn::F_PAUSED;
         let at_ms = self.unix_ms;
-        let app_id = self.shared.apps.id(app).to_string();
-        if let Err(e) = self.store.unregister(&token, &app_id, at_ms) {
+        let shared = self.shared.clone();
+        let app_id = shared.apps.id(app);
+        if let Err(e) = self.store.unregister(&token, app_id, at_ms) {
             warn!("shard {}: unregister: {e}", self.index);
             self.fail(idx, crate::proto::ProtoError::Internal);
             return;
@@ -153,8 +154,9 @@ impl Shard {
         let sinks = self.receipt_sinks.get(&app).map_or(0, Vec::len);
         if sinks == 0 {
             let cap = self.shared.cfg.limits.receipts_per_app;
-            let app_id = self.shared.apps.id(app).to_string();
-            if let Err(e) = self.store.save_receipt(&app_id, receipt, cap) {
+            let shared = self.shared.clone();
+            let app_id = shared.apps.id(app);
+            if let Err(e) = self.store.save_receipt(app_id, receipt, cap) {
                 warn!("shard {}: keeping a receipt: {e}", self.index);
             }
             self.store_dirty = true;
@@ -191,9 +193,10 @@ impl Shard {
             // Through the hub's store: the session that could not take it may be
             // the only one, and the hub learns of its departure by message.
             let cap = self.shared.cfg.limits.receipts_per_app;
-            let app_id = self.shared.apps.id(app).to_string();
+            let shared = self.shared.clone();
+            let app_id = shared.apps.id(app);
             if hub == self.index {
-                if let Err(e) = self.store.save_receipt(&app_id, receipt, cap) {
+                if let Err(e) = self.store.save_receipt(app_id, receipt, cap) {
                     warn!("shard {}: keeping a receipt: {e}", self.index);
                 }
                 self.store_dirty = true;
@@ -248,9 +251,10 @@ impl Shard {
             return;
         };
         let Some(&to) = sinks.first() else { return };
-        let app_id = self.shared.apps.id(app).to_string();
+        let shared = self.shared.clone();
+        let app_id = shared.apps.id(app);
         let mut batch = Vec::new();
-        if let Err(e) = self.store.take_receipts(&app_id, RECEIPT_BATCH, &mut batch) {
+        if let Err(e) = self.store.take_receipts(app_id, RECEIPT_BATCH, &mut batch) {
             warn!("shard {}: reading receipts: {e}", self.index);
             return;
         }
