@@ -423,12 +423,10 @@ fn a_malformed_record_is_corrupt_not_a_panic() {
         msgs.insert(key, b"\x01\x02".to_vec()).unwrap();
         db.persist(fjall::PersistMode::SyncAll).unwrap();
     }
-    let mut s = open1(dir.path(), 100);
-    let e = s.pending(&t, 0, 0, 10, &mut Vec::new()).unwrap_err();
+    // Opening reads every message (to rebuild the expiry index), so it finds the damage.
+    let e = open_durable(dir.path(), 1, 100).err().expect("a malformed message must stop the open");
     assert!(matches!(e, StoreError::Corrupt(_)), "{e:?}");
     assert_names(e, dir.path());
-    let e = s.append(&t, msg(2, 100, b"")).unwrap_err();
-    assert!(matches!(e, StoreError::Corrupt(_)), "{e:?}");
 }
 
 #[test]
@@ -552,4 +550,53 @@ fn receipts_are_capped_taken_in_order_and_durable() {
     s.take_receipts("app", 10, &mut out).unwrap();
     s.take_receipts("other", 10, &mut out).unwrap();
     assert_eq!(out, vec![r(6), r(9)]);
+}
+
+#[test]
+fn a_sweep_visits_a_bounded_number_of_devices_and_the_next_call_continues() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open1(dir.path(), 100);
+    for i in 0..3000 {
+        s.append(&token(i), msg(i + 1, 10, b"")).unwrap();
+    }
+    s.append(&token(0), msg(5000, 100, b"")).unwrap();
+    s.sync().unwrap();
+    drop(s);
+    // Reopened, so the index comes from the scan of the messages.
+    let mut s = open1(dir.path(), 100);
+    assert_eq!(s.sweep_expired(10).unwrap(), 0, "expiry 10 is still valid at 10");
+    let first = s.sweep_expired(11).unwrap();
+    assert!(first > 0 && first < 3000, "one call swept {first}");
+    let mut total = first;
+    loop {
+        let n = s.sweep_expired(11).unwrap();
+        if n == 0 {
+            break;
+        }
+        total += n;
+    }
+    assert_eq!(total, 3000);
+    assert_eq!(s.len(), 1);
+    s.sync().unwrap();
+    drop(s);
+    let mut s = open1(dir.path(), 100);
+    assert_eq!(s.len(), 1);
+    assert_eq!(ids(&mut *s, &token(0), 0), vec![5000]);
+}
+
+#[test]
+fn the_expiry_index_an_older_version_kept_on_disk_is_deleted_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = fjall::Database::builder(dir.path()).open().unwrap();
+        let old = db.keyspace("expiry", fjall::KeyspaceCreateOptions::default).unwrap();
+        old.insert(b"\x00\x00stale", b"").unwrap();
+        db.persist(fjall::PersistMode::SyncAll).unwrap();
+    }
+    let mut s = open1(dir.path(), 100);
+    s.append(&token(1), msg(1, 100, b"")).unwrap();
+    s.sync().unwrap();
+    drop(s);
+    let db = fjall::Database::builder(dir.path()).open().unwrap();
+    assert!(!db.keyspace_exists("expiry"));
 }

@@ -14,4 +14,4 @@ pub use session::{
     on_device_frame, on_provider_frame, Apps, DeviceEvent, DeviceState, ProtoError, ProviderEvent,
     ProviderState,
 };
-pub use token::{Token, TokenKey, TOKEN_LEN};
+pub use token::{Token, TokenHasher, TokenKey, TOKEN_LEN};

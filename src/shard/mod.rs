@@ -18,7 +18,7 @@ mod registry;
 pub mod timer;
 
 use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::BuildHasherDefault;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -31,7 +31,7 @@ use slab::Slab;
 
 use crate::config::Config;
 use crate::metrics::{Close, Limit, Metrics, Role, ShardWriter};
-use crate::proto::{Apps, Frame, GoAwayReason, Token, TokenKey};
+use crate::proto::{Apps, Frame, GoAwayReason, Token, TokenHasher, TokenKey};
 use crate::store::{Store, StoredMsg};
 use conn::{Conn, F_CLOSING, F_DIRTY};
 use msg::{ResultMsg, ShardMsg};
@@ -113,24 +113,6 @@ pub fn prepare(
     let (tx, rx) = crossbeam_channel::unbounded();
     let handle = ShardHandle { tx, waker, wake_pending: AtomicBool::new(false) };
     Ok((ShardParts { poll, rx, device_listener, provider_listener, store }, handle))
-}
-
-/// Hashes a token by 8 of its bytes. Tokens reaching the map are HMAC outputs
-/// (derived by us, or MAC-verified), so a peer cannot aim collisions at it.
-#[derive(Default)]
-pub struct TokenHasher(u64);
-
-impl Hasher for TokenHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8).skip(1).take(1) {
-            let mut a = [0u8; 8];
-            a[..chunk.len()].copy_from_slice(chunk);
-            self.0 ^= u64::from_le_bytes(a);
-        }
-    }
 }
 
 pub struct Shard {

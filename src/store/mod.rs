@@ -90,7 +90,9 @@ pub trait Store: Send {
     /// Returns, and resets to zero, how many of `token`'s messages the cap dropped.
     fn take_missed(&mut self, token: &Token) -> Result<u32, StoreError>;
 
-    /// Deletes every message whose expiry is before `now_unix`; returns how many.
+    /// Deletes messages whose expiry is before `now_unix`, returning how many:
+    /// all of them, or a bounded share so one call never stalls the shard (the
+    /// durable store visits at most 1024 devices); the next call continues.
     fn sweep_expired(&mut self, now_unix: u64) -> Result<usize, StoreError>;
 
     /// Makes all appends and acks so far durable: one flush for the whole batch.

@@ -1,5 +1,5 @@
 //! Byte layout of the durable store's keys and values. Integers are big-endian
-//! so that key order is (token, id) order and (shard, expiry) order.
+//! so that key order is (token, id) order, which is delivery order.
 
 use bytes::Bytes;
 
@@ -9,8 +9,6 @@ use crate::store::StoredMsg;
 
 /// `msgs` key: token || msg_id.
 pub const MSG_KEY_LEN: usize = TOKEN_LEN + 8;
-/// `expiry` key: shard || expiry || token || msg_id.
-pub const EXP_KEY_LEN: usize = 2 + 4 + TOKEN_LEN + 8;
 /// Fixed part of a `msgs` value: version, kind, priority, flags, expiry, collapse length.
 const MSG_HEAD_LEN: usize = 1 + 3 + 4 + 2;
 const MSG_VERSION: u8 = 1;
@@ -35,40 +33,6 @@ pub fn parse_msg_key(k: &[u8]) -> Option<(Token, u64)> {
     let mut t = [0u8; TOKEN_LEN];
     t.copy_from_slice(&k[..TOKEN_LEN]);
     Some((Token(t), be_u64(&k[TOKEN_LEN..])))
-}
-
-pub fn exp_key(shard: u16, expiry: u32, token: &Token, id: u64) -> [u8; EXP_KEY_LEN] {
-    let mut k = [0u8; EXP_KEY_LEN];
-    k[..2].copy_from_slice(&shard.to_be_bytes());
-    k[2..6].copy_from_slice(&expiry.to_be_bytes());
-    k[6..6 + TOKEN_LEN].copy_from_slice(&token.0);
-    k[6 + TOKEN_LEN..].copy_from_slice(&id.to_be_bytes());
-    k
-}
-
-/// Splits an `expiry` key into (expiry, token, id).
-pub fn parse_exp_key(k: &[u8]) -> Option<(u32, Token, u64)> {
-    if k.len() != EXP_KEY_LEN {
-        return None;
-    }
-    let mut t = [0u8; TOKEN_LEN];
-    t.copy_from_slice(&k[6..6 + TOKEN_LEN]);
-    let exp = u32::from_be_bytes([k[2], k[3], k[4], k[5]]);
-    Some((exp, Token(t), be_u64(&k[6 + TOKEN_LEN..])))
-}
-
-/// The first `expiry` key of `shard` at or past `expiry` (as u64, so "past every u32" is expressible).
-pub fn exp_bound(shard: u16, expiry: u64) -> [u8; 6] {
-    let mut k = [0u8; 6];
-    match u32::try_from(expiry) {
-        Ok(e) => {
-            k[..2].copy_from_slice(&shard.to_be_bytes());
-            k[2..].copy_from_slice(&e.to_be_bytes());
-        }
-        // Past the largest expiry: the start of the next shard's range.
-        Err(_) => k[..2].copy_from_slice(&(u32::from(shard) + 1).to_be_bytes()[2..]),
-    }
-    k
 }
 
 pub fn shard_key(shard: u16) -> [u8; 3] {
@@ -183,13 +147,10 @@ mod tests {
     }
 
     #[test]
-    fn keys_sort_by_token_then_id_and_by_expiry() {
+    fn keys_sort_by_token_then_id() {
         let t = Token([3; TOKEN_LEN]);
         assert!(msg_key(&t, 255) < msg_key(&t, 256));
         assert_eq!(parse_msg_key(&msg_key(&t, 9)), Some((t, 9)));
-        assert!(exp_key(1, 5, &t, 9)[..] < exp_bound(1, 6)[..]);
-        assert!(exp_key(1, u32::MAX, &t, 9)[..] < exp_bound(1, u64::MAX)[..]);
-        assert!(exp_key(2, 0, &t, 0)[..] >= exp_bound(1, u64::MAX)[..]);
-        assert_eq!(parse_exp_key(&exp_key(1, 5, &t, 9)), Some((5, t, 9)));
+        assert!(msg_key(&t, 9) < msg_key(&Token([4; TOKEN_LEN]), 1));
     }
 }

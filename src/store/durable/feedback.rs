@@ -63,7 +63,7 @@ impl DurableStore {
     ) -> Result<(), StoreError> {
         let q = self.queue(token)?;
         for e in &q.msgs {
-            self.stage_remove(token, e.id, e.expiry);
+            self.stage_remove(token, e.id);
         }
         let mut v = at_ms.to_be_bytes().to_vec();
         v.extend_from_slice(app_id.as_bytes());

@@ -2,38 +2,40 @@
 //! database per data directory, shared by every shard's handle, keyed by token
 //! so a different shard count after a restart finds every queue where it was.
 //!
-//! Keyspaces: `msgs` (token || id -> message), `expiry` (shard || expiry ||
-//! token || id, the sweep index) and `meta` (layout, per-shard counters, missed
-//! counts). Mutations are staged in memory (`stage.rs`) and committed by `sync`
-//! as one atomic batch that also rewrites the shard's counters, so max_msg_id and
-//! len never disagree with the messages after a crash. A token's queue summary
-//! (ids, expiries, collapse ids) is cached after first use, so append, ack and
-//! collapse need no read from disk.
+//! Keyspaces: `msgs` (token || id -> message) and `meta` (layout, per-shard
+//! counters, missed counts, tombstones, receipts). Mutations are staged in
+//! memory (`stage.rs`) and committed by `sync` as one atomic batch that also
+//! rewrites the shard's counters. The sweep's index by expiry lives in memory
+//! (`expiry.rs`), rebuilt from the messages at open, so an append writes one
+//! key. A token's queue summary (ids, expiries, collapse ids) is cached after
+//! first use, so append, ack and collapse need no read from disk.
 
 mod codec;
+mod expiry;
 mod feedback;
 mod open;
 mod stage;
 mod sync;
 
 use std::collections::{HashMap, VecDeque};
-use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use fjall::{Database, Keyspace, OwnedWriteBatch, PersistMode};
+use fjall::{Database, Keyspace, PersistMode};
 
 use super::{Receipt, Store, StoreError, StoredMsg, Tombstone};
 use crate::proto::Token;
 use codec::ShardMeta;
+use expiry::ExpiryIndex;
 use stage::{StagedMap, STAGE_LIMIT};
 use sync::SyncGate;
 
 pub use open::open_durable;
 
-/// Messages each sweep batch deletes before committing.
-const SWEEP_CHUNK: usize = 1024;
+/// Tokens one sweep call looks at; the rest wait for the next call, so a
+/// sweep never stalls the shard's loop for long.
+const SWEEP_TOKENS: usize = 1024;
 /// Empty queues the cache may hold beyond twice the non-empty ones.
 const EMPTY_CACHED: usize = 65_536;
 
@@ -55,7 +57,6 @@ struct Queue {
 struct Engine {
     db: Database,
     msgs: Keyspace,
-    expiry: Keyspace,
     meta: Keyspace,
     path: PathBuf,
     gate: Arc<SyncGate>,
@@ -85,8 +86,8 @@ pub struct DurableStore {
     receipts: feedback::ReceiptIndex,
     /// The number `SyncGate` gave this shard's latest committed batch.
     last_write: u64,
-    /// No entry of this shard's expiry index is older than this (0 after opening).
-    swept_below: u32,
+    /// Which tokens have messages expiring when: what the sweep visits.
+    expiry: ExpiryIndex,
 }
 
 impl DurableStore {
@@ -132,23 +133,6 @@ impl DurableStore {
             self.cache_limit = 2 * self.cache.len() + EMPTY_CACHED;
         }
     }
-
-    fn remove_msg(&self, b: &mut OwnedWriteBatch, token: &Token, e: &Entry) {
-        b.remove(&self.eng.msgs, codec::msg_key(token, e.id));
-        b.remove(&self.eng.expiry, codec::exp_key(self.shard, e.expiry, token, e.id));
-    }
-
-    /// Commits `b` together with the shard counters `c`; the counters change
-    /// only if it lands. Only for writes made with nothing staged.
-    fn commit(&mut self, mut b: OwnedWriteBatch, c: ShardMeta, what: &str) -> Result<(), StoreError> {
-        debug_assert!(self.staged.is_empty());
-        b.insert(&self.eng.meta, codec::shard_key(self.shard), c.encode());
-        b.commit().map_err(|e| self.eng.err(what, e))?;
-        self.last_write = self.eng.gate.wrote();
-        self.counters = c;
-        self.committed = c;
-        Ok(())
-    }
 }
 
 impl Store for DurableStore {
@@ -161,19 +145,19 @@ impl Store for DurableStore {
             if let Some(e) =
                 q.msgs.iter().position(|e| e.collapse == msg.collapse).and_then(|i| q.msgs.remove(i))
             {
-                self.stage_remove(token, e.id, e.expiry);
+                self.stage_remove(token, e.id);
             }
         }
         let missed_before = q.missed;
         while q.msgs.len() >= self.cap {
             let Some(e) = q.msgs.pop_front() else { break };
-            self.stage_remove(token, e.id, e.expiry);
+            self.stage_remove(token, e.id);
             q.missed = q.missed.saturating_add(1);
         }
         q.msgs.push_back(Entry { id: msg.msg_id, expiry: msg.expiry, collapse: msg.collapse.clone() });
         self.counters.len += 1;
         self.counters.max_id = self.counters.max_id.max(msg.msg_id);
-        self.swept_below = self.swept_below.min(msg.expiry);
+        self.expiry.add(token, msg.expiry);
         self.staged_ops += 1;
         let s = self.stage_of(token);
         if q.missed != missed_before {
@@ -227,7 +211,7 @@ impl Store for DurableStore {
             return Ok(false);
         };
         if let Some(e) = q.msgs.remove(i) {
-            self.stage_remove(token, e.id, e.expiry);
+            self.stage_remove(token, e.id);
         }
         self.keep(token, q);
         Ok(true)
@@ -244,41 +228,41 @@ impl Store for DurableStore {
     }
 
     fn sweep_expired(&mut self, now_unix: u64) -> Result<usize, StoreError> {
-        if now_unix <= u64::from(self.swept_below) {
-            return Ok(0);
-        }
-        // The sweep reads the expiry index on disk, and its deletions must not meet staged ones.
-        self.flush()?;
-        // Start past what earlier sweeps deleted: their tombstones would otherwise be read again.
-        let mut from = Bound::Included(codec::exp_bound(self.shard, self.swept_below.into()).to_vec());
-        let end = Bound::Excluded(codec::exp_bound(self.shard, now_unix).to_vec());
+        let mut due = Vec::new();
+        self.expiry.take_due(now_unix, SWEEP_TOKENS, &mut due);
         let mut total = 0;
-        loop {
-            let mut found = Vec::with_capacity(SWEEP_CHUNK);
-            let mut last = None;
-            for kv in self.eng.expiry.range((from.clone(), end.clone())).take(SWEEP_CHUNK) {
-                let k = kv.key().map_err(|e| self.eng.err("reading the expiry index", e))?;
-                found.push(codec::parse_exp_key(&k).ok_or_else(|| self.eng.corrupt("expiry key", &k))?);
-                last = Some(k);
-            }
-            let Some(last) = last else { break };
-            from = Bound::Excluded(last.to_vec());
-            let mut b = self.eng.db.batch();
-            let mut c = self.counters;
-            for &(expiry, token, id) in &found {
-                self.remove_msg(&mut b, &token, &Entry { id, expiry, collapse: Bytes::new() });
-                c.len = c.len.saturating_sub(1);
-            }
-            self.commit(b, c, "sweeping expired messages")?;
-            for (_, token, id) in &found {
-                if let Some(mut q) = self.cache.remove(token) {
-                    q.msgs.retain(|e| e.id != *id);
-                    self.keep(token, q);
+        for (i, token) in due.iter().enumerate() {
+            let cached = self.cache.contains_key(token);
+            let mut q = match self.queue(token) {
+                Ok(q) => q,
+                Err(e) => {
+                    // Due at once: the next sweep tries these tokens again.
+                    for t in &due[i..] {
+                        self.expiry.add(t, 0);
+                    }
+                    return Err(e);
                 }
+            };
+            let mut expired = Vec::new();
+            q.msgs.retain(|e| {
+                let keep = u64::from(e.expiry) >= now_unix;
+                if !keep {
+                    expired.push(e.id);
+                }
+                keep
+            });
+            total += expired.len();
+            for id in expired {
+                self.stage_remove(token, id);
             }
-            total += found.len();
+            // A queue read only for the sweep stays out of the cache.
+            if cached {
+                self.keep(token, q);
+            }
         }
-        self.swept_below = self.swept_below.max(u32::try_from(now_unix).unwrap_or(u32::MAX));
+        if self.staged_ops >= STAGE_LIMIT {
+            self.flush()?;
+        }
         Ok(total)
     }
 

@@ -21,8 +21,8 @@ pub const STAGE_LIMIT: usize = 65_536;
 pub struct Staged {
     /// Appended messages not committed yet, in id order.
     pub added: Vec<StoredMsg>,
-    /// Committed messages to delete: (id, expiry).
-    pub removed: Vec<(u64, u32)>,
+    /// Committed messages to delete, by id.
+    pub removed: Vec<u64>,
     /// The missed count to write; `Some(0)` deletes it.
     pub missed: Option<u32>,
     /// A tombstone to write (`Some(value)`) or lift (`None`).
@@ -31,7 +31,7 @@ pub struct Staged {
 
 impl Staged {
     fn is_removed(&self, id: u64) -> bool {
-        self.removed.iter().any(|&(r, _)| r == id)
+        self.removed.contains(&id)
     }
 }
 
@@ -41,14 +41,14 @@ impl DurableStore {
     }
 
     /// Deletes a waiting message: forgets it if it was staged, else stages its deletion.
-    pub(super) fn stage_remove(&mut self, token: &Token, id: u64, expiry: u32) {
+    pub(super) fn stage_remove(&mut self, token: &Token, id: u64) {
         let s = self.staged.entry(*token).or_default();
         match s.added.iter().position(|m| m.msg_id == id) {
             Some(i) => {
                 s.added.remove(i);
             }
             None => {
-                s.removed.push((id, expiry));
+                s.removed.push(id);
                 self.staged_ops += 1;
             }
         }
@@ -66,11 +66,9 @@ impl DurableStore {
         for (token, s) in self.staged.drain() {
             for m in &s.added {
                 b.insert(&eng.msgs, codec::msg_key(&token, m.msg_id), codec::encode_msg(m));
-                b.insert(&eng.expiry, codec::exp_key(self.shard, m.expiry, &token, m.msg_id), []);
             }
-            for &(id, expiry) in &s.removed {
+            for &id in &s.removed {
                 b.remove(&eng.msgs, codec::msg_key(&token, id));
-                b.remove(&eng.expiry, codec::exp_key(self.shard, expiry, &token, id));
             }
             match s.missed {
                 Some(0) => b.remove(&eng.meta, codec::missed_key(&token)),
