@@ -154,6 +154,10 @@ pub struct StoreConfig {
     pub kind: StoreKind,
     /// Directory of the durable store; default `<data_dir>/store`.
     pub path: Option<PathBuf>,
+    /// How long a notification just written to a connected device may wait
+    /// for the device's ACK before it is written to disk; acked in time, it
+    /// never is. Its RESULT waits for the ACK or the disk. 0 = write at once.
+    pub ack_grace_ms: u64,
 }
 
 #[derive(Deserialize, Debug, Clone)]
@@ -214,7 +218,7 @@ impl Default for DrainConfig {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        StoreConfig { kind: StoreKind::Durable, path: None }
+        StoreConfig { kind: StoreKind::Durable, path: None, ack_grace_ms: 5 }
     }
 }
 
@@ -269,6 +273,9 @@ impl Config {
         if l.handshake_timeout_ms == 0 {
             return Err(("limits.handshake_timeout_ms".into(), "must be at least 1".into()));
         }
+        if self.store.ack_grace_ms > 1000 {
+            return Err(("store.ack_grace_ms".into(), "must be at most 1000".into()));
+        }
         for (i, app) in self.apps.iter().enumerate() {
             if !is_valid_app_id(&app.id) {
                 return Err((format!("apps[{i}].id"), "1 to 64 of A-Z a-z 0-9 . _ -".into()));
@@ -317,6 +324,9 @@ mod tests {
         let e =
             Config::parse("[[apps]]\nid = \"a b\"\nsecret = \"0123456789abcdef\"\n", "g.toml").unwrap_err().0;
         assert!(e.contains("apps[0].id"), "{e}");
+        let e = Config::parse("[store]\nack_grace_ms = 5000\n", "g.toml").unwrap_err().0;
+        assert!(e.contains("store.ack_grace_ms"), "{e}");
+        assert_eq!(Config::parse("[store]\nack_grace_ms = 20\n", "g.toml").unwrap().store.ack_grace_ms, 20);
         let e = Config::parse("[server]\nshards = \"two\"\n", "g.toml").unwrap_err().0;
         assert!(e.contains("g.toml") && e.contains("shards"), "{e}");
     }

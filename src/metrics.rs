@@ -208,6 +208,8 @@ pub struct ShardMetrics {
     channel_msgs: AtomicU64,
     limits: [AtomicU64; LIMIT_SLOTS],
     store_sync_failures: AtomicU64,
+    /// Notifications held back for their ACK: [acked in time, written at grace end].
+    held: [AtomicU64; 2],
     store_sync: Histogram,
     delivery: Histogram,
 }
@@ -293,6 +295,13 @@ impl ShardWriter {
     #[inline]
     pub fn on_ack(&self) {
         add(&self.block().acks, 1);
+    }
+
+    /// A notification held back for its ACK was acked in time (never
+    /// written to disk), or not (written when its grace ran out).
+    #[inline]
+    pub fn on_held(&self, acked: bool) {
+        add(&self.block().held[usize::from(!acked)], 1);
     }
 
     /// Notifications in this shard's store now.
@@ -463,6 +472,13 @@ impl Metrics {
         self.counter(&mut r, "pushgate_acks_total", "ACKs received from devices.", |s| s.acks.load(Relaxed));
         self.counter(&mut r, "pushgate_store_sync_failures_total", "Store syncs that failed.", |s| {
             s.store_sync_failures.load(Relaxed)
+        });
+        let name = "pushgate_store_held_total";
+        r.head(name, "counter", "Notifications held back from the disk for their ACK, by outcome.");
+        self.each(&mut r, |r, sh, s| {
+            for (i, outcome) in ["acked", "written"].into_iter().enumerate() {
+                r.line(name, &[("shard", sh), ("outcome", outcome)], s.held[i].load(Relaxed));
+            }
         });
         for (name, help, bytes) in [
             ("pushgate_received_bytes_total", "Bytes read from sockets.", 0),
@@ -709,6 +725,9 @@ mod tests {
         s0.on_ack();
         s0.set_stored(41);
         s0.on_store_sync(Duration::from_micros(150), false);
+        s0.on_held(true);
+        s0.on_held(false);
+        s0.on_held(false);
         s0.on_read(Role::Provider, 100);
         s0.on_write(Role::Device, 7);
         s0.on_channel_send(5);
@@ -734,6 +753,8 @@ mod tests {
         assert_eq!(v("pushgate_acks_total{shard=\"0\"}"), 1.0);
         assert_eq!(v("pushgate_stored_notifications{shard=\"0\"}"), 41.0);
         assert_eq!(v("pushgate_store_sync_failures_total{shard=\"0\"}"), 1.0);
+        assert_eq!(v("pushgate_store_held_total{shard=\"0\",outcome=\"acked\"}"), 1.0);
+        assert_eq!(v("pushgate_store_held_total{shard=\"0\",outcome=\"written\"}"), 2.0);
         assert_eq!(v("pushgate_store_sync_duration_seconds_bucket{shard=\"0\",le=\"0.0001\"}"), 0.0);
         assert_eq!(v("pushgate_store_sync_duration_seconds_bucket{shard=\"0\",le=\"0.0002\"}"), 1.0);
         assert_eq!(v("pushgate_received_bytes_total{shard=\"0\",role=\"provider\"}"), 100.0);

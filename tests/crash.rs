@@ -13,10 +13,11 @@ use common::{spawn_serve, Got, Raw, Served};
 use pushgate::proto::frame::{split_frame, PROVIDER_MAX_BODY};
 use pushgate::proto::{Frame, Push, Status, Token, PRIORITY_HIGH};
 
-fn serve(data: &std::path::Path) -> Served {
+fn serve(data: &std::path::Path, ack_grace_ms: u64) -> Served {
     // A cap far above what the test pushes per device: the cap's own drops are tested elsewhere.
     let cfg = data.with_extension("toml");
-    std::fs::write(&cfg, "[limits]\ndevice_queue_cap = 100000\n").unwrap();
+    let toml = format!("[limits]\ndevice_queue_cap = 100000\n[store]\nack_grace_ms = {ack_grace_ms}\n");
+    std::fs::write(&cfg, toml).unwrap();
     let args: [&std::ffi::OsStr; 8] = [
         "--store".as_ref(),
         "durable".as_ref(),
@@ -64,9 +65,20 @@ fn run_device(
 
 #[test]
 fn sigkill_mid_stream_loses_nothing_accepted() {
+    crash_and_restart(0);
+}
+
+/// The same with notifications to online devices held back from the disk for
+/// their ACK: those acked in time never reach the disk, the others must.
+#[test]
+fn sigkill_mid_stream_loses_nothing_accepted_with_an_ack_grace() {
+    crash_and_restart(50);
+}
+
+fn crash_and_restart(ack_grace_ms: u64) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let mut srv = serve(&data);
+    let mut srv = serve(&data, ack_grace_ms);
     const ONLINE: usize = 8;
     const OFFLINE: usize = 8;
     let stop = Arc::new(AtomicBool::new(false));
@@ -145,7 +157,7 @@ fn sigkill_mid_stream_loses_nothing_accepted() {
     assert!((sent as usize) > results.len(), "the kill came mid-stream");
 
     // Restart and drain every device.
-    let srv = serve(&data);
+    let srv = serve(&data, ack_grace_ms);
     let mut after: HashMap<Token, Vec<u32>> = HashMap::new();
     for (i, t) in tokens.iter().enumerate() {
         let mut d = Raw::connect(srv.device);

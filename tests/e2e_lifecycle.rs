@@ -154,3 +154,56 @@ fn unknown_flags_are_refused() {
     let mut p = provider(&gw, APP, APP_SECRET);
     assert_eq!(push(&mut p, 1, token, 0x02, 0).0, Status::BAD_REQUEST);
 }
+
+/// With `store.ack_grace_ms`, a notification written to a connected device
+/// waits for the device's ACK before it is written to disk: its RESULT
+/// leaves at the ACK (the message never reaches the disk) or, without one,
+/// after the grace and the sync that stores it, and it is still sent again
+/// after a reconnect.
+#[test]
+fn with_an_ack_grace_a_delivered_result_waits_for_the_ack_or_the_disk() {
+    const GRACE_MS: u64 = 3000;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = test_config(1);
+    cfg.store.ack_grace_ms = GRACE_MS;
+    let stores = pushgate::store::durable::open_durable(dir.path(), 1, 100).unwrap();
+    let gw = pushgate::server::Gateway::start(cfg, test_key(), stores).unwrap();
+    let mut p = provider(&gw, APP, APP_SECRET);
+    let mut dev = Raw::connect(gw.device_addr);
+    let (token, _, _) = dev.hello(APP, &secret("grace"), 0);
+
+    // Acked: the RESULT comes at the ACK, long before the grace is over.
+    p.send(&Frame::Push(push_frame(1, token, u32::MAX, b"one")));
+    let first = dev.expect(|f| match f {
+        Frame::Notify { msg_id, payload, .. } if payload == b"one" => msg_id,
+        other => panic!("{other:?}"),
+    });
+    assert!(matches!(p.recv(Duration::from_millis(500)), Got::Timeout), "no RESULT before the ACK");
+    let acked_at = std::time::Instant::now();
+    dev.send(&Frame::Ack { msg_id: first });
+    p.expect(|f| {
+        assert_eq!(f, Frame::Result { req_id: 1, status: Status::DELIVERED, msg_id: first, info: 0 })
+    });
+    assert!(acked_at.elapsed() < Duration::from_millis(GRACE_MS - 1000), "released by the ACK");
+
+    // Not acked: the RESULT comes once the grace is over and the message is on disk.
+    let sent_at = std::time::Instant::now();
+    p.send(&Frame::Push(push_frame(2, token, u32::MAX, b"two")));
+    let second = dev.expect(|f| match f {
+        Frame::Notify { msg_id, payload, .. } if payload == b"two" => msg_id,
+        other => panic!("{other:?}"),
+    });
+    p.expect(|f| {
+        assert_eq!(f, Frame::Result { req_id: 2, status: Status::DELIVERED, msg_id: second, info: 0 })
+    });
+    assert!(sent_at.elapsed() >= Duration::from_millis(GRACE_MS), "held for the grace");
+    drop((dev, p));
+    gw.drain();
+    gw.join();
+
+    // Both answered `delivered`; only the unacked one is stored, and it survives a restart.
+    let mut stores = pushgate::store::durable::open_durable(dir.path(), 1, 100).unwrap();
+    let mut left = Vec::new();
+    stores[0].pending(&token, 0, 0, 10, &mut left).unwrap();
+    assert_eq!(left.iter().map(|m| m.msg_id).collect::<Vec<_>>(), vec![second]);
+}

@@ -300,7 +300,15 @@ impl Shard {
             self.emit_receipt(app, token, msg_id);
         }
         match self.store.ack(&token, msg_id) {
-            Ok(true) => self.store_dirty = true,
+            Ok(true) => {
+                self.store_dirty = true;
+                // Acked before its grace ran out: the message need not reach the disk.
+                if let Ok(i) = self.awaiting_ack.binary_search_by_key(&msg_id, |a| a.msg_id) {
+                    if let Some(r) = self.awaiting_ack[i].result.take() {
+                        self.route_result(r);
+                    }
+                }
+            }
             Ok(false) => {}
             Err(e) => warn!("shard {}: ack: {e}", self.index),
         }
@@ -362,13 +370,21 @@ impl Shard {
                 } else {
                     self.hold(idx);
                 }
+                let mut written = false;
                 if let Some(Conn::Device(d)) = self.conns.get(idx as usize) {
                     if d.cursor >= msg_id {
                         result.status = Status::DELIVERED;
+                        written = true;
                         self.metrics.observe_delivery(self.now.saturating_duration_since(m.read_at));
                     } else if d.flags & F_HELD != 0 {
                         result.status = Status::DELIVERED;
                     }
+                }
+                let grace = self.shared.cfg.store.ack_grace_ms;
+                if written && grace > 0 && self.store.hold(&m.token, msg_id) {
+                    let due_ms = self.mono_ms + grace;
+                    self.awaiting_ack.push_back(super::AwaitingAck { msg_id, due_ms, result: Some(result) });
+                    return;
                 }
             }
             self.unsynced.push(result);

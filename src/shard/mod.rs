@@ -115,6 +115,15 @@ pub fn prepare(
     Ok((ShardParts { poll, rx, device_listener, provider_listener, store }, handle))
 }
 
+/// A push answered `delivered` whose message the store holds back (see `Shard::awaiting_ack`).
+struct AwaitingAck {
+    msg_id: u64,
+    /// `mono_ms` past which the message is written to disk anyway.
+    due_ms: u64,
+    /// Taken when the ACK sends it early.
+    result: Option<ResultMsg>,
+}
+
 pub struct Shard {
     index: usize,
     shared: Arc<Shared>,
@@ -145,6 +154,10 @@ pub struct Shard {
     outbound: Vec<Vec<ShardMsg>>,
     /// Results of stored notifications, released after the next store sync.
     unsynced: Vec<ResultMsg>,
+    /// Pushes written to a connected device whose message the store holds
+    /// back, in msg_id order: each RESULT leaves at the device's ACK or, at
+    /// `due`, after the sync that writes the message.
+    awaiting_ack: VecDeque<AwaitingAck>,
     store: Box<dyn Store>,
     store_dirty: bool,
     pool: Pool,
@@ -154,6 +167,8 @@ pub struct Shard {
     next_msg_id: u64,
     start: Instant,
     now_tick: u64,
+    /// Milliseconds since `start`, for `awaiting_ack`.
+    mono_ms: u64,
     unix_s: u64,
     unix_ms: u64,
     accept_paused_until: Option<u64>,
@@ -208,6 +223,7 @@ impl Shard {
             local: VecDeque::new(),
             outbound: (0..n).map(|_| Vec::new()).collect(),
             unsynced: Vec::new(),
+            awaiting_ack: VecDeque::new(),
             store: parts.store,
             store_dirty: false,
             // At most 256 spare buffer pairs of up to 16 KiB each: a burst's
@@ -219,6 +235,7 @@ impl Shard {
             next_msg_id,
             start: Instant::now(),
             now_tick: 0,
+            mono_ms: 0,
             unix_s: 0,
             unix_ms: 0,
             accept_paused_until: None,
@@ -237,7 +254,8 @@ impl Shard {
 
     fn tick_clock(&mut self) {
         self.now = Instant::now();
-        self.now_tick = self.now.duration_since(self.start).as_millis() as u64 / TICK_MS;
+        self.mono_ms = self.now.duration_since(self.start).as_millis() as u64;
+        self.now_tick = self.mono_ms / TICK_MS;
         self.unix_ms =
             SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
         self.unix_s = self.unix_ms / 1000;
@@ -250,7 +268,10 @@ impl Shard {
         self.load_tombstones();
         loop {
             let timeout = if self.local.is_empty() && self.resume.is_empty() {
-                let next = (self.now_tick + 1) * TICK_MS;
+                let mut next = (self.now_tick + 1) * TICK_MS;
+                if let Some(a) = self.awaiting_ack.front() {
+                    next = next.min(a.due_ms);
+                }
                 Duration::from_millis(next.saturating_sub(self.start.elapsed().as_millis() as u64).max(1))
             } else {
                 Duration::ZERO
@@ -281,12 +302,17 @@ impl Shard {
             self.run_local();
             self.run_resumes();
             self.run_timers();
+            // What needs no sync leaves first: pushes for other shards, and
+            // notifications, whose ACKs can then come back during the fsync.
+            self.send_outbound();
+            self.flush_dirty();
             self.commit();
             self.send_outbound();
             self.flush_dirty();
             if let Some(deadline) = self.drain_deadline {
                 if self.conns.is_empty() || self.now_tick >= deadline {
                     debug!("shard {} drained with {} connections left", self.index, self.conns.len());
+                    self.store.release(u64::MAX);
                     let _ = self.store.sync();
                     return;
                 }
@@ -347,6 +373,20 @@ impl Shard {
     /// Group commit: one store sync covers every append and ack of this
     /// iteration; only then do their RESULTs leave.
     fn commit(&mut self) {
+        // Held messages whose grace ran out are written by this sync.
+        let mut released = None;
+        while self.awaiting_ack.front().is_some_and(|a| a.due_ms <= self.mono_ms) {
+            let Some(a) = self.awaiting_ack.pop_front() else { break };
+            released = Some(a.msg_id);
+            self.metrics.on_held(a.result.is_none());
+            if let Some(r) = a.result {
+                self.unsynced.push(r);
+                self.store_dirty = true;
+            }
+        }
+        if let Some(id) = released {
+            self.store.release(id);
+        }
         if self.store_dirty {
             self.store_dirty = false;
             let started = Instant::now();
@@ -355,8 +395,11 @@ impl Shard {
             self.metrics.set_stored(self.store.len() as u64);
             if let Err(e) = synced {
                 warn!("shard {}: store sync failed: {e}", self.index);
-                for r in &mut self.unsynced {
+                // Held messages were dropped with the rest of what was staged.
+                let held = self.awaiting_ack.iter_mut().filter_map(|a| a.result.as_mut());
+                for r in self.unsynced.iter_mut().chain(held) {
                     r.status = crate::proto::Status::STORE_FAILED;
+                    r.msg_id = 0;
                 }
             }
         }

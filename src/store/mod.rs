@@ -95,8 +95,22 @@ pub trait Store: Send {
     /// durable store visits at most 1024 devices); the next call continues.
     fn sweep_expired(&mut self, now_unix: u64) -> Result<usize, StoreError>;
 
-    /// Makes all appends and acks so far durable: one flush for the whole batch.
+    /// Makes all appends and acks so far durable (one flush for the whole
+    /// batch), except messages held back by `hold` that `release` has not
+    /// reached yet.
     fn sync(&mut self) -> Result<(), StoreError>;
+
+    /// Asks the store to leave the message `msg_id` of `token`, appended since
+    /// the last `sync`, out of the next syncs until `release` reaches its id:
+    /// it was just written to the device's connection, and the device's ACK
+    /// will probably delete it before it would reach the disk. Returns whether
+    /// the store does so (a store that writes nothing to disk does not).
+    fn hold(&mut self, _token: &Token, _msg_id: u64) -> bool {
+        false
+    }
+
+    /// Lets `sync` commit the held messages with ids up to `msg_id`.
+    fn release(&mut self, _msg_id: u64) {}
 
     /// The highest message id this shard ever stored, so ids keep growing after a restart.
     fn max_msg_id(&self) -> u64;

@@ -88,6 +88,8 @@ pub struct DurableStore {
     last_write: u64,
     /// Which tokens have messages expiring when: what the sweep visits.
     expiry: ExpiryIndex,
+    /// Held messages up to this id may be committed (`Store::release`).
+    released: u64,
 }
 
 impl DurableStore {
@@ -267,7 +269,7 @@ impl Store for DurableStore {
     }
 
     fn sync(&mut self) -> Result<(), StoreError> {
-        let flushed = self.flush();
+        let flushed = self.commit_staged(true);
         if let Some(e) = self.lost.take() {
             return Err(e);
         }
@@ -276,6 +278,20 @@ impl Store for DurableStore {
         eng.gate.sync(self.last_write, || {
             eng.db.persist(PersistMode::SyncAll).map_err(|e| eng.err("syncing the journal", e))
         })
+    }
+
+    fn hold(&mut self, token: &Token, msg_id: u64) -> bool {
+        match self.staged.get_mut(token) {
+            Some(s) if s.added.iter().any(|m| m.msg_id == msg_id) => {
+                s.held.push(msg_id);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn release(&mut self, msg_id: u64) {
+        self.released = self.released.max(msg_id);
     }
 
     fn unregister(&mut self, token: &Token, app_id: &str, at_ms: u64) -> Result<(), StoreError> {

@@ -90,6 +90,7 @@ fn open_shards(dir: &Path, shards: usize, cap: usize) -> Result<Vec<DurableStore
             receipts: Default::default(),
             last_write: 0,
             expiry,
+            released: 0,
         })
         .collect())
 }

@@ -6,7 +6,8 @@ use std::collections::HashMap;
 
 use fjall::OwnedWriteBatch;
 
-use super::{codec, DurableStore};
+use super::codec::{self, ShardMeta};
+use super::DurableStore;
 use crate::proto::Token;
 use crate::store::{StoreError, StoredMsg};
 
@@ -27,6 +28,8 @@ pub struct Staged {
     pub missed: Option<u32>,
     /// A tombstone to write (`Some(value)`) or lift (`None`).
     pub tomb: Option<Option<Vec<u8>>>,
+    /// Ids in `added` that `sync` leaves staged until `release` reaches them.
+    pub held: Vec<u64>,
 }
 
 impl Staged {
@@ -58,40 +61,65 @@ impl DurableStore {
     /// Commits everything staged, and the shard counters, as one batch: visible
     /// to readers and in the kernel's hands, not yet synced to the disk.
     pub(super) fn flush(&mut self) -> Result<(), StoreError> {
+        self.commit_staged(false)
+    }
+
+    /// Commits what is staged except held messages `release` has not reached
+    /// (`sync` uses this): they stay staged, visible to `pending`, and leave
+    /// no write behind if an ack deletes them first.
+    pub(super) fn commit_staged(&mut self, keep_held: bool) -> Result<(), StoreError> {
         if self.staged.is_empty() && self.counters == self.committed {
             return Ok(());
         }
+        let released = if keep_held { self.released } else { u64::MAX };
         let eng = &self.eng;
         let mut b: OwnedWriteBatch = eng.db.batch();
-        for (token, s) in self.staged.drain() {
-            for m in &s.added {
-                b.insert(&eng.msgs, codec::msg_key(&token, m.msg_id), codec::encode_msg(m));
+        let mut kept = 0u64;
+        for (token, s) in self.staged.iter_mut() {
+            let held = std::mem::take(&mut s.held);
+            for m in std::mem::take(&mut s.added) {
+                if m.msg_id > released && held.contains(&m.msg_id) {
+                    s.held.push(m.msg_id);
+                    s.added.push(m);
+                } else {
+                    b.insert(&eng.msgs, codec::msg_key(token, m.msg_id), codec::encode_msg(&m));
+                }
             }
-            for &id in &s.removed {
-                b.remove(&eng.msgs, codec::msg_key(&token, id));
+            kept += s.added.len() as u64;
+            for id in s.removed.drain(..) {
+                b.remove(&eng.msgs, codec::msg_key(token, id));
             }
-            match s.missed {
-                Some(0) => b.remove(&eng.meta, codec::missed_key(&token)),
-                Some(n) => b.insert(&eng.meta, codec::missed_key(&token), n.to_be_bytes()),
+            match s.missed.take() {
+                Some(0) => b.remove(&eng.meta, codec::missed_key(token)),
+                Some(n) => b.insert(&eng.meta, codec::missed_key(token), n.to_be_bytes()),
                 None => {}
             }
-            match s.tomb {
-                Some(Some(v)) => b.insert(&eng.meta, super::feedback::tomb_key(&token), v),
-                Some(None) => b.remove(&eng.meta, super::feedback::tomb_key(&token)),
+            match s.tomb.take() {
+                Some(Some(v)) => b.insert(&eng.meta, super::feedback::tomb_key(token), v),
+                Some(None) => b.remove(&eng.meta, super::feedback::tomb_key(token)),
                 None => {}
             }
         }
-        self.staged_ops = 0;
-        b.insert(&eng.meta, codec::shard_key(self.shard), self.counters.encode());
+        self.staged.retain(|_, s| !s.added.is_empty());
+        self.staged_ops = kept as usize;
+        // The counters on disk must match the messages on disk: held ones are not there yet.
+        let meta = ShardMeta { len: self.counters.len.saturating_sub(kept), ..self.counters };
+        if b.is_empty() && meta == self.committed {
+            return Ok(());
+        }
+        b.insert(&eng.meta, codec::shard_key(self.shard), meta.encode());
         match b.commit() {
             Ok(()) => {
                 self.last_write = eng.gate.wrote();
-                self.committed = self.counters;
+                self.committed = meta;
                 Ok(())
             }
             Err(e) => {
-                // The staged writes are gone: forget every cached queue that
-                // counted them, and the messages they added (ids stay used).
+                // The staged writes are gone, held messages too: forget every
+                // cached queue that counted them, and the messages they added
+                // (ids stay used).
+                self.staged.clear();
+                self.staged_ops = 0;
                 self.cache.clear();
                 self.counters.len = self.committed.len;
                 let e = eng.err("committing", e);
