@@ -1,8 +1,8 @@
 //! The expiry sweep's index, kept in memory: for each expiry second, the
 //! tokens of this shard with a message expiring then. An append thus writes
 //! only its message to disk; the index is rebuilt from the messages when the
-//! store opens (`open.rs`), and entries whose messages were acked are simply
-//! found empty by the sweep.
+//! store opens (`open.rs`). Deleting a token's last message of an expiry
+//! second deletes its entry, so the index never outgrows the stored messages.
 
 use std::collections::{BTreeMap, HashSet};
 use std::hash::BuildHasherDefault;
@@ -22,6 +22,22 @@ impl ExpiryIndex {
     /// Notes that `token` has a message expiring at `expiry`.
     pub fn add(&mut self, token: &Token, expiry: u32) {
         self.by_second.entry(expiry).or_default().insert(*token);
+    }
+
+    /// Forgets that `token` has a message expiring at `expiry` (its last one then was deleted).
+    pub fn remove(&mut self, token: &Token, expiry: u32) {
+        if let Some(set) = self.by_second.get_mut(&expiry) {
+            set.remove(token);
+            if set.is_empty() {
+                self.by_second.remove(&expiry);
+            }
+        }
+    }
+
+    /// (token, second) pairs held.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.by_second.values().map(|s| s.len()).sum()
     }
 
     /// Moves to `out` up to `max` tokens that have a message expiring before
@@ -73,7 +89,12 @@ mod tests {
         ix.take_due(21, 100, &mut out);
         out.sort_by_key(|t| t.0[0]);
         assert_eq!(out, vec![t(1), t(2), t(3)]);
+        ix.add(&t(5), 40);
+        ix.remove(&t(5), 40);
+        ix.remove(&t(9), 40);
+        assert_eq!(ix.len(), 1);
         ix.take_due(u64::MAX, 100, &mut out);
-        assert_eq!(out.len(), 4, "t(4) once, at 30");
+        assert_eq!(out.len(), 4, "t(4) once, at 30; t(5) no more");
+        assert_eq!(ix.len(), 0);
     }
 }

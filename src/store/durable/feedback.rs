@@ -64,6 +64,7 @@ impl DurableStore {
         let q = self.queue(token)?;
         for e in &q.msgs {
             self.stage_remove(token, e.id);
+            self.expiry.remove(token, e.expiry);
         }
         let mut v = at_ms.to_be_bytes().to_vec();
         v.extend_from_slice(app_id.as_bytes());

@@ -124,6 +124,15 @@ impl DurableStore {
         Ok(q)
     }
 
+    /// Deletes `e`, just taken out of `token`'s queue `q`, and its expiry
+    /// index entry unless another message of `q` expires in the same second.
+    fn delete(&mut self, token: &Token, q: &Queue, e: &Entry) {
+        self.stage_remove(token, e.id);
+        if !q.msgs.iter().any(|o| o.expiry == e.expiry) {
+            self.expiry.remove(token, e.expiry);
+        }
+    }
+
     /// Puts a queue back in the cache. Empty ones stay too, up to a limit: a
     /// device that acks each notification as it comes would otherwise have its
     /// queue re-read on every append, and that read walks every deletion of the
@@ -147,13 +156,13 @@ impl Store for DurableStore {
             if let Some(e) =
                 q.msgs.iter().position(|e| e.collapse == msg.collapse).and_then(|i| q.msgs.remove(i))
             {
-                self.stage_remove(token, e.id);
+                self.delete(token, &q, &e);
             }
         }
         let missed_before = q.missed;
         while q.msgs.len() >= self.cap {
             let Some(e) = q.msgs.pop_front() else { break };
-            self.stage_remove(token, e.id);
+            self.delete(token, &q, &e);
             q.missed = q.missed.saturating_add(1);
         }
         q.msgs.push_back(Entry { id: msg.msg_id, expiry: msg.expiry, collapse: msg.collapse.clone() });
@@ -213,7 +222,7 @@ impl Store for DurableStore {
             return Ok(false);
         };
         if let Some(e) = q.msgs.remove(i) {
-            self.stage_remove(token, e.id);
+            self.delete(token, &q, &e);
         }
         self.keep(token, q);
         Ok(true)
@@ -350,5 +359,48 @@ fn map_err(path: &Path, what: &str, e: fjall::Error) -> StoreError {
             StoreError::Io(format!("{what} in {}: {e:?}", path.display()))
         }
         _ => StoreError::Corrupt(format!("{what} in {}: {e:?}", path.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(id: u64, expiry: u32, collapse: &'static [u8]) -> StoredMsg {
+        StoredMsg {
+            msg_id: id,
+            kind: 0,
+            priority: 10,
+            flags: 0,
+            expiry,
+            collapse: Bytes::from_static(collapse),
+            payload: Bytes::from_static(b"p"),
+        }
+    }
+
+    /// The expiry index must not grow with messages that were acked,
+    /// collapsed, capped or unregistered: only with what is stored.
+    #[test]
+    fn the_expiry_index_holds_only_stored_messages() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = open::open_shards(dir.path(), 1, 2).unwrap().pop().unwrap();
+        let (a, b) = (Token([1; 24]), Token([2; 24]));
+        // Acked, one second each.
+        for id in 1..=10 {
+            s.append(&a, msg(id, 1000 + id as u32, b"")).unwrap();
+            assert!(s.ack(&a, id).unwrap());
+        }
+        assert_eq!(s.expiry.len(), 0);
+        // Collapsed, then pushed out by the cap of 2.
+        s.append(&b, msg(11, 2000, b"c")).unwrap();
+        s.append(&b, msg(12, 2001, b"c")).unwrap();
+        s.append(&b, msg(13, 2002, b"")).unwrap();
+        s.append(&b, msg(14, 2002, b"")).unwrap();
+        assert_eq!(s.expiry.len(), 1, "only 2002 is left: ids 13 and 14 share it");
+        assert!(s.ack(&b, 13).unwrap());
+        assert_eq!(s.expiry.len(), 1, "14 still expires at 2002");
+        s.unregister(&b, "app", 1).unwrap();
+        assert_eq!(s.expiry.len(), 0);
+        s.sync().unwrap();
     }
 }

@@ -25,7 +25,7 @@ pub fn open_durable(dir: &Path, shards: usize, cap: usize) -> Result<Vec<Box<dyn
 }
 
 /// `open_durable` with the concrete type.
-fn open_shards(dir: &Path, shards: usize, cap: usize) -> Result<Vec<DurableStore>, StoreError> {
+pub(super) fn open_shards(dir: &Path, shards: usize, cap: usize) -> Result<Vec<DurableStore>, StoreError> {
     let n = u16::try_from(shards)
         .ok()
         .filter(|&n| n > 0)
