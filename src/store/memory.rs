@@ -186,19 +186,8 @@ impl Store for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
 
-    fn msg(id: u64, expiry: u32, collapse: &'static [u8]) -> StoredMsg {
-        StoredMsg {
-            msg_id: id,
-            kind: 0,
-            priority: 10,
-            flags: 0,
-            expiry,
-            collapse: Bytes::from_static(collapse),
-            payload: Bytes::from(format!("m{id}")),
-        }
-    }
+    use crate::store::test_msg as msg;
 
     fn ids(s: &mut MemoryStore, t: &Token, now: u64) -> Vec<u64> {
         let mut out = Vec::new();

@@ -139,3 +139,17 @@ pub trait Store: Send {
         self.len() == 0
     }
 }
+
+/// A message for unit tests: payload `m<id>`.
+#[cfg(test)]
+pub(crate) fn test_msg(id: u64, expiry: u32, collapse: &'static [u8]) -> StoredMsg {
+    StoredMsg {
+        msg_id: id,
+        kind: 0,
+        priority: 10,
+        flags: 0,
+        expiry,
+        collapse: Bytes::from_static(collapse),
+        payload: Bytes::from(format!("m{id}")),
+    }
+}

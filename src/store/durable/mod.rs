@@ -366,17 +366,7 @@ fn map_err(path: &Path, what: &str, e: fjall::Error) -> StoreError {
 mod tests {
     use super::*;
 
-    fn msg(id: u64, expiry: u32, collapse: &'static [u8]) -> StoredMsg {
-        StoredMsg {
-            msg_id: id,
-            kind: 0,
-            priority: 10,
-            flags: 0,
-            expiry,
-            collapse: Bytes::from_static(collapse),
-            payload: Bytes::from_static(b"p"),
-        }
-    }
+    use crate::store::test_msg as msg;
 
     /// The expiry index must not grow with messages that were acked,
     /// collapsed, capped or unregistered: only with what is stored.
