@@ -121,20 +121,18 @@ impl ProviderClient {
     /// [`recv_result`](Self::recv_result)), so the gateway's limit is never exceeded.
     pub fn send_push(&mut self, req: &PushRequest) -> Result<u32, ClientError> {
         req.check()?;
-        self.wait_for_slot()?;
-        let req_id = self.take_req_id();
-        self.conn.send(&Frame::Push(Push {
-            req_id,
-            token: req.token,
-            kind: req.kind.0,
-            priority: req.priority,
-            flags: req.flags,
-            expiry: req.expiry,
-            collapse: &req.collapse,
-            payload: &req.payload,
-        }))?;
-        self.in_flight += 1;
-        Ok(req_id)
+        self.send_request(|req_id| {
+            Frame::Push(Push {
+                req_id,
+                token: req.token,
+                kind: req.kind.0,
+                priority: req.priority,
+                flags: req.flags,
+                expiry: req.expiry,
+                collapse: &req.collapse,
+                payload: &req.payload,
+            })
+        })
     }
 
     /// Sends one MULTI_PUSH of `req` (its `token` ignored) to 1..=1000 `tokens` without waiting.
@@ -143,31 +141,35 @@ impl ProviderClient {
         if tokens.is_empty() || tokens.len() > MAX_MULTICAST {
             return Err(ClientError::Invalid(format!("{} tokens in one MULTI_PUSH", tokens.len())));
         }
-        self.wait_for_slot()?;
         let flat: Vec<u8> = tokens.iter().flat_map(|t| t.0).collect();
-        let req_id = self.take_req_id();
-        self.conn.send(&Frame::MultiPush(MultiPush {
-            req_id,
-            tokens: &flat,
-            kind: req.kind.0,
-            priority: req.priority,
-            flags: req.flags,
-            expiry: req.expiry,
-            collapse: &req.collapse,
-            payload: &req.payload,
-        }))?;
-        self.in_flight += 1;
-        Ok(req_id)
+        self.send_request(|req_id| {
+            Frame::MultiPush(MultiPush {
+                req_id,
+                tokens: &flat,
+                kind: req.kind.0,
+                priority: req.priority,
+                flags: req.flags,
+                expiry: req.expiry,
+                collapse: &req.collapse,
+                payload: &req.payload,
+            })
+        })
     }
 
     /// Asks which of this app's tokens unregistered after the cursor without
     /// waiting: at or after `since_ms` (unix ms) when `after` is `None`, else
     /// strictly after `(since_ms, after)`. The answer is a [`Reply::Feedback`].
     pub fn send_feedback(&mut self, since_ms: u64, after: Option<Token>) -> Result<u32, ClientError> {
+        let after = after.unwrap_or(Token([0; TOKEN_LEN]));
+        self.send_request(|req_id| Frame::Feedback { req_id, since_ms, after })
+    }
+
+    /// Sends the request `build` makes with a fresh req_id once the in-flight
+    /// window has room, and counts it in flight.
+    fn send_request<'a>(&mut self, build: impl FnOnce(u32) -> Frame<'a>) -> Result<u32, ClientError> {
         self.wait_for_slot()?;
         let req_id = self.take_req_id();
-        let after = after.unwrap_or(Token([0; TOKEN_LEN]));
-        self.conn.send(&Frame::Feedback { req_id, since_ms, after })?;
+        self.conn.send(&build(req_id))?;
         self.in_flight += 1;
         Ok(req_id)
     }
