@@ -87,7 +87,7 @@ impl Shard {
             self.cfg().server.provider_proxy_protocol
         };
         if !proxied {
-            let now = self.mono_ms();
+            let now = self.mono_ms;
             if let Err(retry) = self.sources.admit(peer.ip(), now) {
                 self.shared.conns.fetch_sub(1, Ordering::AcqRel);
                 self.metrics.on_limit(Limit::HandshakeRate);
@@ -389,7 +389,7 @@ impl Shard {
                 let source = header.source.or_else(|| conn.io().0.peer_addr().ok());
                 if let Some(src) = source {
                     debug!("shard {}: connection {idx} from {src} (PROXY header)", self.index);
-                    let now = self.mono_ms();
+                    let now = self.mono_ms;
                     if let Err(retry) = self.sources.admit(src.ip(), now) {
                         self.metrics.on_limit(Limit::HandshakeRate);
                         self.goaway(idx, GoAwayReason::RATE_LIMITED, retry.min(u32::MAX as u64) as u32);

@@ -167,7 +167,8 @@ pub struct Shard {
     next_msg_id: u64,
     start: Instant,
     now_tick: u64,
-    /// Milliseconds since `start`, for `awaiting_ack`.
+    /// Milliseconds since `start` at this loop iteration: the clock of the
+    /// limit buckets and of `awaiting_ack`.
     mono_ms: u64,
     unix_s: u64,
     unix_ms: u64,
@@ -720,10 +721,5 @@ impl Shard {
         if self.held.capacity() > 2 * self.held.len() + 1024 {
             self.held.shrink_to_fit();
         }
-    }
-
-    /// Milliseconds since the shard started: the clock the limit buckets run on.
-    fn mono_ms(&self) -> u64 {
-        self.start.elapsed().as_millis() as u64
     }
 }

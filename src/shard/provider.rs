@@ -186,7 +186,7 @@ impl Shard {
     /// Charges one push to `app`'s rate bucket, or says in how many ms to retry.
     fn take_push_token(&mut self, app: u16) -> Result<(), u64> {
         let Some(rate) = self.push_rate else { return Ok(()) };
-        let now = self.mono_ms();
+        let now = self.mono_ms;
         match self.app_buckets.get_mut(app as usize) {
             Some(b) => b.take(rate, now),
             None => Ok(()),
