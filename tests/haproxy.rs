@@ -1,6 +1,7 @@
 //! Two gateway processes behind a real HAProxy in TCP mode with
-//! `send-proxy-v2`: devices and pushes go through it, and the gateways see
-//! the original client addresses, not HAProxy's.
+//! `send-proxy-v2` (to the second one with a CRC32C TLV, which it checks):
+//! devices and pushes go through it, and the gateways see the original client
+//! addresses, not HAProxy's.
 //!
 //! Needs `haproxy` on PATH (.ci/run installs it); skipped with a message
 //! outside CI when it is missing.
@@ -100,9 +101,9 @@ fn devices_and_pushes_through_haproxy_with_proxy_protocol_v2() {
         format!(
             "global\n  maxconn 2000\n  nbthread 1\ndefaults\n  mode tcp\n  timeout connect 2s\n  timeout client 60s\n  timeout server 60s\n\
              frontend devices\n  bind 127.0.0.1:{fd}\n  default_backend gw_devices\n\
-             backend gw_devices\n  balance roundrobin\n  server a {} send-proxy-v2\n  server b {} send-proxy-v2\n\
+             backend gw_devices\n  balance roundrobin\n  server a {} send-proxy-v2\n  server b {} send-proxy-v2 proxy-v2-options crc32c\n\
              frontend providers\n  bind 127.0.0.1:{fp}\n  default_backend gw_providers\n\
-             backend gw_providers\n  balance roundrobin\n  server a {} send-proxy-v2\n  server b {} send-proxy-v2\n",
+             backend gw_providers\n  balance roundrobin\n  server a {} send-proxy-v2\n  server b {} send-proxy-v2 proxy-v2-options crc32c\n",
             a.device, b.device, a.provider, b.provider
         ),
     )

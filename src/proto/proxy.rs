@@ -3,9 +3,9 @@
 //! first byte. Sans-IO like the frame codec: decoding never allocates, and an incomplete
 //! header is `Ok(None)`, not an error.
 //!
-//! Not done here: CRC32C TLV checking, and interpreting any TLV (they are skipped after a
-//! check that they tile the rest of the header). Deciding whether a peer may send a PROXY
-//! header at all (only trusted load balancers) is the listener's job.
+//! TLVs are checked to tile the rest of the header and otherwise skipped, except
+//! PP2_TYPE_CRC32C, which must match the header's checksum. Deciding whether a peer may
+//! send a PROXY header at all (only trusted load balancers) is the listener's job.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -30,6 +30,9 @@ const FAM_UNIX: u8 = 0x3;
 const PROTO_UNSPEC: u8 = 0x0;
 const PROTO_STREAM: u8 = 0x1;
 const PROTO_DGRAM: u8 = 0x2;
+/// PP2_TYPE_CRC32C: a u32 (big-endian), the CRC-32C of the whole header computed with
+/// this value's four bytes set to zero.
+const TLV_CRC32C: u8 = 0x03;
 
 /// What a PROXY header says about the connection. Both addresses are `None` when the
 /// header carries none we can use (v1 `UNKNOWN`, v2 `LOCAL`, an unspecified family or
@@ -58,6 +61,8 @@ pub enum ProxyError {
     TooLong,
     /// A v2 version, command, family or transport the spec does not define.
     Unsupported,
+    /// A v2 CRC32C TLV that does not match the header: corrupted on the way.
+    BadChecksum,
 }
 
 impl ProxyError {
@@ -68,6 +73,7 @@ impl ProxyError {
             ProxyError::Malformed => "malformed PROXY protocol header",
             ProxyError::TooLong => "PROXY protocol header too long",
             ProxyError::Unsupported => "unsupported PROXY protocol v2 version, command or family",
+            ProxyError::BadChecksum => "PROXY protocol v2 header fails its CRC32C check",
         }
     }
 }
@@ -210,7 +216,7 @@ fn parse_v2(buf: &[u8]) -> Result<Option<(ProxyHeader, usize)>, ProxyError> {
         return Ok(None);
     };
     if addr_len > 0 {
-        check_tlvs(&block[addr_len..])?;
+        check_tlvs(&buf[..total], V2_FIXED_LEN + addr_len)?;
     }
     let header = match (local, family, transport) {
         (false, FAM_INET, PROTO_STREAM) => {
@@ -240,16 +246,36 @@ fn array<const N: usize>(b: &[u8], at: usize) -> Result<[u8; N], ProxyError> {
     b.get(at..at + N).and_then(|s| s.try_into().ok()).ok_or(ProxyError::Malformed)
 }
 
-/// TLVs (`type:u8 | length:u16 | value`) must exactly fill what follows the addresses.
-fn check_tlvs(mut rest: &[u8]) -> Result<(), ProxyError> {
-    while let [_, hi, lo, tail @ ..] = rest {
-        rest = tail.get(usize::from(u16::from_be_bytes([*hi, *lo]))..).ok_or(ProxyError::Malformed)?;
+/// TLVs (`type:u8 | length:u16 | value`) must exactly fill `header[from..]`, what
+/// follows the addresses. At most one CRC32C TLV, of 4 bytes, which must match.
+fn check_tlvs(header: &[u8], from: usize) -> Result<(), ProxyError> {
+    let mut at = from;
+    let mut crc_at = None;
+    while at < header.len() {
+        // One or two bytes left: too short for a TLV.
+        let Some(&[kind, hi, lo]) = header.get(at..at + 3) else {
+            return Err(ProxyError::Malformed);
+        };
+        let value = at + 3;
+        at = value + usize::from(u16::from_be_bytes([hi, lo]));
+        if at > header.len() {
+            return Err(ProxyError::Malformed);
+        }
+        if kind == TLV_CRC32C {
+            if at - value != 4 || crc_at.is_some() {
+                return Err(ProxyError::Malformed);
+            }
+            crc_at = Some(value);
+        }
     }
-    if rest.is_empty() {
-        Ok(())
-    } else {
-        Err(ProxyError::Malformed) // one or two bytes: too short for a TLV
+    if let Some(v) = crc_at {
+        let sent = u32::from_be_bytes(array::<4>(header, v)?);
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&header[..v]), &[0; 4]);
+        if crc32c::crc32c_append(crc, &header[v + 4..]) != sent {
+            return Err(ProxyError::BadChecksum);
+        }
     }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -443,6 +469,44 @@ mod tests {
         assert_eq!(n, 16 + 36 + tlvs.len());
         assert_eq!(hdr.source, Some(SocketAddr::new(IpAddr::V6(src), 1)));
         assert_eq!(hdr.destination, Some(SocketAddr::new(IpAddr::V6(dst), 65535)));
+    }
+
+    /// A TCP4 header with a CRC32C TLV (between two others) set to its correct value.
+    fn with_crc() -> (Vec<u8>, usize) {
+        let tlvs = [tlv(0x01, b"h2"), tlv(TLV_CRC32C, &[0; 4]), tlv(0x05, b"id")].concat();
+        let mut h = v2(0x21, 0x11, &v4_block([192, 0, 2, 7], [198, 51, 100, 1], 50123, 7700), &tlvs);
+        let at = 16 + 12 + 5 + 3;
+        let crc = crc32c::crc32c(&h);
+        h[at..at + 4].copy_from_slice(&crc.to_be_bytes());
+        (h, at)
+    }
+
+    #[test]
+    fn v2_crc32c_tlv_is_checked() {
+        // The Castagnoli polynomial, as the spec requires (its standard check value).
+        assert_eq!(crc32c::crc32c(b"123456789"), 0xe306_9283);
+        let (h, at) = with_crc();
+        let (hdr, n) = ok(&h);
+        assert_eq!((hdr.source, n), (sa("192.0.2.7:50123"), h.len()));
+        for i in [0, 17, 27, 31, at, at + 3, h.len() - 1] {
+            let mut bad = h.clone();
+            bad[i] ^= 0x40;
+            let want = if i == 0 { ProxyError::NotProxy } else { ProxyError::BadChecksum };
+            assert_eq!(parse(&bad).map(|_| ()), Err(want), "byte {i} flipped");
+        }
+    }
+
+    #[test]
+    fn v2_crc32c_tlv_must_be_four_bytes_and_only_one() {
+        let block = v4_block([1, 2, 3, 4], [5, 6, 7, 8], 1, 2);
+        let three = v2(0x21, 0x11, &block, &tlv(TLV_CRC32C, &[0; 3]));
+        assert_eq!(parse(&three), Err(ProxyError::Malformed));
+        let (h, at) = with_crc();
+        let twice = [&h[..], &tlv(TLV_CRC32C, &h[at..at + 4])].concat();
+        let mut twice = twice;
+        let len = u16::from_be_bytes([twice[14], twice[15]]) + 7;
+        twice[14..16].copy_from_slice(&len.to_be_bytes());
+        assert_eq!(parse(&twice), Err(ProxyError::Malformed));
     }
 
     #[test]
