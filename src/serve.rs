@@ -173,13 +173,25 @@ fn open_stores(cfg: &Config, shards: usize) -> Result<Vec<Box<dyn Store>>, Strin
     }
 }
 
+/// Waits for SIGINT or SIGTERM (or `stop`); SIGHUP meanwhile reloads the TLS certificate.
 fn wait_for_signal(gw: &Gateway, stop: &Arc<AtomicBool>) {
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         if let Err(e) = signal_hook::flag::register(sig, stop.clone()) {
             warn!("cannot watch signal {sig}: {e}");
         }
     }
+    let hup = Arc::new(AtomicBool::new(false));
+    if let Err(e) = signal_hook::flag::register(signal_hook::consts::SIGHUP, hup.clone()) {
+        warn!("cannot watch SIGHUP: {e}");
+    }
     while !stop.load(Ordering::Relaxed) && !gw.is_finished() {
+        if hup.swap(false, Ordering::Relaxed) {
+            match gw.shared.tls.reload() {
+                Ok(true) => info!("SIGHUP: TLS certificate reloaded; new handshakes use it"),
+                Ok(false) => info!("SIGHUP: no TLS listener, nothing to reload"),
+                Err(e) => warn!("SIGHUP: TLS certificate not reloaded, the current one stays: {e}"),
+            }
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
 }

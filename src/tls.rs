@@ -1,6 +1,7 @@
 //! Optional TLS (rustls, ring provider) on the device and provider listeners:
-//! loading the certificate once at start, and the two pipe passes the shard's
-//! read and write paths run a TLS connection through.
+//! the certificate (loaded at start, reloaded on SIGHUP so a renewed one takes
+//! effect without a restart), and the two pipe passes the shard's read and
+//! write paths run a TLS connection through.
 //!
 //! A TLS connection is a pipe between the socket and the frame codec:
 //!
@@ -9,15 +10,17 @@
 //!  socket ◀─write_tls── rustls ◀─writer()── wbuf    ◀── frames
 //! ```
 //!
-//! Not here: client certificates, ALPN, reloading a renewed certificate
-//! without a restart.
+//! Not here: client certificates, ALPN.
 
 use std::io::{self, ErrorKind, Read, Write};
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use rustls::{ServerConfig, ServerConnection};
 
 use crate::config::{ConfigError, TlsConfig};
@@ -27,6 +30,8 @@ use crate::config::{ConfigError, TlsConfig};
 pub struct TlsPorts {
     pub device: Option<Arc<ServerConfig>>,
     pub provider: Option<Arc<ServerConfig>>,
+    /// The certificate both configs hand out, when either listener has TLS.
+    pub cert: Option<Arc<CertStore>>,
 }
 
 impl TlsPorts {
@@ -39,11 +44,23 @@ impl TlsPorts {
         let required = |key: &str| ConfigError(format!("key `tls.{key}`: required when TLS is on"));
         let cert = cfg.cert.as_deref().ok_or_else(|| required("cert"))?;
         let key = cfg.key.as_deref().ok_or_else(|| required("key"))?;
-        let server = Arc::new(server_config(cert, key)?);
+        let store = Arc::new(CertStore::load(cert, key)?);
+        let server = Arc::new(server_config(store.clone())?);
         Ok(TlsPorts {
             device: cfg.device.then(|| server.clone()),
             provider: cfg.provider.then(|| server.clone()),
+            cert: Some(store),
         })
+    }
+
+    /// Reads the certificate and key files again (SIGHUP): new handshakes get
+    /// the new pair, open connections keep theirs. On an error the current
+    /// pair stays. `Ok(false)` when no listener has TLS.
+    pub fn reload(&self) -> Result<bool, ConfigError> {
+        match &self.cert {
+            Some(store) => store.reload().map(|()| true),
+            None => Ok(false),
+        }
     }
 
     pub fn for_port(&self, device: bool) -> Option<&Arc<ServerConfig>> {
@@ -55,8 +72,39 @@ impl TlsPorts {
     }
 }
 
-/// A rustls server config for the PEM certificate chain and key in these files.
-pub fn server_config(cert: &Path, key: &Path) -> Result<ServerConfig, ConfigError> {
+/// The certificate chain and key every handshake gets, from the files named in
+/// `[tls]`; `reload` swaps them while the gateway runs.
+#[derive(Debug)]
+pub struct CertStore {
+    cert: PathBuf,
+    key: PathBuf,
+    provider: Arc<CryptoProvider>,
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl CertStore {
+    /// Reads and checks the pair: PEM, a non-empty chain, a key that fits the certificate.
+    pub fn load(cert: &Path, key: &Path) -> Result<CertStore, ConfigError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let pair = read_pair(cert, key, &provider)?;
+        Ok(CertStore { cert: cert.into(), key: key.into(), provider, current: RwLock::new(Arc::new(pair)) })
+    }
+
+    /// Reads the files again; the current pair stays if they do not make a valid one.
+    pub fn reload(&self) -> Result<(), ConfigError> {
+        let pair = Arc::new(read_pair(&self.cert, &self.key, &self.provider)?);
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = pair;
+        Ok(())
+    }
+}
+
+impl ResolvesServerCert for CertStore {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.read().unwrap_or_else(|e| e.into_inner()).clone())
+    }
+}
+
+fn read_pair(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<CertifiedKey, ConfigError> {
     let file_error = |what: &str, path: &Path, e: &dyn std::fmt::Display| {
         ConfigError(format!("tls.{what} {}: {e}", path.display()))
     };
@@ -67,15 +115,18 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<ServerConfig, ConfigErro
         return Err(file_error("cert", cert, &"no CERTIFICATE block"));
     }
     let private = PrivateKeyDer::from_pem_file(key).map_err(|e| file_error("key", key, &e))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    ServerConfig::builder_with_provider(provider)
+    CertifiedKey::from_der(chain, private, provider).map_err(|e| {
+        ConfigError(format!("tls.key {} does not fit tls.cert {}: {e}", key.display(), cert.display()))
+    })
+}
+
+/// A rustls server config that takes its certificate from `store`.
+pub fn server_config(store: Arc<CertStore>) -> Result<ServerConfig, ConfigError> {
+    Ok(ServerConfig::builder_with_provider(store.provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| ConfigError(format!("tls: {e}")))?
         .with_no_client_auth()
-        .with_single_cert(chain, private)
-        .map_err(|e| {
-            ConfigError(format!("tls.key {} does not fit tls.cert {}: {e}", key.display(), cert.display()))
-        })
+        .with_cert_resolver(store))
 }
 
 /// Why a read pass ends the connection.

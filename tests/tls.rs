@@ -54,19 +54,9 @@ struct Pki {
 
 impl Pki {
     fn new() -> Pki {
-        let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("cert.pem"), ck.cert.pem()).unwrap();
-        std::fs::write(dir.path().join("key.pem"), ck.key_pair.serialize_pem()).unwrap();
-        let mut roots = RootCertStore::empty();
-        roots.add(CertificateDer::from(ck.cert.der().to_vec())).unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let client = ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        Pki { dir, client: Arc::new(client) }
+        let client = self_signed(dir.path());
+        Pki { dir, client }
     }
 
     fn tls_config(&self, device: bool, provider: bool) -> TlsConfig {
@@ -96,6 +86,40 @@ impl Pki {
         let conn = ClientConnection::new(self.client.clone(), name).unwrap();
         Tls { s: StreamOwned::new(conn, sock), buf: Vec::new() }
     }
+}
+
+/// Writes a new self-signed "localhost" certificate and key to `dir`
+/// (cert.pem, key.pem); returns a client config that trusts only it.
+fn self_signed(dir: &Path) -> Arc<ClientConfig> {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    std::fs::write(dir.join("cert.pem"), ck.cert.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), ck.key_pair.serialize_pem()).unwrap();
+    let mut roots = RootCertStore::empty();
+    roots.add(CertificateDer::from(ck.cert.der().to_vec())).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let client = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Arc::new(client)
+}
+
+/// Whether a full TLS handshake with `addr` succeeds for a client trusting what
+/// `client` trusts (no session resumption, which would skip the certificate).
+fn handshake_ok(client: &Arc<ClientConfig>, addr: SocketAddr) -> bool {
+    let mut fresh = (**client).clone();
+    fresh.resumption = rustls::client::Resumption::disabled();
+    let mut sock = TcpStream::connect(addr).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    let mut conn = ClientConnection::new(Arc::new(fresh), name).unwrap();
+    while conn.is_handshaking() {
+        if conn.complete_io(&mut sock).is_err() {
+            return false;
+        }
+    }
+    true
 }
 
 /// A frame connection through rustls.
@@ -515,4 +539,59 @@ fn idle_device_memory() {
     );
     assert!(tls > plain, "a TLS session costs something");
     drop((warm, warm_plain, plain_socks, tls_socks));
+}
+
+/// A renewed certificate takes effect on reload, for new handshakes only; a
+/// broken one is refused and the current certificate stays.
+#[test]
+fn a_reload_serves_the_renewed_certificate_to_new_connections() {
+    let pki = Pki::new();
+    let gw = pki.gateway(2, |_| {});
+    let mut old = pki.connect(gw.device_addr);
+    old.hello("before-renewal");
+    let renewed = self_signed(pki.dir.path());
+    assert!(!handshake_ok(&renewed, gw.device_addr), "the files changed, the gateway did not yet");
+    assert!(gw.shared.tls.reload().unwrap());
+    assert!(handshake_ok(&renewed, gw.provider_addr));
+    assert!(handshake_ok(&renewed, gw.device_addr));
+    assert!(!handshake_ok(&pki.client, gw.device_addr), "the old certificate is gone");
+    // The connection made before the reload carries on.
+    old.send(&Frame::Ping);
+    old.expect(|f| assert_eq!(f, Frame::Pong));
+
+    std::fs::write(pki.dir.path().join("cert.pem"), "not a certificate").unwrap();
+    let e = gw.shared.tls.reload().expect_err("a broken certificate is refused").0;
+    assert!(e.contains("cert.pem"), "{e}");
+    assert!(handshake_ok(&renewed, gw.device_addr), "the renewed certificate stays");
+}
+
+/// `pushgate serve` reloads the certificate on SIGHUP.
+#[test]
+fn sighup_reloads_the_certificate() {
+    let pki = Pki::new();
+    let cfg = pki.dir.path().join("gw.toml");
+    let (cert, key) = (pki.dir.path().join("cert.pem"), pki.dir.path().join("key.pem"));
+    let toml = format!("[tls]\ncert = {:?}\nkey = {:?}\ndevice = true\n", cert, key);
+    std::fs::write(&cfg, toml).unwrap();
+    let data = pki.dir.path().join("data");
+    let args: [&std::ffi::OsStr; 6] = [
+        "--config".as_ref(),
+        cfg.as_ref(),
+        "--data-dir".as_ref(),
+        data.as_ref(),
+        "--store".as_ref(),
+        "memory".as_ref(),
+    ];
+    let srv = spawn_serve(&args, "info");
+    assert!(handshake_ok(&pki.client, srv.device));
+    let renewed = self_signed(pki.dir.path());
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(srv.child.id() as i32, libc::SIGHUP) };
+    assert!(
+        wait_until(Duration::from_secs(10), || handshake_ok(&renewed, srv.device)),
+        "renewed certificate not served: {}",
+        srv.log.lock().unwrap()
+    );
+    assert!(!handshake_ok(&pki.client, srv.device));
+    assert!(srv.log.lock().unwrap().contains("TLS certificate reloaded"));
 }
