@@ -10,7 +10,9 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use crossbeam_channel::{Receiver, Sender};
 use mio::{Events, Poll, Token as MioToken, Waker};
 use pushgate::proto::frame::{put_multi_entry, DEVICE_MAX_BODY, PROVIDER_MAX_BODY};
-use pushgate::proto::{split_frame, Frame, Hello, MultiPush, Push, Status, Token, TokenKey, TOKEN_LEN};
+use pushgate::proto::{
+    split_frame, Frame, Hello, MultiPush, Notification, Push, Status, Token, TokenKey, TOKEN_LEN,
+};
 
 fn tok(i: u32) -> Token {
     TokenKey::new([3; 32]).derive("com.example.app", &i.to_be_bytes().repeat(4))
@@ -46,9 +48,7 @@ fn frames(c: &mut Criterion) {
     for i in 0..1000 {
         put_multi_entry(&mut entries, Status::DELIVERED, i);
     }
-    let push = Push {
-        req_id: 7,
-        token: tok(1),
+    let note = Notification {
         kind: 0,
         priority: 10,
         flags: 0,
@@ -56,6 +56,7 @@ fn frames(c: &mut Criterion) {
         collapse: b"inbox",
         payload: &payload,
     };
+    let push = Push { req_id: 7, token: tok(1), note };
     let dev = DEVICE_MAX_BODY;
     let prov = PROVIDER_MAX_BODY;
     let hello = Hello { version: 1, keepalive_s: 240, app_id: "com.example.chat", secret: &secret };
@@ -76,16 +77,8 @@ fn frames(c: &mut Criterion) {
         Frame::Result { req_id: 7, status: Status::DELIVERED, msg_id: 99, info: 0 },
         prov,
     );
-    let multi = MultiPush {
-        req_id: 8,
-        tokens: &toks,
-        kind: 0,
-        priority: 10,
-        flags: 0,
-        expiry: 0,
-        collapse: b"",
-        payload: &payload,
-    };
+    let multi =
+        MultiPush { req_id: 8, tokens: &toks, note: Notification { expiry: 0, collapse: b"", ..note } };
     bench_frame(c, "MULTI_PUSH_1000x200B", Frame::MultiPush(multi), prov);
     bench_frame(c, "MULTI_RESULT_1000", Frame::MultiResult { req_id: 8, entries: &entries }, prov);
 }

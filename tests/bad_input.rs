@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use pushgate::proto::{ErrorCode, Frame, GoAwayReason, Push, Status, PRIORITY_HIGH};
+use pushgate::proto::{ErrorCode, Frame, GoAwayReason, Status};
 
 fn expect_error(r: &mut Raw, code: ErrorCode) {
     r.expect(|f| match f {
@@ -137,17 +137,7 @@ fn a_device_that_stops_reading_is_cut_off_and_keeps_its_notifications() {
         let mut batch = Vec::new();
         for _ in 0..100 {
             req += 1;
-            Frame::Push(Push {
-                req_id: req,
-                token,
-                kind: 0,
-                priority: PRIORITY_HIGH,
-                flags: 0,
-                expiry: u32::MAX,
-                collapse: b"",
-                payload: &payload,
-            })
-            .encode(&mut batch);
+            Frame::Push(push_frame(req, token, u32::MAX, &payload)).encode(&mut batch);
         }
         p.send_bytes(&batch);
         for _ in 0..100 {
@@ -193,16 +183,6 @@ fn hello_bytes(app: &str, secret: &[u8]) -> Vec<u8> {
 
 fn push_bytes() -> Vec<u8> {
     let mut v = Vec::new();
-    Frame::Push(Push {
-        req_id: 1,
-        token: pushgate::proto::Token([0; 24]),
-        kind: 0,
-        priority: PRIORITY_HIGH,
-        flags: 0,
-        expiry: 0,
-        collapse: b"",
-        payload: b"",
-    })
-    .encode(&mut v);
+    Frame::Push(push_frame(1, pushgate::proto::Token([0; 24]), 0, b"")).encode(&mut v);
     v
 }

@@ -9,8 +9,8 @@ use pushgate::proto::frame::{
 use pushgate::proto::session::auth_proof;
 use pushgate::proto::{
     on_device_frame, on_provider_frame, split_frame, Apps, DeviceEvent, DeviceState, ErrorCode, Frame,
-    FrameError, GoAwayReason, Hello, MultiPush, ProtoError, ProviderEvent, ProviderState, Push, RawFrame,
-    Status, Token, TOKEN_LEN,
+    FrameError, GoAwayReason, Hello, MultiPush, Notification, ProtoError, ProviderEvent, ProviderState, Push,
+    RawFrame, Status, Token, TOKEN_LEN,
 };
 
 fn encode(f: &Frame<'_>) -> Vec<u8> {
@@ -60,20 +60,13 @@ fn bytes(n: usize) -> Vec<u8> {
 }
 
 fn push<'a>(collapse: &'a [u8], payload: &'a [u8]) -> Push<'a> {
-    Push {
-        req_id: 0xdead_beef,
-        token: tok(9),
-        kind: 1,
-        priority: 10,
-        flags: 0x80,
-        expiry: 1_900_000_000,
-        collapse,
-        payload,
-    }
+    let note = Notification { kind: 1, priority: 10, flags: 0x80, expiry: 1_900_000_000, collapse, payload };
+    Push { req_id: 0xdead_beef, token: tok(9), note }
 }
 
 fn multi<'a>(tokens: &'a [u8], collapse: &'a [u8], payload: &'a [u8]) -> MultiPush<'a> {
-    MultiPush { req_id: 77, tokens, kind: 2, priority: 5, flags: 0, expiry: 0, collapse, payload }
+    let note = Notification { kind: 2, priority: 5, flags: 0, expiry: 0, collapse, payload };
+    MultiPush { req_id: 77, tokens, note }
 }
 
 fn hello(secret: &[u8]) -> Frame<'_> {

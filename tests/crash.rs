@@ -9,9 +9,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{spawn_serve, Got, Raw, Served};
+use common::{push_frame, spawn_serve, Got, Raw, Served};
 use pushgate::proto::frame::{split_frame, PROVIDER_MAX_BODY};
-use pushgate::proto::{Frame, Push, Status, Token, PRIORITY_HIGH};
+use pushgate::proto::{Frame, Status, Token};
 
 fn serve(data: &std::path::Path, ack_grace_ms: u64) -> Served {
     // A cap far above what the test pushes per device: the cap's own drops are tested elsewhere.
@@ -121,17 +121,7 @@ fn crash_and_restart(ack_grace_ms: u64) {
             let expiry = if n % 5 == 0 { 0 } else { u32::MAX };
             let payload = n.to_string();
             let mut buf = Vec::new();
-            Frame::Push(Push {
-                req_id: n,
-                token,
-                kind: 0,
-                priority: PRIORITY_HIGH,
-                flags: 0,
-                expiry,
-                collapse: b"",
-                payload: payload.as_bytes(),
-            })
-            .encode(&mut buf);
+            Frame::Push(push_frame(n, token, expiry, payload.as_bytes())).encode(&mut buf);
             if std::io::Write::write_all(&mut p.stream, &buf).is_err() {
                 return n;
             }

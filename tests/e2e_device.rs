@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::*;
-use pushgate::proto::{Frame, GoAwayReason, Push, Status, Token, PRIORITY_HIGH, PRIORITY_NORMAL};
+use pushgate::proto::{Frame, GoAwayReason, Status, Token, PRIORITY_HIGH, PRIORITY_NORMAL};
 
 fn unix_now() -> u32 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as u32
@@ -32,8 +32,10 @@ fn push_prio(
     collapse: &[u8],
     payload: &[u8],
 ) -> (Status, u64) {
-    let (status, msg_id, _) =
-        prov.push(Push { priority, collapse, ..push_frame(req_id, token, expiry, payload) });
+    let (status, msg_id, _) = prov.push(with_note(push_frame(req_id, token, expiry, payload), |n| {
+        n.priority = priority;
+        n.collapse = collapse;
+    }));
     (status, msg_id)
 }
 

@@ -6,14 +6,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::*;
 use pushgate::proto::frame::{feedback_entries, FLAG_RECEIPT};
-use pushgate::proto::{Frame, GoAwayReason, Push, Status, Token};
+use pushgate::proto::{Frame, GoAwayReason, Status, Token};
 
 fn unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
 }
 
 fn push(p: &mut Raw, req_id: u32, token: Token, flags: u8, expiry: u32) -> (Status, u64, u64) {
-    p.push(Push { flags, ..push_frame(req_id, token, expiry, b"x") })
+    p.push(with_note(push_frame(req_id, token, expiry, b"x"), |n| n.flags = flags))
 }
 
 fn provider(gw: &pushgate::server::Gateway, app: &str, secret: &str) -> Raw {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::*;
 use pushgate::proto::frame::multi_entries;
 use pushgate::proto::session::auth_proof;
-use pushgate::proto::{ErrorCode, Frame, MultiPush, Push, Status, Token, PRIORITY_HIGH};
+use pushgate::proto::{ErrorCode, Frame, MultiPush, Notification, Push, Status, Token};
 
 fn push_frame(req_id: u32, token: Token, payload: &[u8]) -> Push<'_> {
     common::push_frame(req_id, token, 0, payload)
@@ -85,11 +85,11 @@ fn invalid_fields_get_their_statuses() {
     let big = vec![b'x'; 4097];
     p.send(&Frame::Push(push_frame(1, token, &big)));
     assert_eq!(result(&mut p).1, Status::PAYLOAD_TOO_LARGE);
-    p.send(&Frame::Push(Push { kind: 9, ..push_frame(2, token, b"k") }));
+    p.send(&Frame::Push(with_note(push_frame(2, token, b"k"), |n| n.kind = 9)));
     assert_eq!(result(&mut p).1, Status::BAD_REQUEST);
-    p.send(&Frame::Push(Push { priority: 7, ..push_frame(3, token, b"p") }));
+    p.send(&Frame::Push(with_note(push_frame(3, token, b"p"), |n| n.priority = 7)));
     assert_eq!(result(&mut p).1, Status::BAD_REQUEST);
-    p.send(&Frame::Push(Push { flags: 0x80, ..push_frame(4, token, b"f") }));
+    p.send(&Frame::Push(with_note(push_frame(4, token, b"f"), |n| n.flags = 0x80)));
     assert_eq!(result(&mut p).1, Status::BAD_REQUEST);
     let ok = vec![b'y'; 4096];
     p.send(&Frame::Push(push_frame(5, token, &ok)));
@@ -116,16 +116,7 @@ fn multicast_reports_a_status_per_token_in_request_order() {
     let raw_tokens: Vec<u8> = list.iter().flat_map(|t| t.0).collect();
     let mut p = Raw::connect(gw.provider_addr);
     p.login(APP, APP_SECRET);
-    p.send(&Frame::MultiPush(MultiPush {
-        req_id: 77,
-        tokens: &raw_tokens,
-        kind: 0,
-        priority: PRIORITY_HIGH,
-        flags: 0,
-        expiry: 0,
-        collapse: b"",
-        payload: b"to many",
-    }));
+    p.send(&Frame::MultiPush(MultiPush { req_id: 77, tokens: &raw_tokens, note: note(0, b"to many") }));
     let entries: Vec<(Status, u64)> = p.expect(|f| match f {
         Frame::MultiResult { req_id: 77, entries } => multi_entries(entries).collect(),
         other => panic!("{other:?}"),
@@ -165,16 +156,8 @@ fn a_thousand_token_multicast_and_many_pipelined_pushes_all_get_answers() {
     let mut p = Raw::connect(gw.provider_addr);
     p.login(APP, APP_SECRET);
     let raw_tokens: Vec<u8> = std::iter::repeat_n(t, 1000).flat_map(|t| t.0).collect();
-    p.send(&Frame::MultiPush(MultiPush {
-        req_id: 1,
-        tokens: &raw_tokens,
-        kind: 2,
-        priority: PRIORITY_HIGH,
-        flags: 0,
-        expiry: 0,
-        collapse: b"",
-        payload: b"",
-    }));
+    let note = Notification { kind: 2, ..note(0, b"") };
+    p.send(&Frame::MultiPush(MultiPush { req_id: 1, tokens: &raw_tokens, note }));
     let n = p.expect(|f| match f {
         Frame::MultiResult { req_id: 1, entries } => multi_entries(entries).count(),
         other => panic!("{other:?}"),
@@ -214,7 +197,7 @@ fn pushes_past_the_in_flight_limit_wait_for_tcp_not_for_memory() {
     assert_eq!(p.login(APP, APP_SECRET), 8);
     let mut batch = Vec::new();
     for i in 0..400u32 {
-        Frame::Push(Push { expiry: u32::MAX, ..push_frame(i, tokens[i as usize % 4], b"bp") })
+        Frame::Push(with_note(push_frame(i, tokens[i as usize % 4], b"bp"), |n| n.expiry = u32::MAX))
             .encode(&mut batch);
     }
     p.send_bytes(&batch);

@@ -8,7 +8,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use common::*;
-use pushgate::proto::{ErrorCode, Frame, GoAwayReason, Push, Status, Token, PRIORITY_HIGH};
+use pushgate::proto::{ErrorCode, Frame, GoAwayReason, Status, Token};
 use pushgate::server::Gateway;
 
 /// A connection from a chosen loopback source address.
@@ -181,17 +181,7 @@ fn in_flight_handshake_and_connection_limits_each_count_when_they_bite() {
     assert_eq!(p.login(APP, APP_SECRET), 4);
     let mut batch = Vec::new();
     for i in 0..40u32 {
-        Frame::Push(Push {
-            req_id: i,
-            token,
-            kind: 0,
-            priority: PRIORITY_HIGH,
-            flags: 0,
-            expiry: u32::MAX,
-            collapse: b"",
-            payload: b"w",
-        })
-        .encode(&mut batch);
+        Frame::Push(push_frame(i, token, u32::MAX, b"w")).encode(&mut batch);
     }
     p.send_bytes(&batch);
     for _ in 0..40 {

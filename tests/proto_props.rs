@@ -7,8 +7,8 @@ use proptest::prelude::*;
 use pushgate::proto::frame::{ftype, put_header, DEVICE_MAX_BODY, NONCE_LEN, PROVIDER_MAX_BODY};
 use pushgate::proto::{
     on_device_frame, on_provider_frame, split_frame, Apps, DeviceEvent, DeviceState, ErrorCode, Frame,
-    FrameError, GoAwayReason, Hello, MultiPush, ProtoError, ProviderEvent, ProviderState, Push, RawFrame,
-    Status, Token, TokenKey, TOKEN_LEN,
+    FrameError, GoAwayReason, Hello, MultiPush, Notification, ProtoError, ProviderEvent, ProviderState, Push,
+    RawFrame, Status, Token, TokenKey, TOKEN_LEN,
 };
 
 /// An owned frame, so strategies can generate what `Frame` only borrows.
@@ -43,6 +43,19 @@ struct PushHead {
     payload: Vec<u8>,
 }
 
+impl PushHead {
+    fn note(&self) -> Notification<'_> {
+        Notification {
+            kind: self.kind,
+            priority: self.priority,
+            flags: self.flags,
+            expiry: self.expiry,
+            collapse: &self.collapse,
+            payload: &self.payload,
+        }
+    }
+}
+
 impl Owned {
     fn frame(&self) -> Frame<'_> {
         match self {
@@ -66,29 +79,15 @@ impl Owned {
             Owned::Challenge { nonce } => Frame::Challenge { nonce: *nonce },
             Owned::Auth { proof } => Frame::Auth { proof: *proof },
             Owned::AuthOk { max_in_flight } => Frame::AuthOk { max_in_flight: *max_in_flight },
-            Owned::Push { head: h, token } => Frame::Push(Push {
-                req_id: h.req_id,
-                token: Token(*token),
-                kind: h.kind,
-                priority: h.priority,
-                flags: h.flags,
-                expiry: h.expiry,
-                collapse: &h.collapse,
-                payload: &h.payload,
-            }),
+            Owned::Push { head: h, token } => {
+                Frame::Push(Push { req_id: h.req_id, token: Token(*token), note: h.note() })
+            }
             Owned::Result { req_id, status, msg_id, info } => {
                 Frame::Result { req_id: *req_id, status: Status(*status), msg_id: *msg_id, info: *info }
             }
-            Owned::MultiPush { head: h, tokens } => Frame::MultiPush(MultiPush {
-                req_id: h.req_id,
-                tokens,
-                kind: h.kind,
-                priority: h.priority,
-                flags: h.flags,
-                expiry: h.expiry,
-                collapse: &h.collapse,
-                payload: &h.payload,
-            }),
+            Owned::MultiPush { head: h, tokens } => {
+                Frame::MultiPush(MultiPush { req_id: h.req_id, tokens, note: h.note() })
+            }
             Owned::MultiResult { req_id, entries } => Frame::MultiResult { req_id: *req_id, entries },
         }
     }

@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use pushgate::proto::{Frame, Push, Status, PRIORITY_HIGH};
+use pushgate::proto::{Frame, Status};
 
 #[test]
 fn push_reaches_a_device_and_is_acked() {
@@ -14,17 +14,7 @@ fn push_reaches_a_device_and_is_acked() {
     assert_eq!(missed, 0);
     let mut prov = Raw::connect(gw.provider_addr);
     assert_eq!(prov.login(APP, APP_SECRET), 1024);
-    let push = Push {
-        req_id: 7,
-        token,
-        kind: 0,
-        priority: PRIORITY_HIGH,
-        flags: 0,
-        expiry: 0,
-        collapse: b"",
-        payload: b"hello",
-    };
-    prov.send(&Frame::Push(push));
+    prov.send(&Frame::Push(push_frame(7, token, 0, b"hello")));
     let (status, msg_id) = prov.expect(|f| match f {
         Frame::Result { req_id: 7, status, msg_id, .. } => (status, msg_id),
         other => panic!("{other:?}"),

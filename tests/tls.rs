@@ -16,7 +16,7 @@ use common::*;
 use pushgate::config::{Config, TlsConfig};
 use pushgate::proto::frame::{split_frame, PROVIDER_MAX_BODY};
 use pushgate::proto::session::auth_proof;
-use pushgate::proto::{ErrorCode, Frame, GoAwayReason, Push, Status, Token, PRIORITY_HIGH};
+use pushgate::proto::{ErrorCode, Frame, GoAwayReason, Status, Token};
 use pushgate::server::Gateway;
 use pushgate::tls::TlsPorts;
 use rustls::pki_types::{CertificateDer, ServerName};
@@ -210,17 +210,7 @@ impl Tls {
     }
 
     fn push(&mut self, req_id: u32, token: Token, payload: &[u8]) -> (Status, u64) {
-        let p = Push {
-            req_id,
-            token,
-            kind: 0,
-            priority: PRIORITY_HIGH,
-            flags: 0,
-            expiry: 0,
-            collapse: b"",
-            payload,
-        };
-        self.send(&Frame::Push(p));
+        self.send(&Frame::Push(push_frame(req_id, token, 0, payload)));
         self.expect(|f| match f {
             Frame::Result { req_id: r, status, msg_id, .. } if r == req_id => (status, msg_id),
             other => panic!("expected RESULT {req_id}, got {other:?}"),

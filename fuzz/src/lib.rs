@@ -155,9 +155,9 @@ pub fn provider_session(data: &[u8]) {
                     ProviderEvent::Challenge(_) | ProviderEvent::Authenticated { .. } => {
                         panic!("{ev:?} on a ready session")
                     }
-                    ProviderEvent::Push(p) => assert!(p.collapse.len() <= MAX_COLLAPSE),
+                    ProviderEvent::Push(p) => assert!(p.note.collapse.len() <= MAX_COLLAPSE),
                     ProviderEvent::MultiPush(p) => {
-                        assert!(p.collapse.len() <= MAX_COLLAPSE);
+                        assert!(p.note.collapse.len() <= MAX_COLLAPSE);
                         assert!((1..=MAX_MULTICAST).contains(&p.token_count()));
                         assert_eq!(p.tokens().count(), p.token_count());
                     }

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::Duration;
 
-use pushgate::proto::frame::{split_frame, Frame, Push, PROVIDER_MAX_BODY, VERSION};
+use pushgate::proto::frame::{split_frame, Frame, Notification, Push, PROVIDER_MAX_BODY, VERSION};
 use pushgate::proto::session::auth_proof;
 use pushgate::proto::{Status, Token};
 use socket2::{Domain, Protocol, Socket, Type};
@@ -358,17 +358,15 @@ fn run_pushgate(
         |buf, dev, token, p| {
             p.fill(dev);
             // req_id is the device index, so a RESULT names its device without a lookup table.
-            Frame::Push(Push {
-                req_id: dev,
-                token,
+            let note = Notification {
                 kind: 0,
                 priority: 10,
                 flags: 0,
                 expiry: exp,
                 collapse: &[],
                 payload: &p.payload,
-            })
-            .encode(buf);
+            };
+            Frame::Push(Push { req_id: dev, token, note }).encode(buf);
             false
         },
     );

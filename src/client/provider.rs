@@ -121,18 +121,7 @@ impl ProviderClient {
     /// [`recv_result`](Self::recv_result)), so the gateway's limit is never exceeded.
     pub fn send_push(&mut self, req: &PushRequest) -> Result<u32, ClientError> {
         req.check()?;
-        self.send_request(|req_id| {
-            Frame::Push(Push {
-                req_id,
-                token: req.token,
-                kind: req.kind.0,
-                priority: req.priority,
-                flags: req.flags,
-                expiry: req.expiry,
-                collapse: &req.collapse,
-                payload: &req.payload,
-            })
-        })
+        self.send_request(|req_id| Frame::Push(Push { req_id, token: req.token, note: req.note() }))
     }
 
     /// Sends one MULTI_PUSH of `req` (its `token` ignored) to 1..=1000 `tokens` without waiting.
@@ -142,18 +131,7 @@ impl ProviderClient {
             return Err(ClientError::Invalid(format!("{} tokens in one MULTI_PUSH", tokens.len())));
         }
         let flat: Vec<u8> = tokens.iter().flat_map(|t| t.0).collect();
-        self.send_request(|req_id| {
-            Frame::MultiPush(MultiPush {
-                req_id,
-                tokens: &flat,
-                kind: req.kind.0,
-                priority: req.priority,
-                flags: req.flags,
-                expiry: req.expiry,
-                collapse: &req.collapse,
-                payload: &req.payload,
-            })
-        })
+        self.send_request(|req_id| Frame::MultiPush(MultiPush { req_id, tokens: &flat, note: req.note() }))
     }
 
     /// Asks which of this app's tokens unregistered after the cursor without
@@ -434,10 +412,11 @@ mod tests {
             let req_id = p.expect(|f| {
                 let Frame::Push(push) = f else { panic!("{f:?}") };
                 assert_eq!(push.token, tok(1));
-                assert_eq!((push.kind, push.priority, push.flags), (Kind::BACKGROUND.0, PRIORITY_NORMAL, 0));
-                assert_eq!((push.collapse, push.payload), (&b"score"[..], &b"3-1"[..]));
+                let n = push.note;
+                assert_eq!((n.kind, n.priority, n.flags), (Kind::BACKGROUND.0, PRIORITY_NORMAL, 0));
+                assert_eq!((n.collapse, n.payload), (&b"score"[..], &b"3-1"[..]));
                 let in_a_day = expiry_in(DEFAULT_TTL_S);
-                assert!(push.expiry > in_a_day - 60 && push.expiry <= in_a_day, "{}", push.expiry);
+                assert!(n.expiry > in_a_day - 60 && n.expiry <= in_a_day, "{}", n.expiry);
                 push.req_id
             });
             p.send(&Frame::Result { req_id, status: Status::QUEUED, msg_id: 42, info: 0 });
@@ -624,7 +603,7 @@ mod tests {
             // A receipt left over from an earlier session arrives unasked.
             p.send(&receipt(1));
             let req_id = p.expect(|f| match f {
-                Frame::Push(push) if push.flags == FLAG_RECEIPT => push.req_id,
+                Frame::Push(push) if push.note.flags == FLAG_RECEIPT => push.req_id,
                 other => panic!("{other:?}"),
             });
             p.send(&receipt(2));

@@ -5,7 +5,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::ClientError;
 use crate::proto::frame::{FLAG_RECEIPT, MAX_COLLAPSE};
-use crate::proto::{Kind, Status, Token, PRIORITY_HIGH};
+use crate::proto::{Kind, Notification, Status, Token, PRIORITY_HIGH};
 
 /// Lifetime [`PushRequest::new`] gives a notification: a day, long enough to
 /// reach a phone that was off overnight, short enough that stale alerts die.
@@ -66,6 +66,18 @@ impl PushRequest {
     pub fn with_receipt(mut self) -> PushRequest {
         self.flags |= FLAG_RECEIPT;
         self
+    }
+
+    /// The notification as the wire carries it, in a PUSH or a MULTI_PUSH.
+    pub(crate) fn note(&self) -> Notification<'_> {
+        Notification {
+            kind: self.kind.0,
+            priority: self.priority,
+            flags: self.flags,
+            expiry: self.expiry,
+            collapse: &self.collapse,
+            payload: &self.payload,
+        }
     }
 
     /// Refuses what the gateway would treat as a malformed frame, which would

@@ -173,11 +173,10 @@ pub struct Hello<'a> {
     pub secret: &'a [u8],
 }
 
-/// A provider's request to push one notification.
+/// The notification a PUSH or MULTI_PUSH carries: everything but the request
+/// id and the token(s), laid out the same in both.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub struct Push<'a> {
-    pub req_id: u32,
-    pub token: Token,
+pub struct Notification<'a> {
     pub kind: u8,
     pub priority: u8,
     pub flags: u8,
@@ -187,18 +186,21 @@ pub struct Push<'a> {
     pub payload: &'a [u8],
 }
 
+/// A provider's request to push one notification.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Push<'a> {
+    pub req_id: u32,
+    pub token: Token,
+    pub note: Notification<'a>,
+}
+
 /// A provider's request to push one notification to many tokens.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct MultiPush<'a> {
     pub req_id: u32,
     /// `count * 24` bytes of tokens.
     pub tokens: &'a [u8],
-    pub kind: u8,
-    pub priority: u8,
-    pub flags: u8,
-    pub expiry: u32,
-    pub collapse: &'a [u8],
-    pub payload: &'a [u8],
+    pub note: Notification<'a>,
 }
 
 impl<'a> MultiPush<'a> {
@@ -422,9 +424,7 @@ impl<'a> Frame<'a> {
             ftype::PUSH => {
                 let req_id = r.u32()?;
                 let token = Token(r.array()?);
-                let (kind, priority, flags, expiry, collapse) = push_tail(&mut r)?;
-                let payload = r.rest();
-                Frame::Push(Push { req_id, token, kind, priority, flags, expiry, collapse, payload })
+                Frame::Push(Push { req_id, token, note: notification(&mut r)? })
             }
             ftype::RESULT => {
                 Frame::Result { req_id: r.u32()?, status: Status(r.u8()?), msg_id: r.u64()?, info: r.u64()? }
@@ -436,18 +436,7 @@ impl<'a> Frame<'a> {
                     return Err(FrameError::Malformed);
                 }
                 let tokens = r.take(count * TOKEN_LEN)?;
-                let (kind, priority, flags, expiry, collapse) = push_tail(&mut r)?;
-                let payload = r.rest();
-                Frame::MultiPush(MultiPush {
-                    req_id,
-                    tokens,
-                    kind,
-                    priority,
-                    flags,
-                    expiry,
-                    collapse,
-                    payload,
-                })
+                Frame::MultiPush(MultiPush { req_id, tokens, note: notification(&mut r)? })
             }
             ftype::MULTI_RESULT => {
                 let req_id = r.u32()?;
@@ -522,11 +511,9 @@ impl<'a> Frame<'a> {
             Frame::AuthHello { app_id, .. } => 1 + 1 + app_id.len(),
             Frame::Challenge { .. } | Frame::Auth { .. } => NONCE_LEN,
             Frame::AuthOk { .. } => 4,
-            Frame::Push(p) => 4 + TOKEN_LEN + 1 + 1 + 1 + 4 + 1 + p.collapse.len() + p.payload.len(),
+            Frame::Push(p) => 4 + TOKEN_LEN + p.note.body_len(),
             Frame::Result { .. } => 4 + 1 + 8 + 8,
-            Frame::MultiPush(p) => {
-                4 + 2 + p.tokens.len() + 1 + 1 + 1 + 4 + 1 + p.collapse.len() + p.payload.len()
-            }
+            Frame::MultiPush(p) => 4 + 2 + p.tokens.len() + p.note.body_len(),
             Frame::MultiResult { entries, .. } => 4 + 2 + entries.len(),
             Frame::Unregister => 0,
             Frame::Feedback { .. } => 4 + 8 + TOKEN_LEN,
@@ -584,8 +571,7 @@ impl<'a> Frame<'a> {
             Frame::Push(p) => {
                 out.put_u32(p.req_id);
                 out.put_slice(&p.token.0);
-                put_push_tail(out, p.kind, p.priority, p.flags, p.expiry, p.collapse);
-                out.put_slice(p.payload);
+                p.note.encode(out);
             }
             Frame::Result { req_id, status, msg_id, info } => {
                 out.put_u32(req_id);
@@ -597,8 +583,7 @@ impl<'a> Frame<'a> {
                 out.put_u32(p.req_id);
                 out.put_u16(p.token_count() as u16);
                 out.put_slice(p.tokens);
-                put_push_tail(out, p.kind, p.priority, p.flags, p.expiry, p.collapse);
-                out.put_slice(p.payload);
+                p.note.encode(out);
             }
             Frame::MultiResult { req_id, entries } => {
                 out.put_u32(req_id);
@@ -627,7 +612,8 @@ impl<'a> Frame<'a> {
     }
 }
 
-fn push_tail<'a>(r: &mut Reader<'a>) -> Result<(u8, u8, u8, u32, &'a [u8]), FrameError> {
+/// The rest of a PUSH or MULTI_PUSH body after the token(s).
+fn notification<'a>(r: &mut Reader<'a>) -> Result<Notification<'a>, FrameError> {
     let kind = r.u8()?;
     let priority = r.u8()?;
     let flags = r.u8()?;
@@ -636,15 +622,23 @@ fn push_tail<'a>(r: &mut Reader<'a>) -> Result<(u8, u8, u8, u32, &'a [u8]), Fram
     if collapse.len() > MAX_COLLAPSE {
         return Err(FrameError::Malformed);
     }
-    Ok((kind, priority, flags, expiry, collapse))
+    Ok(Notification { kind, priority, flags, expiry, collapse, payload: r.rest() })
 }
 
-fn put_push_tail<B: BufMut>(out: &mut B, kind: u8, priority: u8, flags: u8, expiry: u32, collapse: &[u8]) {
-    out.put_u8(kind);
-    out.put_u8(priority);
-    out.put_u8(flags);
-    out.put_u32(expiry);
-    put_short(out, collapse);
+impl Notification<'_> {
+    /// Bytes it takes in a body: kind, priority, flags, expiry, collapse (length-prefixed), payload.
+    fn body_len(&self) -> usize {
+        1 + 1 + 1 + 4 + 1 + self.collapse.len() + self.payload.len()
+    }
+
+    fn encode<B: BufMut>(&self, out: &mut B) {
+        out.put_u8(self.kind);
+        out.put_u8(self.priority);
+        out.put_u8(self.flags);
+        out.put_u32(self.expiry);
+        put_short(out, self.collapse);
+        out.put_slice(self.payload);
+    }
 }
 
 fn put_short<B: BufMut>(out: &mut B, b: &[u8]) {

@@ -9,7 +9,7 @@ pub mod session;
 pub mod token;
 
 pub use codes::{ErrorCode, GoAwayReason, Kind, Status, PRIORITY_HIGH, PRIORITY_NORMAL};
-pub use frame::{split_frame, Frame, FrameError, Hello, MultiPush, Push, RawFrame};
+pub use frame::{split_frame, Frame, FrameError, Hello, MultiPush, Notification, Push, RawFrame};
 pub use session::{
     on_device_frame, on_provider_frame, Apps, DeviceEvent, DeviceState, ProtoError, ProviderEvent,
     ProviderState,

@@ -13,8 +13,8 @@ use super::Shard;
 use crate::metrics::{Limit, Role};
 use crate::proto::frame::{ftype, put_multi_entry, KNOWN_FLAGS, MAX_PAYLOAD, MULTI_RESULT_ENTRY, NONCE_LEN};
 use crate::proto::{
-    on_provider_frame, Frame, GoAwayReason, Kind, ProviderEvent, ProviderState, RawFrame, Status, Token,
-    PRIORITY_HIGH, PRIORITY_NORMAL,
+    on_provider_frame, Frame, GoAwayReason, Kind, Notification, ProviderEvent, ProviderState, RawFrame,
+    Status, Token, PRIORITY_HIGH, PRIORITY_NORMAL,
 };
 
 /// The fields every token of one request shares.
@@ -29,9 +29,15 @@ struct Common {
 
 impl Common {
     /// Copies the payload and collapse id out of the read buffer once per request.
-    fn new(kind: u8, priority: u8, flags: u8, expiry: u32, collapse: &[u8], payload: &[u8]) -> Common {
-        let (collapse, payload) = (Bytes::copy_from_slice(collapse), Bytes::copy_from_slice(payload));
-        Common { kind, priority, flags, expiry, collapse, payload }
+    fn new(n: &Notification<'_>) -> Common {
+        Common {
+            kind: n.kind,
+            priority: n.priority,
+            flags: n.flags,
+            expiry: n.expiry,
+            collapse: Bytes::copy_from_slice(n.collapse),
+            payload: Bytes::copy_from_slice(n.payload),
+        }
     }
 }
 
@@ -74,25 +80,11 @@ impl Shard {
                 self.send_frame(idx, &Frame::Pong);
             }
             ProviderEvent::Push(push) => {
-                let common = Common::new(
-                    push.kind,
-                    push.priority,
-                    push.flags,
-                    push.expiry,
-                    push.collapse,
-                    push.payload,
-                );
+                let common = Common::new(&push.note);
                 self.on_push_request(idx, push.req_id, &[push.token], &common, false);
             }
             ProviderEvent::MultiPush(push) => {
-                let common = Common::new(
-                    push.kind,
-                    push.priority,
-                    push.flags,
-                    push.expiry,
-                    push.collapse,
-                    push.payload,
-                );
+                let common = Common::new(&push.note);
                 let tokens: Vec<Token> = push.tokens().collect();
                 self.on_push_request(idx, push.req_id, &tokens, &common, true);
             }

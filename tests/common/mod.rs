@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use pushgate::config::{AppConfig, Config};
 use pushgate::proto::frame::{split_frame, PROVIDER_MAX_BODY};
 use pushgate::proto::session::auth_proof;
-use pushgate::proto::{Frame, Push, Status, Token, TokenKey, PRIORITY_HIGH};
+use pushgate::proto::{Frame, Notification, Push, Status, Token, TokenKey, PRIORITY_HIGH};
 use pushgate::server::Gateway;
 use pushgate::store::memory::MemoryStore;
 use pushgate::store::Store;
@@ -69,10 +69,21 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     f()
 }
 
-/// A high-priority alert PUSH with no collapse id and no flags; change other
-/// fields with struct update syntax.
+/// A high-priority alert PUSH with no collapse id and no flags; change the
+/// notification's other fields with [`with_note`].
 pub fn push_frame(req_id: u32, token: Token, expiry: u32, payload: &[u8]) -> Push<'_> {
-    Push { req_id, token, kind: 0, priority: PRIORITY_HIGH, flags: 0, expiry, collapse: b"", payload }
+    Push { req_id, token, note: note(expiry, payload) }
+}
+
+/// A high-priority alert with no collapse id and no flags, for a PUSH or MULTI_PUSH.
+pub fn note(expiry: u32, payload: &[u8]) -> Notification<'_> {
+    Notification { kind: 0, priority: PRIORITY_HIGH, flags: 0, expiry, collapse: b"", payload }
+}
+
+/// `p` with its notification changed by `f`: `with_note(push_frame(..), |n| n.flags = 1)`.
+pub fn with_note<'a>(mut p: Push<'a>, f: impl FnOnce(&mut Notification<'a>)) -> Push<'a> {
+    f(&mut p.note);
+    p
 }
 
 /// A connection that sends and receives whole frames as owned values.
