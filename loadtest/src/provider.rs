@@ -300,22 +300,15 @@ fn run_pushgate(
             loop {
                 let (t, body) = match read_frame(&mut rsock, &mut buf) {
                     Ok(f) => f,
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                        ) =>
-                    {
-                        if done.load(Relaxed) {
+                    Err(e) => match after_read_error(&e, &done) {
+                        AfterRead::Retry => continue,
+                        AfterRead::Stop => break,
+                        AfterRead::Failed => {
+                            eprintln!("provider {}: read: {e}", cfg.id);
+                            stats.errors.fetch_add(1, Relaxed);
                             break;
                         }
-                        continue;
-                    }
-                    Err(e) => {
-                        eprintln!("provider {}: read: {e}", cfg.id);
-                        stats.errors.fetch_add(1, Relaxed);
-                        break;
-                    }
+                    },
                 };
                 match parse_owned(t, &body) {
                     Ok(Frame::Result { req_id, status, msg_id, .. }) => {
@@ -440,21 +433,15 @@ fn run_mqtt(
                 match rsock.read(&mut tmp) {
                     Ok(0) => break,
                     Ok(k) => buf.extend_from_slice(&tmp[..k]),
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                        ) =>
-                    {
-                        if done.load(Relaxed) {
+                    Err(e) => match after_read_error(&e, &done) {
+                        AfterRead::Retry => continue,
+                        AfterRead::Stop => break,
+                        AfterRead::Failed => {
+                            eprintln!("provider {}: read: {e}", cfg.id);
+                            stats.errors.fetch_add(1, Relaxed);
                             break;
                         }
-                    }
-                    Err(e) => {
-                        eprintln!("provider {}: read: {e}", cfg.id);
-                        stats.errors.fetch_add(1, Relaxed);
-                        break;
-                    }
+                    },
                 }
             }
             fps
@@ -526,21 +513,14 @@ fn run_nats(
                 match r.read_line(&mut line) {
                     Ok(0) => break,
                     Ok(_) => {}
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                        ) =>
-                    {
-                        if done.load(Relaxed) {
+                    Err(e) => match after_read_error(&e, &done) {
+                        AfterRead::Retry => continue,
+                        AfterRead::Stop => break,
+                        AfterRead::Failed => {
+                            eprintln!("provider {}: read: {e}", cfg.id);
                             break;
                         }
-                        continue;
-                    }
-                    Err(e) => {
-                        eprintln!("provider {}: read: {e}", cfg.id);
-                        break;
-                    }
+                    },
                 }
                 match line.trim_end() {
                     "PONG" => {
@@ -611,4 +591,24 @@ fn run_nats(
     stats.unanswered.fetch_add(left as u64, Relaxed);
     done.store(true, Relaxed);
     Ok(reader.join().unwrap_or_default())
+}
+
+/// What a provider's reader thread does after a failed read.
+enum AfterRead {
+    /// A read timeout while pushes may still be answered: read again.
+    Retry,
+    /// A read timeout after the writer finished: the reader is done.
+    Stop,
+    /// A real error: report it and stop.
+    Failed,
+}
+
+fn after_read_error(e: &std::io::Error, done: &AtomicBool) -> AfterRead {
+    match e.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut if done.load(Relaxed) => {
+            AfterRead::Stop
+        }
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => AfterRead::Retry,
+        _ => AfterRead::Failed,
+    }
 }
