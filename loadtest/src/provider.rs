@@ -363,12 +363,7 @@ fn run_pushgate(
             false
         },
     );
-    if let Err(e) = r {
-        eprintln!("provider {}: write: {e}", cfg.id);
-        stats.errors.fetch_add(1, Relaxed);
-    }
-    let left = credits.wait_zero(Duration::from_secs(10));
-    stats.unanswered.fetch_add(left as u64, Relaxed);
+    settle(&cfg, &stats, &credits, r);
     done.store(true, Relaxed);
     Ok(reader.join().unwrap_or_default())
 }
@@ -466,12 +461,7 @@ fn run_mqtt(
             false
         },
     );
-    if let Err(e) = r {
-        eprintln!("provider {}: write: {e}", cfg.id);
-        stats.errors.fetch_add(1, Relaxed);
-    }
-    let left = credits.wait_zero(Duration::from_secs(10));
-    stats.unanswered.fetch_add(left as u64, Relaxed);
+    settle(&cfg, &stats, &credits, r);
     done.store(true, Relaxed);
     let _ = sock.write_all(&[0xe0, 0]); // DISCONNECT
     Ok(reader.join().unwrap_or_default())
@@ -578,10 +568,7 @@ fn run_nats(
         }
         false
     });
-    if let Err(e) = r {
-        eprintln!("provider {}: write: {e}", cfg.id);
-        stats.errors.fetch_add(1, Relaxed);
-    }
+    report_write(&cfg, &stats, r);
     if !cur.is_empty() {
         batches.lock().expect("batches").push_back(std::mem::take(&mut cur));
         let _ = sock.write_all(b"PING\r\n");
@@ -591,6 +578,22 @@ fn run_nats(
     stats.unanswered.fetch_add(left as u64, Relaxed);
     done.store(true, Relaxed);
     Ok(reader.join().unwrap_or_default())
+}
+
+/// Counts the write loop's error, if it ended on one.
+fn report_write(cfg: &ProvConfig, stats: &ProvStats, r: std::io::Result<()>) {
+    if let Err(e) = r {
+        eprintln!("provider {}: write: {e}", cfg.id);
+        stats.errors.fetch_add(1, Relaxed);
+    }
+}
+
+/// After the write loop: counts its error, waits (at most 10 s) for the
+/// answers still owed and counts those that never came.
+fn settle(cfg: &ProvConfig, stats: &ProvStats, credits: &Credits, r: std::io::Result<()>) {
+    report_write(cfg, stats, r);
+    let left = credits.wait_zero(Duration::from_secs(10));
+    stats.unanswered.fetch_add(left as u64, Relaxed);
 }
 
 /// What a provider's reader thread does after a failed read.
