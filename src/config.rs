@@ -21,6 +21,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub admin: AdminConfig,
     pub tls: TlsConfig,
+    pub http: HttpConfig,
     pub apps: Vec<AppConfig>,
 }
 
@@ -36,6 +37,87 @@ pub struct TlsConfig {
     pub device: bool,
     /// Serve TLS on the provider listener.
     pub provider: bool,
+    /// Serve TLS (ALPN h2, http/1.1) on the HTTP API listener.
+    pub http: bool,
+}
+
+/// The HTTP/1.1 and HTTP/2 JSON push API (docs/http.md), and its bounds.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Serve the HTTP API.
+    pub enabled: bool,
+    pub listen: SocketAddr,
+    /// Worker threads of the HTTP runtime (one per node, not per shard).
+    pub threads: usize,
+    /// Open HTTP connections; past it new ones are closed at once.
+    pub max_connections: usize,
+    /// Largest request body, bytes (a payload is at most 4096 bytes).
+    pub max_body_bytes: usize,
+    /// Largest request head (HTTP/1.1) or header list (HTTP/2), bytes.
+    pub max_header_bytes: usize,
+    /// Concurrent streams per HTTP/2 connection.
+    pub max_concurrent_streams: u32,
+    /// From the request head to the answer; past it 408 (body still arriving) or 503.
+    pub request_timeout_ms: u64,
+    /// From accept (or the previous answer) to a complete request head; slower connections are closed.
+    pub header_read_timeout_ms: u64,
+    /// A connection with no bytes either way for this long is closed.
+    pub idle_timeout_ms: u64,
+    /// Comment line sent on an idle receipts stream, seconds.
+    pub sse_keepalive_s: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            enabled: true,
+            listen: SocketAddr::from(([0, 0, 0, 0], 7703)),
+            threads: 1,
+            max_connections: 1024,
+            max_body_bytes: 64 * 1024,
+            max_header_bytes: 16 * 1024,
+            max_concurrent_streams: 128,
+            request_timeout_ms: 10_000,
+            header_read_timeout_ms: 5_000,
+            idle_timeout_ms: 120_000,
+            sse_keepalive_s: 15,
+        }
+    }
+}
+
+impl HttpConfig {
+    fn validate(&self) -> Result<(), (String, String)> {
+        let err = |k: &str, why: &str| Err((format!("http.{k}"), why.to_string()));
+        if self.threads == 0 || self.threads > 16 {
+            return err("threads", "must be 1 to 16");
+        }
+        if self.max_connections == 0 {
+            return err("max_connections", "must be at least 1");
+        }
+        if !(8192..=16 << 20).contains(&self.max_body_bytes) {
+            return err("max_body_bytes", "must be 8192 to 16777216");
+        }
+        if !(8192..=1 << 20).contains(&self.max_header_bytes) {
+            return err("max_header_bytes", "must be 8192 to 1048576");
+        }
+        if self.max_concurrent_streams == 0 {
+            return err("max_concurrent_streams", "must be at least 1");
+        }
+        if self.request_timeout_ms == 0 {
+            return err("request_timeout_ms", "must be at least 1");
+        }
+        if self.header_read_timeout_ms == 0 {
+            return err("header_read_timeout_ms", "must be at least 1");
+        }
+        if self.sse_keepalive_s == 0 {
+            return err("sse_keepalive_s", "must be at least 1");
+        }
+        if self.idle_timeout_ms <= self.request_timeout_ms.max(self.sse_keepalive_s.saturating_mul(1000)) {
+            return err("idle_timeout_ms", "must exceed http.request_timeout_ms and http.sse_keepalive_s");
+        }
+        Ok(())
+    }
 }
 
 #[derive(Deserialize, Debug, Clone)]
@@ -276,6 +358,7 @@ impl Config {
         if self.store.ack_grace_ms > 1000 {
             return Err(("store.ack_grace_ms".into(), "must be at most 1000".into()));
         }
+        self.http.validate()?;
         for (i, app) in self.apps.iter().enumerate() {
             if !is_valid_app_id(&app.id) {
                 return Err((format!("apps[{i}].id"), "1 to 64 of A-Z a-z 0-9 . _ -".into()));
@@ -329,5 +412,29 @@ mod tests {
         assert_eq!(Config::parse("[store]\nack_grace_ms = 20\n", "g.toml").unwrap().store.ack_grace_ms, 20);
         let e = Config::parse("[server]\nshards = \"two\"\n", "g.toml").unwrap_err().0;
         assert!(e.contains("g.toml") && e.contains("shards"), "{e}");
+    }
+
+    #[test]
+    fn http_table_has_defaults_and_checked_bounds() {
+        let c = Config::parse("", "x.toml").unwrap();
+        assert!(c.http.enabled && !c.tls.http);
+        assert_eq!(c.http.listen.port(), 7703);
+        assert_eq!(c.http.max_body_bytes, 65536);
+        let c = Config::parse("[http]\nlisten = \"127.0.0.1:0\"\nthreads = 2\n[tls]\nhttp = false\n", "x").unwrap();
+        assert_eq!(c.http.threads, 2);
+        for (toml, key) in [
+            ("threads = 0", "http.threads"),
+            ("max_body_bytes = 100", "http.max_body_bytes"),
+            ("max_header_bytes = 100", "http.max_header_bytes"),
+            ("max_connections = 0", "http.max_connections"),
+            ("max_concurrent_streams = 0", "http.max_concurrent_streams"),
+            ("request_timeout_ms = 0", "http.request_timeout_ms"),
+            ("header_read_timeout_ms = 0", "http.header_read_timeout_ms"),
+            ("idle_timeout_ms = 1000", "http.idle_timeout_ms"),
+            ("bogus = 1", "bogus"),
+        ] {
+            let e = Config::parse(&format!("[http]\n{toml}\n"), "g.toml").unwrap_err().0;
+            assert!(e.contains("g.toml") && e.contains(key), "{toml}: {e}");
+        }
     }
 }

@@ -30,6 +30,7 @@
 //! - [`net`]: SO_REUSEPORT listeners and the open-files limit.
 //! - [`client`]: blocking device and provider clients (CLI, tests, load test).
 //! - [`metrics`]: lock-free per-shard counters and histograms, Prometheus text.
+//! - [`http`]: the HTTP/1.1 + HTTP/2 JSON push API (its own listener and tokio runtime, JWT auth).
 //! - [`admin`]: the admin HTTP listener: /metrics, /healthz, /readyz, POST /drain.
 //! - [`tls`]: optional TLS (rustls) per listener: loading and the read/write pipe.
 //! - [`cli`]: the `device` and `push` subcommands; [`serve`] is `pushgate serve`.
@@ -38,6 +39,7 @@ pub mod admin;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod http;
 pub mod metrics;
 pub mod net;
 pub mod proto;

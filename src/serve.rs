@@ -42,6 +42,9 @@ pub struct ServeArgs {
     /// Overrides `admin.listen`.
     #[arg(long)]
     pub admin_listen: Option<std::net::SocketAddr>,
+    /// Overrides `http.listen` (the HTTP/2 JSON push API).
+    #[arg(long)]
+    pub http_listen: Option<std::net::SocketAddr>,
 }
 
 pub fn run(args: &ServeArgs) -> ExitCode {
@@ -84,6 +87,9 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
     }
     if let Some(a) = args.admin_listen {
         cfg.admin.listen = a;
+    }
+    if let Some(a) = args.http_listen {
+        cfg.http.listen = a;
     }
     let dir = cfg.server.data_dir.clone();
     std::fs::create_dir_all(&dir)

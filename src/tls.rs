@@ -30,7 +30,9 @@ use crate::config::{ConfigError, TlsConfig};
 pub struct TlsPorts {
     pub device: Option<Arc<ServerConfig>>,
     pub provider: Option<Arc<ServerConfig>>,
-    /// The certificate both configs hand out, when either listener has TLS.
+    /// The HTTP API listener's (`tls.http`); `http::start` adds the ALPN ids.
+    pub http: Option<Arc<ServerConfig>>,
+    /// The certificate all configs hand out, when either listener has TLS.
     pub cert: Option<Arc<CertStore>>,
 }
 
@@ -38,7 +40,7 @@ impl TlsPorts {
     /// Reads the certificate and key named in `[tls]` if a listener wants TLS.
     /// Errors name the key and the file.
     pub fn load(cfg: &TlsConfig) -> Result<TlsPorts, ConfigError> {
-        if !cfg.device && !cfg.provider {
+        if !cfg.device && !cfg.provider && !cfg.http {
             return Ok(TlsPorts::default());
         }
         let required = |key: &str| ConfigError(format!("key `tls.{key}`: required when TLS is on"));
@@ -49,6 +51,7 @@ impl TlsPorts {
         Ok(TlsPorts {
             device: cfg.device.then(|| server.clone()),
             provider: cfg.provider.then(|| server.clone()),
+            http: cfg.http.then(|| server.clone()),
             cert: Some(store),
         })
     }

@@ -153,7 +153,8 @@ impl Apps {
         self.ids.is_empty()
     }
 
-    fn secret(&self, index: u16) -> &[u8] {
+    /// The app's secret (the HTTP API checks JWTs with it); empty for an unknown index.
+    pub fn secret(&self, index: u16) -> &[u8] {
         self.secrets.get(index as usize).map(Vec::as_slice).unwrap_or(&[])
     }
 }

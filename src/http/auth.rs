@@ -1,0 +1,186 @@
+//! Provider authentication on the HTTP API: `Authorization: Bearer <JWT>`, HS256 signed with the app's
+//! secret (like APNs token auth), `iss` = app id, `iat` within the last hour. The secret never crosses
+//! the wire; the MAC is checked with `hmac`'s constant-time comparison.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use serde::Deserialize;
+use sha2::Sha256;
+
+use crate::proto::Apps;
+
+/// How old a token's `iat` may be, seconds (as APNs: one hour).
+pub const MAX_AGE_S: u64 = 3600;
+/// How far in the future a token's `iat` may lie (clock skew), seconds.
+pub const MAX_SKEW_S: u64 = 60;
+/// Longest `Authorization` value looked at; a real token is about 150 bytes.
+pub const MAX_TOKEN_LEN: usize = 2048;
+
+/// Why a request was not authenticated; each becomes a 401 with a JSON error.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AuthError {
+    /// No `Authorization: Bearer` header, or one that is not a JWT.
+    Missing,
+    /// Not a well-formed HS256 JWT with `iss` and `iat`.
+    Malformed(&'static str),
+    /// `iss` is not a configured app.
+    UnknownApp,
+    /// The signature does not match the app's secret.
+    BadSignature,
+    /// `iat` is older than an hour.
+    Expired,
+    /// `iat` is more than a minute ahead of the gateway's clock.
+    FromTheFuture,
+}
+
+impl AuthError {
+    /// The error code of the JSON body (protocol.md §6.2 names).
+    pub fn code(&self) -> &'static str {
+        match self {
+            AuthError::UnknownApp => "unknown_app",
+            _ => "auth_failed",
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            AuthError::Missing => "send `Authorization: Bearer <JWT>` (see `pushgate token`)".into(),
+            AuthError::Malformed(why) => format!("malformed token: {why}"),
+            AuthError::UnknownApp => "the token's iss is not an app configured on this gateway".into(),
+            AuthError::BadSignature => "the token's signature does not match the app's secret".into(),
+            AuthError::Expired => format!("the token's iat is more than {MAX_AGE_S} s old; make a new one"),
+            AuthError::FromTheFuture => {
+                format!("the token's iat is more than {MAX_SKEW_S} s ahead of the gateway's clock")
+            }
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Header {
+    alg: String,
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    iss: String,
+    iat: u64,
+}
+
+/// Checks an `Authorization` header value at unix time `now_s`; returns the app index.
+pub fn verify(authorization: Option<&[u8]>, apps: &Apps, now_s: u64) -> Result<u16, AuthError> {
+    let value = authorization.ok_or(AuthError::Missing)?;
+    if value.len() > MAX_TOKEN_LEN {
+        return Err(AuthError::Malformed("longer than 2048 bytes"));
+    }
+    let value = std::str::from_utf8(value).map_err(|_| AuthError::Missing)?;
+    let (scheme, jwt) = value.trim().split_once(' ').ok_or(AuthError::Missing)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(AuthError::Missing);
+    }
+    let jwt = jwt.trim();
+    let mut parts = jwt.split('.');
+    let (Some(h64), Some(c64), Some(s64), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(AuthError::Malformed("not three dot-separated parts"));
+    };
+    let header: Header = decode_json(h64).ok_or(AuthError::Malformed("header is not base64url JSON"))?;
+    if header.alg != "HS256" {
+        return Err(AuthError::Malformed("alg must be HS256"));
+    }
+    let claims: Claims =
+        decode_json(c64).ok_or(AuthError::Malformed("claims are not base64url JSON with iss and iat"))?;
+    let sig = URL_SAFE_NO_PAD.decode(s64).map_err(|_| AuthError::Malformed("signature is not base64url"))?;
+    let app = apps.index_of(&claims.iss).ok_or(AuthError::UnknownApp)?;
+    let signed_len = h64.len() + 1 + c64.len();
+    let mut mac = mac(apps.secret(app));
+    mac.update(&jwt.as_bytes()[..signed_len]);
+    mac.verify_slice(&sig).map_err(|_| AuthError::BadSignature)?;
+    if claims.iat > now_s.saturating_add(MAX_SKEW_S) {
+        return Err(AuthError::FromTheFuture);
+    }
+    if claims.iat.saturating_add(MAX_AGE_S) < now_s {
+        return Err(AuthError::Expired);
+    }
+    Ok(app)
+}
+
+/// Makes a token for `app_id` issued at `iat` (unix seconds), signed with `secret`.
+pub fn sign(app_id: &str, secret: &[u8], iat: u64) -> String {
+    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+    let claims = URL_SAFE_NO_PAD.encode(serde_json::json!({ "iss": app_id, "iat": iat }).to_string());
+    let mut m = mac(secret);
+    m.update(header.as_bytes());
+    m.update(b".");
+    m.update(claims.as_bytes());
+    let sig = URL_SAFE_NO_PAD.encode(m.finalize().into_bytes());
+    format!("{header}.{claims}.{sig}")
+}
+
+fn mac(secret: &[u8]) -> Hmac<Sha256> {
+    // HMAC accepts keys of any length; `new_from_slice` cannot fail for it.
+    <Hmac<Sha256> as Mac>::new_from_slice(secret).unwrap_or_else(|_| unreachable!("HMAC takes any key length"))
+}
+
+fn decode_json<T: serde::de::DeserializeOwned>(part: &str) -> Option<T> {
+    let bytes = URL_SAFE_NO_PAD.decode(part).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// Unix seconds now.
+pub fn now_s() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn apps() -> Apps {
+        let mut a = Apps::new();
+        a.add("demo", b"0123456789abcdef");
+        a.add("other", b"fedcba9876543210");
+        a
+    }
+
+    fn bearer(t: &str) -> Vec<u8> {
+        format!("Bearer {t}").into_bytes()
+    }
+
+    #[test]
+    fn a_signed_token_verifies_and_names_its_app() {
+        let now = 1_800_000_000;
+        let t = sign("other", b"fedcba9876543210", now - 10);
+        assert_eq!(verify(Some(&bearer(&t)), &apps(), now), Ok(1));
+        assert_eq!(verify(Some(format!("bearer  {t} ").as_bytes()), &apps(), now), Ok(1));
+    }
+
+    #[test]
+    fn rejections() {
+        let now = 1_800_000_000;
+        let a = apps();
+        assert_eq!(verify(None, &a, now), Err(AuthError::Missing));
+        assert_eq!(verify(Some(b"Basic abc"), &a, now), Err(AuthError::Missing));
+        let wrong_secret = sign("demo", b"fedcba9876543210", now);
+        assert_eq!(verify(Some(&bearer(&wrong_secret)), &a, now), Err(AuthError::BadSignature));
+        let old = sign("demo", b"0123456789abcdef", now - MAX_AGE_S - 1);
+        assert_eq!(verify(Some(&bearer(&old)), &a, now), Err(AuthError::Expired));
+        let future = sign("demo", b"0123456789abcdef", now + MAX_SKEW_S + 1);
+        assert_eq!(verify(Some(&bearer(&future)), &a, now), Err(AuthError::FromTheFuture));
+        let unknown = sign("nope", b"0123456789abcdef", now);
+        assert_eq!(verify(Some(&bearer(&unknown)), &a, now), Err(AuthError::UnknownApp));
+        // alg "none" with an empty signature is refused before any MAC is looked at.
+        let good = sign("demo", b"0123456789abcdef", now);
+        let mut parts = good.split('.');
+        let _ = parts.next();
+        let none = format!("{}.{}.", URL_SAFE_NO_PAD.encode(br#"{"alg":"none"}"#), parts.next().unwrap_or(""));
+        assert!(matches!(verify(Some(&bearer(&none)), &a, now), Err(AuthError::Malformed(_))));
+        for junk in ["a.b", "a.b.c.d", "...", "x.y.z", "\u{00e9}.\u{00e9}.\u{00e9}"] {
+            assert!(matches!(verify(Some(&bearer(junk)), &a, now), Err(AuthError::Malformed(_))), "{junk}");
+        }
+        // A tampered claim breaks the signature.
+        let tampered = good.replacen('.', ".e", 1);
+        assert!(verify(Some(&bearer(&tampered)), &a, now).is_err());
+    }
+}

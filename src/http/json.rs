@@ -1,0 +1,283 @@
+//! The JSON shapes of the HTTP API: the push request body, the per-token results, feedback pages,
+//! receipts and the `{ "error", "message" }` body; and the status → HTTP code mapping.
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use bytes::Bytes;
+use hyper::StatusCode;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::backend::{FeedbackPage, Note, Outcome};
+use crate::proto::frame::{FLAG_RECEIPT, MAX_COLLAPSE, MAX_MULTICAST};
+use crate::proto::{Kind, Status, Token, PRIORITY_HIGH, PRIORITY_NORMAL};
+use crate::store::Receipt;
+
+/// Lifetime of a notification whose request has no `expiry_s`, seconds: 24 hours
+/// (as `pushgate push`; APNs and FCM keep one up to four weeks, but a day suits a self-hosted queue).
+pub const DEFAULT_EXPIRY_S: u64 = crate::client::DEFAULT_TTL_S as u64;
+/// The longest `expiry_s` accepted: 28 days, as FCM's maximum time to live.
+pub const MAX_EXPIRY_S: u64 = 28 * 86_400;
+
+/// The body of `POST /v1/push`.
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct PushBody {
+    token: Option<String>,
+    tokens: Option<Vec<String>>,
+    kind: Option<String>,
+    priority: Option<Priority>,
+    expiry_s: Option<u64>,
+    collapse: Option<String>,
+    receipt: Option<bool>,
+    payload: Option<String>,
+    payload_b64: Option<String>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(untagged)]
+enum Priority {
+    Name(String),
+    Number(u64),
+}
+
+/// A parsed push request: the note, and per requested token its parsed value (`None`: not 48 hex digits).
+#[derive(Debug)]
+pub struct PushRequest {
+    /// Whether the body said `token` (one answer, status mapped to the HTTP code) rather than `tokens`.
+    pub single: bool,
+    /// The tokens as sent, for the answer.
+    pub token_text: Vec<String>,
+    pub tokens: Vec<Option<Token>>,
+    pub note: Note,
+}
+
+/// A request the gateway refuses before the backend sees it: HTTP code, error code, message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub http: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(http: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError { http, code, message: message.into() }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    /// `{ "error": code, "message": … }`.
+    pub fn body(&self) -> Value {
+        json!({ "error": self.code, "message": self.message })
+    }
+}
+
+/// Parses the body of `POST /v1/push`; `now_s` turns `expiry_s` into the absolute expiry.
+pub fn parse_push(body: &[u8], now_s: u64) -> Result<PushRequest, ApiError> {
+    let b: PushBody =
+        serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("body is not a push: {e}")))?;
+    let (single, token_text) = match (b.token, b.tokens) {
+        (Some(t), None) => (true, vec![t]),
+        (None, Some(ts)) if ts.is_empty() => return Err(ApiError::bad_request("`tokens` is empty")),
+        (None, Some(ts)) if ts.len() > MAX_MULTICAST => {
+            return Err(ApiError::bad_request(format!("`tokens` has more than {MAX_MULTICAST} entries")))
+        }
+        (None, Some(ts)) => (false, ts),
+        (Some(_), Some(_)) => return Err(ApiError::bad_request("give `token` or `tokens`, not both")),
+        (None, None) => return Err(ApiError::bad_request("give `token` (one) or `tokens` (up to 1000)")),
+    };
+    let kind = match b.kind.as_deref() {
+        None | Some("alert") => Kind::ALERT,
+        Some("badge") => Kind::BADGE,
+        Some("background") => Kind::BACKGROUND,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!("unknown kind {other:?}: alert, badge or background")))
+        }
+    };
+    let priority = match b.priority {
+        None => PRIORITY_HIGH,
+        Some(Priority::Name(n)) if n == "high" => PRIORITY_HIGH,
+        Some(Priority::Name(n)) if n == "normal" => PRIORITY_NORMAL,
+        Some(Priority::Number(n)) if n == u64::from(PRIORITY_HIGH) || n == u64::from(PRIORITY_NORMAL) => n as u8,
+        Some(p) => return Err(ApiError::bad_request(format!("priority {p:?}: \"high\" (10) or \"normal\" (5)"))),
+    };
+    let expiry_s = b.expiry_s.unwrap_or(DEFAULT_EXPIRY_S);
+    if expiry_s > MAX_EXPIRY_S {
+        return Err(ApiError::bad_request(format!("expiry_s over {MAX_EXPIRY_S} (28 days)")));
+    }
+    let expiry = match expiry_s {
+        0 => 0,
+        s => u32::try_from(now_s.saturating_add(s)).unwrap_or(u32::MAX),
+    };
+    let collapse = b.collapse.unwrap_or_default();
+    if collapse.len() > MAX_COLLAPSE {
+        return Err(ApiError::bad_request(format!("collapse longer than {MAX_COLLAPSE} bytes")));
+    }
+    let payload = match (b.payload, b.payload_b64) {
+        (Some(p), None) => Bytes::from(p),
+        (None, Some(p)) => {
+            Bytes::from(STANDARD.decode(p).map_err(|_| ApiError::bad_request("payload_b64 is not base64"))?)
+        }
+        (None, None) => Bytes::new(),
+        (Some(_), Some(_)) => return Err(ApiError::bad_request("give `payload` or `payload_b64`, not both")),
+    };
+    let flags = if b.receipt.unwrap_or(false) { FLAG_RECEIPT } else { 0 };
+    let tokens = token_text.iter().map(|t| Token::from_hex(t)).collect();
+    Ok(PushRequest {
+        single,
+        token_text,
+        tokens,
+        note: Note { kind: kind.0, priority, flags, expiry, collapse: Bytes::from(collapse), payload },
+    })
+}
+
+/// One token's answer: `token`, `status`, and `msg_id` (a string: ids exceed 2^53) when delivered or
+/// queued, `unregistered_at_ms` when unregistered, `retry_after_ms` when rate limited or unavailable.
+pub fn result_json(token: &str, o: &Outcome) -> Value {
+    let mut v = json!({ "token": token, "status": o.status.name() });
+    match o.status {
+        Status::DELIVERED | Status::QUEUED => v["msg_id"] = json!(o.msg_id.to_string()),
+        Status::UNREGISTERED => v["unregistered_at_ms"] = json!(o.info),
+        Status::RATE_LIMITED | Status::UNAVAILABLE | Status::STORE_FAILED if o.info > 0 => {
+            v["retry_after_ms"] = json!(o.info)
+        }
+        _ => {}
+    }
+    v
+}
+
+/// The HTTP code a single-token push answers with, and the `Retry-After` seconds if any.
+pub fn http_status(o: &Outcome) -> (StatusCode, Option<u64>) {
+    let retry = || Some(o.info.div_ceil(1000).max(1));
+    match o.status {
+        Status::DELIVERED | Status::QUEUED | Status::NOT_DELIVERED => (StatusCode::OK, None),
+        Status::BAD_TOKEN | Status::BAD_REQUEST => (StatusCode::BAD_REQUEST, None),
+        Status::PAYLOAD_TOO_LARGE => (StatusCode::PAYLOAD_TOO_LARGE, None),
+        Status::UNREGISTERED => (StatusCode::GONE, None),
+        Status::RATE_LIMITED => (StatusCode::TOO_MANY_REQUESTS, retry()),
+        Status::UNAVAILABLE | Status::STORE_FAILED => (StatusCode::SERVICE_UNAVAILABLE, retry()),
+        _ => (StatusCode::INTERNAL_SERVER_ERROR, None),
+    }
+}
+
+/// The answer to a single-token push: the result, plus `error` and `message` when it is not a 2xx.
+pub fn single_json(token: &str, o: &Outcome, http: StatusCode) -> Value {
+    let mut v = result_json(token, o);
+    if !http.is_success() {
+        v["error"] = json!(if o.status.is_known() { o.status.name() } else { "internal" });
+        v["message"] = json!(status_message(o));
+    }
+    v
+}
+
+fn status_message(o: &Outcome) -> String {
+    match o.status {
+        Status::BAD_TOKEN => "not a device token of this app".into(),
+        Status::BAD_REQUEST => "a field is out of range".into(),
+        Status::PAYLOAD_TOO_LARGE => "payload over 4096 bytes".into(),
+        Status::UNREGISTERED => format!("the device unregistered at {} (unix ms); stop sending", o.info),
+        Status::RATE_LIMITED => format!("the app is over its push rate; retry after {} ms", o.info),
+        Status::UNAVAILABLE => format!("the gateway is draining or overloaded; retry after {} ms", o.info),
+        Status::STORE_FAILED => "the store could not accept the notification; retry later".into(),
+        s => format!("unknown status {}", s.0),
+    }
+}
+
+/// `{ "results": [...] }` for a multi-token push.
+pub fn multi_json(tokens: &[String], outcomes: &[Outcome]) -> Value {
+    let results: Vec<Value> = tokens.iter().zip(outcomes).map(|(t, o)| result_json(t, o)).collect();
+    json!({ "results": results })
+}
+
+/// A feedback page, with the cursor of the next page (the last entry, or the request's if none).
+pub fn feedback_json(page: &FeedbackPage, since_ms: u64, after: &Token) -> Value {
+    let entries: Vec<Value> = page
+        .entries
+        .iter()
+        .map(|(at, t)| json!({ "token": t.to_hex(), "unregistered_at_ms": at }))
+        .collect();
+    let (next_since, next_after) = page.entries.last().map(|(at, t)| (*at, *t)).unwrap_or((since_ms, *after));
+    json!({
+        "entries": entries,
+        "more": page.more,
+        "next_since_ms": next_since,
+        "next_after": next_after.to_hex(),
+    })
+}
+
+/// One receipt as the `data` of an SSE `receipt` event.
+pub fn receipt_json(r: &Receipt) -> Value {
+    json!({ "token": r.token.to_hex(), "msg_id": r.msg_id.to_string(), "acked_at_ms": r.acked_at_ms })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: &str = "000d96d7dccbac4ae2e1cfd3e3a243fb4f80167395a9c985";
+
+    #[test]
+    fn a_full_push_body_parses() {
+        let body = format!(
+            r#"{{"tokens":["{T}","zz"],"kind":"badge","priority":5,"expiry_s":60,"collapse":"c","receipt":true,"payload_b64":"aGk="}}"#
+        );
+        let r = parse_push(body.as_bytes(), 1000).unwrap();
+        assert!(!r.single);
+        assert_eq!(r.tokens.len(), 2);
+        assert!(r.tokens[0].is_some() && r.tokens[1].is_none());
+        assert_eq!(
+            r.note,
+            Note {
+                kind: 1,
+                priority: 5,
+                flags: FLAG_RECEIPT,
+                expiry: 1060,
+                collapse: Bytes::from("c"),
+                payload: Bytes::from("hi")
+            }
+        );
+        let r = parse_push(format!(r#"{{"token":"{T}","payload":"x","expiry_s":0}}"#).as_bytes(), 5).unwrap();
+        assert!(r.single);
+        assert_eq!((r.note.kind, r.note.priority, r.note.flags, r.note.expiry), (0, 10, 0, 0));
+        let r = parse_push(format!(r#"{{"token":"{T}"}}"#).as_bytes(), 5).unwrap();
+        assert_eq!(r.note.expiry as u64, 5 + DEFAULT_EXPIRY_S);
+    }
+
+    #[test]
+    fn bad_bodies_are_bad_requests() {
+        let many = format!(r#"{{"tokens":[{}]}}"#, vec![format!("\"{T}\""); 1001].join(","));
+        for body in [
+            "",
+            "[]",
+            "{}",
+            r#"{"tokens":[]}"#,
+            &many,
+            r#"{"token":"a","tokens":["b"]}"#,
+            r#"{"token":"a","kind":"loud"}"#,
+            r#"{"token":"a","priority":7}"#,
+            r#"{"token":"a","priority":"urgent"}"#,
+            r#"{"token":"a","expiry_s":-1}"#,
+            r#"{"token":"a","expiry_s":99999999999}"#,
+            r#"{"token":"a","payload":"x","payload_b64":"eA=="}"#,
+            r#"{"token":"a","payload_b64":"!!"}"#,
+            r#"{"token":"a","bogus":1}"#,
+        ] {
+            let e = parse_push(body.as_bytes(), 0).unwrap_err();
+            assert_eq!((e.http, e.code), (StatusCode::BAD_REQUEST, "bad_request"), "{body}");
+        }
+    }
+
+    #[test]
+    fn statuses_map_to_http_codes() {
+        let o = |s, info| Outcome { status: s, msg_id: 0, info };
+        assert_eq!(http_status(&o(Status::DELIVERED, 0)), (StatusCode::OK, None));
+        assert_eq!(http_status(&o(Status::RATE_LIMITED, 1001)), (StatusCode::TOO_MANY_REQUESTS, Some(2)));
+        assert_eq!(http_status(&o(Status::UNAVAILABLE, 0)), (StatusCode::SERVICE_UNAVAILABLE, Some(1)));
+        assert_eq!(http_status(&o(Status(99), 0)).0, StatusCode::INTERNAL_SERVER_ERROR);
+        let v = result_json(T, &Outcome { status: Status::QUEUED, msg_id: u64::MAX, info: 0 });
+        assert_eq!(v["msg_id"], json!(u64::MAX.to_string()));
+    }
+}

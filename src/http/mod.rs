@@ -1,0 +1,17 @@
+//! The HTTP/1.1 and HTTP/2 JSON push API (docs/http.md, docs/openapi.yaml): its own listener and
+//! small tokio runtime (one per node), JWT auth per app, and a [`Backend`] it pushes through.
+//!
+//! ```text
+//!  curl / backend ──HTTP/1.1 or h2──▶ server (hyper) ──▶ routes ──▶ Backend::push ──▶ router
+//!                  ◀──JSON / SSE────                 ◀── done(outcomes) ◀──────────
+//! ```
+
+pub mod auth;
+pub mod backend;
+pub mod json;
+mod routes;
+pub mod server;
+mod sse;
+
+pub use backend::{Backend, Done, FeedbackPage, Note, Outcome};
+pub use server::{start, HttpServer};

@@ -1,0 +1,229 @@
+//! Request handling: routing, auth, and the three endpoints (`POST /v1/push`, `GET /v1/feedback`,
+//! `GET /v1/receipts`), each turning a backend answer into JSON.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::Value;
+use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
+
+use super::auth;
+use super::backend::{Backend, Outcome};
+use super::json::{self, ApiError};
+use super::sse::SseBody;
+use crate::config::HttpConfig;
+use crate::proto::{Apps, Status, Token, TOKEN_LEN};
+
+pub type Body = BoxBody<Bytes, Infallible>;
+
+/// What every request handler shares.
+pub struct Ctx {
+    pub cfg: HttpConfig,
+    pub apps: Apps,
+    pub backend: Arc<dyn Backend>,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// Receipts buffered between the backend and one SSE stream; past it the backend keeps them.
+const RECEIPT_SINK: usize = 1024;
+
+pub async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path();
+    let (allowed, name) = match path {
+        "/v1/push" => (Method::POST, "POST"),
+        "/v1/feedback" | "/v1/receipts" => (Method::GET, "GET"),
+        _ => return error(&ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no endpoint {path}"))),
+    };
+    if req.method() != allowed {
+        let e = ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("{path} takes {name}"),
+        );
+        let mut r = error(&e);
+        r.headers_mut().insert(ALLOW, HeaderValue::from_static(name));
+        return r;
+    }
+    let app = match auth::verify(req.headers().get(AUTHORIZATION).map(|v| v.as_bytes()), &ctx.apps, auth::now_s())
+    {
+        Ok(app) => app,
+        Err(e) => {
+            let mut r = error(&ApiError::new(StatusCode::UNAUTHORIZED, e.code(), e.message()));
+            r.headers_mut().insert("www-authenticate", HeaderValue::from_static("Bearer"));
+            return r;
+        }
+    };
+    let deadline = Instant::now() + Duration::from_millis(ctx.cfg.request_timeout_ms);
+    match path {
+        "/v1/push" => push(&ctx, app, req, deadline).await,
+        "/v1/feedback" => feedback(&ctx, app, &req, deadline).await,
+        _ => receipts(&ctx, app),
+    }
+}
+
+async fn push(ctx: &Ctx, app: u16, req: Request<Incoming>, deadline: Instant) -> Response<Body> {
+    let max = ctx.cfg.max_body_bytes;
+    let too_large = || {
+        error(&ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("request body over {max} bytes"),
+        ))
+    };
+    let announced = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > max as u64) {
+        return too_large();
+    }
+    let body = match tokio::time::timeout_at(deadline, Limited::new(req.into_body(), max).collect()).await {
+        Err(_) => {
+            return error(&ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                "the request body did not arrive in time",
+            ))
+        }
+        Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => return too_large(),
+        Ok(Err(e)) => return error(&ApiError::bad_request(format!("cannot read the body: {e}"))),
+        Ok(Ok(b)) => b.to_bytes(),
+    };
+    let p = match json::parse_push(&body, auth::now_s()) {
+        Ok(p) => p,
+        Err(e) => return error(&e),
+    };
+    let valid: Vec<Token> = p.tokens.iter().flatten().copied().collect();
+    let mut answered = Vec::new().into_iter();
+    if !valid.is_empty() {
+        let n = valid.len();
+        let (tx, rx) = oneshot::channel();
+        ctx.backend.push(
+            app,
+            valid,
+            p.note,
+            Box::new(move |v| {
+                let _ = tx.send(v);
+            }),
+        );
+        answered = match tokio::time::timeout_at(deadline, rx).await {
+            Err(_) => return no_answer_in_time(),
+            Ok(Ok(v)) if v.len() == n => v.into_iter(),
+            Ok(_) => return internal("the router gave no answer for every token"),
+        };
+    }
+    let bad = Outcome { status: Status::BAD_TOKEN, msg_id: 0, info: 0 };
+    let outcomes: Vec<Outcome> =
+        p.tokens.iter().map(|t| if t.is_some() { answered.next().unwrap_or(bad) } else { bad }).collect();
+    match (p.single, outcomes.first()) {
+        (true, Some(o)) => {
+            let (http, retry) = json::http_status(o);
+            let mut r = respond(http, &json::single_json(&p.token_text[0], o, http));
+            if let Some(s) = retry {
+                r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(s));
+            }
+            r
+        }
+        _ => respond(StatusCode::OK, &json::multi_json(&p.token_text, &outcomes)),
+    }
+}
+
+async fn feedback(ctx: &Ctx, app: u16, req: &Request<Incoming>, deadline: Instant) -> Response<Body> {
+    let (since_ms, after) = match feedback_query(req.uri().query().unwrap_or("")) {
+        Ok(q) => q,
+        Err(e) => return error(&e),
+    };
+    let (tx, rx) = oneshot::channel();
+    ctx.backend.feedback(
+        app,
+        since_ms,
+        after,
+        Box::new(move |page| {
+            let _ = tx.send(page);
+        }),
+    );
+    match tokio::time::timeout_at(deadline, rx).await {
+        Err(_) => no_answer_in_time(),
+        Ok(Err(_)) => internal("the router dropped the feedback request"),
+        Ok(Ok(page)) => respond(StatusCode::OK, &json::feedback_json(&page, since_ms, &after)),
+    }
+}
+
+/// `since_ms` (unix ms, default 0) and `after` (48 hex digits, default none) of a feedback request.
+fn feedback_query(q: &str) -> Result<(u64, Token), ApiError> {
+    let mut since_ms = 0;
+    let mut after = Token([0; TOKEN_LEN]);
+    for pair in q.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match k {
+            "since_ms" => {
+                since_ms = v.parse().map_err(|_| ApiError::bad_request("since_ms: unix milliseconds"))?;
+            }
+            "after" if v.is_empty() => {}
+            "after" => {
+                after = Token::from_hex(v).ok_or_else(|| ApiError::bad_request("after: 48 hex digits"))?;
+            }
+            _ => {}
+        }
+    }
+    Ok((since_ms, after))
+}
+
+fn receipts(ctx: &Ctx, app: u16) -> Response<Body> {
+    let (tx, rx) = crossbeam_channel::bounded(RECEIPT_SINK);
+    ctx.backend.subscribe_receipts(app, tx);
+    let body = SseBody::new(rx, Duration::from_secs(ctx.cfg.sse_keepalive_s), ctx.shutdown.clone());
+    let mut r = Response::new(body.boxed());
+    let h = r.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    r
+}
+
+fn no_answer_in_time() -> Response<Body> {
+    let mut r = error(&ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        "no answer within the request timeout; the outcome is unknown",
+    ));
+    r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(1u64));
+    r
+}
+
+fn internal(why: &str) -> Response<Body> {
+    error(&ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", why))
+}
+
+pub fn error(e: &ApiError) -> Response<Body> {
+    respond(e.http, &e.body())
+}
+
+fn respond(status: StatusCode, v: &Value) -> Response<Body> {
+    let mut body = v.to_string();
+    body.push('\n');
+    let mut r = Response::new(Full::new(Bytes::from(body)).boxed());
+    *r.status_mut() = status;
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn feedback_query_parses_its_cursor() {
+        let t = "000d96d7dccbac4ae2e1cfd3e3a243fb4f80167395a9c985";
+        assert_eq!(feedback_query("").unwrap(), (0, Token([0; TOKEN_LEN])));
+        let (s, a) = feedback_query(&format!("since_ms=17&after={t}&x=1")).unwrap();
+        assert_eq!((s, a.to_hex()), (17, t.to_string()));
+        assert!(feedback_query("since_ms=-1").is_err());
+        assert!(feedback_query("after=abc").is_err());
+    }
+}

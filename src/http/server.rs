@@ -1,0 +1,288 @@
+//! The HTTP API listener: a small tokio runtime in its own threads, hyper's HTTP/1.1 + HTTP/2 auto
+//! connection (h2 by prior knowledge in cleartext, by ALPN over TLS), connection bounds, and a
+//! per-connection watchdog (first request head in time, idle close) and graceful shutdown.
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use log::{debug, info, warn};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use super::backend::Backend;
+use super::routes::{self, Ctx};
+use crate::config::HttpConfig;
+use crate::proto::Apps;
+
+/// How long shutdown waits for open requests and connections before cutting them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// A running HTTP API listener.
+pub struct HttpServer {
+    addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl HttpServer {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting, lets open requests finish (HTTP/2 GOAWAY, HTTP/1.1 `Connection: close`),
+    /// ends receipt streams, and returns when every connection is closed (at most ~5 s).
+    pub fn shutdown(mut self) {
+        self.stop_and_join();
+    }
+
+    fn stop_and_join(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        self.stop_and_join();
+    }
+}
+
+struct Shared {
+    ctx: Arc<Ctx>,
+    builder: auto::Builder<TokioExecutor>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    conns: AtomicUsize,
+    header_timeout: Duration,
+    idle_timeout: Duration,
+}
+
+/// Binds `cfg.listen` and serves the HTTP API on its own runtime (`cfg.threads` workers).
+/// `tls` (from `[tls]` with `tls.http = true`) gets the ALPN ids h2 and http/1.1 if it has none.
+pub fn start(
+    cfg: &HttpConfig,
+    apps: Apps,
+    backend: Arc<dyn Backend>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> io::Result<HttpServer> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cfg.threads.max(1))
+        .thread_name("http")
+        .enable_io()
+        .enable_time()
+        .build()?;
+    let std_listener = std::net::TcpListener::bind(cfg.listen)?;
+    std_listener.set_nonblocking(true)?;
+    let addr = std_listener.local_addr()?;
+    let listener = {
+        let _guard = rt.enter();
+        TcpListener::from_std(std_listener)?
+    };
+    let (stop, stopped) = watch::channel(false);
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_millis(cfg.header_read_timeout_ms))
+        .keep_alive(true)
+        .max_buf_size(cfg.max_header_bytes.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(cfg.max_concurrent_streams)
+        .max_header_list_size(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX));
+    let shared = Arc::new(Shared {
+        ctx: Arc::new(Ctx { cfg: cfg.clone(), apps, backend, shutdown: stopped.clone() }),
+        builder,
+        tls: tls.map(|t| tokio_rustls::TlsAcceptor::from(with_alpn(t))),
+        conns: AtomicUsize::new(0),
+        header_timeout: Duration::from_millis(cfg.header_read_timeout_ms),
+        idle_timeout: Duration::from_millis(cfg.idle_timeout_ms),
+    });
+    let max_conns = cfg.max_connections;
+    let thread = std::thread::Builder::new().name("http-accept".into()).spawn(move || {
+        rt.block_on(accept_loop(listener, shared, max_conns, stopped));
+        rt.shutdown_timeout(Duration::from_millis(500));
+    })?;
+    info!("HTTP API on {addr}");
+    Ok(HttpServer { addr, stop, thread: Some(thread) })
+}
+
+fn with_alpn(cfg: Arc<rustls::ServerConfig>) -> Arc<rustls::ServerConfig> {
+    if !cfg.alpn_protocols.is_empty() {
+        return cfg;
+    }
+    let mut c = (*cfg).clone();
+    c.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Arc::new(c)
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, max_conns: usize, mut stopped: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok((sock, peer)) => {
+                    if shared.conns.load(Ordering::Relaxed) >= max_conns {
+                        debug!("HTTP: refusing {peer}: {max_conns} connections open");
+                        drop(sock);
+                        continue;
+                    }
+                    shared.conns.fetch_add(1, Ordering::Relaxed);
+                    let _ = sock.set_nodelay(true);
+                    let s = shared.clone();
+                    let st = stopped.clone();
+                    tokio::spawn(async move {
+                        serve(&s, sock, st).await;
+                        s.conns.fetch_sub(1, Ordering::Relaxed);
+                    });
+                }
+                Err(e) => {
+                    // EMFILE and friends: wait rather than spin.
+                    warn!("HTTP accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = stopped.changed() => break,
+        }
+    }
+    drop(listener);
+    let deadline = Instant::now() + SHUTDOWN_GRACE + Duration::from_secs(1);
+    while shared.conns.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// What a connection's watchdog looks at: when bytes last moved, and how many requests began.
+struct Activity {
+    start: Instant,
+    last_io_ms: AtomicU64,
+    requests: AtomicU64,
+}
+
+impl Activity {
+    fn touch(&self) {
+        self.last_io_ms.store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn idle_for(&self) -> Duration {
+        self.start.elapsed().saturating_sub(Duration::from_millis(self.last_io_ms.load(Ordering::Relaxed)))
+    }
+}
+
+async fn serve(shared: &Arc<Shared>, sock: TcpStream, stopped: watch::Receiver<bool>) {
+    let act = Arc::new(Activity { start: Instant::now(), last_io_ms: AtomicU64::new(0), requests: AtomicU64::new(0) });
+    let io = Tracked { inner: sock, act: act.clone() };
+    match &shared.tls {
+        None => drive(shared, TokioIo::new(io), act, stopped).await,
+        Some(acceptor) => match tokio::time::timeout(shared.header_timeout, acceptor.accept(io)).await {
+            Ok(Ok(tls)) => drive(shared, TokioIo::new(tls), act, stopped).await,
+            Ok(Err(e)) => debug!("HTTP TLS handshake: {e}"),
+            Err(_) => debug!("HTTP TLS handshake: timed out"),
+        },
+    }
+}
+
+async fn drive<I>(shared: &Arc<Shared>, io: TokioIo<I>, act: Arc<Activity>, mut stopped: watch::Receiver<bool>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let ctx = shared.ctx.clone();
+    let counter = act.clone();
+    let svc = service_fn(move |req| {
+        counter.requests.fetch_add(1, Ordering::Relaxed);
+        let ctx = ctx.clone();
+        async move { Ok::<_, Infallible>(routes::handle(ctx, req).await) }
+    });
+    let conn = shared.builder.serve_connection(io, svc);
+    tokio::pin!(conn);
+    let check = (shared.header_timeout.min(shared.idle_timeout) / 4).max(Duration::from_millis(10));
+    let mut tick = tokio::time::interval(check);
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    debug!("HTTP connection: {e}");
+                }
+                return;
+            }
+            _ = stopped.changed() => break,
+            _ = tick.tick() => {
+                // No complete request head since accept: a slow (or silent) client; HTTP/1.1 heads after
+                // the first are timed by hyper's header_read_timeout.
+                if act.requests.load(Ordering::Relaxed) == 0 && act.start.elapsed() >= shared.header_timeout {
+                    debug!("HTTP connection: no request head within the header read timeout");
+                    return;
+                }
+                if act.idle_for() >= shared.idle_timeout {
+                    debug!("HTTP connection: idle");
+                    break;
+                }
+            }
+        }
+    }
+    conn.as_mut().graceful_shutdown();
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, conn.as_mut()).await;
+}
+
+/// A socket that records when bytes move, for the idle check.
+struct Tracked {
+    inner: TcpStream,
+    act: Arc<Activity>,
+}
+
+impl AsyncRead for Tracked {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.act.touch();
+        }
+        r
+    }
+}
+
+impl AsyncWrite for Tracked {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.act.touch();
+        }
+        r
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.act.touch();
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
