@@ -1,4 +1,4 @@
-//! The `pushgate` binary: `serve` (the default), `device` and `push`.
+//! The `pushgate` binary: `serve` (the default), `device`, `push` and `token`.
 
 use std::process::ExitCode;
 
@@ -19,6 +19,8 @@ enum Cmd {
     Device(pushgate::cli::device::DeviceArgs),
     /// Push one notification to a device token and print the result.
     Push(pushgate::cli::push::PushArgs),
+    /// Print a bearer token (JWT, valid for an hour) for the HTTP API.
+    Token(pushgate::cli::token::TokenArgs),
 }
 
 fn main() -> ExitCode {
@@ -28,5 +30,6 @@ fn main() -> ExitCode {
         Some(Cmd::Serve(a)) => pushgate::serve::run(&a),
         Some(Cmd::Device(a)) => pushgate::cli::device::run(&a),
         Some(Cmd::Push(a)) => pushgate::cli::push::run(&a),
+        Some(Cmd::Token(a)) => pushgate::cli::token::run(&a),
     }
 }

@@ -1,4 +1,5 @@
-//! The `pushgate device` and `pushgate push` subcommands (`serve` lives in main.rs).
+//! The `pushgate device`, `push` and `token` subcommands (`serve` lives in main.rs).
 
 pub mod device;
 pub mod push;
+pub mod token;
