@@ -420,7 +420,8 @@ mod tests {
         assert!(c.http.enabled && !c.tls.http);
         assert_eq!(c.http.listen.port(), 7703);
         assert_eq!(c.http.max_body_bytes, 65536);
-        let c = Config::parse("[http]\nlisten = \"127.0.0.1:0\"\nthreads = 2\n[tls]\nhttp = false\n", "x").unwrap();
+        let c = Config::parse("[http]\nlisten = \"127.0.0.1:0\"\nthreads = 2\n[tls]\nhttp = false\n", "x")
+            .unwrap();
         assert_eq!(c.http.threads, 2);
         for (toml, key) in [
             ("threads = 0", "http.threads"),

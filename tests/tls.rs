@@ -65,6 +65,7 @@ impl Pki {
             key: Some(self.dir.path().join("key.pem")),
             device,
             provider,
+            http: false,
         }
     }
 

@@ -120,7 +120,8 @@ pub fn sign(app_id: &str, secret: &[u8], iat: u64) -> String {
 
 fn mac(secret: &[u8]) -> Hmac<Sha256> {
     // HMAC accepts keys of any length; `new_from_slice` cannot fail for it.
-    <Hmac<Sha256> as Mac>::new_from_slice(secret).unwrap_or_else(|_| unreachable!("HMAC takes any key length"))
+    <Hmac<Sha256> as Mac>::new_from_slice(secret)
+        .unwrap_or_else(|_| unreachable!("HMAC takes any key length"))
 }
 
 fn decode_json<T: serde::de::DeserializeOwned>(part: &str) -> Option<T> {
@@ -174,7 +175,8 @@ mod tests {
         let good = sign("demo", b"0123456789abcdef", now);
         let mut parts = good.split('.');
         let _ = parts.next();
-        let none = format!("{}.{}.", URL_SAFE_NO_PAD.encode(br#"{"alg":"none"}"#), parts.next().unwrap_or(""));
+        let none =
+            format!("{}.{}.", URL_SAFE_NO_PAD.encode(br#"{"alg":"none"}"#), parts.next().unwrap_or(""));
         assert!(matches!(verify(Some(&bearer(&none)), &a, now), Err(AuthError::Malformed(_))));
         for junk in ["a.b", "a.b.c.d", "...", "x.y.z", "\u{00e9}.\u{00e9}.\u{00e9}"] {
             assert!(matches!(verify(Some(&bearer(junk)), &a, now), Err(AuthError::Malformed(_))), "{junk}");

@@ -77,8 +77,8 @@ impl ApiError {
 
 /// Parses the body of `POST /v1/push`; `now_s` turns `expiry_s` into the absolute expiry.
 pub fn parse_push(body: &[u8], now_s: u64) -> Result<PushRequest, ApiError> {
-    let b: PushBody =
-        serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("body is not a push: {e}")))?;
+    let b: PushBody = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("body is not a push: {e}")))?;
     let (single, token_text) = match (b.token, b.tokens) {
         (Some(t), None) => (true, vec![t]),
         (None, Some(ts)) if ts.is_empty() => return Err(ApiError::bad_request("`tokens` is empty")),
@@ -101,8 +101,12 @@ pub fn parse_push(body: &[u8], now_s: u64) -> Result<PushRequest, ApiError> {
         None => PRIORITY_HIGH,
         Some(Priority::Name(n)) if n == "high" => PRIORITY_HIGH,
         Some(Priority::Name(n)) if n == "normal" => PRIORITY_NORMAL,
-        Some(Priority::Number(n)) if n == u64::from(PRIORITY_HIGH) || n == u64::from(PRIORITY_NORMAL) => n as u8,
-        Some(p) => return Err(ApiError::bad_request(format!("priority {p:?}: \"high\" (10) or \"normal\" (5)"))),
+        Some(Priority::Number(n)) if n == u64::from(PRIORITY_HIGH) || n == u64::from(PRIORITY_NORMAL) => {
+            n as u8
+        }
+        Some(p) => {
+            return Err(ApiError::bad_request(format!("priority {p:?}: \"high\" (10) or \"normal\" (5)")))
+        }
     };
     let expiry_s = b.expiry_s.unwrap_or(DEFAULT_EXPIRY_S);
     if expiry_s > MAX_EXPIRY_S {
@@ -194,11 +198,8 @@ pub fn multi_json(tokens: &[String], outcomes: &[Outcome]) -> Value {
 
 /// A feedback page, with the cursor of the next page (the last entry, or the request's if none).
 pub fn feedback_json(page: &FeedbackPage, since_ms: u64, after: &Token) -> Value {
-    let entries: Vec<Value> = page
-        .entries
-        .iter()
-        .map(|(at, t)| json!({ "token": t.to_hex(), "unregistered_at_ms": at }))
-        .collect();
+    let entries: Vec<Value> =
+        page.entries.iter().map(|(at, t)| json!({ "token": t.to_hex(), "unregistered_at_ms": at })).collect();
     let (next_since, next_after) = page.entries.last().map(|(at, t)| (*at, *t)).unwrap_or((since_ms, *after));
     json!({
         "entries": entries,

@@ -9,7 +9,9 @@ use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use hyper::header::{
+    HeaderValue, ALLOW, AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER,
+};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::Value;
 use tokio::sync::{oneshot, watch};
@@ -52,8 +54,11 @@ pub async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> Response<Body> {
         r.headers_mut().insert(ALLOW, HeaderValue::from_static(name));
         return r;
     }
-    let app = match auth::verify(req.headers().get(AUTHORIZATION).map(|v| v.as_bytes()), &ctx.apps, auth::now_s())
-    {
+    let app = match auth::verify(
+        req.headers().get(AUTHORIZATION).map(|v| v.as_bytes()),
+        &ctx.apps,
+        auth::now_s(),
+    ) {
         Ok(app) => app,
         Err(e) => {
             let mut r = error(&ApiError::new(StatusCode::UNAUTHORIZED, e.code(), e.message()));
@@ -120,10 +125,10 @@ async fn push(ctx: &Ctx, app: u16, req: Request<Incoming>, deadline: Instant) ->
     let bad = Outcome { status: Status::BAD_TOKEN, msg_id: 0, info: 0 };
     let outcomes: Vec<Outcome> =
         p.tokens.iter().map(|t| if t.is_some() { answered.next().unwrap_or(bad) } else { bad }).collect();
-    match (p.single, outcomes.first()) {
-        (true, Some(o)) => {
+    match (p.single, outcomes.first(), p.token_text.first()) {
+        (true, Some(o), Some(t)) => {
             let (http, retry) = json::http_status(o);
-            let mut r = respond(http, &json::single_json(&p.token_text[0], o, http));
+            let mut r = respond(http, &json::single_json(t, o, http));
             if let Some(s) = retry {
                 r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(s));
             }

@@ -129,7 +129,12 @@ fn with_alpn(cfg: Arc<rustls::ServerConfig>) -> Arc<rustls::ServerConfig> {
     Arc::new(c)
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, max_conns: usize, mut stopped: watch::Receiver<bool>) {
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    max_conns: usize,
+    mut stopped: watch::Receiver<bool>,
+) {
     loop {
         tokio::select! {
             r = listener.accept() => match r {
@@ -182,7 +187,11 @@ impl Activity {
 }
 
 async fn serve(shared: &Arc<Shared>, sock: TcpStream, stopped: watch::Receiver<bool>) {
-    let act = Arc::new(Activity { start: Instant::now(), last_io_ms: AtomicU64::new(0), requests: AtomicU64::new(0) });
+    let act = Arc::new(Activity {
+        start: Instant::now(),
+        last_io_ms: AtomicU64::new(0),
+        requests: AtomicU64::new(0),
+    });
     let io = Tracked { inner: sock, act: act.clone() };
     match &shared.tls {
         None => drive(shared, TokioIo::new(io), act, stopped).await,
@@ -194,8 +203,12 @@ async fn serve(shared: &Arc<Shared>, sock: TcpStream, stopped: watch::Receiver<b
     }
 }
 
-async fn drive<I>(shared: &Arc<Shared>, io: TokioIo<I>, act: Arc<Activity>, mut stopped: watch::Receiver<bool>)
-where
+async fn drive<I>(
+    shared: &Arc<Shared>,
+    io: TokioIo<I>,
+    act: Arc<Activity>,
+    mut stopped: watch::Receiver<bool>,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let ctx = shared.ctx.clone();
@@ -243,7 +256,11 @@ struct Tracked {
 }
 
 impl AsyncRead for Tracked {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {

@@ -43,12 +43,17 @@ impl Body for SseBody {
     type Data = Bytes;
     type Error = Infallible;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         let this = self.get_mut();
         if !this.greeted {
             // Sent at once so the client sees the stream is open (and proxies flush the headers).
             this.greeted = true;
-            return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b": receipts of this app follow\n\n")))));
+            return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(
+                b": receipts of this app follow\n\n",
+            )))));
         }
         loop {
             if *this.shutdown.borrow() {
