@@ -2,6 +2,7 @@
 //! mapping, multi push, feedback, SSE receipts, bounds and timeouts, HTTP/1.1, h2 (prior knowledge and
 //! TLS ALPN), and the contract in docs/openapi.yaml (every documented path and status answers as written).
 
+use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::{Arc, Mutex};
@@ -26,6 +27,9 @@ const OTHER_SECRET: &[u8] = b"fedcba9876543210";
 /// Token whose first byte tells the fake which status to answer.
 const DROP: u8 = 0xEE;
 const SLOW: u8 = 0xEF;
+/// `since_ms` values the fake's feedback never answers, or answers after 3 s.
+const FEEDBACK_DROP: u64 = 999;
+const FEEDBACK_SLOW: u64 = 998;
 
 fn token(status: u8, n: u8) -> Token {
     let mut t = [n; TOKEN_LEN];
@@ -75,8 +79,16 @@ impl Backend for Fake {
 
     fn feedback(&self, app: u16, since_ms: u64, after: Token, done: Done<FeedbackPage>) {
         self.feedbacks.lock().unwrap().push((app, since_ms, after));
+        if since_ms == FEEDBACK_DROP {
+            return;
+        }
         let entries = vec![(since_ms + 1, token(1, 1)), (since_ms + 2, token(1, 2))];
-        std::thread::spawn(move || done(FeedbackPage { entries, more: true }));
+        std::thread::spawn(move || {
+            if since_ms == FEEDBACK_SLOW {
+                std::thread::sleep(Duration::from_secs(3));
+            }
+            done(FeedbackPage { entries, more: true })
+        });
     }
 
     fn subscribe_receipts(&self, app: u16, sink: crossbeam_channel::Sender<Receipt>) {
@@ -540,4 +552,201 @@ async fn shutdown_ends_receipt_streams_and_returns_promptly() {
     let t0 = Instant::now();
     tokio::task::spawn_blocking(move || s.shutdown()).await.unwrap();
     assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+}
+
+/// Sends `head` and `body` on a fresh HTTP/1.1 connection (and nothing more), returns the answer.
+fn raw_http1(addr: SocketAddr, head: &str, body: &[u8]) -> (StatusCode, HeaderMap, Bytes) {
+    let mut sock = TcpStream::connect(addr).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    sock.write_all(head.as_bytes()).unwrap();
+    sock.write_all(body).unwrap();
+    let mut got = Vec::new();
+    let _ = sock.read_to_end(&mut got);
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut resp = httparse::Response::new(&mut headers);
+    let httparse::Status::Complete(n) = resp.parse(&got).unwrap() else { panic!("partial answer {got:?}") };
+    let mut map = HeaderMap::new();
+    for h in resp.headers.iter() {
+        map.append(
+            hyper::header::HeaderName::from_bytes(h.name.as_bytes()).unwrap(),
+            hyper::header::HeaderValue::from_bytes(h.value).unwrap(),
+        );
+    }
+    (StatusCode::from_u16(resp.code.unwrap()).unwrap(), map, Bytes::copy_from_slice(&got[n..]))
+}
+
+/// Drives the request that should answer `(path, method, code)` in its `variant`; returns the answer.
+async fn drive(addr: SocketAddr, path: &str, code: u16, variant: usize) -> (StatusCode, HeaderMap, Bytes) {
+    let push = |t: Token| json!({ "token": t.to_hex() });
+    let feedback = |q: &str| req(Method::GET, &format!("/v1/feedback{q}"), Some(&jwt()), "");
+    let r = match (path, code, variant) {
+        ("/v1/push", 200, 0) => push_req(&push(token(0, 1))),
+        ("/v1/push", 200, 1) => push_req(&json!({ "tokens": [token(1, 1).to_hex(), token(8, 1).to_hex()] })),
+        ("/v1/push", 400, 0) => push_req(&push(token(2, 1))),
+        ("/v1/push", 400, 1) => req(Method::POST, "/v1/push", Some(&jwt()), "{}"),
+        ("/v1/push", 401, _) => req(Method::POST, "/v1/push", None, "{}"),
+        ("/v1/push", 408, _) => {
+            let head = format!(
+                "POST /v1/push HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\ncontent-length: 100\r\n\r\n",
+                jwt()
+            );
+            return tokio::task::spawn_blocking(move || raw_http1(addr, &head, b"{\"token\":"))
+                .await
+                .unwrap();
+        }
+        ("/v1/push", 410, _) => push_req(&push(token(8, 1))),
+        ("/v1/push", 413, 0) => push_req(&push(token(3, 1))),
+        ("/v1/push", 413, 1) => {
+            push_req(&json!({ "token": token(0, 1).to_hex(), "payload": "x".repeat(9000) }))
+        }
+        ("/v1/push", 429, _) => push_req(&push(token(6, 1))),
+        ("/v1/push", 500, 0) => push_req(&push(token(DROP, 1))),
+        ("/v1/push", 500, 1) => push_req(&push(token(77, 1))),
+        ("/v1/push", 503, 0) => push_req(&push(token(7, 1))),
+        ("/v1/push", 503, 1) => push_req(&push(token(9, 1))),
+        ("/v1/push", 503, 2) => push_req(&push(token(SLOW, 1))),
+        ("/v1/feedback", 200, _) => feedback("?since_ms=5"),
+        ("/v1/feedback", 400, _) => feedback("?after=xyz"),
+        ("/v1/feedback", 401, _) => req(Method::GET, "/v1/feedback", Some("x.y.z"), ""),
+        ("/v1/feedback", 500, _) => feedback(&format!("?since_ms={FEEDBACK_DROP}")),
+        ("/v1/feedback", 503, _) => feedback(&format!("?since_ms={FEEDBACK_SLOW}")),
+        ("/v1/receipts", 200, _) => req(Method::GET, "/v1/receipts", Some(&jwt()), ""),
+        ("/v1/receipts", 401, _) => {
+            req(Method::GET, "/v1/receipts", Some(&auth::sign("demo", SECRET, 1)), "")
+        }
+        other => panic!("no driver for documented {other:?}"),
+    };
+    let mut c = Client::connect(addr, variant % 2 == 1).await;
+    let (parts, mut body) = c.send(r).await.into_parts();
+    let bytes = if path == "/v1/receipts" && code == 200 {
+        let mut seen = String::new();
+        read_until(&mut body, &mut seen, "\n\n").await;
+        Bytes::from(seen)
+    } else {
+        body.collect().await.unwrap().to_bytes()
+    };
+    (parts.status, parts.headers, bytes)
+}
+
+/// How many variants each documented answer is driven in (an answer with two shapes gets both).
+fn variants(path: &str, code: u16) -> usize {
+    match (path, code) {
+        ("/v1/push", 200 | 400 | 413 | 500) => 2,
+        ("/v1/push", 503) => 3,
+        _ => 1,
+    }
+}
+
+fn resolve<'a>(spec: &'a Value, v: &'a Value) -> &'a Value {
+    match v.get("$ref").and_then(Value::as_str) {
+        Some(r) => {
+            let ptr = r.strip_prefix('#').unwrap();
+            resolve(spec, spec.pointer(ptr).unwrap_or_else(|| panic!("dangling $ref {r}")))
+        }
+        None => v,
+    }
+}
+
+/// Whether `v` fits `schema` (types, required fields, enums, items; not patterns).
+fn fits(spec: &Value, schema: &Value, v: &Value) -> bool {
+    let schema = resolve(spec, schema);
+    if let Some(all) = schema.get("allOf").and_then(Value::as_array) {
+        if !all.iter().all(|s| fits(spec, s, v)) {
+            return false;
+        }
+    }
+    for key in ["oneOf", "anyOf"] {
+        if let Some(any) = schema.get(key).and_then(Value::as_array) {
+            if !any.iter().any(|s| fits(spec, s, v)) {
+                return false;
+            }
+        }
+    }
+    if let Some(e) = schema.get("enum").and_then(Value::as_array) {
+        if !e.contains(v) {
+            return false;
+        }
+    }
+    let typed = match schema.get("type").and_then(Value::as_str) {
+        Some("string") => v.is_string(),
+        Some("integer") => v.is_u64() || v.is_i64(),
+        Some("boolean") => v.is_boolean(),
+        Some("array") => v
+            .as_array()
+            .is_some_and(|a| schema.get("items").is_none_or(|items| a.iter().all(|x| fits(spec, items, x)))),
+        Some("object") => v.is_object(),
+        _ => true,
+    };
+    if !typed {
+        return false;
+    }
+    if let Some(obj) = v.as_object() {
+        let required = schema.get("required").and_then(Value::as_array).cloned().unwrap_or_default();
+        if !required.iter().all(|k| obj.contains_key(k.as_str().unwrap())) {
+            return false;
+        }
+        if let Some(props) = schema.get("properties").and_then(Value::as_object) {
+            for (k, s) in props {
+                if obj.get(k).is_some_and(|x| !fits(spec, s, x)) {
+                    return false;
+                }
+            }
+        }
+    }
+    true
+}
+
+#[tokio::test]
+async fn every_documented_path_and_status_answers_as_written() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/openapi.yaml")).unwrap();
+    let spec: Value = serde_yaml::from_str(&text).unwrap();
+    let (s, _) = start(test_cfg());
+    let mut documented = HashSet::new();
+    for (path, ops) in spec["paths"].as_object().unwrap() {
+        for (method, op) in ops.as_object().unwrap() {
+            for (code, resp) in op["responses"].as_object().unwrap() {
+                let code: u16 = code.parse().unwrap();
+                documented.insert((path.clone(), code));
+                let resp = resolve(&spec, resp);
+                let (media, schema) = resp["content"].as_object().unwrap().iter().next().unwrap();
+                for variant in 0..variants(path, code) {
+                    let what = format!("{method} {path} {code} (variant {variant})");
+                    let (got, headers, body) = drive(s.local_addr(), path, code, variant).await;
+                    assert_eq!(got.as_u16(), code, "{what}: {body:?}");
+                    let ct = headers.get("content-type").unwrap().to_str().unwrap();
+                    assert!(ct.starts_with(media.as_str()), "{what}: content-type {ct}");
+                    if let Some(hs) = resp.get("headers").and_then(Value::as_object) {
+                        for (name, h) in hs {
+                            if resolve(&spec, h)["required"] == json!(true) {
+                                assert!(headers.contains_key(name.as_str()), "{what}: no {name} header");
+                            }
+                        }
+                    }
+                    if media == "application/json" {
+                        let v: Value = serde_json::from_slice(&body).unwrap();
+                        assert!(fits(&spec, &schema["schema"], &v), "{what}: {v} does not fit the schema");
+                    } else {
+                        assert!(std::str::from_utf8(&body).unwrap().starts_with(':'), "{what}: {body:?}");
+                    }
+                }
+            }
+        }
+    }
+    // Every status the gateway's push mapping can give is documented.
+    for status in 0..=10u8 {
+        let o = Outcome { status: Status(status), msg_id: 0, info: 0 };
+        let code = pushgate::http::json::http_status(&o).0.as_u16();
+        assert!(
+            documented.contains(&("/v1/push".to_string(), code)),
+            "status {status} → {code} undocumented"
+        );
+    }
+    assert_eq!(documented.len(), 16, "{documented:?}");
+    // The schema check can fail.
+    let error = json!({ "$ref": "#/components/schemas/Error" });
+    assert!(fits(&spec, &error, &json!({ "error": "x", "message": "y" })));
+    assert!(!fits(&spec, &error, &json!({ "error": "x" })));
+    let multi = json!({ "$ref": "#/components/schemas/MultiPushResult" });
+    assert!(!fits(&spec, &multi, &json!({ "results": [{ "token": "t", "status": "lost" }] })));
+    stop(s).await;
 }
