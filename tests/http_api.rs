@@ -750,3 +750,43 @@ async fn every_documented_path_and_status_answers_as_written() {
     assert!(!fits(&spec, &multi, &json!({ "results": [{ "token": "t", "status": "lost" }] })));
     stop(s).await;
 }
+
+#[test]
+fn keepalive_outlives_the_header_timeout_but_not_the_idle_timeout_nor_a_slow_second_head() {
+    let (s, _) = start(HttpConfig { idle_timeout_ms: 1500, ..test_cfg() });
+    let read_answer = |raw: &mut TcpStream| {
+        let mut buf = [0u8; 4096];
+        let n = raw.read(&mut buf).unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 404"), "{:?}", String::from_utf8_lossy(&buf[..n]));
+    };
+    let wait_close = |raw: &mut TcpStream| {
+        let t0 = Instant::now();
+        let mut buf = [0u8; 64];
+        while matches!(raw.read(&mut buf), Ok(n) if n > 0) {}
+        t0.elapsed()
+    };
+    let mut raw = TcpStream::connect(s.local_addr()).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(6))).unwrap();
+    raw.write_all(b"GET /nothing HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+    read_answer(&mut raw);
+    std::thread::sleep(Duration::from_millis(800)); // twice the header timeout: still open
+    raw.write_all(b"GET /nothing HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+    read_answer(&mut raw);
+    let idle = wait_close(&mut raw);
+    assert!(
+        idle >= Duration::from_millis(1300) && idle < Duration::from_millis(2500),
+        "idle close after {idle:?}"
+    );
+    // A second head that starts and never ends is cut after the header timeout.
+    let mut raw = TcpStream::connect(s.local_addr()).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(6))).unwrap();
+    raw.write_all(b"GET /nothing HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+    read_answer(&mut raw);
+    raw.write_all(b"GET /nothing HTTP/1.1\r\n").unwrap();
+    let slow = wait_close(&mut raw);
+    assert!(
+        slow >= Duration::from_millis(300) && slow < Duration::from_millis(1500),
+        "slow head cut after {slow:?}"
+    );
+    s.shutdown();
+}

@@ -1,12 +1,12 @@
 //! The HTTP API listener: a small tokio runtime in its own threads, hyper's HTTP/1.1 + HTTP/2 auto
 //! connection (h2 by prior knowledge in cleartext, by ALPN over TLS), connection bounds, and a
-//! per-connection watchdog (first request head in time, idle close) and graceful shutdown.
+//! per-connection watchdog (request heads in time, idle close) and graceful shutdown.
 
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::thread::JoinHandle;
@@ -95,7 +95,9 @@ pub fn start(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_millis(cfg.header_read_timeout_ms))
+        // Heads are timed by the connection watchdog: hyper's own timer would also close an idle
+        // keep-alive connection after it.
+        .header_read_timeout(None)
         .keep_alive(true)
         .max_buf_size(cfg.max_header_bytes.max(8192));
     builder
@@ -169,29 +171,105 @@ async fn accept_loop(
     }
 }
 
-/// What a connection's watchdog looks at: when bytes last moved, and how many requests began.
+/// What a connection's watchdog looks at: when bytes last moved, requests begun and still answering,
+/// and since when an HTTP/1.1 request head has been arriving (`NONE`: none is).
 struct Activity {
     start: Instant,
     last_io_ms: AtomicU64,
     requests: AtomicU64,
+    in_flight: AtomicU64,
+    head_since_ms: AtomicU64,
+    h2: AtomicBool,
 }
 
+const NONE: u64 = u64::MAX;
+
 impl Activity {
-    fn touch(&self) {
-        self.last_io_ms.store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    fn new() -> Activity {
+        Activity {
+            start: Instant::now(),
+            last_io_ms: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            head_since_ms: AtomicU64::new(NONE),
+            h2: AtomicBool::new(false),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    fn on_read(&self) {
+        let now = self.now_ms();
+        self.last_io_ms.store(now, Ordering::Relaxed);
+        // Bytes between HTTP/1.1 requests are the next head: time it.
+        if self.in_flight.load(Ordering::Relaxed) == 0 && !self.h2.load(Ordering::Relaxed) {
+            let _ = self.head_since_ms.compare_exchange(NONE, now, Ordering::Relaxed, Ordering::Relaxed);
+        }
+    }
+
+    fn on_write(&self) {
+        self.last_io_ms.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    fn on_request(&self, h2: bool) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.head_since_ms.store(NONE, Ordering::Relaxed);
+        if h2 {
+            self.h2.store(true, Ordering::Relaxed);
+        }
     }
 
     fn idle_for(&self) -> Duration {
-        self.start.elapsed().saturating_sub(Duration::from_millis(self.last_io_ms.load(Ordering::Relaxed)))
+        Duration::from_millis(self.now_ms().saturating_sub(self.last_io_ms.load(Ordering::Relaxed)))
+    }
+
+    /// Whether a request head is overdue: the first one since accept, or an HTTP/1.1 one being read.
+    fn head_overdue(&self, limit: Duration) -> bool {
+        if self.requests.load(Ordering::Relaxed) == 0 {
+            return self.start.elapsed() >= limit;
+        }
+        let since = self.head_since_ms.load(Ordering::Relaxed);
+        since != NONE && self.now_ms().saturating_sub(since) >= limit.as_millis() as u64
+    }
+}
+
+/// A response body that counts its request as answered once hyper is done with it.
+struct Counted {
+    inner: routes::Body,
+    act: Arc<Activity>,
+}
+
+impl hyper::body::Body for Counted {
+    type Data = bytes::Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Infallible>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.act.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 async fn serve(shared: &Arc<Shared>, sock: TcpStream, stopped: watch::Receiver<bool>) {
-    let act = Arc::new(Activity {
-        start: Instant::now(),
-        last_io_ms: AtomicU64::new(0),
-        requests: AtomicU64::new(0),
-    });
+    let act = Arc::new(Activity::new());
     let io = Tracked { inner: sock, act: act.clone() };
     match &shared.tls {
         None => drive(shared, TokioIo::new(io), act, stopped).await,
@@ -213,10 +291,14 @@ async fn drive<I>(
 {
     let ctx = shared.ctx.clone();
     let counter = act.clone();
-    let svc = service_fn(move |req| {
-        counter.requests.fetch_add(1, Ordering::Relaxed);
+    let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        counter.on_request(req.version() == hyper::Version::HTTP_2);
         let ctx = ctx.clone();
-        async move { Ok::<_, Infallible>(routes::handle(ctx, req).await) }
+        let act = counter.clone();
+        async move {
+            let r = routes::handle(ctx, req).await;
+            Ok::<_, Infallible>(r.map(|inner| Counted { inner, act }))
+        }
     });
     let conn = shared.builder.serve_connection(io, svc);
     tokio::pin!(conn);
@@ -232,13 +314,13 @@ async fn drive<I>(
             }
             _ = stopped.changed() => break,
             _ = tick.tick() => {
-                // No complete request head since accept: a slow (or silent) client; HTTP/1.1 heads after
-                // the first are timed by hyper's header_read_timeout.
-                if act.requests.load(Ordering::Relaxed) == 0 && act.start.elapsed() >= shared.header_timeout {
-                    debug!("HTTP connection: no request head within the header read timeout");
+                // A slow (or silent) client: no first request head in time, or a later HTTP/1.1 head
+                // that started arriving and did not finish in time.
+                if act.head_overdue(shared.header_timeout) {
+                    debug!("HTTP connection: no complete request head within the header read timeout");
                     return;
                 }
-                if act.idle_for() >= shared.idle_timeout {
+                if act.in_flight.load(Ordering::Relaxed) == 0 && act.idle_for() >= shared.idle_timeout {
                     debug!("HTTP connection: idle");
                     break;
                 }
@@ -264,7 +346,7 @@ impl AsyncRead for Tracked {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
-            self.act.touch();
+            self.act.on_read();
         }
         r
     }
@@ -274,7 +356,7 @@ impl AsyncWrite for Tracked {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.act.touch();
+            self.act.on_write();
         }
         r
     }
@@ -294,7 +376,7 @@ impl AsyncWrite for Tracked {
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.act.touch();
+            self.act.on_write();
         }
         r
     }
