@@ -790,3 +790,30 @@ fn keepalive_outlives_the_header_timeout_but_not_the_idle_timeout_nor_a_slow_sec
     );
     s.shutdown();
 }
+
+/// Answers every push `delivered` at once: the HTTP front end alone under load.
+struct Instant0;
+
+impl Backend for Instant0 {
+    fn push(&self, _: u16, tokens: Vec<Token>, _: Note, done: Done<Vec<Outcome>>) {
+        done(tokens.iter().map(|_| Outcome { status: Status::DELIVERED, msg_id: 1, info: 0 }).collect());
+    }
+    fn feedback(&self, _: u16, _: u64, _: Token, done: Done<FeedbackPage>) {
+        done(FeedbackPage { entries: vec![], more: false });
+    }
+    fn subscribe_receipts(&self, _: u16, _: crossbeam_channel::Sender<Receipt>) {}
+}
+
+/// `cargo test --release --test http_api -- --ignored serve_for_h2load` then, in another terminal,
+/// `PUSHGATE_APP_SECRET=0123456789abcdef loadtest/h2load.sh --url http://127.0.0.1:17703/v1/push
+/// --token <48 hex>`: the HTTP layer's own cost, with a backend that answers at once. Serves for
+/// $HTTP_FAKE_SECS seconds (default 30).
+#[test]
+#[ignore]
+fn serve_for_h2load() {
+    let secs = std::env::var("HTTP_FAKE_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(30);
+    let cfg = HttpConfig { listen: "127.0.0.1:17703".parse().unwrap(), ..HttpConfig::default() };
+    let s = pushgate::http::start(&cfg, apps(), Arc::new(Instant0), None).unwrap();
+    std::thread::sleep(Duration::from_secs(secs));
+    s.shutdown();
+}
