@@ -116,12 +116,8 @@ fn apps() -> Apps {
 }
 
 fn start(cfg: HttpConfig) -> (HttpServer, Arc<Fake>) {
-    start_tls(cfg, None)
-}
-
-fn start_tls(cfg: HttpConfig, tls: Option<Arc<rustls::ServerConfig>>) -> (HttpServer, Arc<Fake>) {
     let fake = Arc::new(Fake::default());
-    let s = pushgate::http::start(&cfg, apps(), fake.clone(), tls).unwrap();
+    let s = pushgate::http::start(&cfg, apps(), fake.clone(), None).unwrap();
     (s, fake)
 }
 
@@ -509,18 +505,23 @@ fn connections_past_the_maximum_are_refused() {
 }
 
 #[tokio::test]
-async fn tls_with_alpn_h2_and_http1() {
+async fn tls_from_the_config_with_alpn_h2_and_http1() {
+    // As `pushgate serve` would: [tls] cert/key files, tls.http = true, TlsPorts, start_configured.
+    let dir = tempfile::tempdir().unwrap();
     let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    std::fs::write(dir.path().join("cert.pem"), ck.cert.pem()).unwrap();
+    std::fs::write(dir.path().join("key.pem"), ck.key_pair.serialize_pem()).unwrap();
+    let mut cfg = pushgate::config::Config::default();
+    cfg.http = test_cfg();
+    cfg.tls.cert = Some(dir.path().join("cert.pem"));
+    cfg.tls.key = Some(dir.path().join("key.pem"));
+    cfg.tls.http = true;
+    let ports = pushgate::tls::TlsPorts::load(&cfg.tls).unwrap();
+    assert!(ports.device.is_none() && ports.http.is_some());
+    let fake: Arc<dyn Backend> = Arc::new(Fake::default());
+    let s = pushgate::http::start_configured(&cfg, apps(), fake.clone(), &ports).unwrap().unwrap();
     let cert = rustls::pki_types::CertificateDer::from(ck.cert.der().to_vec());
-    let key = rustls::pki_types::PrivateKeyDer::try_from(ck.key_pair.serialize_der()).unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let server = rustls::ServerConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![cert.clone()], key)
-        .unwrap();
-    let (s, _) = start_tls(test_cfg(), Some(Arc::new(server)));
     let mut roots = rustls::RootCertStore::empty();
     roots.add(cert).unwrap();
     for (alpn, h2) in [(&b"h2"[..], true), (&b"http/1.1"[..], false)] {
@@ -539,6 +540,14 @@ async fn tls_with_alpn_h2_and_http1() {
         assert_eq!((code, &v["status"]), (StatusCode::OK, &json!("queued")));
     }
     stop(s).await;
+}
+
+#[test]
+fn disabled_in_the_config_means_no_listener() {
+    let mut cfg = pushgate::config::Config::default();
+    cfg.http = HttpConfig { enabled: false, ..test_cfg() };
+    let none = pushgate::http::start_configured(&cfg, apps(), Arc::new(Fake::default()), &Default::default());
+    assert!(none.unwrap().is_none());
 }
 
 #[tokio::test]

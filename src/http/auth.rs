@@ -157,6 +157,19 @@ mod tests {
         assert_eq!(verify(Some(format!("bearer  {t} ").as_bytes()), &apps(), now), Ok(1));
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_header_value_is_refused_without_a_panic(v in proptest::collection::vec(proptest::num::u8::ANY, 0..400)) {
+            proptest::prop_assert!(verify(Some(&v), &apps(), 1_800_000_000).is_err());
+        }
+
+        #[test]
+        fn any_dotted_text_is_refused_without_a_panic(a in "[A-Za-z0-9_-]{0,60}", b in "[A-Za-z0-9_-]{0,60}", c in "[A-Za-z0-9_.-]{0,60}") {
+            let v = format!("Bearer {a}.{b}.{c}");
+            proptest::prop_assert!(verify(Some(v.as_bytes()), &apps(), 1_800_000_000).is_err());
+        }
+    }
+
     #[test]
     fn rejections() {
         let now = 1_800_000_000;

@@ -271,6 +271,26 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_body_parses_or_is_a_bad_request(body in proptest::collection::vec(proptest::num::u8::ANY, 0..300)) {
+            if let Err(e) = parse_push(&body, u64::MAX) {
+                proptest::prop_assert_eq!(e.http, StatusCode::BAD_REQUEST);
+            }
+        }
+
+        #[test]
+        fn any_json_push_parses_or_is_a_bad_request(
+            token in "[0-9a-f]{0,50}", kind in "[a-z]{0,10}", prio in 0u64..20, expiry in proptest::num::u64::ANY,
+            payload in ".{0,40}",
+        ) {
+            let body = json!({ "token": token, "kind": kind, "priority": prio, "expiry_s": expiry, "payload": payload });
+            if let Err(e) = parse_push(body.to_string().as_bytes(), u64::MAX - 1) {
+                proptest::prop_assert_eq!(e.http, StatusCode::BAD_REQUEST);
+            }
+        }
+    }
+
     #[test]
     fn statuses_map_to_http_codes() {
         let o = |s, info| Outcome { status: s, msg_id: 0, info };

@@ -14,4 +14,4 @@ pub mod server;
 mod sse;
 
 pub use backend::{Backend, Done, FeedbackPage, Note, Outcome};
-pub use server::{start, HttpServer};
+pub use server::{start, start_configured, HttpServer};

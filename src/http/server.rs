@@ -40,6 +40,12 @@ impl HttpServer {
         self.addr
     }
 
+    /// Starts [`HttpServer::shutdown`] without waiting for it (e.g. before draining the router, so
+    /// open requests still get their answers); `shutdown` or drop then waits.
+    pub fn begin_shutdown(&self) {
+        let _ = self.stop.send(true);
+    }
+
     /// Stops accepting, lets open requests finish (HTTP/2 GOAWAY, HTTP/1.1 `Connection: close`),
     /// ends receipt streams, and returns when every connection is closed (at most ~5 s).
     pub fn shutdown(mut self) {
@@ -120,6 +126,19 @@ pub fn start(
     })?;
     info!("HTTP API on {addr}");
     Ok(HttpServer { addr, stop, thread: Some(thread) })
+}
+
+/// [`start`] as `pushgate serve` calls it: `None` when `http.enabled` is false; TLS when `tls.http`.
+pub fn start_configured(
+    cfg: &crate::config::Config,
+    apps: Apps,
+    backend: Arc<dyn Backend>,
+    tls: &crate::tls::TlsPorts,
+) -> io::Result<Option<HttpServer>> {
+    if !cfg.http.enabled {
+        return Ok(None);
+    }
+    start(&cfg.http, apps, backend, tls.http.clone()).map(Some)
 }
 
 fn with_alpn(cfg: Arc<rustls::ServerConfig>) -> Arc<rustls::ServerConfig> {
