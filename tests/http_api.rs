@@ -511,8 +511,7 @@ async fn tls_from_the_config_with_alpn_h2_and_http1() {
     let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
     std::fs::write(dir.path().join("cert.pem"), ck.cert.pem()).unwrap();
     std::fs::write(dir.path().join("key.pem"), ck.key_pair.serialize_pem()).unwrap();
-    let mut cfg = pushgate::config::Config::default();
-    cfg.http = test_cfg();
+    let mut cfg = pushgate::config::Config { http: test_cfg(), ..Default::default() };
     cfg.tls.cert = Some(dir.path().join("cert.pem"));
     cfg.tls.key = Some(dir.path().join("key.pem"));
     cfg.tls.http = true;
@@ -544,8 +543,8 @@ async fn tls_from_the_config_with_alpn_h2_and_http1() {
 
 #[test]
 fn disabled_in_the_config_means_no_listener() {
-    let mut cfg = pushgate::config::Config::default();
-    cfg.http = HttpConfig { enabled: false, ..test_cfg() };
+    let cfg =
+        pushgate::config::Config { http: HttpConfig { enabled: false, ..test_cfg() }, ..Default::default() };
     let none = pushgate::http::start_configured(&cfg, apps(), Arc::new(Fake::default()), &Default::default());
     assert!(none.unwrap().is_none());
 }
