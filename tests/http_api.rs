@@ -815,12 +815,13 @@ impl Backend for Instant0 {
 /// `cargo test --release --test http_api -- --ignored serve_for_h2load` then, in another terminal,
 /// `PUSHGATE_APP_SECRET=0123456789abcdef loadtest/h2load.sh --url http://127.0.0.1:17703/v1/push
 /// --token <48 hex>`: the HTTP layer's own cost, with a backend that answers at once. Serves for
-/// $HTTP_FAKE_SECS seconds (default 30).
+/// $HTTP_FAKE_SECS seconds (default 30), on $HTTP_FAKE_THREADS worker threads (default 1).
 #[test]
 #[ignore]
 fn serve_for_h2load() {
     let secs = std::env::var("HTTP_FAKE_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(30);
-    let cfg = HttpConfig { listen: "127.0.0.1:17703".parse().unwrap(), ..HttpConfig::default() };
+    let threads = std::env::var("HTTP_FAKE_THREADS").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
+    let cfg = HttpConfig { listen: "127.0.0.1:17703".parse().unwrap(), threads, ..HttpConfig::default() };
     let s = pushgate::http::start(&cfg, apps(), Arc::new(Instant0), None).unwrap();
     std::thread::sleep(Duration::from_secs(secs));
     s.shutdown();
