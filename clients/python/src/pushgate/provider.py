@@ -133,6 +133,8 @@ class Provider:
         self.max_in_flight = 0
         #: How many times the client reconnected after a GOAWAY.
         self.reconnects = 0
+        #: The most requests this client has had unanswered at once (diagnostics).
+        self.peak_in_flight = 0
         self._conn: Optional[Conn] = None
         self._broken: Optional[PushgateError] = None
         self._next_id = 1
@@ -384,6 +386,7 @@ class Provider:
             i = self._take_id()
             self._sent[i] = r
             out.append(r.frame(i))
+        self.peak_in_flight = max(self.peak_in_flight, len(self._sent))
         self._guard(lambda: conn.send(b"".join(out), deadline))
 
     def _drain_available(self) -> None:
