@@ -48,10 +48,15 @@ final class GatewayProcess implements AutoCloseable {
      * none) and the device port {@code devicePort} (0 = any free one); waits up to 15 s for it.
      */
     GatewayProcess(Path dataDir, String config, int devicePort) throws IOException, InterruptedException {
+        this(dataDir, config, devicePort, "memory");
+    }
+
+    /** As above with {@code store} = "memory" or "durable" (in {@code dataDir}). */
+    GatewayProcess(Path dataDir, String config, int devicePort, String store) throws IOException, InterruptedException {
         this.dataDir = dataDir;
         List<String> cmd = new ArrayList<>(List.of(binary(), "serve",
                 "--device-listen", "127.0.0.1:" + devicePort, "--provider-listen", "127.0.0.1:0",
-                "--admin-listen", "127.0.0.1:0", "--data-dir", dataDir.toString(), "--store", "memory"));
+                "--admin-listen", "127.0.0.1:0", "--data-dir", dataDir.toString(), "--store", store));
         if (config != null) {
             Path cfg = dataDir.resolve("gateway.toml");
             Files.writeString(cfg, config);
