@@ -305,6 +305,8 @@ class Provider:
         Receipts are then collected whenever the client reads; get them with
         ``next_receipt`` or ``take_receipts``. Sent again after a reconnect.
         """
+        self._ensure()
+        self._guard(self._drain_available)
         conn = self._ensure()
         self._subscribed = True
         self._guard(lambda: conn.send(wire.encode_subscribe_receipts(), self._deadline(None)))
@@ -331,6 +333,9 @@ class Provider:
         deadline = self._deadline(timeout)
         start = time.monotonic()
         while True:
+            self._ensure()
+            # A GOAWAY that already arrived must be seen before writing on a closed socket.
+            self._guard(self._drain_available)
             conn = self._ensure()
             gen, want = self._generation, self._pongs + 1
             self._guard(lambda: conn.send(wire.encode_ping(), deadline))
