@@ -20,6 +20,16 @@ import org.junit.jupiter.api.Timeout;
 class FakeGatewayTest {
     private static final byte[] SECRET = new byte[16];
 
+    /** A random source whose jitter is always the ceiling, so that delays are exact. */
+    private static final java.util.Random MAX_JITTER = new java.util.Random() {
+        private static final long serialVersionUID = 1L;
+
+        @Override
+        public double nextDouble() {
+            return 0.99999999;
+        }
+    };
+
     /** A fake that reads HELLO and then writes {@code reply}. */
     private static FakeGateway replying(byte[] reply) throws IOException {
         return new FakeGateway((s, in) -> {
@@ -151,15 +161,15 @@ class FakeGatewayTest {
     void clientReconnectsWithBackoffAfterGarbageAndCloseStopsIt() throws Exception {
         try (FakeGateway fake = replying(new byte[] {(byte) 0xee, 0})) {
             Recorder r = new Recorder();
-            DeviceClient c = DeviceClient.start(fake.device().build(), SECRET, r);
+            DeviceClient c = DeviceClient.start(fake.device().random(MAX_JITTER).build(), SECRET, r);
             for (int i = 0; i < 3; i++) {
                 IOException e = Recorder.take(r.disconnects, 3_000, "disconnect " + i);
                 assertEquals(ProtocolException.class, e.getClass(), e.toString());
             }
-            // Failed attempts in a row: the jitter ceiling doubles 50, 100, 200, 400 (cap).
+            // Failed attempts in a row: the jitter ceiling doubles 50, 100, 200, then the 400 cap.
             long[] delays = r.delays.stream().mapToLong(Long::longValue).toArray();
             for (int i = 0; i < delays.length; i++) {
-                assertTrue(delays[i] >= 0 && delays[i] <= Math.min(400, 50L << i), "delay " + i + " = " + delays[i]);
+                assertEquals(Math.min(400, 50L << i), delays[i], "delay " + i);
             }
             long t0 = System.nanoTime();
             c.close();
@@ -167,6 +177,43 @@ class FakeGatewayTest {
             assertTrue(System.nanoTime() - t0 < TimeUnit.SECONDS.toNanos(2));
             assertEquals(StopReason.CLOSED, Recorder.take(r.stops, 1_000, "stop"));
             assertEquals(0, c.sessionCount());
+        }
+    }
+
+    @Test
+    void backoffResetsAfterASessionLastedAHeartbeat() throws Exception {
+        java.util.concurrent.atomic.AtomicInteger n = new java.util.concurrent.atomic.AtomicInteger();
+        try (FakeGateway fake = new FakeGateway((s, in) -> {
+            FakeGateway.readFrame(in);
+            OutputStream out = s.getOutputStream();
+            if (n.incrementAndGet() != 4) {
+                out.write(new byte[] {(byte) 0xee, 0}); // garbage: a failed attempt
+                return;
+            }
+            out.write(FakeGateway.welcome(1, 0)); // then one healthy 1 s-heartbeat session of 1.5 s
+            long end = System.nanoTime() + 1_500_000_000L;
+            s.setSoTimeout(100);
+            while (System.nanoTime() < end) {
+                try {
+                    if (FakeGateway.readFrame(in).type == Wire.PING) {
+                        out.write(new byte[] {Wire.PONG, 0});
+                    }
+                } catch (SocketTimeoutException e) {
+                    // keep waiting
+                }
+            }
+        })) {
+            Recorder r = new Recorder();
+            try (DeviceClient c = DeviceClient.start(fake.device().backoff(50, 10_000).random(MAX_JITTER).build(), SECRET, r)) {
+                long[] d = new long[4];
+                for (int i = 0; i < 4; i++) {
+                    Recorder.take(r.disconnects, 5_000, "disconnect " + i);
+                    d[i] = Recorder.take(r.delays, 1_000, "delay " + i);
+                }
+                assertEquals(1, c.sessionCount());
+                // Three failures in a row: 50, 100, 200 ms; after the healthy session: 50 again.
+                assertArrayEquals(new long[] {50, 100, 200, 50}, d);
+            }
         }
     }
 

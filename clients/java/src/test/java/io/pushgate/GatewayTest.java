@@ -157,6 +157,31 @@ class GatewayTest {
     }
 
     @Test
+    void aThrowingListenerLeavesTheNotificationUnackedSoItComesAgain() throws Exception {
+        byte[] secret = DeviceSecret.generate();
+        java.util.concurrent.BlockingQueue<Notification> seen = new java.util.concurrent.LinkedBlockingQueue<>();
+        java.util.concurrent.atomic.AtomicBoolean fail = new java.util.concurrent.atomic.AtomicBoolean(true);
+        Recorder r = new Recorder() {
+            @Override
+            public void onNotification(Notification n) {
+                seen.add(n);
+                if (fail.getAndSet(false)) {
+                    throw new IllegalStateException("app crashed while processing");
+                }
+            }
+        };
+        try (DeviceClient c = DeviceClient.start(gw.device().build(), secret, r)) {
+            String token = Recorder.take(r.welcomes, 5_000, "WELCOME").tokenHex();
+            long id = gw.push(token, "retry me").msgId;
+            assertEquals(id, Recorder.take(seen, 5_000, "first delivery").msgId());
+            c.dropConnection();
+            assertEquals(id, Recorder.take(seen, 5_000, "delivery after reconnect").msgId());
+            GatewayProcess.PushResult marker = gw.push(token, "marker");
+            assertEquals(marker.msgId, Recorder.take(seen, 5_000, "marker").msgId());
+        }
+    }
+
+    @Test
     void autoAckClientReceivesAndAcks() throws Exception {
         byte[] secret = DeviceSecret.generate();
         Recorder r = new Recorder();
