@@ -119,9 +119,10 @@ final class GatewayProcess implements AutoCloseable {
      * Config for fast tests: 1 s minimum heartbeat, short drain spread. The handshake timeout is
      * short too because the gateway's first idle check of a device happens at the handshake
      * deadline (see the README's notes on the server), so with the default 10 s a silent device
-     * would survive 10 s and the heartbeat test could not fail.
+     * would survive 10 s and the heartbeat test could not fail. At most 3 notifications wait per
+     * device, so that the missed count can be tested.
      */
-    static final String FAST_CONFIG = "[heartbeat]\nmin_s = 1\n\n[limits]\nhandshake_timeout_ms = 2000\n\n"
+    static final String FAST_CONFIG = "[heartbeat]\nmin_s = 1\n\n[limits]\nhandshake_timeout_ms = 2000\ndevice_queue_cap = 3\n\n"
             + "[drain]\nspread_ms = 200\ntimeout_ms = 5000\n";
 
     /** A device config for the demo app on this gateway, with short test timeouts and backoff. */

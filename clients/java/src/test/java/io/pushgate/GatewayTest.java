@@ -220,6 +220,32 @@ class GatewayTest {
     }
 
     @Test
+    void welcomeReportsNotificationsDroppedByTheQueueCap() throws Exception {
+        byte[] secret = DeviceSecret.generate();
+        String token;
+        try (DeviceSession s = session(secret)) {
+            token = s.welcome().tokenHex();
+        }
+        long[] ids = new long[5];
+        for (int i = 0; i < 5; i++) {
+            GatewayProcess.PushResult res = gw.push(token, "n" + i);
+            assertEquals("queued", res.status, res.raw);
+            ids[i] = res.msgId;
+        }
+        Recorder r = new Recorder();
+        try (DeviceClient c = DeviceClient.start(gw.device().build(), secret, r)) {
+            assertEquals(2, Recorder.take(r.welcomes, 5_000, "WELCOME").missed(), "cap 3, 5 pushed");
+            for (int i = 2; i < 5; i++) {
+                Notification n = Recorder.take(r.notifications, 5_000, "notification " + i);
+                assertEquals(ids[i], n.msgId(), "the oldest are dropped, the rest come in order");
+            }
+        }
+        try (DeviceSession s = session(secret)) {
+            assertEquals(0, s.welcome().missed(), "reset once reported");
+        }
+    }
+
+    @Test
     void heartbeatsKeepTheConnectionPastTheIdleLimit() throws Exception {
         Recorder r = new Recorder();
         try (DeviceClient c = DeviceClient.start(gw.device().keepaliveS(1).build(), DeviceSecret.generate(), r)) {
