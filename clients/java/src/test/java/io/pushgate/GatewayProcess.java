@@ -122,8 +122,13 @@ final class GatewayProcess implements AutoCloseable {
      * would survive 10 s and the heartbeat test could not fail. At most 3 notifications wait per
      * device, so that the missed count can be tested.
      */
-    static final String FAST_CONFIG = "[heartbeat]\nmin_s = 1\n\n[limits]\nhandshake_timeout_ms = 2000\ndevice_queue_cap = 3\n\n"
-            + "[drain]\nspread_ms = 200\ntimeout_ms = 5000\n";
+    static final String FAST_CONFIG = fastConfig("");
+
+    /** {@link #FAST_CONFIG} with more lines (newline-terminated) in its {@code [limits]} table. */
+    static String fastConfig(String moreLimits) {
+        return "[heartbeat]\nmin_s = 1\n\n[limits]\nhandshake_timeout_ms = 2000\ndevice_queue_cap = 3\n" + moreLimits
+                + "\n[drain]\nspread_ms = 200\ntimeout_ms = 5000\n";
+    }
 
     /** A device config for the demo app on this gateway, with short test timeouts and backoff. */
     DeviceConfig.Builder device() {
