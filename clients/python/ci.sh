@@ -14,7 +14,7 @@ fi
 if ! "$PY" -c "import pytest" 2>/dev/null; then
     "$PY" -m pip install -q pytest
 fi
-"$PY" -m pip install -q ./clients/python
+"$PY" -m pip install -q --force-reinstall --no-deps ./clients/python
 
 # Run outside the source tree so the installed package is the one tested.
 cd clients/python/tests

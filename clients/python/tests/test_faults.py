@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import threading
 import time
 
 import pytest
@@ -265,5 +266,67 @@ def test_gateway_that_stops_reading_cannot_deadlock_the_writer(fake):
     with pytest.raises(pushgate.Timeout):
         prov.push_all([pushgate.Notification(TOKEN, big) for _ in range(1000)], timeout=0.7)
     assert time.monotonic() - start < 3
+    prov.close()
+    gw.check()
+
+
+def test_ping_replaces_a_silently_closed_connection(fake):
+    def first(p):
+        p.login()
+        # closes without GOAWAY
+
+    def second(p):
+        p.login()
+        p.expect(wire.PING)
+        p.frame(wire.PONG)
+        until_eof(p)
+
+    gw = fake(first, second)
+    prov = connect(gw)  # the first connection is closed right after AUTH_OK
+    assert prov.ping() >= 0
+    assert gw.accepted == 2
+    prov.close()
+    gw.check()
+
+
+def test_connection_refused_is_connection_lost_and_tried_again_on_next_call(fake):
+    gw = fake(lambda p: p.login())
+    prov = connect(gw)
+    gw.check()  # the only connection is closed (no GOAWAY) ...
+    gw.close()  # ... and nobody listens any more
+    for _ in range(2):  # each call tries again rather than sticking to a stale error
+        with pytest.raises(pushgate.ConnectionLost, match="cannot connect"):
+            prov.push(TOKEN, b"x")
+
+
+def test_out_of_range_fields_are_value_errors(provider):
+    for kw in ({"kind": 256}, {"priority": -1}, {"expiry": 2**32}):
+        with pytest.raises(ValueError):
+            provider.push("00" * 24, b"x", **kw)
+    assert provider.ping() >= 0
+
+
+def test_connection_closed_while_idle_is_replaced_before_a_push(fake):
+    second_saw = []
+
+    def second(p):
+        p.login()
+        req_id, _, payload = p.read_push()
+        second_saw.append(payload)
+        p.result(req_id, msg_id=2**64 - 1)
+        until_eof(p)
+
+    first_closed = threading.Event()
+
+    def first(p):
+        p.login()
+        p.close()  # without GOAWAY, while the client is idle
+        first_closed.set()
+
+    gw = fake(first, second)
+    prov = connect(gw)
+    assert first_closed.wait(5)
+    r = prov.push(TOKEN, b"x")
+    assert (r.status, r.msg_id, second_saw) == ("delivered", 2**64 - 1, [b"x"])
     prov.close()
     gw.check()

@@ -27,7 +27,10 @@ What happens when the connection ends, exactly:
 * **The connection breaks without GOAWAY** (reset, EOF): raises
   ``ConnectionLost`` listing the req_ids whose outcome is unknown; they are
   **not** re-sent, because they may have been accepted (section 9.1). The
-  next call connects again (with ``reconnect=True``).
+  next call connects again (with ``reconnect=True``). A connection that is
+  found closed at the start of a call, before the call wrote anything, is
+  replaced at once (nothing is at stake), and a ``ping`` whose connection
+  breaks is retried once on a new connection.
 * **Timeout**: raises ``Timeout``; the connection stays open and late
   answers to the abandoned requests are discarded.
 
@@ -170,7 +173,12 @@ class Provider:
 
     def _login(self) -> Conn:
         """Connects and authenticates; returns the ready connection."""
-        conn = Conn(self.host, self.port, self.connect_timeout, self._ssl, self._server_hostname)
+        try:
+            conn = Conn(self.host, self.port, self.connect_timeout, self._ssl, self._server_hostname)
+        except ssl.SSLError:
+            raise
+        except OSError as e:
+            raise ConnectionLost("cannot connect to %s:%d: %s" % (self.host, self.port, e)) from e
         try:
             deadline = time.monotonic() + self.connect_timeout
             conn.send(wire.encode_auth_hello(self.app_id), deadline)
@@ -206,8 +214,15 @@ class Provider:
         if self._conn is not None:
             return self._conn
         if isinstance(self._broken, ConnectionLost) and self.reconnect and not self._user_closed:
-            self._broken = None
-            self._conn = self._login()
+            broken, self._broken = self._broken, None
+            try:
+                self._conn = self._login()
+            except ConnectionLost:
+                self._broken = broken  # try again on the next call
+                raise
+            except PushgateError as e:
+                self._broken = e
+                raise
             return self._conn
         raise self._broken or ConnectionLost("not connected")
 
@@ -305,8 +320,7 @@ class Provider:
         Receipts are then collected whenever the client reads; get them with
         ``next_receipt`` or ``take_receipts``. Sent again after a reconnect.
         """
-        self._ensure()
-        self._guard(self._drain_available)
+        self._check_alive()
         conn = self._ensure()
         self._subscribed = True
         self._guard(lambda: conn.send(wire.encode_subscribe_receipts(), self._deadline(None)))
@@ -332,10 +346,17 @@ class Provider:
         The gateway closes a provider silent for 300 s; ping when idle."""
         deadline = self._deadline(timeout)
         start = time.monotonic()
+        try:
+            return self._ping(deadline, start)
+        except ConnectionLost as e:
+            # Nothing was at stake: with reconnect on, a dead connection is replaced once.
+            if e.unanswered or not self.reconnect or self._user_closed:
+                raise
+            return self._ping(deadline, start)
+
+    def _ping(self, deadline: float, start: float) -> float:
         while True:
-            self._ensure()
-            # A GOAWAY that already arrived must be seen before writing on a closed socket.
-            self._guard(self._drain_available)
+            self._check_alive()
             conn = self._ensure()
             gen, want = self._generation, self._pongs + 1
             self._guard(lambda: conn.send(wire.encode_ping(), deadline))
@@ -364,8 +385,7 @@ class Provider:
     def _run(self, reqs: List[_Request], timeout: Optional[float]) -> None:
         """Queues ``reqs`` and drives the connection until all are answered."""
         deadline = self._deadline(timeout)
-        self._ensure()
-        self._guard(self._drain_available)
+        self._check_alive()
         self._queue.extend(reqs)
         try:
             for r in reqs:
@@ -379,6 +399,21 @@ class Provider:
                 r.abandoned = True
             self._queue = deque(r for r in self._queue if not r.abandoned)
             raise
+
+    def _check_alive(self) -> None:
+        """Files what already arrived (a GOAWAY, say) before anything is written.
+
+        A connection found closed here had nothing of this call at stake, so
+        with ``reconnect`` on it is replaced at once instead of raising.
+        """
+        try:
+            self._ensure()
+            self._guard(self._drain_available)
+        except ConnectionLost as e:
+            if e.unanswered or not self.reconnect or self._user_closed:
+                raise
+            self._ensure()
+            self._guard(self._drain_available)
 
     def _flush(self, deadline: float) -> None:
         """Writes queued requests while the in-flight window has room."""

@@ -151,6 +151,8 @@ def encode_auth(proof: bytes) -> bytes:
 def _note_tail(kind: int, priority: int, flags: int, expiry: int, collapse: bytes, payload: bytes) -> bytes:
     if len(collapse) > MAX_COLLAPSE:
         raise ValueError("collapse id longer than %d bytes" % MAX_COLLAPSE)
+    if not (0 <= kind <= 255 and 0 <= priority <= 255 and 0 <= expiry <= 0xFFFFFFFF):
+        raise ValueError("kind and priority are u8, expiry is u32 unix seconds")
     return struct.pack(">BBBIB", kind, priority, flags, expiry, len(collapse)) + collapse + payload
 
 
