@@ -32,7 +32,7 @@ rm -rf "$build"
 mkdir -p "$build/main" "$build/test" "$build/examples" "$build/readme"
 
 echo "clients/java: compiling"
-javac --release 17 -Xlint:all -Werror -encoding UTF-8 -d "$build/main" $(find "$here/src/main/java" -name '*.java')
+javac --release 17 -Xlint:all -Xdoclint:all,-missing -Werror -encoding UTF-8 -d "$build/main" $(find "$here/src/main/java" -name '*.java')
 
 # The README's example must compile exactly as written and match examples/.
 awk '/^```java$/ {on=1; next} /^```$/ {if (on) exit} on' "$here/README.md" > "$build/readme/PrintNotifications.java"
