@@ -26,7 +26,8 @@ public final class DeviceClient implements Closeable {
     private final Thread worker;
     private final ScheduledThreadPoolExecutor timer;
     private final Object lock = new Object();
-    private final CountDownLatch closeRequested = new CountDownLatch(1);
+    private final Object waitLock = new Object();
+    private boolean wakeRequested; // guarded by waitLock
     private final CountDownLatch stopped = new CountDownLatch(1);
     private final AtomicInteger sessions = new AtomicInteger();
     private DeviceSession session; // guarded by lock
@@ -124,11 +125,25 @@ public final class DeviceClient implements Closeable {
         }
     }
 
+    /**
+     * Replaces the connection now, without backoff: for app-level events such as a network change
+     * or the app coming to the foreground. Does nothing once the client has stopped.
+     */
+    public void reconnectNow() {
+        synchronized (waitLock) {
+            wakeRequested = true;
+            waitLock.notifyAll();
+        }
+        dropConnection();
+    }
+
     /** Stops the client and closes its connection; waits up to 5 s for its thread unless called from a callback. */
     @Override
     public void close() {
         closing = true;
-        closeRequested.countDown();
+        synchronized (waitLock) {
+            waitLock.notifyAll();
+        }
         DeviceSession s = current();
         if (s != null) {
             s.close();
@@ -216,12 +231,16 @@ public final class DeviceClient implements Closeable {
                 if (upNanos >= 0 && s != null && upNanos >= s.heartbeatNanos()) {
                     attempt = 0; // the session stayed up a full heartbeat interval
                 }
-                long delay = backoff.delayMs(attempt, hintMs);
-                attempt = Math.min(attempt + 1, 30);
+                boolean woken = takeWake();
+                long delay = woken ? 0 : backoff.delayMs(attempt, hintMs);
+                attempt = woken ? 0 : Math.min(attempt + 1, 30);
                 final IOException why = cause;
                 callback(() -> listener.onDisconnected(why, delay));
-                if (closeRequested.await(delay, TimeUnit.MILLISECONDS)) {
-                    break;
+                if (woken) {
+                    continue;
+                }
+                if (waitOrWake(delay)) {
+                    attempt = 0;
                 }
             }
         } catch (InterruptedException e) {
@@ -235,6 +254,32 @@ public final class DeviceClient implements Closeable {
             final StopReason r = reason;
             callback(() -> listener.onStopped(r));
             stopped.countDown();
+        }
+    }
+
+    /** Whether {@link #reconnectNow()} was called since the last check (and clears it). */
+    private boolean takeWake() {
+        synchronized (waitLock) {
+            boolean w = wakeRequested;
+            wakeRequested = false;
+            return w;
+        }
+    }
+
+    /** Waits {@code ms} unless closed or woken first; true if woken by {@link #reconnectNow()}. */
+    private boolean waitOrWake(long ms) throws InterruptedException {
+        long end = System.nanoTime() + ms * 1_000_000;
+        synchronized (waitLock) {
+            while (!closing && !wakeRequested) {
+                long left = (end - System.nanoTime()) / 1_000_000;
+                if (left <= 0) {
+                    return false;
+                }
+                waitLock.wait(left);
+            }
+            boolean w = wakeRequested;
+            wakeRequested = false;
+            return w;
         }
     }
 

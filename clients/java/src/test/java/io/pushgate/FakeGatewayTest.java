@@ -218,6 +218,21 @@ class FakeGatewayTest {
     }
 
     @Test
+    void reconnectNowSkipsTheBackoffWait() throws Exception {
+        try (FakeGateway fake = replying(new byte[] {(byte) 0xee, 0})) {
+            Recorder r = new Recorder();
+            try (DeviceClient c = DeviceClient.start(fake.device().backoff(5_000, 5_000).random(MAX_JITTER).build(), SECRET, r)) {
+                Recorder.take(fake.accepts, 3_000, "first connection");
+                assertEquals(5_000, Recorder.take(r.delays, 3_000, "delay"));
+                long t0 = System.nanoTime();
+                c.reconnectNow();
+                Recorder.take(fake.accepts, 2_000, "connection right after reconnectNow");
+                assertTrue(System.nanoTime() - t0 < 2_000_000_000L);
+            }
+        }
+    }
+
+    @Test
     void serverFullHintIsWaitedForBeforeReconnecting() throws Exception {
         try (FakeGateway fake = replying(FakeGateway.goAway(GoAway.SERVER_FULL, 700))) {
             Recorder r = new Recorder();

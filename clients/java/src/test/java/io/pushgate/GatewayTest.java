@@ -182,6 +182,20 @@ class GatewayTest {
     }
 
     @Test
+    void reconnectNowReplacesTheSessionWithTheSameToken() throws Exception {
+        Recorder r = new Recorder();
+        try (DeviceClient c = DeviceClient.start(gw.device().build(), DeviceSecret.generate(), r)) {
+            String token = Recorder.take(r.welcomes, 5_000, "WELCOME").tokenHex();
+            c.reconnectNow();
+            assertEquals(token, Recorder.take(r.welcomes, 3_000, "second WELCOME").tokenHex());
+            assertEquals(0, Recorder.take(r.delays, 1_000, "delay"));
+            assertEquals(2, c.sessionCount());
+            assertEquals("delivered", gw.push(token, "after").status);
+            assertEquals("after", Recorder.take(r.notifications, 5_000, "notification").payloadText());
+        }
+    }
+
+    @Test
     void autoAckClientReceivesAndAcks() throws Exception {
         byte[] secret = DeviceSecret.generate();
         Recorder r = new Recorder();
