@@ -51,13 +51,18 @@ impl Clock {
         self.unix_s = unix_ms / 1000;
     }
 
-    /// Microseconds since the node's epoch, read now (not at the iteration's
-    /// start): the two ends of a delivery latency are often in one iteration.
+    /// Microseconds since the node's epoch, read now (not at the iteration's start).
     pub fn now_us(&self) -> u64 {
+        self.now_ns() / 1000
+    }
+
+    /// Nanoseconds since the node's epoch, read now: the two ends of a
+    /// delivery latency are often in one iteration.
+    pub fn now_ns(&self) -> u64 {
         if self.manual {
-            return self.mono_ms * 1000;
+            return self.mono_ms * 1_000_000;
         }
-        self.epoch.elapsed().as_micros() as u64
+        self.epoch.elapsed().as_nanos() as u64
     }
 
     /// Milliseconds from now until monotonic time `at_ms`, at least 1.

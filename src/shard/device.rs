@@ -286,9 +286,9 @@ impl Shard {
         }
     }
 
-    fn observe_delivery(&self, read_at_us: u64) {
-        let took = self.clock.now_us().saturating_sub(read_at_us);
-        self.metrics.observe_delivery(std::time::Duration::from_micros(took));
+    fn observe_delivery(&self, read_at_ns: u64) {
+        let took = self.clock.now_ns().saturating_sub(read_at_ns);
+        self.metrics.observe_delivery(std::time::Duration::from_nanos(took));
     }
 
     /// The owner shard's half of a push: id, store, deliver or coalesce, result.
@@ -330,7 +330,7 @@ impl Shard {
                     if d.cursor >= msg_id {
                         result.outcome.status = Status::DELIVERED;
                         written = true;
-                        self.observe_delivery(m.read_at_us);
+                        self.observe_delivery(m.read_at_ns);
                     } else if d.core.flags.contains(Flags::COALESCING) && d.inflight() < window {
                         // Written when the coalescing delay ends (it is stored meanwhile).
                         result.outcome.status = Status::DELIVERED;
@@ -366,7 +366,7 @@ impl Shard {
                         d.on_sent(msg_id, n.wants_receipt());
                     }
                     self.metrics.on_notify(1);
-                    self.observe_delivery(m.read_at_us);
+                    self.observe_delivery(m.read_at_ns);
                     result.outcome = Outcome { status: Status::DELIVERED, msg_id, info: 0 };
                 }
             }

@@ -28,6 +28,8 @@ mod provider;
 mod receipts;
 pub mod requests;
 pub mod router;
+#[cfg(test)]
+mod sim;
 pub mod timer;
 mod tombstones;
 

@@ -25,9 +25,9 @@ pub struct PushMsg {
     pub index: u16,
     pub token: Token,
     pub note: Note,
-    /// When the request was read, in µs of the node's clock (`Clock::now_us`),
+    /// When the request was read, in ns of the node's clock (`Clock::now_ns`),
     /// for the delivery latency histogram.
-    pub read_at_us: u64,
+    pub read_at_ns: u64,
 }
 
 /// The outcome of a `PushMsg`, on its way back to the request's shard.

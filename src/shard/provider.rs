@@ -114,7 +114,7 @@ impl Shard {
             Ok(()) => None,
         };
         // One clock read per request: the start of its delivery latency.
-        let read_at_us = self.clock.now_us();
+        let read_at_ns = self.clock.now_ns();
         let shared = self.shared.clone();
         let app_id = shared.apps.id(app);
         for (i, token) in tokens.iter().enumerate() {
@@ -122,14 +122,14 @@ impl Shard {
             let outcome = early
                 .or_else(|| (!shared.key.verify(app_id, token)).then_some(Outcome::status(Status::BAD_TOKEN)))
                 .or_else(|| {
-                    let wait = shared.limits.take_push(app, read_at_us).err()?;
+                    let wait = shared.limits.take_push(app, read_at_ns / 1000).err()?;
                     self.metrics.on_limit(Limit::RateLimited);
                     Some(Outcome { status: Status::RATE_LIMITED, msg_id: 0, info: wait })
                 });
             match outcome {
                 Some(outcome) => self.on_result(ResultMsg { req, index, outcome }),
                 None => {
-                    let m = PushMsg { req, index, token: *token, note: note.clone(), read_at_us };
+                    let m = PushMsg { req, index, token: *token, note: note.clone(), read_at_ns };
                     self.router.send(self.router.owner(token), ShardMsg::Push(m));
                 }
             }
