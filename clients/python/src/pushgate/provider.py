@@ -45,7 +45,7 @@ import ssl
 import struct
 import time
 from collections import OrderedDict, deque
-from typing import Deque, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Deque, Iterable, List, Optional, Sequence, Tuple, Union, cast
 
 from . import wire
 from .auth import auth_proof
@@ -263,7 +263,7 @@ class Provider:
             )
             reqs.append(_Request(wire.PUSH, _tail(body), (tok,)))
         self._run(reqs, timeout)
-        return [r.reply for r in reqs]  # type: ignore[misc]
+        return [cast(PushResult, r.reply) for r in reqs]
 
     def push_many(
         self,
@@ -298,7 +298,7 @@ class Provider:
             body = wire.encode_multi_push(0, chunk, kind, priority, int(receipt), exp, collapse_b, payload_b)
             reqs.append(_Request(wire.MULTI_PUSH, _tail(body), chunk))
         self._run(reqs, timeout)
-        return [res for r in reqs for res in r.reply]  # type: ignore[attr-defined]
+        return [res for r in reqs for res in cast(List[PushResult], r.reply)]
 
     def feedback(self, since_ms: int = 0, *, timeout: Optional[float] = None) -> List[FeedbackEntry]:
         """Every token of this app unregistered at or after ``since_ms`` (unix ms),
@@ -308,7 +308,7 @@ class Provider:
         while True:
             req = _Request(wire.FEEDBACK, _tail(wire.encode_feedback(0, since_ms, after)))
             self._run([req], timeout)
-            more, entries = req.reply  # type: ignore[misc]
+            more, entries = cast(Tuple[bool, List[Tuple[bytes, int]]], req.reply)
             out.extend(FeedbackEntry(t.hex(), at) for t, at in entries)
             if not (more and entries):
                 return out
@@ -468,7 +468,7 @@ class Provider:
         self._guard(file_all)
         return True
 
-    def _guard(self, fn) -> None:  # type: ignore[no-untyped-def]
+    def _guard(self, fn: Callable[[], None]) -> None:
         """Runs ``fn``; a closed connection becomes GOAWAY handling or ConnectionLost."""
         conn = self._conn
         try:
@@ -528,10 +528,10 @@ class Provider:
                     raise ProtocolError("MULTI_RESULT %d has %d entries for %d tokens" % (req_id, len(entries), len(r.tokens)))
                 r.reply = [PushResult.of(t, s, m) for t, (s, m) in zip(r.tokens, entries)]
         elif ftype == wire.FEEDBACK_RESULT:
-            req_id, more, entries = wire.parse_feedback_result(body)
+            req_id, more, page = wire.parse_feedback_result(body)
             r = self._answer(req_id, wire.FEEDBACK)
             if r is not None:
-                r.reply = (more, entries)
+                r.reply = (more, page)
         elif ftype == wire.RECEIPT:
             tok, msg_id, at = wire.parse_receipt(body)
             if len(self._receipts) >= MAX_BUFFERED_RECEIPTS:

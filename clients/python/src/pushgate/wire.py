@@ -213,7 +213,7 @@ def parse_challenge(body: bytes) -> bytes:
 def parse_auth_ok(body: bytes) -> int:
     """max_in_flight."""
     _exact(body, 4, "AUTH_OK")
-    return struct.unpack(">I", body)[0]
+    return int(struct.unpack(">I", body)[0])
 
 
 def parse_result(body: bytes) -> Tuple[int, int, int, int]:
