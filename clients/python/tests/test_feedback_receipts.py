@@ -30,7 +30,8 @@ def test_feedback_lists_unregistered_device_and_push_says_unregistered(gateway, 
 
 
 def test_feedback_follows_pages(gateway, provider):
-    # More than one page (800 entries) of tombstones.
+    # More than one page (800 entries) of tombstones; 850 connections stay under the
+    # default per-source burst (1000) of the gateway's connection rate limit.
     start = now_ms()
     tokens = []
     for _ in range(850):

@@ -109,6 +109,8 @@ class Provider:
     (``server_hostname`` defaults to the host). ``timeout`` bounds every call
     (seconds), ``connect_timeout`` each connect and login. See the module
     docstring for what ``reconnect`` retries.
+
+    Not thread-safe: use one ``Provider`` per thread (each is one connection).
     """
 
     def __init__(
@@ -406,8 +408,8 @@ class Provider:
         A connection found closed here had nothing of this call at stake, so
         with ``reconnect`` on it is replaced at once instead of raising.
         """
+        self._ensure()
         try:
-            self._ensure()
             self._guard(self._drain_available)
         except ConnectionLost as e:
             if e.unanswered or not self.reconnect or self._user_closed:
