@@ -87,7 +87,13 @@ final class GatewayProcess implements AutoCloseable {
         String secret = null;
         long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(15);
         while (true) {
-            String line = lines.poll(Math.max(1, deadline - System.nanoTime()), TimeUnit.NANOSECONDS);
+            String line = lines.poll(200, TimeUnit.MILLISECONDS);
+            if (line == null && !process.isAlive() && lines.isEmpty()) {
+                throw new IOException("gateway exited with " + process.exitValue() + "; stdout " + stdout() + "; log " + log());
+            }
+            if (line == null && System.nanoTime() < deadline) {
+                continue;
+            }
             if (line == null) {
                 process.destroyForcibly();
                 throw new IOException("gateway did not report its admin listener within 15 s; stdout " + stdout()
