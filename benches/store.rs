@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput};
-use pushgate::proto::Token;
+use pushgate::proto::{Note, Token};
 use pushgate::store::durable::open_durable;
 use pushgate::store::{Store, StoredMsg};
 use redb::{Database, Durability, ReadableDatabase, TableDefinition};
@@ -34,15 +34,15 @@ fn token(i: u64) -> Token {
 }
 
 fn msg(id: u64, expiry: u32) -> StoredMsg {
-    StoredMsg {
-        msg_id: id,
+    let note = Note {
         kind: 1,
         priority: 10,
         flags: 0,
         expiry,
         collapse: Bytes::new(),
         payload: Bytes::from(vec![b'x'; 200]),
-    }
+    };
+    StoredMsg { msg_id: id, note }
 }
 
 /// The token of the `id`th append: consecutive ids spread over every token.

@@ -300,7 +300,7 @@ impl Default for DrainConfig {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        StoreConfig { kind: StoreKind::Durable, path: None, ack_grace_ms: 5 }
+        StoreConfig { kind: StoreKind::Durable, path: None, ack_grace_ms: 0 }
     }
 }
 
@@ -410,6 +410,7 @@ mod tests {
         let e = Config::parse("[store]\nack_grace_ms = 5000\n", "g.toml").unwrap_err().0;
         assert!(e.contains("store.ack_grace_ms"), "{e}");
         assert_eq!(Config::parse("[store]\nack_grace_ms = 20\n", "g.toml").unwrap().store.ack_grace_ms, 20);
+        assert_eq!(Config::default().store.ack_grace_ms, 0, "off by default, as protocol.md §10.0 says");
         let e = Config::parse("[server]\nshards = \"two\"\n", "g.toml").unwrap_err().0;
         assert!(e.contains("g.toml") && e.contains("shards"), "{e}");
     }

@@ -57,10 +57,11 @@ impl Gateway {
         let mut parts = Vec::with_capacity(n);
         let mut handles = Vec::with_capacity(n);
         for ((d, p), store) in device.into_iter().zip(provider).zip(stores) {
-            let (part, handle) = shard::prepare(d, p, store)?;
+            let (part, handle) = shard::prepare(Some(d), Some(p), store)?;
             parts.push(part);
             handles.push(handle);
         }
+        let (cfg_limits, apps_len) = (cfg.limits.clone(), apps.len());
         let shared = Arc::new(Shared {
             cfg,
             apps,
@@ -71,6 +72,8 @@ impl Gateway {
             max_conns,
             draining: AtomicBool::new(false),
             tls,
+            limits: shard::limits::NodeLimits::new(&cfg_limits, apps_len),
+            epoch: std::time::Instant::now(),
         });
         let mut threads = Vec::with_capacity(n);
         for (i, part) in parts.into_iter().enumerate() {
@@ -80,6 +83,11 @@ impl Gateway {
         }
         info!("devices on {device_addr}, providers on {provider_addr}");
         Ok(Gateway { device_addr, provider_addr, shared, threads })
+    }
+
+    /// A handle for front ends off the shards (the HTTP API).
+    pub fn ingress(&self) -> crate::shard::ingress::Ingress {
+        crate::shard::ingress::Ingress::new(self.shared.clone())
     }
 
     /// Starts draining: no new connections, GOAWAY to everyone, pushes refused with `unavailable`.

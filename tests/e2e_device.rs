@@ -79,7 +79,7 @@ fn gateway_restart_keeps_the_token() {
 fn offline_queue_is_delivered_in_order_on_connect_with_expiry_and_collapse() {
     let gw = start_gateway(test_config(2));
     let (token, _, _) = Raw::connect(gw.device_addr).hello(APP, &secret("offline"), 0);
-    std::thread::sleep(Duration::from_millis(50));
+    assert!(wait_until(Duration::from_secs(2), || gw.devices_per_shard().iter().sum::<usize>() == 0));
     let mut p = provider(&gw);
     let later = unix_now() + 3600;
     assert_eq!(push(&mut p, 1, token, later, b"", b"one").0, Status::QUEUED);
@@ -126,7 +126,7 @@ fn queue_cap_drops_the_oldest_and_welcome_reports_missed() {
     cfg.limits.device_queue_cap = 3;
     let gw = start_gateway(cfg);
     let (token, _, _) = Raw::connect(gw.device_addr).hello(APP, &secret("cap"), 0);
-    std::thread::sleep(Duration::from_millis(50));
+    assert!(wait_until(Duration::from_secs(2), || gw.devices_per_shard().iter().sum::<usize>() == 0));
     let mut p = provider(&gw);
     for i in 0..5u32 {
         assert_eq!(

@@ -135,7 +135,11 @@ fn receipts_reach_a_subscribed_provider_and_wait_while_none_is_connected() {
     // With no subscriber connected the receipt waits, then reaches the next one.
     let (_, id2, _) = push(&mut p, 3, token, FLAG_RECEIPT, u32::MAX);
     drop(p);
-    std::thread::sleep(Duration::from_millis(200));
+    let m = &gw.shared.metrics;
+    assert!(wait_until(Duration::from_secs(2), || (0..m.shards())
+        .map(|i| m.shard(i).providers())
+        .sum::<i64>()
+        == 1));
     dev.expect(|f| assert!(matches!(f, Frame::Notify { msg_id, .. } if msg_id == id2)));
     dev.send(&Frame::Ack { msg_id: id2 });
     std::thread::sleep(Duration::from_millis(200));

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use bytes::Bytes;
-use pushgate::proto::Token;
+use pushgate::proto::{Note, Token};
 use pushgate::store::durable::open_durable;
 use pushgate::store::memory::MemoryStore;
 use pushgate::store::{Receipt, Store, StoreError, StoredMsg, Tombstone};
@@ -14,15 +14,15 @@ use pushgate::store::{Receipt, Store, StoreError, StoredMsg, Tombstone};
 const CRASH_ENV: &str = "PUSHGATE_STORE_CRASH_CHILD";
 
 fn msg(id: u64, expiry: u32, collapse: &[u8]) -> StoredMsg {
-    StoredMsg {
-        msg_id: id,
+    let note = Note {
         kind: 1,
         priority: 10,
         flags: 0,
         expiry,
         collapse: Bytes::copy_from_slice(collapse),
         payload: Bytes::from(format!("payload of {id}")),
-    }
+    };
+    StoredMsg { msg_id: id, note }
 }
 
 fn token(i: u64) -> Token {

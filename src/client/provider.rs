@@ -228,7 +228,7 @@ impl ProviderClient {
     ) -> Result<Vec<(Token, Status, u64)>, ClientError> {
         req.check()?;
         // Fixed MULTI_PUSH fields: req_id, count, kind, priority, flags, expiry, collapse length.
-        let fixed = 4 + 2 + 1 + 1 + 1 + 4 + 1 + req.collapse.len() + req.payload.len();
+        let fixed = 4 + 2 + 1 + 1 + 1 + 4 + 1 + req.note.collapse.len() + req.note.payload.len();
         let per_frame = (PROVIDER_MAX_BODY.saturating_sub(fixed) / TOKEN_LEN).min(MAX_MULTICAST);
         if per_frame == 0 {
             return Err(ClientError::Invalid("payload too large for a MULTI_PUSH frame".into()));

@@ -5,86 +5,75 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::ClientError;
 use crate::proto::frame::{FLAG_RECEIPT, MAX_COLLAPSE};
-use crate::proto::{Kind, Notification, Status, Token, PRIORITY_HIGH};
+use bytes::Bytes;
+
+use crate::proto::{Kind, Note, Notification, Status, Token, PRIORITY_HIGH};
 
 /// Lifetime [`PushRequest::new`] gives a notification: a day, long enough to
 /// reach a phone that was off overnight, short enough that stale alerts die.
 pub const DEFAULT_TTL_S: u32 = 86_400;
 
-/// One notification to push. Fields are public; the `with_*` methods are shorthands.
+/// One notification to push to one token (several for `push_many`); the
+/// `with_*` methods set the notification's fields.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct PushRequest {
     pub token: Token,
-    pub kind: Kind,
-    /// [`PRIORITY_HIGH`] (10) or `PRIORITY_NORMAL` (5).
-    pub priority: u8,
-    /// Bit 0 ([`FLAG_RECEIPT`]) asks for a [`Receipt`]; the other bits must be 0.
-    pub flags: u8,
-    /// Unix seconds after which the notification is dropped; 0 = deliver now or never.
-    pub expiry: u32,
-    /// Up to 64 bytes; a stored notification with the same collapse id is replaced.
-    pub collapse: Vec<u8>,
-    pub payload: Vec<u8>,
+    pub note: Note,
 }
 
 impl PushRequest {
     /// An alert at high priority that expires [`DEFAULT_TTL_S`] from now, no collapse id.
     pub fn new(token: Token, payload: impl Into<Vec<u8>>) -> PushRequest {
-        PushRequest {
-            token,
-            kind: Kind::ALERT,
+        let note = Note {
+            kind: Kind::ALERT.0,
             priority: PRIORITY_HIGH,
             flags: 0,
             expiry: expiry_in(DEFAULT_TTL_S),
-            collapse: Vec::new(),
-            payload: payload.into(),
-        }
+            collapse: Bytes::new(),
+            payload: Bytes::from(payload.into()),
+        };
+        PushRequest { token, note }
     }
 
     pub fn with_kind(mut self, kind: Kind) -> PushRequest {
-        self.kind = kind;
+        self.note.kind = kind.0;
         self
     }
 
+    /// [`PRIORITY_HIGH`] (10) or `PRIORITY_NORMAL` (5).
     pub fn with_priority(mut self, priority: u8) -> PushRequest {
-        self.priority = priority;
+        self.note.priority = priority;
         self
     }
 
     /// Expires `ttl_s` seconds from now; 0 means now or never.
     pub fn with_ttl(mut self, ttl_s: u32) -> PushRequest {
-        self.expiry = expiry_in(ttl_s);
+        self.note.expiry = expiry_in(ttl_s);
         self
     }
 
+    /// Up to 64 bytes; a stored notification with the same collapse id is replaced.
     pub fn with_collapse(mut self, collapse: impl Into<Vec<u8>>) -> PushRequest {
-        self.collapse = collapse.into();
+        self.note.collapse = Bytes::from(collapse.into());
         self
     }
 
     /// Asks the gateway for a [`Receipt`] when the device ACKs this notification.
     pub fn with_receipt(mut self) -> PushRequest {
-        self.flags |= FLAG_RECEIPT;
+        self.note.flags |= FLAG_RECEIPT;
         self
     }
 
     /// The notification as the wire carries it, in a PUSH or a MULTI_PUSH.
     pub(crate) fn note(&self) -> Notification<'_> {
-        Notification {
-            kind: self.kind.0,
-            priority: self.priority,
-            flags: self.flags,
-            expiry: self.expiry,
-            collapse: &self.collapse,
-            payload: &self.payload,
-        }
+        self.note.as_wire()
     }
 
     /// Refuses what the gateway would treat as a malformed frame, which would
     /// close the connection and lose every pipelined request with it. Values it
     /// answers with a status (payload size, kind, priority) are left to it.
     pub(crate) fn check(&self) -> Result<(), ClientError> {
-        if self.collapse.len() > MAX_COLLAPSE {
+        if self.note.collapse.len() > MAX_COLLAPSE {
             return Err(ClientError::Invalid(format!("collapse id longer than {MAX_COLLAPSE} bytes")));
         }
         Ok(())

@@ -4,14 +4,16 @@
 
 pub mod codes;
 pub mod frame;
+pub mod note;
 pub mod proxy;
 pub mod session;
 pub mod token;
 
 pub use codes::{ErrorCode, GoAwayReason, Kind, Status, PRIORITY_HIGH, PRIORITY_NORMAL};
 pub use frame::{split_frame, Frame, FrameError, Hello, MultiPush, Notification, Push, RawFrame};
+pub use note::Note;
 pub use session::{
-    on_device_frame, on_provider_frame, Apps, DeviceEvent, DeviceState, ProtoError, ProviderEvent,
-    ProviderState,
+    on_device_frame, on_provider_frame, split_on_port, Apps, DeviceEvent, DeviceState, ProtoError,
+    ProviderEvent, ProviderState,
 };
 pub use token::{Token, TokenHasher, TokenKey, TOKEN_LEN};

@@ -7,7 +7,8 @@ use sha2::Sha256;
 
 use super::codes::ErrorCode;
 use super::frame::{
-    ftype, Frame, FrameError, Hello, MultiPush, Push, RawFrame, MAX_SECRET, MIN_SECRET, NONCE_LEN, VERSION,
+    ftype, split_frame, Frame, FrameError, Hello, MultiPush, Push, RawFrame, DEVICE_MAX_BODY, MAX_SECRET,
+    MIN_SECRET, NONCE_LEN, PROVIDER_MAX_BODY, VERSION,
 };
 use super::token::Token;
 
@@ -73,6 +74,8 @@ pub enum DeviceState {
     AwaitHello,
     /// WELCOME sent; PING and ACK are legal.
     Ready,
+    /// The session ended (closing, replaced, unregistered); no frame is legal.
+    Closed,
 }
 
 /// What a device frame asks the gateway to do.
@@ -104,6 +107,21 @@ pub fn on_device_frame(state: DeviceState, raw: RawFrame<'_>) -> Result<DeviceEv
         (DeviceState::Ready, Frame::Ack { msg_id }) => Ok(DeviceEvent::Ack(msg_id)),
         (DeviceState::Ready, Frame::Unregister) => Ok(DeviceEvent::Unregister),
         (_, f) => Err(ProtoError::Unexpected(f.ftype())),
+    }
+}
+
+/// Splits the next frame off a connection's input on the device port
+/// (`device`) or the provider port. A frame type the port does not define is
+/// refused as soon as its first byte is in, before its length or body.
+pub fn split_on_port(buf: &[u8], device: bool) -> Result<Option<(RawFrame<'_>, usize)>, FrameError> {
+    let (defined, max): (fn(u8) -> bool, usize) = if device {
+        (is_device_port_type, DEVICE_MAX_BODY)
+    } else {
+        (is_provider_port_type, PROVIDER_MAX_BODY)
+    };
+    match buf.first() {
+        Some(&t) if !defined(t) => Err(FrameError::UnknownType(t)),
+        _ => split_frame(buf, max),
     }
 }
 
@@ -185,6 +203,8 @@ pub enum ProviderState {
     AwaitAuth { app: u16, nonce: [u8; NONCE_LEN] },
     /// AUTH_OK sent; PING, PUSH and MULTI_PUSH are legal.
     Ready { app: u16 },
+    /// The session ended (closing); no frame is legal.
+    Closed,
 }
 
 /// What a provider frame asks the gateway to do.

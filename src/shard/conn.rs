@@ -1,84 +1,187 @@
-//! Connection state kept per socket, sized so an idle device costs a few dozen bytes.
+//! Connection state kept per socket, sized so an idle device costs a few
+//! dozen bytes: one core (transport, buffers, TLS, id, flags) shared by the
+//! device and provider sessions, each with its own protocol state.
 
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bitflags::bitflags;
 use mio::net::TcpStream;
+use mio::{Interest, Registry, Token as MioToken};
 use rustls::ServerConnection;
-use slab::Slab;
 
 use super::pool::Bufs;
-use crate::proto::{ProviderState, Token};
+use crate::proto::{DeviceState, ProviderState, Token};
 
-/// Needs a flush at the end of this loop iteration.
-pub const F_DIRTY: u8 = 1;
-/// Has normal-priority notifications held for coalescing.
-pub const F_HELD: u8 = 2;
-/// Error or GOAWAY sent; reading and discarding until EOF or the linger deadline.
-pub const F_CLOSING: u8 = 4;
-/// HELLO accepted and WELCOME sent.
-pub const F_READY: u8 = 8;
-/// Stopped reading because too many requests are in flight (providers only).
-pub const F_PAUSED: u8 = 16;
-/// The listener expects a PROXY protocol header before the first frame.
-pub const F_PROXY: u8 = 64;
+bitflags! {
+    /// Per-connection flags, for devices and providers alike.
+    #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+    pub struct Flags: u8 {
+        /// Queued for the flush at the end of this loop iteration.
+        const DIRTY = 1;
+        /// A device with normal-priority notifications waiting to be coalesced.
+        const COALESCING = 2;
+        /// ERROR or GOAWAY sent; reading and discarding until EOF or the linger deadline.
+        const CLOSING = 4;
+        /// A device whose last delivery stopped at the window or the outbox
+        /// limit: an ACK or a drained socket should look for more.
+        const BACKLOG = 8;
+        /// Not reading: a provider at its in-flight limit, or a device whose UNREGISTER is syncing.
+        const PAUSED = 16;
+        /// The peer's FIN was seen by the poller; read to EOF, not just to a short read.
+        const PEER_CLOSED = 32;
+        /// The listener expects a PROXY protocol header before the first frame.
+        const PROXY = 64;
+        /// A provider session that sent SUBSCRIBE_RECEIPTS.
+        const RECEIPTS = 128;
+    }
+}
+
+/// What carries a connection's bytes: a socket, or an in-memory pipe (the
+/// shard's tests drive whole sessions through it, with no sockets).
+pub enum Transport {
+    Tcp(TcpStream),
+    Mem(Arc<MemPipe>),
+}
+
+/// Both ends of an in-memory connection.
+#[derive(Default)]
+pub struct MemPipe(Mutex<MemState>);
+
+#[derive(Default)]
+pub struct MemState {
+    /// Bytes the peer wrote, not yet read by the shard.
+    pub to_shard: Vec<u8>,
+    /// Bytes the shard wrote.
+    pub from_shard: Vec<u8>,
+    /// The peer closed its side: reads give EOF once `to_shard` is empty.
+    pub peer_closed: bool,
+    /// The shard shut its write side down.
+    pub shard_closed: bool,
+}
+
+impl MemPipe {
+    pub fn state(&self) -> MutexGuard<'_, MemState> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Transport {
+    pub fn register(&mut self, registry: &Registry, token: MioToken) -> io::Result<()> {
+        match self {
+            Transport::Tcp(s) => registry.register(s, token, Interest::READABLE | Interest::WRITABLE),
+            Transport::Mem(_) => Ok(()),
+        }
+    }
+
+    pub fn deregister(&mut self, registry: &Registry) {
+        if let Transport::Tcp(s) = self {
+            let _ = registry.deregister(s);
+        }
+    }
+
+    pub fn shutdown_write(&mut self) {
+        match self {
+            Transport::Tcp(s) => {
+                let _ = s.shutdown(Shutdown::Write);
+            }
+            Transport::Mem(p) => p.state().shard_closed = true,
+        }
+    }
+
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        match self {
+            Transport::Tcp(s) => s.peer_addr().ok(),
+            Transport::Mem(_) => None,
+        }
+    }
+}
+
+impl Read for Transport {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Transport::Tcp(s) => s.read(buf),
+            Transport::Mem(p) => {
+                let mut st = p.state();
+                if st.to_shard.is_empty() {
+                    return if st.peer_closed { Ok(0) } else { Err(io::ErrorKind::WouldBlock.into()) };
+                }
+                let n = buf.len().min(st.to_shard.len());
+                buf[..n].copy_from_slice(&st.to_shard[..n]);
+                st.to_shard.drain(..n);
+                Ok(n)
+            }
+        }
+    }
+}
+
+impl Write for Transport {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Transport::Tcp(s) => s.write(buf),
+            Transport::Mem(p) => {
+                let mut st = p.state();
+                if st.shard_closed {
+                    return Err(io::ErrorKind::BrokenPipe.into());
+                }
+                st.from_shard.extend_from_slice(buf);
+                Ok(buf.len())
+            }
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// What every connection has: its transport, buffers (none while idle), TLS
+/// session (boxed, so a plain connection pays 8 bytes), identity and flags.
+pub struct Core {
+    pub transport: Transport,
+    pub bufs: Option<Box<Bufs>>,
+    pub tls: Option<Box<ServerConnection>>,
+    /// Tells a reused slab slot from the connection that had it before.
+    pub id: u32,
+    /// Tick of the last frame received (or of accept, or of the start of closing).
+    pub since: u32,
+    pub flags: Flags,
+}
+
+impl Core {
+    pub fn new(transport: Transport, tls: Option<Box<ServerConnection>>, id: u32, since: u32) -> Core {
+        Core { transport, bufs: None, tls, id, since, flags: Flags::empty() }
+    }
+
+    pub fn pending_write(&self) -> usize {
+        self.bufs.as_ref().map_or(0, |b| b.pending_write())
+    }
+}
 
 /// Marks an unacked id whose provider wants a receipt. Message ids stay below
 /// 2^63 (they start from the clock in ms shifted by 16 bits).
 const RECEIPT_BIT: u64 = 1 << 63;
 
-/// A device connection. No buffers while idle: `bufs` is `None`.
+/// A device connection.
 pub struct Device {
-    pub stream: TcpStream,
-    pub bufs: Option<Box<Bufs>>,
-    /// The TLS session on a TLS listener; boxed so a plain device pays 8 bytes.
-    pub tls: Option<Box<ServerConnection>>,
+    pub core: Core,
+    pub state: DeviceState,
     pub token: Token,
     /// Highest message id written to this connection.
     pub cursor: u64,
-    pub id: u32,
-    /// Tick of the last frame received (or of accept, or of the start of closing).
-    pub since: u32,
     pub heartbeat_s: u16,
+    pub app: u16,
     /// Ids of NOTIFY frames written and not yet acknowledged, oldest first;
     /// allocated only while something is in flight.
+    #[allow(clippy::box_collection)]
     pub unacked: Option<Box<Vec<u64>>>,
-    pub app: u16,
-    pub flags: u8,
 }
 
-/// One FEEDBACK waiting for every shard's tombstones.
-pub struct FeedbackAgg {
-    pub req_id: u32,
-    pub remaining: u16,
-    pub entries: Vec<(u64, Token)>,
-}
-
-/// One MULTI_PUSH waiting for the statuses of its tokens.
-pub struct Multi {
-    pub req_id: u32,
-    pub remaining: u16,
-    /// `(status u8, msg_id u64)` per token, in request order.
-    pub entries: Vec<u8>,
-}
-
-/// A provider connection.
+/// A provider connection. Its requests are the shard's `Requests`' business.
 pub struct Provider {
-    pub stream: TcpStream,
-    pub bufs: Option<Box<Bufs>>,
-    pub tls: Option<Box<ServerConnection>>,
+    pub core: Core,
     pub state: ProviderState,
-    pub id: u32,
-    pub since: u32,
-    /// Tokens sent to owner shards whose status has not come back.
-    pub inflight: u32,
-    pub flags: u8,
-    pub multis: Slab<Multi>,
-    pub feedback: Slab<FeedbackAgg>,
-}
-
-/// A connection's IO parts, borrowed together.
-pub struct Io<'a> {
-    pub stream: &'a mut TcpStream,
-    pub bufs: &'a mut Option<Box<Bufs>>,
-    pub tls: &'a mut Option<Box<ServerConnection>>,
 }
 
 pub enum Conn {
@@ -87,56 +190,54 @@ pub enum Conn {
 }
 
 impl Conn {
+    pub fn core(&self) -> &Core {
+        match self {
+            Conn::Device(d) => &d.core,
+            Conn::Provider(p) => &p.core,
+        }
+    }
+
+    pub fn core_mut(&mut self) -> &mut Core {
+        match self {
+            Conn::Device(d) => &mut d.core,
+            Conn::Provider(p) => &mut p.core,
+        }
+    }
+
     pub fn id(&self) -> u32 {
-        match self {
-            Conn::Device(d) => d.id,
-            Conn::Provider(p) => p.id,
-        }
+        self.core().id
     }
 
-    pub fn flags(&self) -> u8 {
-        match self {
-            Conn::Device(d) => d.flags,
-            Conn::Provider(p) => p.flags,
-        }
-    }
-
-    pub fn flags_mut(&mut self) -> &mut u8 {
-        match self {
-            Conn::Device(d) => &mut d.flags,
-            Conn::Provider(p) => &mut p.flags,
-        }
-    }
-
-    pub fn since_mut(&mut self) -> &mut u32 {
-        match self {
-            Conn::Device(d) => &mut d.since,
-            Conn::Provider(p) => &mut p.since,
-        }
-    }
-
-    /// The socket and the buffers, for the shared read and write paths.
-    pub fn io(&mut self) -> (&mut TcpStream, &mut Option<Box<Bufs>>) {
-        match self {
-            Conn::Device(d) => (&mut d.stream, &mut d.bufs),
-            Conn::Provider(p) => (&mut p.stream, &mut p.bufs),
-        }
-    }
-
-    /// The socket, the buffers and the TLS session, for the read and write paths.
-    pub fn io_tls(&mut self) -> Io<'_> {
-        match self {
-            Conn::Device(d) => Io { stream: &mut d.stream, bufs: &mut d.bufs, tls: &mut d.tls },
-            Conn::Provider(p) => Io { stream: &mut p.stream, bufs: &mut p.bufs, tls: &mut p.tls },
-        }
+    pub fn flags(&self) -> Flags {
+        self.core().flags
     }
 
     pub fn is_device(&self) -> bool {
         matches!(self, Conn::Device(_))
     }
+
+    /// HELLO accepted and WELCOME sent, or AUTH accepted; not closing.
+    pub fn is_ready(&self) -> bool {
+        match self {
+            Conn::Device(d) => d.state == DeviceState::Ready,
+            Conn::Provider(p) => matches!(p.state, ProviderState::Ready { .. }),
+        }
+    }
 }
 
 impl Device {
+    pub fn new(core: Core) -> Device {
+        Device {
+            core,
+            state: DeviceState::AwaitHello,
+            token: Token([0; crate::proto::TOKEN_LEN]),
+            cursor: 0,
+            heartbeat_s: 0,
+            app: 0,
+            unacked: None,
+        }
+    }
+
     /// NOTIFY frames written and not yet acknowledged.
     pub fn inflight(&self) -> usize {
         self.unacked.as_ref().map_or(0, |u| u.len())
@@ -144,6 +245,7 @@ impl Device {
 
     /// Records a NOTIFY written; `receipt` if its provider asked for a receipt.
     pub fn on_sent(&mut self, msg_id: u64, receipt: bool) {
+        debug_assert!(msg_id > self.cursor, "notifications go out in id order");
         self.cursor = msg_id;
         let entry = if receipt { msg_id | RECEIPT_BIT } else { msg_id };
         self.unacked.get_or_insert_with(Default::default).push(entry);
@@ -166,24 +268,24 @@ impl Device {
 mod tests {
     use super::*;
 
-    /// `Device` as it was before TLS, to hold its growth to one pointer.
-    #[allow(dead_code, clippy::box_collection)]
-    struct PlainDevice {
-        stream: TcpStream,
-        bufs: Option<Box<Bufs>>,
-        token: Token,
-        cursor: u64,
-        id: u32,
-        since: u32,
-        heartbeat_s: u16,
-        unacked: Option<Box<Vec<u64>>>,
-        app: u16,
-        flags: u8,
+    #[test]
+    fn an_idle_device_stays_small() {
+        // transport 16, bufs 8, tls 8, token 24, cursor 8, unacked 8, and the small fields.
+        let size = std::mem::size_of::<Device>();
+        assert!(size <= 96, "Device is {size} bytes");
+        assert!(std::mem::size_of::<Conn>() <= 96);
     }
 
     #[test]
-    fn tls_adds_at_most_one_pointer_to_a_device() {
-        let (with, without) = (std::mem::size_of::<Device>(), std::mem::size_of::<PlainDevice>());
-        assert!(with <= without + 8, "Device is {with} bytes, {without} without TLS");
+    fn the_window_tracks_ids_exactly() {
+        let mut d = Device::new(Core::new(Transport::Mem(Default::default()), None, 1, 0));
+        d.on_sent(5, false);
+        d.on_sent(6, true);
+        assert_eq!(d.inflight(), 2);
+        assert_eq!(d.on_acked(7), None, "never sent");
+        assert_eq!(d.on_acked(6), Some(true));
+        assert_eq!(d.on_acked(6), None, "a repeated ACK does not widen the window");
+        assert_eq!(d.on_acked(5), Some(false));
+        assert!(d.unacked.is_none(), "nothing in flight, nothing allocated");
     }
 }

@@ -3,20 +3,18 @@
 //! Protocol decisions live in `device.rs` and `provider.rs`.
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 
 use log::{debug, info, warn};
 use mio::net::TcpStream;
-use mio::{Interest, Token as MioToken};
-use slab::Slab;
+use mio::Token as MioToken;
 
-use super::conn::{Conn, Device, Io, Provider, F_CLOSING, F_DIRTY, F_PAUSED, F_PROXY};
+use super::conn::{Conn, Core, Device, Flags, Provider, Transport};
 use super::timer::Entry;
 use super::Shard;
 use crate::metrics::{Close, Limit, Role};
-use crate::proto::frame::{split_frame, DEVICE_MAX_BODY, PROVIDER_MAX_BODY};
-use crate::proto::{Frame, GoAwayReason, ProtoError, ProviderState, Token};
+use crate::proto::{split_on_port, Frame, GoAwayReason, ProtoError, ProviderState};
 use crate::tls::{self, End};
 
 /// What one read from a connection brought.
@@ -40,7 +38,7 @@ impl Shard {
     pub(super) fn accept(&mut self, device: bool) {
         loop {
             let listener =
-                if device { self.device_listener.as_ref() } else { self.provider_listener.as_ref() };
+                if device { self.listeners.device.as_ref() } else { self.listeners.provider.as_ref() };
             let Some(listener) = listener else { return };
             match listener.accept() {
                 Ok((stream, peer)) => self.on_accepted(stream, peer, device),
@@ -51,11 +49,15 @@ impl Shard {
                     // one tick instead of spinning on a listener that stays readable.
                     self.metrics.on_limit(Limit::AcceptPaused);
                     if crate::net::is_fd_exhaustion(&e) {
-                        warn!("shard {}: accept: {e}; pausing accepts for {} ms", self.index, super::TICK_MS);
+                        warn!(
+                            "shard {}: accept: {e}; pausing accepts for {} ms",
+                            self.index(),
+                            super::TICK_MS
+                        );
                     } else {
-                        warn!("shard {}: accept: {e}", self.index);
+                        warn!("shard {}: accept: {e}", self.index());
                     }
-                    self.accept_paused_until = Some(self.now_tick + 1);
+                    self.listeners.paused_until = Some(self.clock.tick + 1);
                     return;
                 }
             }
@@ -78,7 +80,7 @@ impl Shard {
             self.shared.conns.fetch_sub(1, Ordering::AcqRel);
             self.metrics.on_limit(Limit::ServerFull);
             refuse(&mut stream, GoAwayReason::SERVER_FULL, self.cfg().limits.server_full_retry_ms.into());
-            info!("shard {}: refused a connection: at the limit of {max}", self.index);
+            info!("shard {}: refused a connection: at the limit of {max}", self.index());
             return;
         }
         let proxied = if device {
@@ -87,69 +89,58 @@ impl Shard {
             self.cfg().server.provider_proxy_protocol
         };
         if !proxied {
-            let now = self.mono_ms;
-            if let Err(retry) = self.sources.admit(peer.ip(), now) {
+            if let Err(retry) = self.shared.limits.sources.admit(peer.ip(), self.clock.now_us()) {
                 self.shared.conns.fetch_sub(1, Ordering::AcqRel);
                 self.metrics.on_limit(Limit::HandshakeRate);
                 refuse(&mut stream, GoAwayReason::RATE_LIMITED, retry);
-                debug!("shard {}: {} over its connection rate", self.index, peer.ip());
+                debug!("shard {}: {} over its connection rate", self.index(), peer.ip());
                 return;
             }
         }
         let tls = match tls_config.map(rustls::ServerConnection::new).transpose() {
             Ok(tls) => tls.map(Box::new),
             Err(e) => {
-                warn!("shard {}: TLS session: {e}", self.index);
+                warn!("shard {}: TLS session: {e}", self.index());
                 self.shared.conns.fetch_sub(1, Ordering::AcqRel);
                 return;
             }
         };
         let _ = stream.set_nodelay(true);
-        let id = self.next_id();
-        let since = self.now_tick as u32;
+        let mut core = Core::new(Transport::Tcp(stream), tls, self.next_id(), self.clock.tick as u32);
+        if proxied {
+            core.flags |= Flags::PROXY;
+        }
+        let conn = if device {
+            Conn::Device(Device::new(core))
+        } else {
+            Conn::Provider(Box::new(Provider { core, state: ProviderState::AwaitHello }))
+        };
+        self.attach(conn);
+    }
+
+    /// Puts a new connection in the slab, registers it and arms its handshake deadline.
+    pub(super) fn attach(&mut self, conn: Conn) -> Option<u32> {
         let entry = self.conns.vacant_entry();
         let idx = entry.key() as u32;
-        let conn = if device {
-            Conn::Device(Device {
-                stream,
-                bufs: None,
-                tls,
-                token: Token([0; 24]),
-                cursor: 0,
-                id,
-                since,
-                heartbeat_s: 0,
-                unacked: None,
-                app: 0,
-                flags: if proxied { F_PROXY } else { 0 },
-            })
-        } else {
-            Conn::Provider(Box::new(Provider {
-                stream,
-                bufs: None,
-                tls,
-                state: ProviderState::AwaitHello,
-                id,
-                since,
-                inflight: 0,
-                flags: if proxied { F_PROXY } else { 0 },
-                multis: Slab::new(),
-                feedback: Slab::new(),
-            }))
-        };
         let conn = entry.insert(conn);
-        let (stream, _) = conn.io();
-        if let Err(e) = self.poll.registry().register(
-            stream,
-            MioToken(idx as usize),
-            Interest::READABLE | Interest::WRITABLE,
-        ) {
-            warn!("shard {}: register: {e}", self.index);
+        let id = conn.id();
+        if let Err(e) = conn.core_mut().transport.register(self.poll.registry(), MioToken(idx as usize)) {
+            warn!("shard {}: register: {e}", self.index());
             self.close_because(idx, Close::IoError);
-            return;
+            return None;
         }
         let handshake = self.cfg().limits.handshake_timeout_ms.div_ceil(super::TICK_MS);
-        self.wheel.arm(self.now_tick + handshake, Entry { idx, id });
+        self.timers.wheel.arm(self.clock.tick + handshake, Entry { idx, id });
+        Some(idx)
+    }
+
+    /// The poller saw the peer's FIN (or an error): from now on the read loop
+    /// reads to EOF instead of stopping at a short read, so a close that came
+    /// with the last frames is noticed at once.
+    pub(super) fn on_peer_closed(&mut self, idx: u32) {
+        if let Some(c) = self.conns.get_mut(idx as usize) {
+            c.core_mut().flags |= Flags::PEER_CLOSED;
+        }
     }
 
     /// Reads everything the socket has, handling whole frames as they complete.
@@ -160,20 +151,19 @@ impl Shard {
     /// Like `on_readable`, with `prefilled` bytes for this connection already at
     /// the start of the scratch buffer (a hand-off's leftover).
     pub(super) fn on_readable_with(&mut self, idx: u32, prefilled: usize) {
-        let mut scratch = std::mem::take(&mut self.scratch);
+        let mut scratch = std::mem::take(&mut self.scratch.read);
         self.read_loop(idx, &mut scratch, prefilled);
-        self.scratch = scratch;
+        self.scratch.read = scratch;
     }
 
     fn read_loop(&mut self, idx: u32, scratch: &mut [u8], prefilled: usize) {
         let mut filled = prefilled;
         match self.conns.get_mut(idx as usize) {
             None => return,
-            Some(c) if c.flags() & F_PAUSED != 0 => return,
+            Some(c) if c.flags().contains(Flags::PAUSED) => return,
             Some(_) if prefilled > 0 => {}
             Some(c) => {
-                let (_, bufs) = c.io();
-                if let Some(b) = bufs {
+                if let Some(b) = &mut c.core_mut().bufs {
                     filled = b.rbuf.len().min(scratch.len());
                     scratch[..filled].copy_from_slice(&b.rbuf[..filled]);
                     b.rbuf.clear();
@@ -213,12 +203,13 @@ impl Shard {
     fn read_step(&mut self, idx: u32, scratch: &mut [u8], filled: &mut usize) -> Option<Step> {
         let conn = self.conns.get_mut(idx as usize)?;
         let role = if conn.is_device() { Role::Device } else { Role::Provider };
-        let proxy_first = conn.flags() & F_PROXY != 0;
-        let Io { stream, tls, .. } = conn.io_tls();
+        let core = conn.core_mut();
+        let proxy_first = core.flags.contains(Flags::PROXY);
+        let peer_closed = core.flags.contains(Flags::PEER_CLOSED);
         let mut step = Step { eof: None, drained: false };
-        match tls {
+        match &mut core.tls {
             Some(tls) if !proxy_first => {
-                let pass = tls::read_pass(tls, stream, &mut scratch[*filled..]);
+                let pass = tls::read_pass(tls, &mut core.transport, &mut scratch[*filled..]);
                 *filled += pass.plain;
                 if pass.raw > 0 {
                     self.metrics.on_read(role, pass.raw);
@@ -229,12 +220,12 @@ impl Shard {
                     None => {}
                     Some(End::Eof) => step.eof = Some(Close::Eof),
                     Some(End::Io(e)) => {
-                        debug!("shard {}: connection {idx}: TLS read: {e}", self.index);
+                        debug!("shard {}: connection {idx}: TLS read: {e}", self.index());
                         step.eof = Some(Close::IoError);
                     }
                     Some(End::Tls(e)) => {
-                        debug!("shard {}: connection {idx}: TLS: {e}", self.index);
-                        tls::flush_alert(tls, stream);
+                        debug!("shard {}: connection {idx}: TLS: {e}", self.router.index());
+                        tls::flush_alert(tls, &mut core.transport);
                         self.close_because(idx, Close::IoError);
                         return None;
                     }
@@ -244,15 +235,18 @@ impl Shard {
                     self.mark_dirty(idx);
                 }
             }
-            _ => {
+            tls => {
+                let has_tls = tls.is_some();
                 while *filled < scratch.len() {
-                    match stream.read(&mut scratch[*filled..]) {
+                    match core.transport.read(&mut scratch[*filled..]) {
                         Ok(0) => step.eof = Some(Close::Eof),
                         Ok(n) => {
                             // A short read emptied the socket's receive queue; data that
                             // arrives later raises a new edge, so no read to EAGAIN is
-                            // needed (it would cost a system call per event).
-                            step.drained = n < scratch.len() - *filled;
+                            // needed (it would cost a system call per event). Unless
+                            // the peer's FIN came with the data: then only a read
+                            // that returns 0 shows it, and no later edge will.
+                            step.drained = !peer_closed && n < scratch.len() - *filled;
                             *filled += n;
                             self.metrics.on_read(role, n);
                         }
@@ -262,7 +256,7 @@ impl Shard {
                     }
                     break;
                 }
-                if proxy_first && tls.is_some() {
+                if proxy_first && has_tls {
                     return self.proxy_before_tls(idx, scratch, filled, step);
                 }
             }
@@ -284,17 +278,15 @@ impl Shard {
         let Some(n) = self.on_proxy_header(idx, &scratch[..*filled]) else {
             return Some(step);
         };
-        let conn = self.conns.get_mut(idx as usize)?;
-        let Io { stream, tls: Some(tls), .. } = conn.io_tls() else {
-            return None;
-        };
+        let core = self.conns.get_mut(idx as usize)?.core_mut();
+        let tls = core.tls.as_mut()?;
         let fed = tls::feed(tls, &scratch[n..*filled]);
         *filled = 0;
         match fed {
             Ok(()) => self.read_step(idx, scratch, filled),
             Err(e) => {
-                debug!("shard {}: connection {idx}: TLS after the PROXY header: {e:?}", self.index);
-                tls::flush_alert(tls, stream);
+                debug!("shard {}: connection {idx}: TLS after the PROXY header: {e:?}", self.router.index());
+                tls::flush_alert(tls, &mut core.transport);
                 self.close_because(idx, Close::IoError);
                 None
             }
@@ -304,10 +296,10 @@ impl Shard {
     /// Queues connection `idx` for this iteration's flush.
     fn mark_dirty(&mut self, idx: u32) {
         if let Some(conn) = self.conns.get_mut(idx as usize) {
-            let flags = conn.flags_mut();
-            if *flags & F_DIRTY == 0 {
-                *flags |= F_DIRTY;
-                self.dirty.push(idx);
+            let core = conn.core_mut();
+            if !core.flags.contains(Flags::DIRTY) {
+                core.flags |= Flags::DIRTY;
+                self.scratch.dirty.push(idx);
             }
         }
     }
@@ -317,17 +309,16 @@ impl Shard {
         let Some(conn) = self.conns.get_mut(idx as usize) else {
             return;
         };
-        let closing = conn.flags() & F_CLOSING != 0;
-        let (_, bufs) = conn.io();
-        if rest.is_empty() || closing {
-            if bufs.as_ref().is_some_and(|b| b.is_idle()) {
-                if let Some(b) = bufs.take() {
-                    self.pool.put(b);
+        let core = conn.core_mut();
+        if rest.is_empty() || core.flags.contains(Flags::CLOSING) {
+            if core.bufs.as_ref().is_some_and(|b| b.is_idle()) {
+                if let Some(b) = core.bufs.take() {
+                    self.scratch.pool.put(b);
                 }
             }
             return;
         }
-        let b = bufs.get_or_insert_with(|| self.pool.get());
+        let b = core.bufs.get_or_insert_with(|| self.scratch.pool.get());
         b.rbuf.extend_from_slice(rest);
     }
 
@@ -338,13 +329,14 @@ impl Shard {
             let Some(conn) = self.conns.get(idx as usize) else {
                 return (buf.len(), Flow::Stop);
             };
-            if conn.flags() & F_CLOSING != 0 {
+            let flags = conn.flags();
+            if flags.contains(Flags::CLOSING) {
                 return (buf.len(), Flow::Stop); // discard until EOF
             }
-            if conn.flags() & F_PAUSED != 0 {
+            if flags.contains(Flags::PAUSED) {
                 return (used, Flow::Stop);
             }
-            if conn.flags() & F_PROXY != 0 {
+            if flags.contains(Flags::PROXY) {
                 match self.on_proxy_header(idx, &buf[used..]) {
                     Some(n) => {
                         used += n;
@@ -354,8 +346,7 @@ impl Shard {
                 }
             }
             let device = conn.is_device();
-            let max = if device { DEVICE_MAX_BODY } else { PROVIDER_MAX_BODY };
-            let (raw, n) = match split_frame(&buf[used..], max) {
+            let (raw, n) = match split_on_port(&buf[used..], device) {
                 Ok(Some(x)) => x,
                 Ok(None) => return (used, Flow::Continue),
                 Err(e) => {
@@ -384,13 +375,12 @@ impl Shard {
         match crate::proto::proxy::parse(buf) {
             Ok(None) => None,
             Ok(Some((header, n))) => {
-                let conn = self.conns.get_mut(idx as usize)?;
-                *conn.flags_mut() &= !F_PROXY;
-                let source = header.source.or_else(|| conn.io().0.peer_addr().ok());
+                let core = self.conns.get_mut(idx as usize)?.core_mut();
+                core.flags.remove(Flags::PROXY);
+                let source = header.source.or_else(|| core.transport.peer_addr());
                 if let Some(src) = source {
-                    debug!("shard {}: connection {idx} from {src} (PROXY header)", self.index);
-                    let now = self.mono_ms;
-                    if let Err(retry) = self.sources.admit(src.ip(), now) {
+                    debug!("shard {}: connection {idx} from {src} (PROXY header)", self.index());
+                    if let Err(retry) = self.shared.limits.sources.admit(src.ip(), self.clock.now_us()) {
                         self.metrics.on_limit(Limit::HandshakeRate);
                         self.goaway(idx, GoAwayReason::RATE_LIMITED, retry.min(u32::MAX as u64) as u32);
                         return None;
@@ -415,12 +405,12 @@ impl Shard {
 
     /// Provider connections that stopped reading at their in-flight limit and may go on.
     pub(super) fn run_resumes(&mut self) {
-        let resume = std::mem::take(&mut self.resume);
+        let resume = std::mem::take(&mut self.scratch.resume);
         for idx in resume {
             let Some(c) = self.conns.get_mut(idx as usize) else {
                 continue;
             };
-            if c.flags() & F_PAUSED != 0 || c.flags() & F_CLOSING != 0 {
+            if c.flags().intersects(Flags::PAUSED | Flags::CLOSING) {
                 continue;
             }
             // Unpaused: handle what was buffered, then read what the socket holds,
@@ -444,28 +434,28 @@ impl Shard {
         let Some(conn) = self.conns.get_mut(idx as usize) else {
             return false;
         };
-        *conn.flags_mut() &= !F_DIRTY;
-        let closing = conn.flags() & F_CLOSING != 0;
         let role = if conn.is_device() { Role::Device } else { Role::Provider };
-        let Io { stream, bufs, tls } = conn.io_tls();
-        let (written, failed) = match tls {
+        let core = conn.core_mut();
+        core.flags.remove(Flags::DIRTY);
+        let closing = core.flags.contains(Flags::CLOSING);
+        let (written, failed) = match &mut core.tls {
             Some(tls) => {
-                let plain = bufs.as_ref().map_or(&[][..], |b| &b.wbuf[b.wpos..]);
-                let mut pass = tls::write_pass(tls, stream, plain);
-                if let Some(b) = bufs.as_mut() {
+                let plain = core.bufs.as_ref().map_or(&[][..], |b| &b.wbuf[b.wpos..]);
+                let mut pass = tls::write_pass(tls, &mut core.transport, plain);
+                if let Some(b) = core.bufs.as_mut() {
                     b.wpos += pass.taken;
                 }
-                let flushed = bufs.as_ref().is_none_or(|b| b.pending_write() == 0) && !tls.wants_write();
+                let flushed = core.bufs.as_ref().is_none_or(|b| b.pending_write() == 0) && !tls.wants_write();
                 if closing && flushed && !pass.failed {
                     // Said once (rustls ignores repeats); the FIN follows once it is out.
                     tls.send_close_notify();
-                    let close = tls::write_pass(tls, stream, &[]);
+                    let close = tls::write_pass(tls, &mut core.transport, &[]);
                     pass.raw += close.raw;
                     pass.failed = close.failed;
                 }
                 (pass.raw, pass.failed)
             }
-            None => write_plain(stream, bufs.as_deref_mut()),
+            None => write_plain(&mut core.transport, core.bufs.as_deref_mut()),
         };
         if written > 0 {
             self.metrics.on_write(role, written);
@@ -474,34 +464,32 @@ impl Shard {
             self.close_because(idx, Close::IoError);
             return false;
         }
-        if bufs.as_ref().is_some_and(|b| b.pending_write() > 0)
-            || tls.as_ref().is_some_and(|t| t.wants_write())
-        {
+        if core.pending_write() > 0 || core.tls.as_ref().is_some_and(|t| t.wants_write()) {
             return false;
         }
-        if let Some(b) = bufs.as_mut() {
+        if let Some(b) = core.bufs.as_mut() {
             b.wbuf.clear();
             b.wpos = 0;
         }
         if closing {
-            let _ = stream.shutdown(Shutdown::Write);
+            core.transport.shutdown_write();
         }
-        if bufs.as_ref().is_some_and(|b| b.is_idle()) {
-            if let Some(b) = bufs.take() {
-                self.pool.put(b);
+        if core.bufs.as_ref().is_some_and(|b| b.is_idle()) {
+            if let Some(b) = core.bufs.take() {
+                self.scratch.pool.put(b);
             }
         }
         !closing
     }
 }
 
-/// Writes `bufs.wbuf` to the socket until it is out or the socket would block;
-/// returns the bytes written and whether the socket failed.
-fn write_plain(stream: &mut TcpStream, bufs: Option<&mut super::pool::Bufs>) -> (usize, bool) {
+/// Writes `bufs.wbuf` until it is out or the transport would block;
+/// returns the bytes written and whether the transport failed.
+fn write_plain(transport: &mut Transport, bufs: Option<&mut super::pool::Bufs>) -> (usize, bool) {
     let Some(b) = bufs else { return (0, false) };
     let mut written = 0;
     while b.wpos < b.wbuf.len() {
-        match stream.write(&b.wbuf[b.wpos..]) {
+        match transport.write(&b.wbuf[b.wpos..]) {
             Ok(0) => return (written, true),
             Ok(n) => {
                 b.wpos += n;

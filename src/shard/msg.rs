@@ -1,57 +1,64 @@
-//! What shards send each other over their crossbeam channels.
+//! What shards send each other over their crossbeam channels. Everything but
+//! the explicitly local messages (a socket hand-over, a front end's request
+//! with its callback, drain) is plain data that could cross a node boundary.
 
-use bytes::Bytes;
+use crossbeam_channel::Sender;
 
-use crate::proto::{Status, Token};
+use super::requests::{Answer, Outcome, ReqRef};
+use crate::proto::{Note, Token};
 use crate::store::Receipt;
 
 /// Addresses one connection on one shard; `id` tells a reused slab slot from the original.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub struct ConnRef {
     pub shard: u16,
     pub idx: u32,
     pub id: u32,
 }
 
-/// `PushMsg::slot` for a single PUSH (not part of a MULTI_PUSH).
-pub const NO_SLOT: u32 = u32::MAX;
-
 /// One notification for one token, on its way to the shard that owns the token.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct PushMsg {
-    /// When the PUSH was read, for the delivery latency histogram.
-    pub read_at: std::time::Instant,
-    pub reply: ConnRef,
-    pub req_id: u32,
-    /// MULTI_PUSH aggregation slot on the provider's connection, or [`NO_SLOT`].
-    pub slot: u32,
-    /// Position of this token in the MULTI_PUSH.
+    /// The request it belongs to, on the shard that answers it.
+    pub req: ReqRef,
+    /// Position of the token in the request.
     pub index: u16,
     pub token: Token,
-    pub kind: u8,
-    pub priority: u8,
-    pub flags: u8,
-    pub expiry: u32,
-    pub collapse: Bytes,
-    pub payload: Bytes,
+    pub note: Note,
+    /// When the request was read, in ns of the node's clock (`Clock::now_ns`),
+    /// for the delivery latency histogram.
+    pub read_at_ns: u64,
 }
 
-/// The outcome of a `PushMsg`, on its way back to the provider's shard.
+/// The outcome of a `PushMsg`, on its way back to the request's shard.
 #[derive(Clone, Copy, Debug)]
 pub struct ResultMsg {
-    pub to: ConnRef,
-    pub req_id: u32,
-    pub slot: u32,
+    pub req: ReqRef,
     pub index: u16,
-    pub status: Status,
-    pub msg_id: u64,
-    pub info: u64,
+    pub outcome: Outcome,
+}
+
+/// Where a receipt goes: a provider session, or a front end's stream.
+#[derive(Clone, Debug)]
+pub enum ReceiptSink {
+    Conn(ConnRef),
+    /// Bounded; a receipt that does not fit is kept for the next subscriber.
+    Channel(Sender<Receipt>),
+}
+
+impl PartialEq for ReceiptSink {
+    fn eq(&self, other: &ReceiptSink) -> bool {
+        match (self, other) {
+            (ReceiptSink::Conn(a), ReceiptSink::Conn(b)) => a == b,
+            (ReceiptSink::Channel(a), ReceiptSink::Channel(b)) => a.same_channel(b),
+            _ => false,
+        }
+    }
 }
 
 /// A device connection whose HELLO was read by a shard that does not own its token.
-#[derive(Debug)]
 pub struct Adopt {
-    pub stream: mio::net::TcpStream,
+    pub transport: super::conn::Transport,
     /// The TLS session, if the device came in on a TLS listener.
     pub tls: Option<Box<rustls::ServerConnection>>,
     pub token: Token,
@@ -61,13 +68,24 @@ pub struct Adopt {
     pub leftover: Vec<u8>,
 }
 
-#[derive(Debug)]
+/// A push or feedback query from a front end off the shards (HTTP today, a
+/// remote node later): it enters the router like a provider's request, and
+/// its answer goes to `done` on the shard that took it.
+pub enum Submit {
+    Push { app: u16, tokens: Vec<Token>, note: Note, done: Box<dyn FnOnce(Answer) + Send> },
+    Feedback { app: u16, since_ms: u64, after: Token, done: Box<dyn FnOnce(Answer) + Send> },
+}
+
 pub enum ShardMsg {
     Push(PushMsg),
     Result(ResultMsg),
-    Adopt(Adopt),
-    /// A receipt on its way to its app's hub shard (`app % shards`).
+    /// A receipt on its way to its app's hub shard.
     Receipt {
+        app: u16,
+        receipt: Receipt,
+    },
+    /// A receipt a session could not take, back to the hub's store (handed out again by its pump).
+    KeepReceipt {
         app: u16,
         receipt: Receipt,
     },
@@ -77,29 +95,36 @@ pub enum ShardMsg {
         app: u16,
         receipts: Vec<Receipt>,
     },
-    /// To the app's hub: a provider session of `app` logged in, or went away.
-    ProviderUp {
+    /// To the app's hub: a receipt sink of `app` came, or went away.
+    SinkUp {
         app: u16,
-        conn: ConnRef,
+        sink: ReceiptSink,
     },
-    ProviderDown {
+    SinkDown {
         app: u16,
-        conn: ConnRef,
+        sink: ReceiptSink,
     },
     /// To every shard: the tombstones of `app` after the cursor `(since_ms, after)`.
     FeedbackQuery {
-        reply: ConnRef,
-        slot: u32,
+        req: ReqRef,
         app: u16,
         since_ms: u64,
         after: Token,
     },
     /// One shard's answer, oldest first, at most one frame's worth plus one.
     FeedbackPart {
-        to: ConnRef,
-        slot: u32,
+        req: ReqRef,
         entries: Vec<(u64, Token)>,
     },
-    /// Stop accepting, send GOAWAY to everyone, exit when empty or at the deadline.
+    /// The store made every write numbered up to `upto` durable (or failed to).
+    Durable {
+        upto: u64,
+        ok: bool,
+    },
+    /// Local: a device socket handed to its owner shard.
+    Adopt(Box<Adopt>),
+    /// Local: a front end's request.
+    Submit(Submit),
+    /// Local: stop accepting, send GOAWAY to everyone, exit when empty or at the deadline.
     Drain,
 }

@@ -10,6 +10,8 @@ use crate::proto::Token;
 struct Queue {
     msgs: VecDeque<StoredMsg>,
     missed: u32,
+    /// Ids up to this were written to a connection of the device (`mark_sent`).
+    sent: u64,
 }
 
 /// A per-shard in-memory store holding at most `cap` messages per device.
@@ -39,7 +41,7 @@ impl MemoryStore {
     fn remove_at(&mut self, token: &Token, idx: usize) -> Option<StoredMsg> {
         let q = self.queues.get_mut(token)?;
         let m = q.msgs.remove(idx)?;
-        self.by_expiry.remove(&(m.expiry, *token, m.msg_id));
+        self.by_expiry.remove(&(m.note.expiry, *token, m.msg_id));
         self.len -= 1;
         Some(m)
     }
@@ -54,24 +56,34 @@ impl MemoryStore {
 impl Store for MemoryStore {
     fn append(&mut self, token: &Token, msg: StoredMsg) -> Result<(), StoreError> {
         self.max_id = self.max_id.max(msg.msg_id);
-        if !msg.collapse.is_empty() {
-            let pos =
-                self.queues.get(token).and_then(|q| q.msgs.iter().position(|m| m.collapse == msg.collapse));
+        if !msg.note.collapse.is_empty() {
+            let pos = self
+                .queues
+                .get(token)
+                .and_then(|q| q.msgs.iter().position(|m| m.note.collapse == msg.note.collapse));
             if let Some(i) = pos {
                 self.remove_at(token, i);
             }
         }
-        self.by_expiry.insert((msg.expiry, *token, msg.msg_id));
+        self.by_expiry.insert((msg.note.expiry, *token, msg.msg_id));
         let q = self.queues.entry(*token).or_default();
         q.msgs.push_back(msg);
         self.len += 1;
         while self.queues.get(token).is_some_and(|q| q.msgs.len() > self.cap) {
-            self.remove_at(token, 0);
+            let Some(gone) = self.remove_at(token, 0) else { break };
             if let Some(q) = self.queues.get_mut(token) {
-                q.missed = q.missed.saturating_add(1);
+                if gone.msg_id > q.sent {
+                    q.missed = q.missed.saturating_add(1);
+                }
             }
         }
         Ok(())
+    }
+
+    fn mark_sent(&mut self, token: &Token, msg_id: u64) {
+        if let Some(q) = self.queues.get_mut(token) {
+            q.sent = q.sent.max(msg_id);
+        }
     }
 
     fn pending(
@@ -83,7 +95,7 @@ impl Store for MemoryStore {
         out: &mut Vec<StoredMsg>,
     ) -> Result<(), StoreError> {
         if let Some(q) = self.queues.get(token) {
-            let live = q.msgs.iter().filter(|m| m.msg_id > after && u64::from(m.expiry) >= now_unix);
+            let live = q.msgs.iter().filter(|m| m.msg_id > after && u64::from(m.note.expiry) >= now_unix);
             out.extend(live.take(max).cloned());
         }
         Ok(())
@@ -141,7 +153,7 @@ impl Store for MemoryStore {
     fn unregister(&mut self, token: &Token, app_id: &str, at_ms: u64) -> Result<(), StoreError> {
         if let Some(q) = self.queues.remove(token) {
             for m in q.msgs {
-                self.by_expiry.remove(&(m.expiry, *token, m.msg_id));
+                self.by_expiry.remove(&(m.note.expiry, *token, m.msg_id));
                 self.len -= 1;
             }
         }

@@ -7,23 +7,28 @@
 pub mod durable;
 pub mod memory;
 
-use bytes::Bytes;
+use crate::proto::{Note, Token};
 
-use crate::proto::Token;
-
-/// One notification waiting for its device.
+/// One notification waiting for its device; its expiry is never 0.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct StoredMsg {
     pub msg_id: u64,
-    pub kind: u8,
-    pub priority: u8,
-    pub flags: u8,
-    /// Unix seconds after which it is dropped; never 0 for a stored message.
-    pub expiry: u32,
-    /// Empty when the push had no collapse id.
-    pub collapse: Bytes,
-    pub payload: Bytes,
+    pub note: Note,
 }
+
+/// What [`Store::commit`] made of the writes so far.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Ticket {
+    /// Already durable (or a store that keeps nothing on disk).
+    Durable,
+    /// Durable once the store's completion hook reports this number or a higher one.
+    Pending(u64),
+}
+
+/// How a store reports durability: `(upto, ok)`, every write numbered up to
+/// `upto` is on disk (`ok`), or the sync that should have put it there failed.
+/// Called from the store's sync thread; it must not block.
+pub type DurableHook = Box<dyn Fn(u64, bool) + Send + Sync>;
 
 /// A device's durable unregistration, kept until it registers again.
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -87,7 +92,13 @@ pub trait Store: Send {
     /// Removes an acknowledged message; `Ok(false)` if it was not stored.
     fn ack(&mut self, token: &Token, msg_id: u64) -> Result<bool, StoreError>;
 
-    /// Returns, and resets to zero, how many of `token`'s messages the cap dropped.
+    /// Notes that `token`'s messages with ids up to `msg_id` were written to
+    /// a connection of its device: the cap then drops them without counting
+    /// them as missed. Kept in memory only.
+    fn mark_sent(&mut self, token: &Token, msg_id: u64);
+
+    /// Returns, and resets to zero, how many of `token`'s messages the cap
+    /// dropped before they were ever written to the device (see `mark_sent`).
     fn take_missed(&mut self, token: &Token) -> Result<u32, StoreError>;
 
     /// Deletes messages whose expiry is before `now_unix`, returning how many:
@@ -97,8 +108,20 @@ pub trait Store: Send {
 
     /// Makes all appends and acks so far durable (one flush for the whole
     /// batch), except messages held back by `hold` that `release` has not
-    /// reached yet.
+    /// reached yet. Blocks for the disk: the shard uses `commit` instead, and
+    /// this at exit.
     fn sync(&mut self) -> Result<(), StoreError>;
+
+    /// Like `sync`, without waiting: what was written so far becomes readable
+    /// and is handed to the store's sync thread, whose hook (see
+    /// `set_durable_hook`) reports the returned ticket durable. A store with
+    /// no hook set, or nothing on disk, syncs here and says `Durable`.
+    fn commit(&mut self) -> Result<Ticket, StoreError> {
+        self.sync().map(|()| Ticket::Durable)
+    }
+
+    /// Where this handle's completions go; a store that syncs in `commit` ignores it.
+    fn set_durable_hook(&mut self, _hook: DurableHook) {}
 
     /// Asks the store to leave the message `msg_id` of `token`, appended since
     /// the last `sync`, out of the next syncs until `release` reaches its id:
@@ -143,13 +166,13 @@ pub trait Store: Send {
 /// A message for unit tests: payload `m<id>`.
 #[cfg(test)]
 pub(crate) fn test_msg(id: u64, expiry: u32, collapse: &'static [u8]) -> StoredMsg {
-    StoredMsg {
-        msg_id: id,
+    let note = Note {
         kind: 0,
         priority: 10,
         flags: 0,
         expiry,
-        collapse: Bytes::from_static(collapse),
-        payload: Bytes::from(format!("m{id}")),
-    }
+        collapse: bytes::Bytes::from_static(collapse),
+        payload: bytes::Bytes::from(format!("m{id}")),
+    };
+    StoredMsg { msg_id: id, note }
 }

@@ -4,6 +4,7 @@
 use bytes::Bytes;
 
 use crate::proto::token::TOKEN_LEN;
+use crate::proto::Note;
 use crate::proto::Token;
 use crate::store::StoredMsg;
 
@@ -81,28 +82,28 @@ pub fn decode_u32(v: &[u8]) -> Option<u32> {
 }
 
 pub fn encode_msg(m: &StoredMsg) -> Vec<u8> {
-    let clen = m.collapse.len().min(usize::from(u16::MAX));
-    let mut v = Vec::with_capacity(MSG_HEAD_LEN + clen + m.payload.len());
-    v.extend_from_slice(&[MSG_VERSION, m.kind, m.priority, m.flags]);
-    v.extend_from_slice(&m.expiry.to_be_bytes());
+    let clen = m.note.collapse.len().min(usize::from(u16::MAX));
+    let mut v = Vec::with_capacity(MSG_HEAD_LEN + clen + m.note.payload.len());
+    v.extend_from_slice(&[MSG_VERSION, m.note.kind, m.note.priority, m.note.flags]);
+    v.extend_from_slice(&m.note.expiry.to_be_bytes());
     v.extend_from_slice(&(clen as u16).to_be_bytes());
-    v.extend_from_slice(&m.collapse[..clen]);
-    v.extend_from_slice(&m.payload);
+    v.extend_from_slice(&m.note.collapse[..clen]);
+    v.extend_from_slice(&m.note.payload);
     v
 }
 
 /// Decodes a `msgs` value; `None` if it is malformed.
 pub fn decode_msg(id: u64, v: &[u8]) -> Option<StoredMsg> {
     let (expiry, collapse, payload) = split_msg(v)?;
-    Some(StoredMsg {
-        msg_id: id,
+    let note = Note {
         kind: v[1],
         priority: v[2],
         flags: v[3],
         expiry,
         collapse: Bytes::copy_from_slice(collapse),
         payload: Bytes::copy_from_slice(payload),
-    })
+    };
+    Some(StoredMsg { msg_id: id, note })
 }
 
 /// The expiry and collapse id of a `msgs` value, without copying the payload.
@@ -131,8 +132,7 @@ mod tests {
 
     #[test]
     fn msg_round_trip_and_truncation() {
-        let m = StoredMsg {
-            msg_id: 7,
+        let note = Note {
             kind: 1,
             priority: 5,
             flags: 2,
@@ -140,6 +140,7 @@ mod tests {
             collapse: Bytes::from_static(b"c1"),
             payload: Bytes::from_static(b"hello"),
         };
+        let m = StoredMsg { msg_id: 7, note };
         let v = encode_msg(&m);
         assert_eq!(decode_msg(7, &v), Some(m));
         assert_eq!(decode_msg(7, &v[..9]), None);

@@ -16,15 +16,16 @@ mod feedback;
 mod open;
 mod stage;
 mod sync;
+mod syncer;
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use fjall::{Database, Keyspace, PersistMode};
+use fjall::{Database, Keyspace};
 
-use super::{Receipt, Store, StoreError, StoredMsg, Tombstone};
+use super::{DurableHook, Receipt, Store, StoreError, StoredMsg, Ticket, Tombstone};
 use crate::proto::Token;
 use codec::ShardMeta;
 use expiry::ExpiryIndex;
@@ -50,6 +51,8 @@ struct Entry {
 struct Queue {
     msgs: VecDeque<Entry>,
     missed: u32,
+    /// Ids up to this were written to a connection of the device (`mark_sent`).
+    sent: u64,
 }
 
 /// The engine handles every shard shares.
@@ -60,6 +63,8 @@ struct Engine {
     meta: Keyspace,
     path: PathBuf,
     gate: Arc<SyncGate>,
+    journal: Arc<syncer::Journal>,
+    syncer: Arc<syncer::Syncer>,
 }
 
 /// One shard's handle on the durable store.
@@ -90,9 +95,20 @@ pub struct DurableStore {
     expiry: ExpiryIndex,
     /// Held messages up to this id may be committed (`Store::release`).
     released: u64,
+    /// A completion hook is set: `commit` leaves the fsync to the sync thread.
+    hooked: bool,
 }
 
 impl DurableStore {
+    /// Commits what is staged to the journal (readable, not yet synced).
+    fn commit_journal(&mut self) -> Result<(), StoreError> {
+        let flushed = self.commit_staged(true);
+        if let Some(e) = self.lost.take() {
+            return Err(e);
+        }
+        flushed
+    }
+
     fn queue(&mut self, token: &Token) -> Result<Queue, StoreError> {
         if let Some(q) = self.cache.remove(token) {
             return Ok(q);
@@ -116,8 +132,8 @@ impl DurableStore {
             q.missed = s.missed.unwrap_or(q.missed);
             let staged = s.added.iter().map(|m| Entry {
                 id: m.msg_id,
-                expiry: m.expiry,
-                collapse: m.collapse.clone(),
+                expiry: m.note.expiry,
+                collapse: m.note.collapse.clone(),
             });
             q.msgs.extend(staged);
         }
@@ -152,9 +168,9 @@ impl Store for DurableStore {
             self.flush()?;
         }
         let mut q = self.queue(token)?;
-        if !msg.collapse.is_empty() {
+        if !msg.note.collapse.is_empty() {
             if let Some(e) =
-                q.msgs.iter().position(|e| e.collapse == msg.collapse).and_then(|i| q.msgs.remove(i))
+                q.msgs.iter().position(|e| e.collapse == msg.note.collapse).and_then(|i| q.msgs.remove(i))
             {
                 self.delete(token, &q, &e);
             }
@@ -163,12 +179,18 @@ impl Store for DurableStore {
         while q.msgs.len() >= self.cap {
             let Some(e) = q.msgs.pop_front() else { break };
             self.delete(token, &q, &e);
-            q.missed = q.missed.saturating_add(1);
+            if e.id > q.sent {
+                q.missed = q.missed.saturating_add(1);
+            }
         }
-        q.msgs.push_back(Entry { id: msg.msg_id, expiry: msg.expiry, collapse: msg.collapse.clone() });
+        q.msgs.push_back(Entry {
+            id: msg.msg_id,
+            expiry: msg.note.expiry,
+            collapse: msg.note.collapse.clone(),
+        });
         self.counters.len += 1;
         self.counters.max_id = self.counters.max_id.max(msg.msg_id);
-        self.expiry.add(token, msg.expiry);
+        self.expiry.add(token, msg.note.expiry);
         self.staged_ops += 1;
         let s = self.stage_of(token);
         if q.missed != missed_before {
@@ -203,7 +225,7 @@ impl Store for DurableStore {
             let msg = codec::parse_msg_key(&k)
                 .and_then(|(_, id)| codec::decode_msg(id, &v))
                 .ok_or_else(|| self.eng.corrupt("message", &k))?;
-            if u64::from(msg.expiry) >= now_unix && !self.staged_removed(token, msg.msg_id) {
+            if u64::from(msg.note.expiry) >= now_unix && !self.staged_removed(token, msg.msg_id) {
                 out.push(msg);
                 n += 1;
                 if n == max {
@@ -228,13 +250,24 @@ impl Store for DurableStore {
         Ok(true)
     }
 
+    fn mark_sent(&mut self, token: &Token, msg_id: u64) {
+        if let Some(q) = self.cache.get_mut(token) {
+            q.sent = q.sent.max(msg_id);
+        }
+    }
+
     fn take_missed(&mut self, token: &Token) -> Result<u32, StoreError> {
+        let cached = self.cache.contains_key(token);
         let mut q = self.queue(token)?;
         let n = std::mem::take(&mut q.missed);
         if n != 0 {
             self.stage_of(token).missed = Some(0);
         }
-        self.keep(token, q);
+        // Every HELLO asks. A device with nothing waiting is not cached for
+        // it: idle devices would pay a cache entry each (about 150 B).
+        if cached || !q.msgs.is_empty() {
+            self.keep(token, q);
+        }
         Ok(n)
     }
 
@@ -278,15 +311,26 @@ impl Store for DurableStore {
     }
 
     fn sync(&mut self) -> Result<(), StoreError> {
-        let flushed = self.commit_staged(true);
-        if let Some(e) = self.lost.take() {
-            return Err(e);
-        }
-        flushed?;
+        self.commit_journal()?;
         let eng = &self.eng;
-        eng.gate.sync(self.last_write, || {
-            eng.db.persist(PersistMode::SyncAll).map_err(|e| eng.err("syncing the journal", e))
-        })
+        eng.gate.sync(self.last_write, || eng.journal.fsync())
+    }
+
+    fn commit(&mut self) -> Result<Ticket, StoreError> {
+        if !self.hooked {
+            return self.sync().map(|()| Ticket::Durable);
+        }
+        self.commit_journal()?;
+        if self.last_write <= self.eng.gate.durable() {
+            return Ok(Ticket::Durable);
+        }
+        self.eng.syncer.request(self.shard, self.last_write);
+        Ok(Ticket::Pending(self.last_write))
+    }
+
+    fn set_durable_hook(&mut self, hook: DurableHook) {
+        self.eng.syncer.set_hook(self.shard, hook);
+        self.hooked = true;
     }
 
     fn hold(&mut self, token: &Token, msg_id: u64) -> bool {

@@ -2,6 +2,7 @@
 //! index rebuilt from the messages, and new counters when the shard count changed.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use fjall::{Database, KeyspaceCreateOptions, PersistMode};
 
@@ -43,13 +44,20 @@ pub(super) fn open_shards(dir: &Path, shards: usize, cap: usize) -> Result<Vec<D
         db.keyspace(name, || KeyspaceCreateOptions::default().max_memtable_size(memtable))
             .map_err(|e| err("opening a keyspace", e))
     };
+    let gate = Arc::new(super::sync::SyncGate::default());
+    let journal = Arc::new(super::syncer::Journal::new(db.clone(), dir));
     // A small memtable for `meta`, so it flushes, and frees journal files, often.
     let eng = Engine {
         msgs: ks("msgs", 32 << 20)?,
         meta: ks("meta", 4 << 20)?,
         db: db.clone(),
         path: dir.into(),
-        gate: Default::default(),
+        gate: gate.clone(),
+        journal: journal.clone(),
+        syncer: Arc::new(
+            super::syncer::Syncer::start(journal, gate, usize::from(n))
+                .map_err(|e| StoreError::Io(format!("{}: starting the sync thread: {e}", dir.display())))?,
+        ),
     };
     // Stores written before the expiry index moved to memory had it on disk.
     if db.keyspace_exists("expiry") {
@@ -91,6 +99,7 @@ pub(super) fn open_shards(dir: &Path, shards: usize, cap: usize) -> Result<Vec<D
             last_write: 0,
             expiry,
             released: 0,
+            hooked: false,
         })
         .collect())
 }

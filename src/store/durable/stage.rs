@@ -144,7 +144,11 @@ impl DurableStore {
         let Some(s) = self.staged.get(token) else { return };
         let before = out.len();
         out.extend(
-            s.added.iter().filter(|m| m.msg_id > after && u64::from(m.expiry) >= now_unix).take(max).cloned(),
+            s.added
+                .iter()
+                .filter(|m| m.msg_id > after && u64::from(m.note.expiry) >= now_unix)
+                .take(max)
+                .cloned(),
         );
         if out.len() > before {
             out[start..].sort_by_key(|m| m.msg_id);

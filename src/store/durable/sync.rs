@@ -55,6 +55,11 @@ impl SyncGate {
         r
     }
 
+    /// Every write numbered at or below this is durable.
+    pub fn durable(&self) -> u64 {
+        self.lock().durable
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }

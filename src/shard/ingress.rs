@@ -1,0 +1,82 @@
+//! How a front end that is not a shard connection (the HTTP API; a cluster
+//! bridge) reaches the router: it hands a request with a callback to a shard
+//! over that shard's channel, and the shard runs `submit` for it exactly as
+//! for a provider session. The callback runs on the shard's thread and must
+//! not block (send the answer on, e.g. through a oneshot channel).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use crossbeam_channel::Sender;
+
+use super::msg::{ReceiptSink, ShardMsg, Submit};
+use super::requests::{Answer, FeedbackPage, Outcome};
+use super::router::hub_of;
+use super::Shared;
+use crate::proto::{Apps, Note, Status, Token};
+use crate::store::Receipt;
+
+/// A cloneable handle on the shards for front ends.
+#[derive(Clone)]
+pub struct Ingress {
+    shared: Arc<Shared>,
+    next: Arc<AtomicUsize>,
+}
+
+impl Ingress {
+    pub fn new(shared: Arc<Shared>) -> Ingress {
+        Ingress { shared, next: Arc::new(AtomicUsize::new(0)) }
+    }
+
+    pub fn apps(&self) -> &Apps {
+        &self.shared.apps
+    }
+
+    /// Retry hint (ms) while the node drains.
+    fn drain_retry_ms(&self) -> Option<u64> {
+        self.shared.draining.load(Ordering::Acquire).then(|| u64::from(self.shared.cfg.drain.spread_ms))
+    }
+
+    /// Pushes `note` to each token of app index `app`; `done` gets one
+    /// outcome per token, in order, from a shard's thread.
+    pub fn push(&self, app: u16, tokens: Vec<Token>, note: Note, done: Box<dyn FnOnce(Vec<Outcome>) + Send>) {
+        if let Some(retry) = self.drain_retry_ms() {
+            let o = Outcome { status: Status::UNAVAILABLE, msg_id: 0, info: retry };
+            return done(vec![o; tokens.len()]);
+        }
+        // The first token's owner: a single push then needs no hop between shards.
+        let n = self.shared.handles.len();
+        let to = tokens.first().map_or(0, |t| t.shard(n));
+        let done: Box<dyn FnOnce(Answer) + Send> = Box::new(move |a| {
+            if let Answer::Push(v) = a {
+                done(v)
+            }
+        });
+        self.shared.handles[to].send(vec![ShardMsg::Submit(Submit::Push { app, tokens, note, done })]);
+    }
+
+    /// `app`'s unregistered tokens after `(since_ms, after)`, as FEEDBACK pages them.
+    pub fn feedback(
+        &self,
+        app: u16,
+        since_ms: u64,
+        after: Token,
+        done: Box<dyn FnOnce(FeedbackPage) + Send>,
+    ) {
+        let n = self.shared.handles.len();
+        let to = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        let done: Box<dyn FnOnce(Answer) + Send> = Box::new(move |a| {
+            if let Answer::Feedback(p) = a {
+                done(p)
+            }
+        });
+        self.shared.handles[to].send(vec![ShardMsg::Submit(Submit::Feedback { app, since_ms, after, done })]);
+    }
+
+    /// Receipts of `app` go to `sink` (bounded) until its receiver is dropped,
+    /// under the rule of SUBSCRIBE_RECEIPTS.
+    pub fn subscribe_receipts(&self, app: u16, sink: Sender<Receipt>) {
+        let hub = hub_of(app, self.shared.handles.len());
+        self.shared.handles[hub].send(vec![ShardMsg::SinkUp { app, sink: ReceiptSink::Channel(sink) }]);
+    }
+}
