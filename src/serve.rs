@@ -113,6 +113,20 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
             connectable(gw.provider_addr)
         );
     }
+    let backend: Arc<dyn crate::http::Backend> = Arc::new(gw.ingress());
+    let http = crate::http::start_configured(&cfg, gw.shared.apps.clone(), backend, &gw.shared.tls)
+        .map_err(|e| format!("HTTP listener on {}: {e}", cfg.http.listen))?;
+    if let Some(h) = &http {
+        let scheme = if cfg.tls.http { "https" } else { "http" };
+        println!("pushgate: HTTP API on {scheme}://{}/v1/push", connectable(h.local_addr()));
+        if cfg.apps.iter().any(|a| a.id == "demo") {
+            println!(
+                "or:   curl {scheme}://{}/v1/push -H \"authorization: Bearer $(pushgate token --app demo)\" \
+                 -d '{{\"token\":\"<token>\",\"payload\":\"hello\"}}'",
+                connectable(h.local_addr())
+            );
+        }
+    }
     // SIGINT, SIGTERM and POST /drain all end up here.
     let stop = Arc::new(AtomicBool::new(false));
     let admin = if cfg.admin.enabled {
@@ -134,6 +148,9 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
     let _ = std::io::stdout().flush();
     wait_for_signal(&gw, &stop);
     info!("draining: GOAWAY to every connection");
+    if let Some(h) = &http {
+        h.begin_shutdown(); // no new HTTP connections; open requests still get their answers
+    }
     gw.drain();
     let deadline = std::time::Instant::now() + Duration::from_millis(cfg.drain.timeout_ms + 2000);
     while !gw.is_finished() && std::time::Instant::now() < deadline {
@@ -144,6 +161,9 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
         info!("drained; bye");
     } else {
         warn!("drain deadline passed; exiting with connections open");
+    }
+    if let Some(h) = http {
+        h.shutdown();
     }
     if let Some(a) = admin {
         a.stop();

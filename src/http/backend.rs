@@ -1,30 +1,9 @@
-//! The seam between the HTTP front end and the gateway core: the [`Backend`] trait every front end pushes through.
+//! The seam between the HTTP front end and the gateway core: the [`Backend`] trait every front end
+//! pushes through, and its implementation on the router's [`Ingress`].
 
-/// One notification, as every front end hands it to the router. (At merge time this becomes
-/// `crate::proto::Note` with the same fields; keep the name `Note` and these fields.)
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Note {
-    pub kind: u8,
-    pub priority: u8,
-    pub flags: u8,
-    pub expiry: u32,
-    pub collapse: bytes::Bytes,
-    pub payload: bytes::Bytes,
-}
-
-/// One token's answer: the same meaning as a RESULT frame (protocol.md): status, msg_id, info.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Outcome {
-    pub status: crate::proto::Status,
-    pub msg_id: u64,
-    pub info: u64,
-}
-
-/// A FEEDBACK page: (unregistered at unix ms, token), oldest first, and whether more follow.
-pub struct FeedbackPage {
-    pub entries: Vec<(u64, crate::proto::Token)>,
-    pub more: bool,
-}
+pub use crate::proto::Note;
+use crate::shard::ingress::Ingress;
+pub use crate::shard::requests::{FeedbackPage, Outcome};
 
 pub type Done<T> = Box<dyn FnOnce(T) + Send + 'static>;
 
@@ -38,4 +17,19 @@ pub trait Backend: Send + Sync + 'static {
     /// Receipts of `app` go to `sink` until it is dropped/disconnected; the same hand-out rule as
     /// SUBSCRIBE_RECEIPTS (protocol.md §10.1). A full sink means the receipt goes back to be kept.
     fn subscribe_receipts(&self, app: u16, sink: crossbeam_channel::Sender<crate::store::Receipt>);
+}
+
+/// The router: each call goes to a shard over its channel, like a provider session's request.
+impl Backend for Ingress {
+    fn push(&self, app: u16, tokens: Vec<crate::proto::Token>, note: Note, done: Done<Vec<Outcome>>) {
+        Ingress::push(self, app, tokens, note, done)
+    }
+
+    fn feedback(&self, app: u16, since_ms: u64, after: crate::proto::Token, done: Done<FeedbackPage>) {
+        Ingress::feedback(self, app, since_ms, after, done)
+    }
+
+    fn subscribe_receipts(&self, app: u16, sink: crossbeam_channel::Sender<crate::store::Receipt>) {
+        Ingress::subscribe_receipts(self, app, sink)
+    }
 }

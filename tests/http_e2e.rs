@@ -1,0 +1,125 @@
+//! The HTTP API on the real router, with a device: push (HTTP/1.1), the device gets it and ACKs,
+//! the receipt comes on the SSE stream; after the device unregisters, a push is 410 and feedback
+//! lists the token; draining answers 503 with Retry-After.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use common::*;
+use pushgate::client::{DeviceClient, DeviceEvent};
+use pushgate::config::HttpConfig;
+use pushgate::http::auth;
+
+/// One request on a fresh HTTP/1.1 connection: status, headers (lowercase names) and JSON body.
+fn call(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, Vec<(String, String)>, Value) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let jwt = auth::sign(APP, APP_SECRET.as_bytes(), auth::now_s());
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\nauthorization: Bearer {jwt}\r\n\
+         content-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).unwrap();
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut resp = httparse::Response::new(&mut headers);
+    let httparse::Status::Complete(n) = resp.parse(&got).unwrap() else { panic!("partial answer") };
+    let hs = resp
+        .headers
+        .iter()
+        .map(|h| (h.name.to_ascii_lowercase(), String::from_utf8_lossy(h.value).into_owned()))
+        .collect();
+    (resp.code.unwrap(), hs, serde_json::from_slice(&got[n..]).unwrap())
+}
+
+fn start_http(gw: &pushgate::server::Gateway) -> pushgate::http::HttpServer {
+    let cfg = HttpConfig { listen: "127.0.0.1:0".parse().unwrap(), ..HttpConfig::default() };
+    pushgate::http::start(&cfg, gw.shared.apps.clone(), Arc::new(gw.ingress()), None).unwrap()
+}
+
+#[test]
+fn push_deliver_ack_receipt_unregister_feedback_over_http() {
+    let gw = start_gateway(test_config(2));
+    let http = start_http(&gw);
+    let addr = http.local_addr();
+    // The receipts stream, opened first so the receipt comes to it.
+    let mut sse = TcpStream::connect(addr).unwrap();
+    sse.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let jwt = auth::sign(APP, APP_SECRET.as_bytes(), auth::now_s());
+    write!(sse, "GET /v1/receipts HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {jwt}\r\n\r\n").unwrap();
+    let mut seen = String::new();
+    let mut read_until = |want: &str| {
+        let mut buf = [0u8; 4096];
+        while !seen.contains(want) {
+            let n = sse.read(&mut buf).expect("the SSE stream stays open");
+            assert!(n > 0, "SSE stream closed: {seen:?}");
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        seen.clone()
+    };
+    read_until("receipts of this app follow");
+
+    let mut dev = DeviceClient::connect(gw.device_addr, APP, &secret("http-e2e"), 60).unwrap();
+    let token = dev.token().to_hex();
+    let (code, _, v) = call(
+        addr,
+        "POST",
+        "/v1/push",
+        &json!({ "token": token, "payload": "hi", "receipt": true }).to_string(),
+    );
+    assert_eq!((code, &v["status"]), (200, &json!("delivered")), "{v}");
+    let msg_id: u64 = v["msg_id"].as_str().unwrap().parse().unwrap();
+    match dev.next_event(Some(Duration::from_secs(5))).unwrap() {
+        Some(DeviceEvent::Notify { msg_id: m, payload, .. }) => {
+            assert_eq!((m, payload.as_slice()), (msg_id, &b"hi"[..]));
+        }
+        other => panic!("{other:?}"),
+    }
+    dev.ack(msg_id).unwrap();
+    let text = read_until("event: receipt\ndata: ");
+    assert!(text.contains(&format!("\"msg_id\":\"{msg_id}\"")), "{text}");
+
+    // A multi push with a forged token in it.
+    let forged = "00".repeat(24);
+    let (code, _, v) =
+        call(addr, "POST", "/v1/push", &json!({ "tokens": [token, forged], "expiry_s": 0 }).to_string());
+    assert_eq!(code, 200);
+    assert_eq!(v["results"][1]["status"], json!("bad_token"), "{v}");
+
+    dev.unregister().unwrap();
+    assert!(wait_until(Duration::from_secs(5), || {
+        call(addr, "POST", "/v1/push", &json!({ "token": token }).to_string()).0 == 410
+    }));
+    let (code, _, v) = call(addr, "POST", "/v1/push", &json!({ "token": token }).to_string());
+    assert_eq!((code, &v["error"]), (410, &json!("unregistered")));
+    assert!(v["unregistered_at_ms"].as_u64().unwrap() > 1_700_000_000_000);
+    let (code, _, v) = call(addr, "GET", "/v1/feedback?since_ms=0", "");
+    assert_eq!(code, 200);
+    assert_eq!(v["entries"][0]["token"], json!(token), "{v}");
+
+    // As `pushgate serve` stops: HTTP first, then the shards.
+    http.begin_shutdown();
+    gw.drain();
+    http.shutdown();
+}
+
+#[test]
+fn draining_answers_503_with_retry_after() {
+    let gw = start_gateway(test_config(1));
+    let http = start_http(&gw);
+    let dev = DeviceClient::connect(gw.device_addr, APP, &secret("http-drain"), 60).unwrap();
+    gw.shared.draining.store(true, std::sync::atomic::Ordering::Release);
+    let (code, hs, v) =
+        call(http.local_addr(), "POST", "/v1/push", &json!({ "token": dev.token().to_hex() }).to_string());
+    assert_eq!((code, &v["status"]), (503, &json!("unavailable")), "{v}");
+    assert!(hs.iter().any(|(k, v)| k == "retry-after" && v.parse::<u64>().unwrap() >= 1), "{hs:?}");
+    http.shutdown();
+}
