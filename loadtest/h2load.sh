@@ -9,6 +9,11 @@
 # Defaults: --url http://127.0.0.1:7703/v1/push, --app demo, -n 100000 requests, -c 8 connections,
 # -m 32 concurrent streams per connection. --h1 runs HTTP/1.1 keep-alive instead (one request at a
 # time per connection). Environment: GW_BIN (default target/release/pushgate, built if missing).
+# With the load-test gateway (its HTTP API on 127.0.0.1:17703, app `load`):
+#   target/release/pushgate serve --config loadtest/gateway.toml &
+#   target/release/pushgate device --addr 127.0.0.1:17700 --app load --json >/tmp/dev.jsonl &   # token: first line
+#   PUSHGATE_APP_SECRET=loadtest-secret-0123456789 loadtest/h2load.sh --url http://127.0.0.1:17703/v1/push \
+#       --app load --token <token>
 set -euo pipefail
 cd "$(dirname "$0")/.."
 URL=http://127.0.0.1:7703/v1/push
@@ -31,7 +36,7 @@ while [ $# -gt 0 ]; do
         -c) C=$2; shift 2 ;;
         -m) M=$2; shift 2 ;;
         --h1) H1=(--h1); M=1; shift ;;
-        -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
         *) echo "h2load.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done

@@ -181,7 +181,7 @@ fn a_corrupt_store_stops_serve_with_an_error_naming_the_path() {
     }
     let out = Command::new(BIN)
         .args(["serve", "--device-listen", "127.0.0.1:0", "--provider-listen", "127.0.0.1:0"])
-        .args(["--admin-listen", "127.0.0.1:0", "--data-dir"])
+        .args(["--admin-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--data-dir"])
         .arg(&data)
         .output()
         .unwrap();
@@ -200,7 +200,8 @@ fn a_second_gateway_on_a_taken_port_refuses_to_start() {
     let addr = taken.local_addr().unwrap().to_string();
     let out = Command::new(BIN)
         .args(["serve", "--device-listen", &addr, "--provider-listen", "127.0.0.1:0"])
-        .args(["--admin-listen", "127.0.0.1:0", "--store", "memory", "--data-dir"])
+        .args(["--admin-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+        .args(["--store", "memory", "--data-dir"])
         .arg(dir.path())
         .output()
         .unwrap();
@@ -211,7 +212,8 @@ fn a_second_gateway_on_a_taken_port_refuses_to_start() {
     let first = serve(&dir.path().join("a"));
     let out = Command::new(BIN)
         .args(["serve", "--device-listen", &first.device.to_string(), "--provider-listen", "127.0.0.1:0"])
-        .args(["--admin-listen", "127.0.0.1:0", "--store", "memory", "--data-dir"])
+        .args(["--admin-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+        .args(["--store", "memory", "--data-dir"])
         .arg(dir.path().join("b"))
         .output()
         .unwrap();

@@ -240,7 +240,7 @@ pub fn spawn_serve<S: AsRef<std::ffi::OsStr>>(args: &[S], rust_log: &str) -> Ser
     use std::process::{Command, Stdio};
     let mut child = Command::new(env!("CARGO_BIN_EXE_pushgate"))
         .args(["serve", "--device-listen", "127.0.0.1:0", "--provider-listen", "127.0.0.1:0"])
-        .args(["--admin-listen", "127.0.0.1:0"])
+        .args(["--admin-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
         .args(args)
         .env("RUST_LOG", rust_log)
         .stdout(Stdio::piped())
