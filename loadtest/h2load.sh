@@ -40,7 +40,7 @@ while [ $# -gt 0 ]; do
         -c) C=$2; shift 2 ;;
         -m) M=$2; shift 2 ;;
         --h1) H1=(--h1); M=1; shift ;;
-        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
         *) echo "h2load.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
