@@ -48,7 +48,7 @@ pub struct HttpConfig {
     /// Serve the HTTP API.
     pub enabled: bool,
     pub listen: SocketAddr,
-    /// Worker threads of the HTTP runtime (one per node, not per shard).
+    /// Threads of the HTTP runtime (one runtime per node, not per shard): 1 = one thread does it all.
     pub threads: usize,
     /// Open HTTP connections; past it new ones are closed at once.
     pub max_connections: usize,

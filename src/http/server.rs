@@ -75,7 +75,8 @@ struct Shared {
     idle_timeout: Duration,
 }
 
-/// Binds `cfg.listen` and serves the HTTP API on its own runtime (`cfg.threads` workers).
+/// Binds `cfg.listen` and serves the HTTP API on its own runtime: one thread when `cfg.threads` is 1,
+/// else an accepting thread and `cfg.threads` workers.
 /// `tls` (from `[tls]` with `tls.http = true`) gets the ALPN ids h2 and http/1.1 if it has none.
 pub fn start(
     cfg: &HttpConfig,
@@ -83,12 +84,16 @@ pub fn start(
     backend: Arc<dyn Backend>,
     tls: Option<Arc<rustls::ServerConfig>>,
 ) -> io::Result<HttpServer> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(cfg.threads.max(1))
-        .thread_name("http")
-        .enable_io()
-        .enable_time()
-        .build()?;
+    // One thread: everything on the thread below; more: that thread accepts, the workers serve.
+    let mut rt = match cfg.threads {
+        0 | 1 => tokio::runtime::Builder::new_current_thread(),
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+    };
+    let rt = rt.thread_name("http").enable_io().enable_time().build()?;
     let std_listener = std::net::TcpListener::bind(cfg.listen)?;
     std_listener.set_nonblocking(true)?;
     let addr = std_listener.local_addr()?;
@@ -120,7 +125,7 @@ pub fn start(
         idle_timeout: Duration::from_millis(cfg.idle_timeout_ms),
     });
     let max_conns = cfg.max_connections;
-    let thread = std::thread::Builder::new().name("http-accept".into()).spawn(move || {
+    let thread = std::thread::Builder::new().name("http".into()).spawn(move || {
         rt.block_on(accept_loop(listener, shared, max_conns, stopped));
         rt.shutdown_timeout(Duration::from_millis(500));
     })?;
