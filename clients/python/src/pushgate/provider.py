@@ -140,6 +140,8 @@ class Provider:
         self.reconnects = 0
         #: The most requests this client has had unanswered at once (diagnostics).
         self.peak_in_flight = 0
+        #: Requests re-sent on a new connection after a GOAWAY (diagnostics).
+        self.resent = 0
         self._conn: Optional[Conn] = None
         self._broken: Optional[PushgateError] = None
         self._next_id = 1
@@ -574,6 +576,7 @@ class Provider:
             self._broken = err
             raise err
         self._queue.extendleft(reversed(resend))
+        self.resent += len(resend)
         give_up = time.monotonic() + self.reconnect_timeout
         attempt = 0
         wait = reconnect_ms / 1000.0
