@@ -9,7 +9,7 @@ What happens when the connection ends, exactly:
 
 * **GOAWAY** ``shutdown``, ``server_full``, ``idle_timeout``,
   ``slow_consumer``, ``rate_limited`` or an unknown reason (with
-  ``reconnect=True``, the default): the client closes the socket, waits at
+  ``reconnect=True``, the default): the client closes the socket, waits
   the longer of ``reconnect_ms`` and the full-jitter backoff of section 11.4,
   connects to the same address again, logs in again, sends
   SUBSCRIBE_RECEIPTS again if it had subscribed, and **re-sends every
