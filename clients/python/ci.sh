@@ -18,7 +18,10 @@ if ! "$PY" -c "import pytest" 2>/dev/null; then
 fi
 # setuptools builds in the tree: start from a clean build directory so nothing stale is installed.
 rm -rf clients/python/build clients/python/src/pushgate.egg-info
-"$PY" -m pip install -q --force-reinstall --no-deps ./clients/python
+# Build isolation fetches setuptools from PyPI; offline, fall back to the installed
+# setuptools and wheel (if there are any).
+"$PY" -m pip install -q --force-reinstall --no-deps ./clients/python ||
+    "$PY" -m pip install -q --force-reinstall --no-deps --no-build-isolation ./clients/python
 rm -rf clients/python/build clients/python/src/pushgate.egg-info
 
 # Run outside the source tree so the installed package is the one tested.
