@@ -421,3 +421,15 @@ fn a_peer_close_with_its_last_frame_unbinds_the_device_at_once() {
     assert!(sim.shard.devices.is_empty());
     assert_eq!(sim.shard.store.len(), 0, "the ACK before the FIN was handled");
 }
+
+#[test]
+fn a_silent_provider_is_closed_at_its_idle_limit_not_the_handshake_deadline() {
+    let mut c = cfg();
+    c.limits.provider_idle_s = 1;
+    let mut sim = Sim::new(c, false);
+    let mut p = sim.provider();
+    sim.advance(900);
+    assert!(p.take().is_empty());
+    sim.advance(200);
+    assert_eq!(p.take(), [Got::GoAway { reason: GoAwayReason::IDLE_TIMEOUT, reconnect_ms: 0 }]);
+}
