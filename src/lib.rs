@@ -8,24 +8,27 @@
 //!
 //! What it does not do: a token's notifications live on the node the device
 //! is connected to (one node, or a load balancer that keeps a device on one
-//! node); nodes do not forward pushes to each other.
+//! node); nodes do not forward pushes to each other yet.
 //!
 //! ```text
-//!  provider ──PUSH──▶ shard A (provider's connection)
-//!                        │ verify token MAC, validate, batch per owner
-//!                        ▼ crossbeam channel + Waker (one wake per batch)
-//!                     shard B = token.shard(n)  ──store.append──▶ Store
+//!  provider ──PUSH──▶ shard A (provider's connection)          HTTP, a remote node: Ingress
+//!                        │ Shard::submit: Note::check, token MAC,  ◀── (a request and a callback)
+//!                        │ rate limit; Requests keeps the answer's reply target
+//!                        ▼ Router: crossbeam channel + Waker (one wake per batch)
+//!                     shard B = Router::owner(token)  ──store.append──▶ Store
 //!                        │ connected? NOTIFY in id order, window of unacked ids
 //!                        ▼
 //!                      device ──ACK──▶ shard B ──store.ack──▶ Store
-//!  shard B ──RESULT (after the store sync of its batch)──▶ shard A ──▶ provider
+//!  shard B: Commit ──batch──▶ store sync thread ──fsync──▶ ShardMsg::Durable
+//!  shard B ──RESULT (once its batch is durable)──▶ shard A: Requests ──▶ reply target
 //! ```
 //!
 //! # Layout
 //! - [`proto`]: sans-IO core: frame codec, wire codes, tokens, session rules.
-//! - [`shard`]: one mio event loop per core: connections, timers, routing, delivery, limits.
+//! - [`shard`]: one mio event loop per core: connections, timers, the router, requests and
+//!   their reply targets, group commit, delivery, limits; `shard::ingress` for front ends.
 //! - [`store`]: the `Store` trait and its implementations.
-//! - [`server`]: assembles listeners and shards into a running [`server::Gateway`].
+//! - [`gateway`]: assembles listeners and shards into a running [`gateway::Gateway`].
 //! - [`config`]: TOML configuration with embedded defaults.
 //! - [`net`]: SO_REUSEPORT listeners and the open-files limit.
 //! - [`client`]: blocking device and provider clients (CLI, tests, load test).
@@ -39,12 +42,12 @@ pub mod admin;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod gateway;
 pub mod http;
 pub mod metrics;
 pub mod net;
 pub mod proto;
 pub mod serve;
-pub mod server;
 pub mod shard;
 pub mod store;
 pub mod tls;

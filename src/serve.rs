@@ -12,8 +12,8 @@ use log::{error, info, warn};
 
 use crate::admin::{self, DrainFn, ReadyFn};
 use crate::config::{AppConfig, Config, StoreKind};
+use crate::gateway::Gateway;
 use crate::proto::TokenKey;
-use crate::server::Gateway;
 use crate::store::durable::open_durable;
 use crate::store::memory::MemoryStore;
 use crate::store::Store;

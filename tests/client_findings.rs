@@ -11,8 +11,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::*;
 use pushgate::config::Config;
+use pushgate::gateway::Gateway;
 use pushgate::proto::{ErrorCode, Frame, GoAwayReason, Status};
-use pushgate::server::Gateway;
 use pushgate::store::durable::open_durable;
 
 fn in_an_hour() -> u32 {

@@ -46,7 +46,7 @@ fn notify(dev: &mut Raw) -> (u64, Vec<u8>) {
     })
 }
 
-fn provider(gw: &pushgate::server::Gateway) -> Raw {
+fn provider(gw: &pushgate::gateway::Gateway) -> Raw {
     let mut p = Raw::connect(gw.provider_addr);
     p.login(APP, APP_SECRET);
     p

@@ -16,13 +16,13 @@ fn push(p: &mut Raw, req_id: u32, token: Token, flags: u8, expiry: u32) -> (Stat
     p.push(with_note(push_frame(req_id, token, expiry, b"x"), |n| n.flags = flags))
 }
 
-fn provider(gw: &pushgate::server::Gateway, app: &str, secret: &str) -> Raw {
+fn provider(gw: &pushgate::gateway::Gateway, app: &str, secret: &str) -> Raw {
     let mut p = Raw::connect(gw.provider_addr);
     p.login(app, secret);
     p
 }
 
-fn subscriber(gw: &pushgate::server::Gateway, app: &str, secret: &str) -> Raw {
+fn subscriber(gw: &pushgate::gateway::Gateway, app: &str, secret: &str) -> Raw {
     let mut p = provider(gw, app, secret);
     p.send(&Frame::SubscribeReceipts);
     p
@@ -171,7 +171,7 @@ fn with_an_ack_grace_a_delivered_result_waits_for_the_ack_or_the_disk() {
     let mut cfg = test_config(1);
     cfg.store.ack_grace_ms = GRACE_MS;
     let stores = pushgate::store::durable::open_durable(dir.path(), 1, 100).unwrap();
-    let gw = pushgate::server::Gateway::start(cfg, test_key(), stores).unwrap();
+    let gw = pushgate::gateway::Gateway::start(cfg, test_key(), stores).unwrap();
     let mut p = provider(&gw, APP, APP_SECRET);
     let mut dev = Raw::connect(gw.device_addr);
     let (token, _, _) = dev.hello(APP, &secret("grace"), 0);

@@ -40,7 +40,7 @@ fn call(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, Vec<(St
     (resp.code.unwrap(), hs, serde_json::from_slice(&got[n..]).unwrap())
 }
 
-fn start_http(gw: &pushgate::server::Gateway) -> pushgate::http::HttpServer {
+fn start_http(gw: &pushgate::gateway::Gateway) -> pushgate::http::HttpServer {
     let cfg = HttpConfig { listen: "127.0.0.1:0".parse().unwrap(), ..HttpConfig::default() };
     pushgate::http::start(&cfg, gw.shared.apps.clone(), Arc::new(gw.ingress()), None).unwrap()
 }

@@ -8,8 +8,8 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use common::*;
+use pushgate::gateway::Gateway;
 use pushgate::proto::{ErrorCode, Frame, GoAwayReason, Status, Token};
-use pushgate::server::Gateway;
 
 /// A connection from a chosen loopback source address.
 fn connect_from(src: &str, to: SocketAddr) -> Raw {

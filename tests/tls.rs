@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use pushgate::config::{Config, TlsConfig};
+use pushgate::gateway::Gateway;
 use pushgate::proto::frame::{split_frame, PROVIDER_MAX_BODY};
 use pushgate::proto::session::auth_proof;
 use pushgate::proto::{ErrorCode, Frame, GoAwayReason, Status, Token};
-use pushgate::server::Gateway;
 use pushgate::tls::TlsPorts;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};

@@ -146,12 +146,14 @@ pub struct Core {
     pub id: u32,
     /// Tick of the last frame received (or of accept, or of the start of closing).
     pub since: u32,
+    /// The tick its live timer entry fires at; an entry for another tick was superseded.
+    pub armed: u32,
     pub flags: Flags,
 }
 
 impl Core {
     pub fn new(transport: Transport, tls: Option<Box<ServerConnection>>, id: u32, since: u32) -> Core {
-        Core { transport, bufs: None, tls, id, since, flags: Flags::empty() }
+        Core { transport, bufs: None, tls, id, since, armed: 0, flags: Flags::empty() }
     }
 
     pub fn pending_write(&self) -> usize {

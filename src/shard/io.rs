@@ -11,7 +11,6 @@ use mio::net::TcpStream;
 use mio::Token as MioToken;
 
 use super::conn::{Conn, Core, Device, Flags, Provider, Transport};
-use super::timer::Entry;
 use super::Shard;
 use crate::metrics::{Close, Limit, Role};
 use crate::proto::{split_on_port, Frame, GoAwayReason, ProtoError, ProviderState};
@@ -123,14 +122,13 @@ impl Shard {
         let entry = self.conns.vacant_entry();
         let idx = entry.key() as u32;
         let conn = entry.insert(conn);
-        let id = conn.id();
         if let Err(e) = conn.core_mut().transport.register(self.poll.registry(), MioToken(idx as usize)) {
             warn!("shard {}: register: {e}", self.index());
             self.close_because(idx, Close::IoError);
             return None;
         }
         let handshake = self.cfg().limits.handshake_timeout_ms.div_ceil(super::TICK_MS);
-        self.timers.wheel.arm(self.clock.tick + handshake, Entry { idx, id });
+        self.arm_timer(idx, self.clock.tick + handshake);
         Some(idx)
     }
 

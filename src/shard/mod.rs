@@ -163,7 +163,7 @@ struct Drain {
 /// Timers: the wheel of connection deadlines, and devices coalescing normal priority.
 struct Timers {
     wheel: Wheel,
-    fired: Vec<Entry>,
+    fired: Vec<(Entry, u64)>,
     /// Devices with normal-priority notifications waiting, due in tick order.
     coalescing: VecDeque<(Entry, u64)>,
 }
@@ -427,8 +427,8 @@ impl Shard {
         }
         let mut fired = std::mem::take(&mut self.timers.fired);
         self.timers.wheel.advance(self.clock.tick, &mut fired);
-        for e in fired.drain(..) {
-            self.on_timer(e);
+        for (e, at) in fired.drain(..) {
+            self.on_timer(e, at);
         }
         self.timers.fired = fired;
         while let Some(&(e, due)) = self.timers.coalescing.front() {
@@ -456,12 +456,20 @@ impl Shard {
         }
     }
 
+    /// Arms connection `idx`'s one timer entry for tick `at` (an entry armed
+    /// before for another tick is then ignored when it fires).
+    fn arm_timer(&mut self, idx: u32, at: u64) {
+        let Some(conn) = self.conns.get_mut(idx as usize) else { return };
+        let core = conn.core_mut();
+        core.armed = self.timers.wheel.arm(at, Entry { idx, id: core.id }) as u32;
+    }
+
     /// A connection's timer fired: close it if its deadline passed, else re-arm.
-    fn on_timer(&mut self, e: Entry) {
+    fn on_timer(&mut self, e: Entry, at: u64) {
         let Some(conn) = self.conns.get(e.idx as usize) else {
             return;
         };
-        if conn.id() != e.id {
+        if conn.id() != e.id || u64::from(conn.core().armed) != at {
             return;
         }
         let (since, flags, ready) = (conn.core().since, conn.flags(), conn.is_ready());
@@ -477,7 +485,7 @@ impl Shard {
         };
         let deadline = u64::from(since) + limit.max(1);
         if self.clock.tick < deadline {
-            self.timers.wheel.arm(deadline, e);
+            self.arm_timer(e.idx, deadline);
             return;
         }
         if flags.contains(Flags::CLOSING) {
@@ -520,11 +528,18 @@ impl Shard {
     }
 
     /// Writes `frame` to connection `idx` (flushed at the end of the iteration).
-    /// A frame that would take the unsent output past `max_outbox_bytes` is not
-    /// written: the peer is not reading, so it gets GOAWAY slow_consumer as its
-    /// last frame and is closed, and false comes back.
+    /// A frame that would take the unsent output past `max_outbox_bytes`, even
+    /// after a write of what the socket takes now, is not written: the peer is
+    /// not reading, so it gets GOAWAY slow_consumer as its last frame and is
+    /// closed, and false comes back.
     fn send_frame(&mut self, idx: u32, frame: &Frame<'_>) -> bool {
-        match self.try_send_frame(idx, frame) {
+        let mut sent = self.try_send_frame(idx, frame);
+        if sent == Sent::OutboxFull {
+            // Reading slowly is not a fault: write what the socket takes now, then look again.
+            self.flush(idx);
+            sent = self.try_send_frame(idx, frame);
+        }
+        match sent {
             Sent::Yes => true,
             Sent::Gone => false,
             Sent::OutboxFull => {
@@ -611,9 +626,8 @@ impl Shard {
         }
         core.flags |= Flags::CLOSING;
         core.since = now as u32;
-        let id = core.id;
         self.unbind(idx);
-        self.timers.wheel.arm(now + LINGER_TICKS, Entry { idx, id });
+        self.arm_timer(idx, now + LINGER_TICKS);
     }
 
     /// Takes a connection out of service when it stops being reachable: a

@@ -13,7 +13,7 @@ use super::msg::{PushMsg, ResultMsg, ShardMsg, Submit};
 use super::requests::{Answer, Outcome, ReplyTo};
 use super::Shard;
 use crate::metrics::{Limit, Role};
-use crate::proto::frame::{ftype, put_multi_entry, MULTI_RESULT_ENTRY, NONCE_LEN};
+use crate::proto::frame::{ftype, put_multi_entry, MAX_MULTICAST, MULTI_RESULT_ENTRY, NONCE_LEN};
 use crate::proto::{
     on_provider_frame, Frame, GoAwayReason, Note, ProviderEvent, ProviderState, RawFrame, Status, Token,
 };
@@ -46,6 +46,11 @@ impl Shard {
             }
             ProviderEvent::Authenticated { .. } => {
                 p.core.since = now;
+                let idle_deadline = u64::from(now) + self.shared.cfg.limits.provider_idle_s * 1000 / super::TICK_MS;
+                if idle_deadline < u64::from(p.core.armed) {
+                    // The handshake deadline is further off than the idle limit's.
+                    self.arm_timer(idx, idle_deadline);
+                }
                 self.metrics.on_ready(Role::Provider);
                 self.metrics.on_handshake(Role::Provider, Ok(()));
                 let max_in_flight = self.shared.cfg.limits.provider_max_in_flight;
@@ -100,8 +105,10 @@ impl Shard {
     /// rest goes to each token's owner shard; `reply` gets one answer with an
     /// outcome per token, in order.
     pub fn submit(&mut self, app: u16, tokens: &[Token], note: Note, reply: ReplyTo) {
-        if tokens.is_empty() {
-            self.answer(reply, Answer::Push(Vec::new()));
+        if tokens.is_empty() || tokens.len() > MAX_MULTICAST {
+            // The codec never lets such a request through; a front end must not either.
+            let outcomes = vec![Outcome::status(Status::BAD_REQUEST); tokens.len()];
+            self.answer(reply, Answer::Push(outcomes));
             return;
         }
         let req = self.requests.open_push(reply, tokens.len());

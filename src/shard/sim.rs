@@ -342,7 +342,7 @@ fn the_device_window_holds_the_rest_until_acks_make_room() {
 #[test]
 fn normal_priority_waits_for_the_coalescing_delay_and_heartbeats_keep_a_device() {
     let mut sim = Sim::new(cfg(), false);
-    let (mut d, token) = sim.device("n", 10);
+    let (mut d, token) = sim.device("n", 2);
     let p = sim.provider();
     push(&p, 1, token, in_an_hour(), PRIORITY_NORMAL);
     sim.step();
@@ -351,12 +351,14 @@ fn normal_priority_waits_for_the_coalescing_delay_and_heartbeats_keep_a_device()
     assert!(d.take().is_empty());
     sim.advance(200);
     assert!(matches!(d.take()[..], [Got::Notify { .. }]), "sent when the 500 ms delay ends");
-    // Heartbeat 10 s: closed 1.5 x after the last frame, kept by a PING.
-    sim.advance(9_000);
-    d.send(&Frame::Ping);
-    sim.advance(14_900); // the PING was read at 9.7 s: 24.6 s is still inside 1.5 x 10 s
-    assert!(d.take().iter().all(|g| *g == Got::Other(crate::proto::frame::ftype::PONG)));
-    sim.advance(200);
+    // Heartbeat 2 s: closed 1.5 x after the last frame (not at the 10 s
+    // handshake deadline the connection was armed with), kept by a PING.
+    sim.advance(2_200); // 2.8 s
+    assert!(d.take().is_empty(), "3 s have not passed since the HELLO");
+    d.send(&Frame::Ping); // read at 2.9 s
+    sim.advance(2_900); // 5.7 s
+    assert_eq!(d.take(), [Got::Other(crate::proto::frame::ftype::PONG)]);
+    sim.advance(300); // 6.0 s
     assert_eq!(d.take(), [Got::GoAway { reason: GoAwayReason::IDLE_TIMEOUT, reconnect_ms: 0 }]);
 }
 
@@ -418,4 +420,16 @@ fn a_peer_close_with_its_last_frame_unbinds_the_device_at_once() {
     assert_eq!(results(&p.take()), [(1, Status::DELIVERED), (2, Status::NOT_DELIVERED)]);
     assert!(sim.shard.devices.is_empty());
     assert_eq!(sim.shard.store.len(), 0, "the ACK before the FIN was handled");
+}
+
+#[test]
+fn a_silent_provider_is_closed_at_its_idle_limit_not_the_handshake_deadline() {
+    let mut c = cfg();
+    c.limits.provider_idle_s = 1;
+    let mut sim = Sim::new(c, false);
+    let mut p = sim.provider();
+    sim.advance(900);
+    assert!(p.take().is_empty());
+    sim.advance(200);
+    assert_eq!(p.take(), [Got::GoAway { reason: GoAwayReason::IDLE_TIMEOUT, reconnect_ms: 0 }]);
 }

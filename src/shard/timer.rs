@@ -17,7 +17,8 @@ pub struct Entry {
 }
 
 pub struct Wheel {
-    slots: Vec<Vec<Entry>>,
+    /// Each entry with the tick it was armed for.
+    slots: Vec<Vec<(Entry, u64)>>,
     /// The tick whose slot fires next.
     next: u64,
 }
@@ -35,13 +36,15 @@ impl Wheel {
 
     /// Arms `e` to fire at tick `at`; a tick already past fires on the next advance,
     /// and one beyond the wheel's horizon fires early (the caller re-arms it).
-    pub fn arm(&mut self, at: u64, e: Entry) {
+    /// Returns the tick it will fire at, which the entry carries when it fires.
+    pub fn arm(&mut self, at: u64, e: Entry) -> u64 {
         let at = at.clamp(self.next, self.next + SLOTS as u64 - 1);
-        self.slots[(at % SLOTS as u64) as usize].push(e);
+        self.slots[(at % SLOTS as u64) as usize].push((e, at));
+        at
     }
 
-    /// Moves every entry due at or before tick `now` into `out`.
-    pub fn advance(&mut self, now: u64, out: &mut Vec<Entry>) {
+    /// Moves every entry due at or before tick `now` into `out`, with its tick.
+    pub fn advance(&mut self, now: u64, out: &mut Vec<(Entry, u64)>) {
         while self.next <= now {
             let slot = &mut self.slots[(self.next % SLOTS as u64) as usize];
             out.append(slot);
@@ -68,18 +71,18 @@ mod tests {
         let mut w = Wheel::new();
         w.arm(5, Entry { idx: 1, id: 1 });
         w.arm(2, Entry { idx: 2, id: 2 });
-        w.arm(100_000, Entry { idx: 3, id: 3 });
+        assert_eq!(w.arm(100_000, Entry { idx: 3, id: 3 }), SLOTS as u64 - 1, "clamped to the horizon");
         let mut out = Vec::new();
         w.advance(1, &mut out);
         assert!(out.is_empty());
         w.advance(2, &mut out);
-        assert_eq!(out, vec![Entry { idx: 2, id: 2 }]);
+        assert_eq!(out, vec![(Entry { idx: 2, id: 2 }, 2)]);
         out.clear();
         w.advance(5, &mut out);
-        assert_eq!(out, vec![Entry { idx: 1, id: 1 }]);
+        assert_eq!(out, vec![(Entry { idx: 1, id: 1 }, 5)]);
         out.clear();
         w.advance(SLOTS as u64, &mut out);
-        assert_eq!(out, vec![Entry { idx: 3, id: 3 }]);
+        assert_eq!(out, vec![(Entry { idx: 3, id: 3 }, SLOTS as u64 - 1)]);
         w.arm(0, Entry { idx: 4, id: 4 });
         out.clear();
         w.advance(SLOTS as u64 + 1, &mut out);

@@ -7,10 +7,10 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use pushgate::config::{AppConfig, Config};
+use pushgate::gateway::Gateway;
 use pushgate::proto::frame::{split_frame, PROVIDER_MAX_BODY};
 use pushgate::proto::session::auth_proof;
 use pushgate::proto::{Frame, Notification, Push, Status, Token, TokenKey, PRIORITY_HIGH};
-use pushgate::server::Gateway;
 use pushgate::store::memory::MemoryStore;
 use pushgate::store::Store;
 

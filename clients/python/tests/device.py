@@ -41,6 +41,14 @@ class DeviceError(Exception):
         self.code = code
 
 
+class DeviceRefused(ConnectionError):
+    """The gateway answered HELLO with GOAWAY."""
+
+    def __init__(self, reason: int, reconnect_ms: int) -> None:
+        super().__init__("GOAWAY %d instead of WELCOME" % reason)
+        self.reason, self.reconnect_ms = reason, reconnect_ms
+
+
 class Device:
     """One device connection. ``secret`` defaults to 32 fresh random bytes."""
 
@@ -56,7 +64,11 @@ class Device:
         self.sock.sendall(encode_frame(HELLO, body))
         ftype, body = self.read_frame()
         if ftype == ERROR:
+            self.sock.close()
             raise DeviceError(body[0], body[1:].decode())
+        if ftype == GOAWAY:  # e.g. a draining node or server_full, instead of WELCOME
+            self.sock.close()
+            raise DeviceRefused(*struct.unpack(">BI", body))
         assert ftype == WELCOME, "expected WELCOME, got 0x%02x" % ftype
         assert len(body) == 30
         self.token: str = body[:24].hex()

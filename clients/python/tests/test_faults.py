@@ -245,6 +245,9 @@ def test_reset_without_goaway_reports_unknown_outcome_and_does_not_resend(fake):
     with pytest.raises(pushgate.ConnectionLost) as e:
         prov.push_all([pushgate.Notification(TOKEN, b"1"), pushgate.Notification(TOKEN, b"2")])
     assert len(e.value.unanswered) == 1
+    # How far the call got: "1" answered, "2" sent with no answer (unknown), nothing unsent.
+    assert [r and r.msg_id for r in e.value.results] == [1, None]
+    assert e.value.unsent == []
     # The next call connects again; "2" is not re-sent behind the caller's back.
     assert prov.push(TOKEN, b"3").msg_id == 77
     assert second_saw == [b"3"]
@@ -261,11 +264,13 @@ def test_gateway_that_stops_reading_cannot_deadlock_the_writer(fake):
 
     gw = fake(script)
     prov = connect(gw, reconnect=False)
-    big = b"x" * 4000
+    big = b"x" * 32000  # 1000 frames of ~32 KB: far more than loopback socket buffers take
     start = time.monotonic()
-    with pytest.raises(pushgate.Timeout):
+    with pytest.raises(pushgate.Timeout) as e:
         prov.push_all([pushgate.Notification(TOKEN, big) for _ in range(1000)], timeout=0.7)
     assert time.monotonic() - start < 3
+    assert e.value.results == [None] * 1000
+    assert 0 < len(e.value.unsent) < 1000 and e.value.unsent == list(range(1000 - len(e.value.unsent), 1000))
     prov.close()
     gw.check()
 

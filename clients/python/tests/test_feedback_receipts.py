@@ -72,12 +72,11 @@ def test_receipts_wait_for_a_subscriber(gateway, provider):
             dev.recv_notify()
         dev.ping()  # the ACKs have been read
     # Nobody subscribed yet: the receipts wait in the gateway, then come to this subscriber.
-    provider.subscribe_receipts()
     got = []
-    while len(got) < 3:
-        rc = provider.next_receipt(timeout=10)
-        assert rc is not None, got
+    for rc in provider.receipts(idle_timeout=2):
         got.append(rc.msg_id)
+        if len(got) == 3:
+            break
     assert sorted(got) == sorted(ids)
 
 
@@ -93,3 +92,19 @@ def test_unknown_app_raises_with_code(gateway):
         pushgate.Provider(gateway.provider_address, "no-such-app", gateway.secret, timeout=5)
     assert (e.value.code, e.value.name) == (8, "unknown_app")
     assert not isinstance(e.value, pushgate.AuthFailed)
+
+
+def test_receipts_for_multi_push(gateway, provider):
+    # protocol.md 10.1 allows the receipt flag on MULTI_PUSH (its field table says "send 0").
+    provider.subscribe_receipts()
+    with Device(gateway.device) as a, Device(gateway.device) as b:
+        res = provider.push_many([a.token, b.token], b"both", receipt=True)
+        assert [r.status for r in res] == ["delivered", "delivered"]
+        a.recv_notify()
+        b.recv_notify()
+        got = {}
+        while len(got) < 2:
+            rc = provider.next_receipt(timeout=10)
+            assert rc is not None, got
+            got[rc.token] = rc.msg_id
+        assert got == {a.token: res[0].msg_id, b.token: res[1].msg_id}

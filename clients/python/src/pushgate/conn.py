@@ -139,7 +139,9 @@ class Conn:
                 raise self.eof from e
             left = deadline - time.monotonic()
             if left <= 0:
-                raise Timeout("the gateway did not read %d bytes in time" % len(view))
+                err = Timeout("the gateway did not take %d of %d bytes in time" % (len(view), len(data)))
+                err.written = len(data) - len(view)
+                raise err
             r, w, _ = select.select([self.sock], [self.sock], [], left)
             if r:
                 self._read_available()

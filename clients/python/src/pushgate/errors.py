@@ -17,13 +17,28 @@ gateway carry the protocol's code and its name:
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, List, Optional, Sequence
 
 from .codes import error_name, goaway_name, status_name
 
+if TYPE_CHECKING:
+    from .types import PushResult
+
 
 class PushgateError(Exception):
-    """Base class of every error raised by this package."""
+    """Base class of every error raised by this package.
+
+    When ``push``, ``push_all`` or ``push_many`` fails part-way, the error
+    also says how far it got: ``results`` has one entry per notification
+    (per token for ``push_many``), its ``PushResult`` if answered, else
+    None; ``unsent`` lists the positions that were never written to any
+    connection, which are safe to push again. A None position not in
+    ``unsent`` was sent without an answer: its outcome is unknown.
+    Both are None for other calls.
+    """
+
+    results: "Optional[List[Optional[PushResult]]]" = None
+    unsent: "Optional[List[int]]" = None
 
 
 class ProtocolError(PushgateError):
@@ -31,7 +46,11 @@ class ProtocolError(PushgateError):
 
 
 class Timeout(PushgateError, TimeoutError):
-    """An answer did not arrive within the deadline. The connection stays usable."""
+    """An answer did not arrive within the deadline. The connection stays usable,
+    unless a write was cut short (then it is closed)."""
+
+    #: For a write cut short: how many of its bytes the kernel took.
+    written: "Optional[int]" = None
 
 
 class ConnectionLost(PushgateError, ConnectionError):

@@ -9,8 +9,8 @@ What happens when the connection ends, exactly:
 
 * **GOAWAY** ``shutdown``, ``server_full``, ``idle_timeout``,
   ``slow_consumer``, ``rate_limited`` or an unknown reason (with
-  ``reconnect=True``, the default): the client closes the socket, waits at
-  least ``reconnect_ms`` (or the full-jitter backoff of section 11.4),
+  ``reconnect=True``, the default): the client closes the socket, waits
+  the longer of ``reconnect_ms`` and the full-jitter backoff of section 11.4,
   connects to the same address again, logs in again, sends
   SUBSCRIBE_RECEIPTS again if it had subscribed, and **re-sends every
   request that had not been answered** (PUSH, MULTI_PUSH and FEEDBACK
@@ -32,7 +32,11 @@ What happens when the connection ends, exactly:
   replaced at once (nothing is at stake), and a ``ping`` whose connection
   breaks is retried once on a new connection.
 * **Timeout**: raises ``Timeout``; the connection stays open and late
-  answers to the abandoned requests are discarded.
+  answers to the abandoned requests are discarded (a write cut short by the
+  timeout closes the connection instead, as the stream is then broken).
+
+A push call that fails part-way attaches ``results`` and ``unsent`` to the
+exception (see ``PushgateError``).
 
 Statuses such as ``unavailable`` or ``rate_limited`` are results, not errors:
 they are returned as they are, never retried by the client.
@@ -45,7 +49,7 @@ import ssl
 import struct
 import time
 from collections import OrderedDict, deque
-from typing import Callable, Deque, Iterable, List, Optional, Sequence, Tuple, Union, cast
+from typing import Callable, Deque, Iterable, Iterator, List, Optional, Sequence, Tuple, Union, cast
 
 from . import wire
 from .auth import auth_proof
@@ -84,7 +88,7 @@ def parse_address(address: Address) -> Tuple[str, int]:
 class _Request:
     """One PUSH, MULTI_PUSH or FEEDBACK: its frame type, body without req_id, and answer."""
 
-    __slots__ = ("ftype", "tail", "tokens", "reply", "abandoned")
+    __slots__ = ("ftype", "tail", "tokens", "reply", "abandoned", "written")
 
     def __init__(self, ftype: int, tail: bytes, tokens: Sequence[bytes] = ()) -> None:
         self.ftype = ftype
@@ -92,6 +96,8 @@ class _Request:
         self.tokens = tokens
         self.reply: object = None
         self.abandoned = False
+        #: Ever written to a connection (so its outcome is unknown if unanswered).
+        self.written = False
 
     def frame(self, req_id: int) -> bytes:
         return wire.encode_frame(self.ftype, struct.pack(">I", req_id) + self.tail)
@@ -140,6 +146,8 @@ class Provider:
         self.reconnects = 0
         #: The most requests this client has had unanswered at once (diagnostics).
         self.peak_in_flight = 0
+        #: Requests re-sent on a new connection after a GOAWAY (diagnostics).
+        self.resent = 0
         self._conn: Optional[Conn] = None
         self._broken: Optional[PushgateError] = None
         self._next_id = 1
@@ -264,7 +272,12 @@ class Provider:
                 _payload(n.collapse_id), _payload(n.payload),
             )
             reqs.append(_Request(wire.PUSH, _tail(body), (tok,)))
-        self._run(reqs, timeout)
+        try:
+            self._run(reqs, timeout)
+        except PushgateError as e:
+            e.results = [cast(Optional[PushResult], r.reply) for r in reqs]
+            e.unsent = [i for i, r in enumerate(reqs) if not r.written]
+            raise
         return [cast(PushResult, r.reply) for r in reqs]
 
     def push_many(
@@ -299,7 +312,15 @@ class Provider:
             chunk = toks[i : i + per_frame]
             body = wire.encode_multi_push(0, chunk, kind, priority, int(receipt), exp, collapse_b, payload_b)
             reqs.append(_Request(wire.MULTI_PUSH, _tail(body), chunk))
-        self._run(reqs, timeout)
+        try:
+            self._run(reqs, timeout)
+        except PushgateError as e:
+            e.results, e.unsent = [], []
+            for r in reqs:
+                if not r.written:
+                    e.unsent.extend(range(len(e.results), len(e.results) + len(r.tokens)))
+                e.results.extend(cast(List[PushResult], r.reply) if r.reply is not None else [None] * len(r.tokens))
+            raise
         return [res for r in reqs for res in cast(List[PushResult], r.reply)]
 
     def feedback(self, since_ms: int = 0, *, timeout: Optional[float] = None) -> List[FeedbackEntry]:
@@ -334,6 +355,17 @@ class Provider:
             if not self._read_one(deadline):
                 return None
         return self._receipts.popleft()
+
+    def receipts(self, idle_timeout: float) -> Iterator[Receipt]:
+        """Subscribes (if not yet), then yields receipts as they arrive and
+        stops once none has come for ``idle_timeout`` seconds."""
+        if not self._subscribed:
+            self.subscribe_receipts()
+        while True:
+            r = self.next_receipt(timeout=idle_timeout)
+            if r is None:
+                return
+            yield r
 
     def take_receipts(self) -> List[Receipt]:
         """Receipts received so far (without waiting), oldest first; forgets them."""
@@ -422,14 +454,26 @@ class Provider:
         if not self._queue or len(self._sent) >= self.max_in_flight:
             return
         conn = self._ensure()
-        out = []
+        out, batch = [], []
         while self._queue and len(self._sent) < self.max_in_flight:
             r = self._queue.popleft()
             i = self._take_id()
             self._sent[i] = r
+            r.written = True
             out.append(r.frame(i))
+            batch.append(r)
         self.peak_in_flight = max(self.peak_in_flight, len(self._sent))
-        self._guard(lambda: conn.send(b"".join(out), deadline))
+        try:
+            self._guard(lambda: conn.send(b"".join(out), deadline))
+        except Timeout as e:
+            # Frames the kernel did not take whole never reached the gateway.
+            if e.written is not None:
+                end = 0
+                for r, f in zip(batch, out):
+                    end += len(f)
+                    if end > e.written:
+                        r.written = False
+            raise
 
     def _drain_available(self) -> None:
         """Files every frame that has already arrived, without waiting."""
@@ -574,6 +618,7 @@ class Provider:
             self._broken = err
             raise err
         self._queue.extendleft(reversed(resend))
+        self.resent += len(resend)
         give_up = time.monotonic() + self.reconnect_timeout
         attempt = 0
         wait = reconnect_ms / 1000.0
