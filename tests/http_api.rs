@@ -826,3 +826,20 @@ fn serve_for_h2load() {
     std::thread::sleep(Duration::from_secs(secs));
     s.shutdown();
 }
+
+#[tokio::test]
+async fn an_h2_stream_reset_mid_request_does_not_keep_the_connection_from_idling_out() {
+    let (s, _) = start(HttpConfig { idle_timeout_ms: 1500, ..test_cfg() });
+    let tcp = tokio::net::TcpStream::connect(s.local_addr()).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await.unwrap();
+    let conn = tokio::spawn(conn);
+    sender.ready().await.unwrap();
+    // A push the backend answers only after 3 s; the client gives up (RST_STREAM) after 200 ms.
+    let slow = sender.send_request(push_req(&json!({ "token": token(SLOW, 1).to_hex() })));
+    assert!(tokio::time::timeout(Duration::from_millis(200), slow).await.is_err());
+    // Idle from here: closed after ~1.5 s (not held open by the abandoned request).
+    let closed = tokio::time::timeout(Duration::from_secs(4), conn).await;
+    assert!(closed.is_ok(), "the connection was not closed for idleness");
+    stop(s).await;
+}

@@ -260,10 +260,19 @@ impl Activity {
     }
 }
 
+/// One request being answered; dropped (answered, or its stream reset) it no longer counts.
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// A response body that counts its request as answered once hyper is done with it.
 struct Counted {
     inner: routes::Body,
-    act: Arc<Activity>,
+    _in_flight: InFlight,
 }
 
 impl hyper::body::Body for Counted {
@@ -283,12 +292,6 @@ impl hyper::body::Body for Counted {
 
     fn size_hint(&self) -> hyper::body::SizeHint {
         self.inner.size_hint()
-    }
-}
-
-impl Drop for Counted {
-    fn drop(&mut self) {
-        self.act.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -317,11 +320,12 @@ async fn drive<I>(
     let counter = act.clone();
     let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         counter.on_request(req.version() == hyper::Version::HTTP_2);
+        // Made here, so a handler dropped mid-way (an HTTP/2 stream reset) still uncounts itself.
+        let in_flight = InFlight(counter.clone());
         let ctx = ctx.clone();
-        let act = counter.clone();
         async move {
             let r = routes::handle(ctx, req).await;
-            Ok::<_, Infallible>(r.map(|inner| Counted { inner, act }))
+            Ok::<_, Infallible>(r.map(|inner| Counted { inner, _in_flight: in_flight }))
         }
     });
     let conn = shared.builder.serve_connection(io, svc);
