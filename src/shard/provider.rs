@@ -46,7 +46,8 @@ impl Shard {
             }
             ProviderEvent::Authenticated { .. } => {
                 p.core.since = now;
-                let idle_deadline = u64::from(now) + self.shared.cfg.limits.provider_idle_s * 1000 / super::TICK_MS;
+                let idle_deadline =
+                    u64::from(now) + self.shared.cfg.limits.provider_idle_s * 1000 / super::TICK_MS;
                 if idle_deadline < u64::from(p.core.armed) {
                     // The handshake deadline is further off than the idle limit's.
                     self.arm_timer(idx, idle_deadline);
