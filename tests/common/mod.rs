@@ -224,6 +224,8 @@ pub struct Served {
     pub secret: String,
     /// Everything the process wrote to stderr so far.
     pub log: std::sync::Arc<std::sync::Mutex<String>>,
+    /// The HTTP API, when it is on (`http://<this>/v1/push`).
+    pub http: Option<SocketAddr>,
 }
 
 impl Drop for Served {
@@ -257,6 +259,7 @@ pub fn spawn_serve<S: AsRef<std::ffi::OsStr>>(args: &[S], rust_log: &str) -> Ser
     });
     let mut lines = std::io::BufReader::new(child.stdout.take().expect("piped stdout")).lines();
     let (mut device, mut provider, mut admin, mut secret) = (None, None, None, String::new());
+    let mut http = None;
     while admin.is_none() {
         let Some(Ok(line)) = lines.next() else {
             panic!("serve stopped before printing its addresses: {}", log.lock().unwrap());
@@ -268,6 +271,9 @@ pub fn spawn_serve<S: AsRef<std::ffi::OsStr>>(args: &[S], rust_log: &str) -> Ser
         }
         if let Some(i) = line.find("with secret ") {
             secret = line[i + "with secret ".len()..].trim().to_string();
+        }
+        if let Some(a) = line.strip_prefix("pushgate: HTTP API on http://") {
+            http = Some(a.trim_end_matches("/v1/push").parse().expect("HTTP API address"));
         }
         if let Some(a) = line.strip_prefix("pushgate: admin on http://") {
             admin = Some(a.trim_end_matches("/metrics").parse().expect("admin address"));
@@ -281,5 +287,6 @@ pub fn spawn_serve<S: AsRef<std::ffi::OsStr>>(args: &[S], rust_log: &str) -> Ser
         admin: admin.expect("admin address printed"),
         secret,
         log,
+        http,
     }
 }
