@@ -40,6 +40,7 @@
 pub mod admin;
 pub mod cli;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod gateway;
 pub mod metrics;
