@@ -31,7 +31,8 @@ pub struct Config {
 #[derive(Deserialize, Debug, Clone)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterConfig {
-    /// The engine's servers, `nats://host:port`; the client fails over between them.
+    /// The engine's servers, `nats://host:port`, in order of preference (the nearest
+    /// first); the client fails over between them.
     pub nats: Vec<String>,
     /// Unique among the nodes and stable across restarts: 1 to 32 of A-Z a-z 0-9 _ -.
     pub node_id: String,

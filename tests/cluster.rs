@@ -200,3 +200,190 @@ fn route_claims_race_release_and_lookup_on_a_real_cluster() {
     assert_eq!(wait(|d| c.lookup(t, d)).unwrap().map(|r| r.node).as_deref(), Some("a"));
     assert!(a.metrics().ok(Op::Claim) >= 40);
 }
+
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use pushgate::cluster::forward::{ForwardFailed, PushHandler, Reply};
+use pushgate::cluster::wire::Forwarded;
+use pushgate::proto::{Note, Status};
+use pushgate::shard::msg::{PushMsg, ResultMsg};
+use pushgate::shard::requests::{Outcome, ReqRef};
+
+fn batch(n: u16, tag: &str) -> Vec<Forwarded> {
+    (0..n)
+        .map(|i| Forwarded {
+            app: "app.one".into(),
+            msg: PushMsg {
+                req: ReqRef { shard: 1, slot: 40 + u32::from(i / 8), gen: 3 },
+                index: i % 8,
+                token: token(u32::from(i)),
+                note: Note {
+                    kind: 0,
+                    priority: 10,
+                    flags: 0,
+                    expiry: 0,
+                    collapse: Bytes::new(),
+                    payload: Bytes::from(format!("{tag}-{i}")),
+                },
+                read_at_ns: 0,
+            },
+        })
+        .collect()
+}
+
+type Forwarding = Result<Vec<ResultMsg>, ForwardFailed>;
+
+fn forward_wait(e: &Engine, node: &str, pushes: Vec<Forwarded>, within: Duration) -> (Forwarding, Duration) {
+    let (tx, rx) = mpsc::channel();
+    let t0 = Instant::now();
+    e.forward_within(
+        node,
+        pushes,
+        within,
+        Box::new(move |r| {
+            let _ = tx.send((r, t0.elapsed()));
+        }),
+    );
+    rx.recv_timeout(within + Duration::from_secs(5)).expect("a forward completes by its deadline")
+}
+
+/// A node B whose "shards" answer on another thread: payload `x-<i>` gets
+/// `delivered` with msg id 1000 + i, payload `drop-*` is dropped unanswered,
+/// payload `hold-*` is held unanswered for good. Returns what B received.
+type Shared<T> = Arc<Mutex<Vec<T>>>;
+
+fn serve_like_a_shard(b: &Engine) -> (Shared<Forwarded>, Shared<Reply>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let (tx, rx) = mpsc::channel::<(Forwarded, Reply)>();
+    let (seen2, held2) = (seen.clone(), held.clone());
+    std::thread::spawn(move || {
+        for (p, reply) in rx {
+            let text = String::from_utf8_lossy(&p.msg.note.payload).into_owned();
+            seen2.lock().unwrap().push(p);
+            if text.starts_with("hold-") {
+                held2.lock().unwrap().push(reply);
+            } else if text.starts_with("drop-") {
+                drop(reply);
+            } else {
+                let i: u64 = text.rsplit('-').next().unwrap().parse().unwrap();
+                reply.send(Outcome { status: Status::DELIVERED, msg_id: 1000 + i, info: 0 });
+            }
+        }
+    });
+    let tx = Mutex::new(tx);
+    let handler: PushHandler = Arc::new(move |p, reply| {
+        let _ = tx.lock().unwrap().send((p, reply));
+    });
+    b.serve_pushes(handler);
+    (seen, held)
+}
+
+#[test]
+fn forwarding_between_two_nodes_on_a_real_cluster() {
+    let mut nats = NatsCluster::start();
+    let urls = nats.urls();
+    let a = Engine::start(&engine_cfg("a", vec![urls[0].clone(), urls[1].clone()])).unwrap();
+    let b = Engine::start(&engine_cfg("b", vec![urls[2].clone(), urls[1].clone()])).unwrap();
+    let (seen, held) = serve_like_a_shard(&b);
+
+    // B's subscription reaches A's server through the cluster's routes.
+    let t0 = Instant::now();
+    let results = loop {
+        match forward_wait(&a, "b", batch(64, "x"), Duration::from_secs(2)).0 {
+            Ok(r) => break r,
+            Err(f) if t0.elapsed() < Duration::from_secs(20) => {
+                assert_eq!(f.pushes.len(), 64, "a failed forward hands every push back");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(f) => panic!("B never answered: {:?}\n{}", f.error, nats.logs()),
+        }
+    };
+    assert_eq!(results.len(), 64);
+    for (i, r) in results.iter().enumerate() {
+        assert_eq!((r.req.slot, r.index), (40 + i as u32 / 8, (i % 8) as u16), "results in batch order");
+        assert_eq!(r.outcome, Outcome { status: Status::DELIVERED, msg_id: 1000 + i as u64, info: 0 });
+    }
+    {
+        let seen = seen.lock().unwrap();
+        let last: Vec<_> = seen[seen.len() - 64..].iter().map(|p| p.msg.note.payload.clone()).collect();
+        let want: Vec<_> = (0..64).map(|i| Bytes::from(format!("x-{i}"))).collect();
+        assert_eq!(last, want, "B got every push of the batch once, in order");
+        assert!(seen.iter().all(|p| p.app == "app.one"));
+    }
+    assert!(a.metrics().ok(Op::Forward) >= 1);
+    assert!(b.metrics().ok(Op::Serve) >= 1);
+
+    // A push B's shard drops unanswered comes back `unavailable`; the rest as answered.
+    let mut mixed = batch(3, "x");
+    mixed[1].msg.note.payload = Bytes::from_static(b"drop-1");
+    let (r, _) = forward_wait(&a, "b", mixed, Duration::from_secs(2));
+    let st: Vec<_> = r.expect("answered").iter().map(|r| r.outcome.status).collect();
+    assert_eq!(st, [Status::DELIVERED, Status::UNAVAILABLE, Status::DELIVERED]);
+
+    // A silent B: A's deadline, the pushes handed back, no answer later.
+    let mut silent = batch(2, "x");
+    silent[0].msg.note.payload = Bytes::from_static(b"hold-0");
+    let (r, took) = forward_wait(&a, "b", silent, Duration::from_millis(400));
+    let f = r.expect_err("no answer in time");
+    assert_eq!((f.error, f.pushes.len()), (EngineError::Timeout, 2));
+    assert!(took >= Duration::from_millis(350) && took < Duration::from_millis(1500), "{took:?}");
+    assert_eq!(held.lock().unwrap().len(), 1);
+
+    // kill -9 of B's NATS server: B reconnects to another; forwards fail with a
+    // defined error meanwhile (never a hang), then work again.
+    nats.kill(2);
+    let t0 = Instant::now();
+    let mut failures = Vec::new();
+    loop {
+        let (r, took) = forward_wait(&a, "b", batch(8, "x"), Duration::from_secs(1));
+        assert!(took < Duration::from_millis(1500), "bounded by the deadline: {took:?}");
+        match r {
+            Ok(rs) => {
+                assert!(rs.iter().all(|r| r.outcome.status == Status::DELIVERED));
+                break;
+            }
+            Err(f) => failures.push(f.error),
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "no recovery after 20 s: {failures:?}");
+    }
+    let no_resp = failures.iter().filter(|e| **e == EngineError::NoResponders).count();
+    eprintln!(
+        "forwarding after kill -9 of B's server: back after {:?}; {} forwards failed meanwhile ({no_resp} no responders)",
+        t0.elapsed(),
+        failures.len()
+    );
+    nats.restart(2);
+
+    // B gone: no responders, fast, every push handed back.
+    drop(b);
+    let t0 = Instant::now();
+    let mut fast = Vec::new();
+    while fast.len() < 20 {
+        let (r, took) = forward_wait(&a, "b", batch(64, "x"), Duration::from_secs(2));
+        match r {
+            Err(ForwardFailed { error: EngineError::NoResponders, pushes }) => {
+                assert_eq!(pushes.len(), 64);
+                assert!(EngineError::NoResponders.surely_not_done());
+                fast.push(took);
+            }
+            other => {
+                // Until B's unsubscribe reaches A's server.
+                assert!(
+                    t0.elapsed() < Duration::from_secs(10),
+                    "still answered: {:?}",
+                    other.map(|r| r.len())
+                );
+            }
+        }
+    }
+    fast.sort();
+    eprintln!(
+        "no responders for a gone node: median {:?}, max {:?}",
+        fast[fast.len() / 2],
+        fast[fast.len() - 1]
+    );
+    assert!(fast[fast.len() / 2] < Duration::from_millis(100), "no responders is fast: {fast:?}");
+    assert!(a.metrics().no_responders.load(std::sync::atomic::Ordering::Relaxed) >= 20);
+}

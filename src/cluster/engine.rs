@@ -296,6 +296,8 @@ fn run(
         let opts = async_nats::ConnectOptions::new()
             .name(format!("pushgate-{}", cfg.node_id))
             .retry_on_initial_connect()
+            // `cluster.nats` lists servers in order of preference (the local one first).
+            .retain_servers_order()
             .max_reconnects(None)
             .connection_timeout(cfg.request_timeout())
             .request_timeout(Some(cfg.request_timeout()))
