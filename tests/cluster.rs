@@ -88,7 +88,12 @@ fn an_unreachable_engine_fails_at_its_deadline_not_later() {
     let (tx, rx) = mpsc::channel();
     for i in 0..10 {
         let tx = tx.clone();
-        e.lookup(token(i), Box::new(move |r| tx.send(r.err()).unwrap()));
+        e.lookup(
+            token(i),
+            Box::new(move |r| {
+                let _ = tx.send(r.err());
+            }),
+        );
     }
     let t0 = Instant::now();
     drop(e);
@@ -110,7 +115,12 @@ fn a_full_engine_queue_fails_at_once_with_busy() {
     // them from the same thread by holding many at once.
     for i in 0..10_000 {
         let tx = tx.clone();
-        e.lookup(token(i), Box::new(move |r| tx.send(r.err()).unwrap()));
+        e.lookup(
+            token(i),
+            Box::new(move |r| {
+                let _ = tx.send(r.err());
+            }),
+        );
     }
     let busy = rx.try_iter().filter(|e| *e == Some(EngineError::Busy)).count();
     assert!(busy > 0, "a bounded queue refused some at once");
@@ -132,7 +142,12 @@ fn route_claims_race_release_and_lookup_on_a_real_cluster() {
         let (tx, rx) = mpsc::channel();
         for (name, e) in [("a", &a), ("b", &b)] {
             let tx = tx.clone();
-            e.claim(t, Box::new(move |r| tx.send((name, r)).unwrap()));
+            e.claim(
+                t,
+                Box::new(move |r| {
+                    let _ = tx.send((name, r));
+                }),
+            );
         }
         let mut results: Vec<_> = (0..2).map(|_| rx.recv_timeout(Duration::from_secs(10)).unwrap()).collect();
         results.sort_by_key(|(n, _)| *n);
@@ -168,7 +183,12 @@ fn route_claims_race_release_and_lookup_on_a_real_cluster() {
         let (tx, rx) = mpsc::channel();
         for e in [&a, &b, &c] {
             let tx = tx.clone();
-            e.claim(t, Box::new(move |r| tx.send(r).unwrap()));
+            e.claim(
+                t,
+                Box::new(move |r| {
+                    let _ = tx.send(r);
+                }),
+            );
         }
         let rs: Vec<_> = (0..3).map(|_| rx.recv_timeout(Duration::from_secs(10)).unwrap().unwrap()).collect();
         let fresh_wins = rs.iter().filter(|r| matches!(r, Claimed::Won { previous: None, .. })).count();
@@ -386,4 +406,66 @@ fn forwarding_between_two_nodes_on_a_real_cluster() {
     );
     assert!(fast[fast.len() / 2] < Duration::from_millis(100), "no responders is fast: {fast:?}");
     assert!(a.metrics().no_responders.load(std::sync::atomic::Ordering::Relaxed) >= 20);
+}
+
+#[test]
+fn routes_survive_kill_9_of_each_nats_server_in_turn() {
+    let mut nats = NatsCluster::start();
+    let urls = nats.urls();
+    let nodes: Vec<Engine> = (0..3)
+        .map(|i| ready_engine(["a", "b", "c"][i], vec![urls[i].clone(), urls[(i + 1) % 3].clone()]))
+        .collect();
+    let mut want = Vec::new();
+    for i in 0..30u32 {
+        let t = token(1000 + i);
+        let Ok(Claimed::Won { revision, .. }) = wait(|d| nodes[i as usize % 3].claim(t, d)) else {
+            panic!("claim")
+        };
+        want.push((t, Route { node: ["a", "b", "c"][i as usize % 3].into(), revision }));
+    }
+    for victim in 0..3 {
+        nats.kill(victim);
+        let t0 = Instant::now();
+        // A new claim through the node whose server died: a defined error
+        // (bounded by the deadline) until the client and the stream fail over.
+        let t = token(2000 + victim as u32);
+        let mut errors = Vec::new();
+        let revision = loop {
+            let started = Instant::now();
+            match wait(|d| nodes[victim].claim(t, d)) {
+                Ok(Claimed::Won { revision, .. }) => break revision,
+                Ok(lost) => panic!("nobody else claims {t:?}: {lost:?}"),
+                Err(e) => errors.push(e),
+            }
+            assert!(started.elapsed() < Duration::from_millis(2500), "within the deadline");
+            assert!(t0.elapsed() < Duration::from_secs(30), "no fail-over in 30 s\n{}", nats.logs());
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let count = |k| errors.iter().filter(|e| **e == k).count();
+        eprintln!(
+            "kill -9 of n{}: claims back after {:?}; failed meanwhile: {} timeout, {} unavailable, {} other",
+            victim + 1,
+            t0.elapsed(),
+            count(EngineError::Timeout),
+            count(EngineError::Unavailable),
+            errors.len() - count(EngineError::Timeout) - count(EngineError::Unavailable)
+        );
+        want.push((t, Route { node: ["a", "b", "c"][victim].into(), revision }));
+        // Nothing committed is lost: every node reads every route as claimed.
+        for n in &nodes {
+            for (t, route) in &want {
+                let got = loop {
+                    match wait(|d| n.lookup(*t, d)) {
+                        Ok(r) => break r,
+                        Err(e) => {
+                            assert!(t0.elapsed() < Duration::from_secs(30), "lookup: {e}");
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
+                    }
+                };
+                assert_eq!(got.as_ref(), Some(route), "{t:?} read from {}", n.node_id());
+            }
+        }
+        nats.restart(victim);
+    }
 }

@@ -122,7 +122,10 @@ impl<T> Slot<T> {
         let done = self.done.lock().map(|mut d| d.take()).unwrap_or(None);
         if let Some(done) = done {
             self.metrics.on_done(self.op, self.started.elapsed(), r.as_ref().err().copied());
-            done(r);
+            // A completion that panics must not take the engine (or a Drop at stop) with it.
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| done(r))).is_err() {
+                log::error!("engine: a completion callback panicked");
+            }
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Counters of the engine path (requests, errors, latency) in plain atomics,
 //! for the lead to export next to the shard metrics.
 
+use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -84,6 +85,72 @@ impl EngineMetrics {
     pub fn failed(&self, op: Op) -> u64 {
         self.ops[op as usize].failed.load(Ordering::Relaxed)
     }
+
+    /// Appends the counters in the Prometheus text format, `pushgate_engine_*`,
+    /// for the admin listener's /metrics.
+    pub fn render_into(&self, out: &mut String) {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let _ =
+            writeln!(out, "# HELP pushgate_engine_ops_total Engine operations completed, by op and result.");
+        let _ = writeln!(out, "# TYPE pushgate_engine_ops_total counter");
+        for op in OPS {
+            let c = &self.ops[op as usize];
+            for (result, v) in [("ok", &c.ok), ("failed", &c.failed)] {
+                let _ = writeln!(
+                    out,
+                    "pushgate_engine_ops_total{{op=\"{}\",result=\"{result}\"}} {}",
+                    op.name(),
+                    get(v)
+                );
+            }
+        }
+        let _ = writeln!(out, "# HELP pushgate_engine_errors_total Failed engine operations, by cause.");
+        let _ = writeln!(out, "# TYPE pushgate_engine_errors_total counter");
+        for (cause, v) in [
+            ("busy", &self.busy),
+            ("timeout", &self.timeouts),
+            ("no_responders", &self.no_responders),
+            ("unavailable", &self.unavailable),
+            ("bad_reply", &self.bad_reply),
+            ("stopped", &self.stopped),
+        ] {
+            let _ = writeln!(out, "pushgate_engine_errors_total{{cause=\"{cause}\"}} {}", get(v));
+        }
+        let _ = writeln!(
+            out,
+            "# HELP pushgate_engine_pushes_total Pushes forwarded to other nodes and served for them."
+        );
+        let _ = writeln!(out, "# TYPE pushgate_engine_pushes_total counter");
+        let _ = writeln!(
+            out,
+            "pushgate_engine_pushes_total{{dir=\"forwarded\"}} {}",
+            get(&self.pushes_forwarded)
+        );
+        let _ = writeln!(out, "pushgate_engine_pushes_total{{dir=\"served\"}} {}", get(&self.pushes_served));
+        let _ =
+            writeln!(out, "# HELP pushgate_engine_latency_seconds Engine operation latency, queue included.");
+        let _ = writeln!(out, "# TYPE pushgate_engine_latency_seconds histogram");
+        for op in OPS {
+            let c = &self.ops[op as usize];
+            let mut cum = 0;
+            for (i, hi) in LATENCY_BOUNDS_US.iter().enumerate() {
+                cum += get(&c.latency[i]);
+                let le = *hi as f64 / 1e6;
+                let _ = writeln!(
+                    out,
+                    "pushgate_engine_latency_seconds_bucket{{op=\"{}\",le=\"{le}\"}} {cum}",
+                    op.name()
+                );
+            }
+            cum += get(&c.latency[LATENCY_BOUNDS_US.len()]);
+            let name = op.name();
+            let _ =
+                writeln!(out, "pushgate_engine_latency_seconds_bucket{{op=\"{name}\",le=\"+Inf\"}} {cum}");
+            let sum = get(&c.latency_us_sum) as f64 / 1e6;
+            let _ = writeln!(out, "pushgate_engine_latency_seconds_sum{{op=\"{name}\"}} {sum}");
+            let _ = writeln!(out, "pushgate_engine_latency_seconds_count{{op=\"{name}\"}} {cum}");
+        }
+    }
 }
 
 #[cfg(test)]
@@ -101,5 +168,14 @@ mod tests {
         assert_eq!(f.latency[LATENCY_BOUNDS_US.len()].load(Ordering::Relaxed), 1);
         assert_eq!(m.timeouts.load(Ordering::Relaxed), 1);
         assert_eq!(m.ok(Op::Claim), 0);
+        let mut text = String::new();
+        m.render_into(&mut text);
+        assert!(text.contains("pushgate_engine_ops_total{op=\"forward\",result=\"failed\"} 1"), "{text}");
+        assert!(text.contains("pushgate_engine_errors_total{cause=\"timeout\"} 1"), "{text}");
+        assert!(
+            text.contains("pushgate_engine_latency_seconds_bucket{op=\"forward\",le=\"0.00025\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("pushgate_engine_latency_seconds_count{op=\"forward\"} 2"), "{text}");
     }
 }
