@@ -90,6 +90,12 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
         .map_err(|e| format!("{}: cannot create data directory: {e}", dir.display()))?;
     let key_path = cfg.server.token_key_file.clone().unwrap_or_else(|| dir.join("token.key"));
     cfg.check_cluster_shared(&key_path, key_path.exists()).map_err(|e| e.to_string())?;
+    if let Some(c) = &cfg.cluster {
+        warn!(
+            "[cluster] node {}: the engine is not wired into the shards yet; this node runs alone",
+            c.node_id
+        );
+    }
     let key = load_or_create_key(&key_path)?;
     if cfg.apps.is_empty() {
         let secret = load_or_create_demo_secret(&dir.join("demo.secret"))?;

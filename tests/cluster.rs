@@ -135,6 +135,7 @@ fn route_claims_race_release_and_lookup_on_a_real_cluster() {
     let a = ready_engine("a", vec![urls[0].clone(), urls[1].clone()]);
     let b = ready_engine("b", vec![urls[1].clone(), urls[2].clone()]);
     let c = ready_engine("c", vec![urls[2].clone(), urls[0].clone()]);
+    assert!(a.connected() && b.connected() && c.connected(), "the connection state is reported");
 
     // Claim race: for each token, two nodes claim at once; exactly one wins.
     for i in 0..20 {

@@ -353,6 +353,18 @@ mod tests {
         }
     }
 
+    #[test]
+    fn the_fuzz_seeds_are_valid_batches() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/cluster_wire");
+        let mut n = 0;
+        for e in std::fs::read_dir(dir).expect("seed dir") {
+            let b = Bytes::from(std::fs::read(e.expect("entry").path()).expect("seed"));
+            assert!(decode_pushes(b.clone()).is_ok() || decode_results(b).is_ok(), "a seed decodes");
+            n += 1;
+        }
+        assert!(n >= 3);
+    }
+
     proptest! {
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
@@ -371,7 +383,9 @@ mod tests {
                 let i = at % v.len();
                 v[i] ^= x;
             }
-            if let Ok(ps) = decode_pushes(Bytes::from(v)) {
+            let v = Bytes::from(v);
+            if let Ok(ps) = decode_pushes(v.clone()) {
+                prop_assert_eq!(encode_pushes(&ps).unwrap(), v, "the encoding is canonical");
                 for p in ps {
                     prop_assert!(p.msg.note.payload.len() <= MAX_PAYLOAD);
                     prop_assert!(p.msg.note.collapse.len() <= MAX_COLLAPSE);
