@@ -470,3 +470,92 @@ fn routes_survive_kill_9_of_each_nats_server_in_turn() {
         nats.restart(victim);
     }
 }
+
+/// A raw NATS client on its own runtime thread, for speaking bad bytes to the engine.
+fn raw_client<F, Fut>(url: String, f: F) -> std::thread::JoinHandle<()>
+where
+    F: FnOnce(async_nats::Client) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let c = async_nats::connect(url).await.expect("raw client connects");
+            f(c).await
+        })
+    })
+}
+
+#[test]
+fn bad_bytes_either_way_are_refused_without_harm() {
+    use futures_util::StreamExt;
+    let nats = NatsCluster::start();
+    let urls = nats.urls();
+    let a = Engine::start(&engine_cfg("a", vec![urls[0].clone()])).unwrap();
+    let b = Engine::start(&engine_cfg("b", vec![urls[1].clone()])).unwrap();
+    let (seen, _held) = serve_like_a_shard(&b);
+
+    // An "evil" node answering garbage, then a well-formed batch that does not match.
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let _evil = raw_client(urls[2].clone(), move |c| async move {
+        let mut sub = c.subscribe("pushgate.node.evil.push").await.unwrap();
+        c.flush().await.unwrap();
+        ready_tx.send(()).unwrap();
+        let mut n = 0u64;
+        while let Some(m) = sub.next().await {
+            let Some(reply) = m.reply else { continue };
+            let body = if n.is_multiple_of(2) {
+                Bytes::from_static(b"\x01\x02\xff\xffgarbage")
+            } else {
+                let r = ResultMsg {
+                    req: ReqRef { shard: 9, slot: 9, gen: 9 },
+                    index: 0,
+                    outcome: Outcome::status(Status::DELIVERED),
+                };
+                pushgate::cluster::wire::encode_results(&[r]).unwrap()
+            };
+            n += 1;
+            let _ = c.publish(reply, body).await;
+            let _ = c.flush().await;
+        }
+    });
+    ready_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    let t0 = Instant::now();
+    let mut bad = 0;
+    while bad < 2 {
+        match forward_wait(&a, "evil", batch(4, "x"), Duration::from_secs(2)).0 {
+            Err(ForwardFailed { error: EngineError::BadReply, pushes }) => {
+                assert_eq!(pushes.len(), 4, "the pushes come back");
+                bad += 1;
+            }
+            Err(f) if f.error == EngineError::NoResponders && t0.elapsed() < Duration::from_secs(10) => {
+                std::thread::sleep(Duration::from_millis(50))
+            }
+            other => panic!("not a bad reply: {:?}", other.map(|r| r.len())),
+        }
+    }
+    assert!(a.metrics().bad_reply.load(std::sync::atomic::Ordering::Relaxed) >= 2);
+
+    // Garbage sent to B's responder: an empty answer at once, and B keeps serving.
+    let (tx, rx) = mpsc::channel();
+    let _probe = raw_client(urls[0].clone(), move |c| async move {
+        for junk in [&b"\x01\x01\x00\x01short"[..], b"", b"\x09\x01\x00\x01", &[0xffu8; 300][..]] {
+            let r = loop {
+                match c.request("pushgate.node.b.push", Bytes::copy_from_slice(junk)).await {
+                    Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
+                        tokio::time::sleep(Duration::from_millis(50)).await
+                    }
+                    r => break r.map(|m| m.payload.len()).map_err(|e| e.to_string()),
+                }
+            };
+            tx.send(r).unwrap();
+        }
+    });
+    for _ in 0..4 {
+        assert_eq!(rx.recv_timeout(Duration::from_secs(15)).unwrap(), Ok(0), "an empty answer to junk");
+    }
+    assert!(seen.lock().unwrap().is_empty(), "no junk reached the shards");
+    let (r, _) = forward_wait(&a, "b", batch(4, "x"), Duration::from_secs(2));
+    assert_eq!(r.expect("B still serves").len(), 4);
+    assert!(b.metrics().failed(Op::Serve) >= 4);
+}
