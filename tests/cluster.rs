@@ -559,3 +559,34 @@ fn bad_bytes_either_way_are_refused_without_harm() {
     assert_eq!(r.expect("B still serves").len(), 4);
     assert!(b.metrics().failed(Op::Serve) >= 4);
 }
+
+#[test]
+fn serve_in_cluster_mode_refuses_to_make_up_the_key_or_the_apps() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("token.key");
+    let run = |toml: &str| {
+        let cfg = dir.path().join("g.toml");
+        std::fs::write(&cfg, toml).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_pushgate"))
+            .args(["serve", "--config"])
+            .arg(&cfg)
+            .env("RUST_LOG", "off")
+            .output()
+            .unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let server = format!(
+        "[server]\ndevice_listen = \"127.0.0.1:0\"\nprovider_listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n\
+         token_key_file = \"{}\"\n[admin]\nenabled = false\n[cluster]\nnode_id = \"g1\"\n",
+        dir.path().join("data").display(),
+        key.display()
+    );
+    let apps = "[[apps]]\nid = \"demo\"\nsecret = \"change-me-shared-app-secret\"\n";
+    let (ok, err) = run(&format!("{server}{apps}"));
+    assert!(!ok && err.contains("server.token_key_file"), "{err}");
+    assert!(!key.exists(), "no key was made up");
+    std::fs::write(&key, "ab".repeat(32)).unwrap();
+    let (ok, err) = run(&server);
+    assert!(!ok && err.contains("`apps`"), "{err}");
+    assert!(!dir.path().join("data/demo.secret").exists(), "no demo secret was made up");
+}
