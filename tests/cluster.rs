@@ -590,3 +590,47 @@ fn serve_in_cluster_mode_refuses_to_make_up_the_key_or_the_apps() {
     assert!(!ok && err.contains("`apps`"), "{err}");
     assert!(!dir.path().join("data/demo.secret").exists(), "no demo secret was made up");
 }
+
+#[test]
+fn a_replaced_node_is_told_and_a_gone_one_is_known_gone() {
+    let nats = NatsCluster::start();
+    let urls = nats.urls();
+    let a = ready_engine("a", vec![urls[0].clone()]);
+    let b = ready_engine("b", vec![urls[1].clone()]);
+    let (tx, rx) = mpsc::channel();
+    let tx = Mutex::new(tx);
+    a.serve_replaced(Arc::new(move |t, rev| {
+        let _ = tx.lock().unwrap().send((t, rev));
+    }));
+    let t = token(77);
+    let Ok(Claimed::Won { .. }) = wait(|d| a.claim(t, d)) else { panic!("a claims") };
+    let Ok(Claimed::Won { revision, previous: Some(prev) }) = wait(|d| b.claim(t, d)) else {
+        panic!("b replaces")
+    };
+    assert_eq!(prev, "a");
+    let t0 = Instant::now();
+    loop {
+        match wait(|d| b.tell_replaced(&prev, t, revision, d)) {
+            Ok(()) => break,
+            Err(EngineError::NoResponders) if t0.elapsed() < Duration::from_secs(10) => {
+                std::thread::sleep(Duration::from_millis(50))
+            }
+            Err(e) => panic!("a is not told: {e}"),
+        }
+    }
+    assert_eq!(
+        rx.recv_timeout(Duration::from_secs(5)).unwrap(),
+        (t, revision),
+        "a learns token and revision"
+    );
+    drop(a);
+    let t0 = Instant::now();
+    loop {
+        match wait(|d| b.tell_replaced("a", t, revision, d)) {
+            Err(EngineError::NoResponders) => break,
+            Ok(()) if t0.elapsed() < Duration::from_secs(10) => std::thread::sleep(Duration::from_millis(50)),
+            other => panic!("a gone node is not reported gone: {other:?}"),
+        }
+    }
+    assert!(b.metrics().ok(Op::Replaced) >= 1 && b.metrics().failed(Op::Replaced) >= 1);
+}

@@ -17,13 +17,15 @@ pub enum Op {
     Forward = 3,
     /// A batch another node forwarded here, answered.
     Serve = 4,
+    /// A replacement notice sent to the node whose claim this node replaced.
+    Replaced = 5,
 }
 
-pub const OPS: [Op; 5] = [Op::Claim, Op::Release, Op::Lookup, Op::Forward, Op::Serve];
+pub const OPS: [Op; 6] = [Op::Claim, Op::Release, Op::Lookup, Op::Forward, Op::Serve, Op::Replaced];
 
 impl Op {
     pub fn name(self) -> &'static str {
-        ["claim", "release", "lookup", "forward", "serve"][self as usize]
+        ["claim", "release", "lookup", "forward", "serve", "replaced"][self as usize]
     }
 }
 

@@ -16,7 +16,9 @@
 //! - [`routes`]: the route table in a JetStream KV bucket, claims and releases by revision.
 //! - [`wire`]: the binary encoding of forwarded push batches and their results (sans-IO).
 //! - [`forward`]: request/reply of push batches between nodes, and the responder side.
+//! - [`control`]: telling the node whose claim was replaced to close its session.
 
+pub mod control;
 pub mod engine;
 pub mod forward;
 pub mod metrics;
