@@ -82,9 +82,12 @@ fn an_unreachable_engine_fails_at_its_deadline_not_later() {
     let r = wait(|d| e.claim(token(1), d));
     let took = t0.elapsed();
     assert!(matches!(r, Err(EngineError::Timeout | EngineError::Unavailable)), "{r:?}");
-    assert!(took >= Duration::from_millis(250) && took < Duration::from_millis(1500), "{took:?}");
+    assert!(took >= Duration::from_millis(250) && took < Duration::from_secs(3), "{took:?}");
     assert_eq!(e.metrics().failed(Op::Claim), 1);
-    // Dropping the engine completes what is still queued, with Stopped.
+    drop(e);
+    // Dropping an engine completes what is still pending, with Stopped, long before any deadline.
+    cfg.request_timeout_ms = 30_000;
+    let e = Engine::start(&cfg).expect("starts without a server");
     let (tx, rx) = mpsc::channel();
     for i in 0..10 {
         let tx = tx.clone();
@@ -97,7 +100,7 @@ fn an_unreachable_engine_fails_at_its_deadline_not_later() {
     }
     let t0 = Instant::now();
     drop(e);
-    assert!(t0.elapsed() < Duration::from_millis(250), "stopping does not wait for deadlines");
+    assert!(t0.elapsed() < Duration::from_secs(3), "stopping does not wait for deadlines");
     drop(tx);
     let errs: Vec<_> = rx.iter().collect();
     assert_eq!(errs.len(), 10, "every operation completed exactly once");
@@ -349,7 +352,7 @@ fn forwarding_between_two_nodes_on_a_real_cluster() {
     let (r, took) = forward_wait(&a, "b", silent, Duration::from_millis(400));
     let f = r.expect_err("no answer in time");
     assert_eq!((f.error, f.pushes.len()), (EngineError::Timeout, 2));
-    assert!(took >= Duration::from_millis(350) && took < Duration::from_millis(1500), "{took:?}");
+    assert!(took >= Duration::from_millis(350) && took < Duration::from_secs(3), "{took:?}");
     assert_eq!(held.lock().unwrap().len(), 1);
 
     // kill -9 of B's NATS server: B reconnects to another; forwards fail with a
@@ -359,13 +362,16 @@ fn forwarding_between_two_nodes_on_a_real_cluster() {
     let mut failures = Vec::new();
     loop {
         let (r, took) = forward_wait(&a, "b", batch(8, "x"), Duration::from_secs(1));
-        assert!(took < Duration::from_millis(1500), "bounded by the deadline: {took:?}");
+        assert!(took < Duration::from_secs(3), "bounded by the deadline: {took:?}");
         match r {
             Ok(rs) => {
                 assert!(rs.iter().all(|r| r.outcome.status == Status::DELIVERED));
                 break;
             }
-            Err(f) => failures.push(f.error),
+            Err(f) => {
+                failures.push(f.error);
+                std::thread::sleep(Duration::from_millis(10));
+            }
         }
         assert!(t0.elapsed() < Duration::from_secs(20), "no recovery after 20 s: {failures:?}");
     }
