@@ -640,3 +640,23 @@ fn a_replaced_node_is_told_and_a_gone_one_is_known_gone() {
     }
     assert!(b.metrics().ok(Op::Replaced) >= 1 && b.metrics().failed(Op::Replaced) >= 1);
 }
+
+#[test]
+fn deploy_haproxy_cfg_is_valid_and_checks_every_gateway() {
+    let cfg = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/haproxy.cfg");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    for i in 1..=3 {
+        for port in [format!("77{i}0"), format!("77{i}1")] {
+            let line =
+                text.lines().find(|l| l.contains(&format!("127.0.0.1:{port} "))).expect("a server line");
+            assert!(line.contains("send-proxy-v2") && line.contains(&format!("check port 77{i}2")), "{line}");
+        }
+    }
+    match std::process::Command::new("haproxy").arg("-c").arg("-f").arg(&cfg).output() {
+        Ok(out) => assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr)),
+        Err(_) => {
+            assert!(std::env::var_os("CI").is_none(), "CI installs haproxy (.ci/run)");
+            eprintln!("SKIPPED haproxy -c: haproxy is not installed");
+        }
+    }
+}
