@@ -22,7 +22,104 @@ pub struct Config {
     pub admin: AdminConfig,
     pub tls: TlsConfig,
     pub http: HttpConfig,
+    /// Cluster mode (NATS JetStream); off unless the table is present.
+    pub cluster: Option<ClusterConfig>,
     pub apps: Vec<AppConfig>,
+}
+
+/// `[cluster]`: this node's place among N gateways sharing one NATS JetStream cluster.
+/// Every node needs the same token key and the same apps (see docs/cluster.md).
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// The engine's servers, `nats://host:port`, in order of preference (the nearest
+    /// first); the client fails over between them.
+    pub nats: Vec<String>,
+    /// Unique among the nodes and stable across restarts: 1 to 32 of A-Z a-z 0-9 _ -.
+    pub node_id: String,
+    /// Deadline of every engine operation (a route claim, a forwarded batch), ms;
+    /// past it the operation fails and its pushes get `unavailable`.
+    pub request_timeout_ms: u64,
+    /// JetStream replicas of the route bucket (and later the offline queue): 1 to 5.
+    pub replicas: usize,
+    /// First token of every NATS subject this cluster uses: `<prefix>.node.<node_id>.push`.
+    pub stream_prefix: String,
+    /// The JetStream KV bucket of the route table (stream `KV_<bucket>`).
+    pub routes_bucket: String,
+    /// Engine commands waiting for the engine thread; past it operations fail at once.
+    pub queue: usize,
+    /// Most pushes one forwarded NATS request carries.
+    pub max_batch: usize,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            nats: vec!["nats://127.0.0.1:4222".into()],
+            node_id: String::new(),
+            request_timeout_ms: 2000,
+            replicas: 3,
+            stream_prefix: "pushgate".into(),
+            routes_bucket: "pushgate_routes".into(),
+            queue: 8192,
+            max_batch: 256,
+        }
+    }
+}
+
+/// A NATS subject token, KV bucket name or node id: 1 to `max` of A-Z a-z 0-9 _ -.
+pub fn is_valid_name(s: &str, max: usize) -> bool {
+    !s.is_empty() && s.len() <= max && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+impl ClusterConfig {
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+
+    fn validate(&self) -> Result<(), (String, String)> {
+        let err = |k: &str, why: &str| Err((format!("cluster.{k}"), why.to_string()));
+        if self.nats.is_empty() {
+            return err("nats", "names at least one server, e.g. [\"nats://127.0.0.1:4222\"]");
+        }
+        for (i, url) in self.nats.iter().enumerate() {
+            if !valid_nats_url(url) {
+                return Err((format!("cluster.nats[{i}]"), format!("{url:?} is not nats://host:port")));
+            }
+        }
+        if self.node_id.is_empty() {
+            return err("node_id", "is required: a unique, stable name for this node");
+        }
+        if !is_valid_name(&self.node_id, 32) {
+            return err("node_id", "1 to 32 of A-Z a-z 0-9 _ -");
+        }
+        if self.request_timeout_ms == 0 || self.request_timeout_ms > 60_000 {
+            return err("request_timeout_ms", "must be 1 to 60000");
+        }
+        if !(1..=5).contains(&self.replicas) {
+            return err("replicas", "must be 1 to 5");
+        }
+        if !is_valid_name(&self.stream_prefix, 32) {
+            return err("stream_prefix", "1 to 32 of A-Z a-z 0-9 _ -");
+        }
+        if !is_valid_name(&self.routes_bucket, 64) {
+            return err("routes_bucket", "1 to 64 of A-Z a-z 0-9 _ -");
+        }
+        if self.queue == 0 {
+            return err("queue", "must be at least 1");
+        }
+        if self.max_batch == 0 || self.max_batch > 1024 {
+            return err("max_batch", "must be 1 to 1024");
+        }
+        Ok(())
+    }
+}
+
+/// `nats://host:port` (or `tls://`), the port a number.
+fn valid_nats_url(url: &str) -> bool {
+    let Some(rest) = url.strip_prefix("nats://").or_else(|| url.strip_prefix("tls://")) else { return false };
+    let Some((host, port)) = rest.rsplit_once(':') else { return false };
+    !host.is_empty() && !host.contains('/') && port.parse::<u16>().is_ok_and(|p| p > 0)
 }
 
 /// TLS on the device and provider listeners (rustls). Off unless a listener asks for it.
@@ -359,6 +456,9 @@ impl Config {
             return Err(("store.ack_grace_ms".into(), "must be at most 1000".into()));
         }
         self.http.validate()?;
+        if let Some(c) = &self.cluster {
+            c.validate()?;
+        }
         for (i, app) in self.apps.iter().enumerate() {
             if !is_valid_app_id(&app.id) {
                 return Err((format!("apps[{i}].id"), "1 to 64 of A-Z a-z 0-9 . _ -".into()));
@@ -379,6 +479,30 @@ impl Config {
             return self.server.shards;
         }
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    }
+
+    /// In cluster mode every node must share the token key and the app
+    /// secrets, so nothing of them may be made up at start: the key file must
+    /// exist already (`key_exists`) and the apps must be configured.
+    pub fn check_cluster_shared(&self, key_path: &Path, key_exists: bool) -> Result<(), ConfigError> {
+        if self.cluster.is_none() {
+            return Ok(());
+        }
+        if !key_exists {
+            return Err(ConfigError(format!(
+                "key `server.token_key_file`: cluster mode needs the token key every node shares, and {} \
+                 does not exist (copy it from another node, or create it once with 64 hex digits)",
+                key_path.display()
+            )));
+        }
+        if self.apps.is_empty() {
+            return Err(ConfigError(
+                "key `apps`: cluster mode needs the apps (with their secrets) configured the same on every \
+                 node; it does not make up a demo app"
+                    .into(),
+            ));
+        }
+        Ok(())
     }
 
     pub fn handshake_timeout(&self) -> Duration {
@@ -438,5 +562,59 @@ mod tests {
             let e = Config::parse(&format!("[http]\n{toml}\n"), "g.toml").unwrap_err().0;
             assert!(e.contains("g.toml") && e.contains(key), "{toml}: {e}");
         }
+    }
+
+    fn cluster_err(table: &str) -> String {
+        Config::parse(&format!("[cluster]\n{table}"), "g1.toml").unwrap_err().0
+    }
+
+    #[test]
+    fn cluster_is_off_unless_present_and_has_defaults() {
+        assert!(Config::parse("", "g.toml").unwrap().cluster.is_none());
+        let c = Config::parse("[cluster]\nnode_id = \"g1\"\n", "g.toml").unwrap().cluster.expect("on");
+        assert_eq!(c.nats, ["nats://127.0.0.1:4222"]);
+        assert_eq!((c.replicas, c.request_timeout_ms), (3, 2000));
+        assert_eq!(c.stream_prefix, "pushgate");
+        assert_eq!(c.routes_bucket, "pushgate_routes");
+    }
+
+    #[test]
+    fn cluster_errors_name_the_key() {
+        for (table, key) in [
+            ("", "cluster.node_id"),
+            ("node_id = \"a.b\"\n", "cluster.node_id"),
+            ("node_id = \"a b\"\n", "cluster.node_id"),
+            (&format!("node_id = \"{}\"\n", "n".repeat(33)), "cluster.node_id"),
+            ("node_id = \"g1\"\nnats = []\n", "cluster.nats"),
+            ("node_id = \"g1\"\nnats = [\"127.0.0.1:4222\"]\n", "cluster.nats[0]"),
+            ("node_id = \"g1\"\nnats = [\"nats://a:1\", \"nats://h:x\"]\n", "cluster.nats[1]"),
+            ("node_id = \"g1\"\nreplicas = 0\n", "cluster.replicas"),
+            ("node_id = \"g1\"\nreplicas = 7\n", "cluster.replicas"),
+            ("node_id = \"g1\"\nrequest_timeout_ms = 0\n", "cluster.request_timeout_ms"),
+            ("node_id = \"g1\"\nstream_prefix = \"a.>\"\n", "cluster.stream_prefix"),
+            ("node_id = \"g1\"\nroutes_bucket = \"\"\n", "cluster.routes_bucket"),
+            ("node_id = \"g1\"\nqueue = 0\n", "cluster.queue"),
+            ("node_id = \"g1\"\nmax_batch = 5000\n", "cluster.max_batch"),
+        ] {
+            let e = cluster_err(table);
+            assert!(e.contains("g1.toml") && e.contains(&format!("`{key}`")), "{table:?}: {e}");
+        }
+        let e = cluster_err("node_id = \"g1\"\nbogus = 1\n");
+        assert!(e.contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn cluster_refuses_made_up_key_or_secrets() {
+        let app = "[[apps]]\nid = \"a\"\nsecret = \"0123456789abcdef\"\n";
+        let on = Config::parse(&format!("[cluster]\nnode_id = \"g1\"\n{app}"), "g.toml").unwrap();
+        let key = Path::new("/k/token.key");
+        let e = on.check_cluster_shared(key, false).unwrap_err().0;
+        assert!(e.contains("server.token_key_file") && e.contains("/k/token.key"), "{e}");
+        assert!(on.check_cluster_shared(key, true).is_ok());
+        let no_apps = Config::parse("[cluster]\nnode_id = \"g1\"\n", "g.toml").unwrap();
+        let e = no_apps.check_cluster_shared(key, true).unwrap_err().0;
+        assert!(e.contains("`apps`"), "{e}");
+        let single = Config::parse("", "g.toml").unwrap();
+        assert!(single.check_cluster_shared(key, false).is_ok(), "one node may still create its key");
     }
 }

@@ -28,6 +28,8 @@
 //! - [`shard`]: one mio event loop per core: connections, timers, the router, requests and
 //!   their reply targets, group commit, delivery, limits; `shard::ingress` for front ends.
 //! - [`store`]: the `Store` trait and its implementations.
+//! - [`cluster`]: cluster mode on NATS JetStream: the engine thread, the route table,
+//!   forwarding of push batches between nodes (not wired into the shards yet).
 //! - [`gateway`]: assembles listeners and shards into a running [`gateway::Gateway`].
 //! - [`config`]: TOML configuration with embedded defaults.
 //! - [`net`]: SO_REUSEPORT listeners and the open-files limit.
@@ -41,6 +43,7 @@
 pub mod admin;
 pub mod cli;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod gateway;
 pub mod http;

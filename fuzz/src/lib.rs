@@ -202,3 +202,21 @@ fn reparse_v1(s: SocketAddr, d: SocketAddr) -> Option<ProxyHeader> {
     let line = format!("PROXY {fam} {} {} {} {}\r\n", s.ip(), d.ip(), s.port(), d.port());
     proxy::parse(line.as_bytes()).ok().flatten().map(|(h, _)| h)
 }
+
+/// `cluster::wire`: a batch of forwarded pushes or of results from arbitrary
+/// bytes. Whatever decodes stays within the protocol's limits and encodes
+/// back to exactly the same bytes (the encoding is canonical).
+pub fn cluster_wire(data: &[u8]) {
+    use pushgate::cluster::wire;
+    let bytes = bytes::Bytes::copy_from_slice(data);
+    if let Ok(pushes) = wire::decode_pushes(bytes.clone()) {
+        for p in &pushes {
+            assert!(p.msg.note.payload.len() <= pushgate::proto::frame::MAX_PAYLOAD);
+            assert!(p.msg.note.collapse.len() <= pushgate::proto::frame::MAX_COLLAPSE);
+        }
+        assert_eq!(wire::encode_pushes(&pushes).expect("a decoded batch encodes"), bytes);
+    }
+    if let Ok(results) = wire::decode_results(bytes.clone()) {
+        assert_eq!(wire::encode_results(&results).expect("a decoded batch encodes"), bytes);
+    }
+}

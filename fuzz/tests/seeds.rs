@@ -6,12 +6,13 @@ use std::path::Path;
 /// A fuzz target's body.
 type Target = fn(&[u8]);
 
-const TARGETS: [(&str, Target); 5] = [
+const TARGETS: [(&str, Target); 6] = [
     ("device_decoder", pushgate_fuzz::device_decoder),
     ("provider_decoder", pushgate_fuzz::provider_decoder),
     ("device_session", pushgate_fuzz::device_session),
     ("provider_session", pushgate_fuzz::provider_session),
     ("proxy_header", pushgate_fuzz::proxy_header),
+    ("cluster_wire", pushgate_fuzz::cluster_wire),
 ];
 
 fn inputs(dir: &Path) -> Vec<(String, Vec<u8>)> {

@@ -1,0 +1,28 @@
+//! Cluster mode: the engine bridge to NATS JetStream (one thread per node),
+//! the route table (which node holds a token's device) and forwarding of
+//! pushes between nodes. Shards never block on it: they hand it work over a
+//! bounded channel and get every completion back exactly once, by callback.
+//!
+//! ```text
+//!  shard ──Engine::claim / release / lookup / forward──▶ bounded queue ──▶ engine thread
+//!                                                                         (tokio, async-nats)
+//!  shard channel + Waker ◀── done(Result<_, EngineError>) ◀── deadline or NATS answer
+//!  remote node ──<prefix>.node.<id>.push──▶ engine thread ──PushHandler──▶ Ingress (the lead's wiring)
+//! ```
+//!
+//! # Layout
+//! - [`engine`]: the thread, its runtime and NATS client, deadlines, exactly-once completions.
+//! - [`metrics`]: plain atomic counters of engine operations.
+//! - [`routes`]: the route table in a JetStream KV bucket, claims and releases by revision.
+//! - [`wire`]: the binary encoding of forwarded push batches and their results (sans-IO).
+//! - [`forward`]: request/reply of push batches between nodes, and the responder side.
+//! - [`control`]: telling the node whose claim was replaced to close its session.
+
+pub mod control;
+pub mod engine;
+pub mod forward;
+pub mod metrics;
+pub mod routes;
+pub mod wire;
+
+pub use engine::{Engine, EngineError};
