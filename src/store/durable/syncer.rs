@@ -15,6 +15,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use fjall::{Database, PersistMode};
@@ -115,6 +116,13 @@ impl Drop for Syncer {
     }
 }
 
+/// The shortest time between two fsyncs. Each costs the kernel's writeback
+/// CPU whatever it covers, and with every shard iteration asking, a fast disk
+/// would see thousands a second. Waiting at most this long lets one fsync
+/// cover more batches; it delays RESULTs, not NOTIFYs (those leave before the
+/// commit).
+const MIN_FSYNC_INTERVAL: Duration = Duration::from_millis(1);
+
 fn run(
     rx: &Receiver<(u16, u64)>,
     journal: &Journal,
@@ -122,13 +130,19 @@ fn run(
     hooks: &Mutex<Vec<Option<DurableHook>>>,
 ) {
     let mut want: HashMap<u16, u64> = HashMap::new();
+    let mut last = Instant::now() - MIN_FSYNC_INTERVAL;
     while let Ok((shard, upto)) = rx.recv() {
         want.insert(shard, upto);
-        // Everyone who asked meanwhile shares this fsync.
+        // Everyone who asks until the interval is up shares this fsync. Sleep
+        // rather than wait on the channel: a sender then wakes nobody.
+        if let Some(left) = (last + MIN_FSYNC_INTERVAL).checked_duration_since(Instant::now()) {
+            std::thread::sleep(left);
+        }
         while let Ok((shard, upto)) = rx.try_recv() {
             let w = want.entry(shard).or_default();
             *w = (*w).max(upto);
         }
+        last = Instant::now();
         let target = want.values().copied().max().unwrap_or(0);
         let synced = gate.sync(target, || journal.fsync());
         if let Err(e) = &synced {
