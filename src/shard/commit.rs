@@ -1,9 +1,12 @@
-//! Results waiting for durability (group commit, off the loop): each
-//! iteration's store writes are committed as one batch, handed to the store's
-//! sync thread, and the RESULTs that depend on them leave only when the
-//! batch's completion (`ShardMsg::Durable`) says it is on disk. Meanwhile the
-//! loop goes on reading, delivering and accepting. Notifications under
-//! `store.ack_grace_ms` wait here for their device's ACK instead.
+//! Results waiting for durability (group commit, off the loop): the store
+//! writes of the iterations since the last commit are committed as one batch,
+//! handed to the store's sync thread, and the RESULTs that depend on them
+//! leave only when the batch's completion (`ShardMsg::Durable`) says it is on
+//! disk. Meanwhile the loop goes on reading, delivering and accepting, and
+//! stages what comes; the next batch is committed when this one is durable,
+//! so a shard has at most one batch syncing and a busy shard's batches grow
+//! with the disk's latency. Notifications under `store.ack_grace_ms` wait
+//! here for their device's ACK instead.
 
 use std::collections::VecDeque;
 
@@ -14,10 +17,6 @@ use super::timer::Entry;
 use crate::metrics::ShardWriter;
 use crate::proto::{GoAwayReason, Status};
 use crate::store::{Store, Ticket};
-
-/// Batches waiting for their completion past which the shard waits for the
-/// disk itself: with a sync thread that keeps up, a handful are in flight.
-const MAX_BATCHES: usize = 256;
 
 /// A push answered `delivered` whose message the store holds back from the disk.
 struct AwaitingAck {
@@ -133,17 +132,17 @@ impl Commit {
             debug_assert!(self.next.results.is_empty() && self.next.goaways.is_empty());
             return out;
         }
+        if !self.in_flight.is_empty() {
+            // A batch is syncing: what was written since goes with the next
+            // one, committed when this one is durable.
+            return out;
+        }
         self.dirty = false;
         let waiting = std::mem::take(&mut self.next);
         match store.commit() {
             Ok(Ticket::Durable) => out.add(waiting),
             Ok(Ticket::Pending(ticket)) => {
                 self.in_flight.push_back(Batch { ticket, committed_us: now_us, waiting });
-                if self.in_flight.len() > MAX_BATCHES {
-                    // The disk is far behind: wait for it here rather than grow without bound.
-                    let ok = store.sync().map_err(|e| warn!("store sync failed: {e}")).is_ok();
-                    return self.on_durable(ticket, ok, now_us, metrics);
-                }
             }
             Err(e) => {
                 warn!("store commit failed: {e}");
@@ -183,11 +182,15 @@ impl Commit {
                 self.after_write(r);
             }
         }
-        let mut out = self.run(store, 0, now_us, metrics);
+        // One blocking sync commits what is staged and covers the batch in flight.
         let ok = store.sync().map_err(|e| warn!("store sync at exit failed: {e}")).is_ok();
-        let rest = self.on_durable(u64::MAX, ok, now_us, metrics);
-        out.results.extend(rest.results);
-        out.goaways.extend(rest.goaways);
+        let mut out = self.on_durable(u64::MAX, ok, now_us, metrics);
+        let mut rest = std::mem::take(&mut self.next);
+        if !ok {
+            fail(rest.results.iter_mut());
+        }
+        out.add(rest);
+        self.dirty = false;
         out
     }
 }
