@@ -6,7 +6,7 @@
 mod common;
 
 use std::collections::HashSet;
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::Shutdown;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::*;
@@ -108,14 +108,6 @@ fn an_undefined_frame_type_is_refused_before_its_body() {
     let mut p = Raw::connect(gw.provider_addr);
     p.send_bytes(&[0x01, 0x40]); // HELLO is a device-port type
     expect_error(&mut p, ErrorCode::UNKNOWN_FRAME_TYPE, quick);
-}
-
-/// A connection from a chosen loopback source address.
-fn connect_from(src: &str, to: SocketAddr) -> Raw {
-    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    s.bind(&format!("{src}:0").parse::<SocketAddr>().unwrap().into()).unwrap();
-    s.connect(&to.into()).unwrap();
-    Raw::from_stream(TcpStream::from(s))
 }
 
 #[test]

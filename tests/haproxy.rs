@@ -13,7 +13,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{push_frame, spawn_serve, Got, Raw, Served};
+use common::{connect_from, push_frame, spawn_serve, Got, Raw, Served};
 use pushgate::proto::frame::{split_frame, PROVIDER_MAX_BODY};
 use pushgate::proto::{Frame, Status, Token};
 
@@ -72,13 +72,6 @@ fn devices_connected(admin: SocketAddr) -> f64 {
         .filter(|l| l.starts_with("pushgate_devices_connected"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
-}
-
-fn connect_from(src: &str, to: SocketAddr) -> Raw {
-    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    s.bind(&format!("{src}:0").parse::<SocketAddr>().unwrap().into()).unwrap();
-    s.connect(&to.into()).unwrap();
-    Raw::from_stream(TcpStream::from(s))
 }
 
 fn secret(i: usize) -> Vec<u8> {

@@ -4,20 +4,12 @@
 mod common;
 
 use pushgate::metrics::Limit;
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::*;
 use pushgate::gateway::Gateway;
 use pushgate::proto::{ErrorCode, Frame, GoAwayReason, Status, Token};
-
-/// A connection from a chosen loopback source address.
-fn connect_from(src: &str, to: SocketAddr) -> Raw {
-    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    s.bind(&format!("{src}:0").parse::<SocketAddr>().unwrap().into()).unwrap();
-    s.connect(&to.into()).unwrap();
-    Raw::from_stream(TcpStream::from(s))
-}
 
 fn hits(gw: &Gateway, limit: Limit) -> u64 {
     let m = &gw.shared.metrics;

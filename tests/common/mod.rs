@@ -86,6 +86,14 @@ pub fn with_note<'a>(mut p: Push<'a>, f: impl FnOnce(&mut Notification<'a>)) -> 
     p
 }
 
+/// A connection from a chosen loopback source address (127.0.0.0/8 has many).
+pub fn connect_from(src: &str, to: SocketAddr) -> Raw {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.bind(&format!("{src}:0").parse::<SocketAddr>().unwrap().into()).unwrap();
+    s.connect(&to.into()).unwrap();
+    Raw::from_stream(TcpStream::from(s))
+}
+
 /// A connection that sends and receives whole frames as owned values.
 pub struct Raw {
     pub stream: TcpStream,
