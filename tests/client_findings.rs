@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use common::*;
 use pushgate::config::Config;
 use pushgate::gateway::Gateway;
+use pushgate::metrics::Limit;
 use pushgate::proto::{ErrorCode, Frame, GoAwayReason, Status};
 use pushgate::store::durable::open_durable;
 
@@ -192,6 +193,13 @@ fn missed_counts_only_what_the_device_never_got() {
         // Exactly: the window's worth, then the cap's, and the rest was dropped unseen.
         assert_eq!(arrived.len(), window + cap, "durable={durable}");
         assert_eq!(missed as usize, sent as usize - window - cap, "durable={durable}");
+        let m = &gw.shared.metrics;
+        let overflow: u64 = (0..m.shards()).map(|i| m.shard(i).limit_hits(Limit::QueueOverflow)).sum();
+        assert_eq!(
+            overflow as usize,
+            sent as usize - cap,
+            "durable={durable}: every message the cap removed"
+        );
     }
 }
 

@@ -310,13 +310,20 @@ impl Shard {
         }
         if m.note.is_storable(self.clock.unix_s) {
             let priority = m.note.priority;
-            if let Err(e) = self.store.append(&m.token, StoredMsg { msg_id, note: m.note }) {
-                if e != StoreError::Full {
-                    warn!("shard {}: store append: {e}", self.index());
+            match self.store.append(&m.token, StoredMsg { msg_id, note: m.note }) {
+                Ok(capped) => {
+                    for _ in 0..capped {
+                        self.metrics.on_limit(Limit::QueueOverflow);
+                    }
                 }
-                result.outcome = Outcome::status(Status::STORE_FAILED);
-                self.route_result(result);
-                return;
+                Err(e) => {
+                    if e != StoreError::Full {
+                        warn!("shard {}: store append: {e}", self.index());
+                    }
+                    result.outcome = Outcome::status(Status::STORE_FAILED);
+                    self.route_result(result);
+                    return;
+                }
             }
             result.outcome.msg_id = msg_id;
             if let Some(idx) = conn {

@@ -36,7 +36,7 @@ struct SlowDisk {
 }
 
 impl Store for SlowDisk {
-    fn append(&mut self, token: &Token, msg: StoredMsg) -> Result<(), StoreError> {
+    fn append(&mut self, token: &Token, msg: StoredMsg) -> Result<u32, StoreError> {
         self.inner.append(token, msg)
     }
     fn pending(

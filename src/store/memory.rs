@@ -54,7 +54,7 @@ impl MemoryStore {
 }
 
 impl Store for MemoryStore {
-    fn append(&mut self, token: &Token, msg: StoredMsg) -> Result<(), StoreError> {
+    fn append(&mut self, token: &Token, msg: StoredMsg) -> Result<u32, StoreError> {
         self.max_id = self.max_id.max(msg.msg_id);
         if !msg.note.collapse.is_empty() {
             let pos = self
@@ -69,15 +69,17 @@ impl Store for MemoryStore {
         let q = self.queues.entry(*token).or_default();
         q.msgs.push_back(msg);
         self.len += 1;
+        let mut capped = 0;
         while self.queues.get(token).is_some_and(|q| q.msgs.len() > self.cap) {
             let Some(gone) = self.remove_at(token, 0) else { break };
+            capped += 1;
             if let Some(q) = self.queues.get_mut(token) {
                 if gone.msg_id > q.sent {
                     q.missed = q.missed.saturating_add(1);
                 }
             }
         }
-        Ok(())
+        Ok(capped)
     }
 
     fn mark_sent(&mut self, token: &Token, msg_id: u64) {

@@ -75,8 +75,10 @@ impl std::error::Error for StoreError {}
 pub trait Store: Send {
     /// Puts `msg` at the tail of `token`'s queue. A waiting message with the
     /// same non-empty collapse id is removed first; past the per-device cap the
-    /// oldest are dropped and counted as missed. Durable once `sync` returns.
-    fn append(&mut self, token: &Token, msg: StoredMsg) -> Result<(), StoreError>;
+    /// oldest are dropped (counted as missed unless written, see
+    /// `mark_sent`), and how many the cap dropped comes back. Durable once
+    /// `sync` returns.
+    fn append(&mut self, token: &Token, msg: StoredMsg) -> Result<u32, StoreError>;
 
     /// Appends to `out`, in order, up to `max` unexpired messages of `token`
     /// whose id is greater than `after`.

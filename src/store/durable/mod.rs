@@ -163,7 +163,7 @@ impl DurableStore {
 }
 
 impl Store for DurableStore {
-    fn append(&mut self, token: &Token, msg: StoredMsg) -> Result<(), StoreError> {
+    fn append(&mut self, token: &Token, msg: StoredMsg) -> Result<u32, StoreError> {
         if self.staged_ops >= STAGE_LIMIT {
             self.flush()?;
         }
@@ -176,8 +176,10 @@ impl Store for DurableStore {
             }
         }
         let missed_before = q.missed;
+        let mut capped = 0;
         while q.msgs.len() >= self.cap {
             let Some(e) = q.msgs.pop_front() else { break };
+            capped += 1;
             self.delete(token, &q, &e);
             if e.id > q.sent {
                 q.missed = q.missed.saturating_add(1);
@@ -198,7 +200,7 @@ impl Store for DurableStore {
         }
         s.added.push(msg);
         self.keep(token, q);
-        Ok(())
+        Ok(capped)
     }
 
     fn pending(
