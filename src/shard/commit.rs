@@ -59,7 +59,7 @@ impl Released {
 pub struct Commit {
     /// The store was written since the last commit.
     dirty: bool,
-    /// What this iteration's writes will release.
+    /// What the writes since the last commit will release.
     next: Waiting,
     /// In `msg_id` order.
     awaiting_ack: VecDeque<AwaitingAck>,
@@ -72,13 +72,13 @@ impl Commit {
         self.dirty = true;
     }
 
-    /// `r` leaves once this iteration's writes are durable.
+    /// `r` leaves once the writes made so far are durable.
     pub fn after_write(&mut self, r: ResultMsg) {
         self.dirty = true;
         self.next.results.push(r);
     }
 
-    /// `e` is told GOAWAY `reason` once this iteration's writes are durable.
+    /// `e` is told GOAWAY `reason` once the writes made so far are durable.
     pub fn goaway_after_write(&mut self, e: Entry, reason: GoAwayReason) {
         self.dirty = true;
         self.next.goaways.push((e, reason));
@@ -105,9 +105,10 @@ impl Commit {
         self.in_flight.len()
     }
 
-    /// The end of an iteration: held messages whose grace ran out join this
-    /// batch; the batch is committed and handed to the sync thread. Returns
-    /// what may leave at once (a store with nothing to sync, or a failure).
+    /// The end of an iteration: held messages whose grace ran out join the
+    /// next batch; unless a batch is syncing, the writes since the last commit
+    /// are committed as one batch and handed to the sync thread. Returns what
+    /// may leave at once (a store with nothing to sync, or a failure).
     pub fn run(
         &mut self,
         store: &mut dyn Store,
