@@ -164,14 +164,9 @@ impl Shard {
         d.state = DeviceState::Ready;
         d.core.flags |= Flags::BACKLOG;
         d.core.since = now;
-        let idle_deadline = u64::from(now) + u64::from(heartbeat_s) * 1000 * 3 / 2 / super::TICK_MS;
-        let armed = u64::from(d.core.armed);
         self.metrics.on_ready(Role::Device);
         self.metrics.on_handshake(Role::Device, Ok(()));
-        if idle_deadline < armed {
-            // The handshake deadline is further off than the heartbeat's.
-            self.arm_timer(idx, idle_deadline);
-        }
+        self.rearm_if_sooner(idx);
         if self.send_frame(idx, &Frame::Welcome { token, heartbeat_s, missed }) {
             let _ = self.deliver(idx);
         }

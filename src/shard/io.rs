@@ -392,10 +392,7 @@ impl Shard {
                 if let Some(role) = self.role_of(idx) {
                     self.metrics.on_handshake(role, Err(code));
                 }
-                if self.send_frame(idx, &Frame::Error { code, text: &text }) {
-                    self.count_close(idx, Close::Error(code));
-                    self.begin_close(idx);
-                }
+                self.send_last(idx, &Frame::Error { code, text: &text }, Close::Error(code));
                 None
             }
         }

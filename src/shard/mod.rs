@@ -464,6 +464,35 @@ impl Shard {
         core.armed = self.timers.wheel.arm(at, Entry { idx, id: core.id }) as u32;
     }
 
+    /// The tick at which a connection's current state ends it: the linger of
+    /// a closing one, the handshake deadline, or the idle rule of a ready
+    /// device (1.5 x heartbeat) or provider (`provider_idle_s`), all counted
+    /// from `since`.
+    fn deadline(&self, conn: &Conn) -> u64 {
+        let limit = if conn.flags().contains(Flags::CLOSING) {
+            LINGER_TICKS
+        } else if !conn.is_ready() {
+            self.cfg().limits.handshake_timeout_ms.div_ceil(TICK_MS)
+        } else {
+            match conn {
+                Conn::Device(d) => u64::from(d.heartbeat_s) * 1000 * 3 / 2 / TICK_MS,
+                Conn::Provider(_) => self.cfg().limits.provider_idle_s * 1000 / TICK_MS,
+            }
+        };
+        u64::from(conn.core().since) + limit.max(1)
+    }
+
+    /// After a state change: arms the connection's timer at its new deadline
+    /// if that comes before the one it is armed for (a later one is found
+    /// when the armed entry fires).
+    fn rearm_if_sooner(&mut self, idx: u32) {
+        let Some(conn) = self.conns.get(idx as usize) else { return };
+        let deadline = self.deadline(conn);
+        if deadline < u64::from(conn.core().armed) {
+            self.arm_timer(idx, deadline);
+        }
+    }
+
     /// A connection's timer fired: close it if its deadline passed, else re-arm.
     fn on_timer(&mut self, e: Entry, at: u64) {
         let Some(conn) = self.conns.get(e.idx as usize) else {
@@ -472,18 +501,8 @@ impl Shard {
         if conn.id() != e.id || u64::from(conn.core().armed) != at {
             return;
         }
-        let (since, flags, ready) = (conn.core().since, conn.flags(), conn.is_ready());
-        let limit = if flags.contains(Flags::CLOSING) {
-            LINGER_TICKS
-        } else if !ready {
-            self.cfg().limits.handshake_timeout_ms.div_ceil(TICK_MS)
-        } else {
-            match conn {
-                Conn::Device(d) => u64::from(d.heartbeat_s) * 1000 * 3 / 2 / TICK_MS,
-                Conn::Provider(_) => self.cfg().limits.provider_idle_s * 1000 / TICK_MS,
-            }
-        };
-        let deadline = u64::from(since) + limit.max(1);
+        let (flags, ready) = (conn.flags(), conn.is_ready());
+        let deadline = self.deadline(conn);
         if self.clock.tick < deadline {
             self.arm_timer(e.idx, deadline);
             return;
@@ -576,9 +595,19 @@ impl Shard {
 
     /// Sends GOAWAY and starts closing.
     fn goaway(&mut self, idx: u32, reason: GoAwayReason, reconnect_ms: u32) {
-        if self.send_frame(idx, &Frame::GoAway { reason, reconnect_ms }) {
-            self.count_close(idx, Close::GoAway(reason));
+        self.send_last(idx, &Frame::GoAway { reason, reconnect_ms }, Close::GoAway(reason));
+    }
+
+    /// Sends a connection's last frame (GOAWAY or ERROR) and starts closing,
+    /// counting `why`. A peer that already closed its side cannot read it:
+    /// that connection is freed now instead of waiting for a read that
+    /// would find the EOF (a paused provider does not read).
+    fn send_last(&mut self, idx: u32, frame: &Frame<'_>, why: Close) {
+        if self.send_frame(idx, frame) {
+            self.count_close(idx, why);
             self.begin_close(idx);
+        } else if self.conns.get(idx as usize).is_some_and(|c| c.flags().contains(Flags::PEER_CLOSED)) {
+            self.close_because(idx, Close::Eof);
         }
     }
 
@@ -606,10 +635,7 @@ impl Shard {
                 self.metrics.on_handshake(role, Err(e.code()));
             }
         }
-        if self.send_frame(idx, &Frame::Error { code: e.code(), text: &text }) {
-            self.count_close(idx, Close::Error(e.code()));
-            self.begin_close(idx);
-        }
+        self.send_last(idx, &Frame::Error { code: e.code(), text: &text }, Close::Error(e.code()));
     }
 
     /// Stops taking frames from `idx`; its last frames are flushed, the write

@@ -46,12 +46,7 @@ impl Shard {
             }
             ProviderEvent::Authenticated { .. } => {
                 p.core.since = now;
-                let idle_deadline =
-                    u64::from(now) + self.shared.cfg.limits.provider_idle_s * 1000 / super::TICK_MS;
-                if idle_deadline < u64::from(p.core.armed) {
-                    // The handshake deadline is further off than the idle limit's.
-                    self.arm_timer(idx, idle_deadline);
-                }
+                self.rearm_if_sooner(idx);
                 self.metrics.on_ready(Role::Provider);
                 self.metrics.on_handshake(Role::Provider, Ok(()));
                 let max_in_flight = self.shared.cfg.limits.provider_max_in_flight;

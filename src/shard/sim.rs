@@ -438,3 +438,20 @@ fn a_silent_provider_is_closed_at_its_idle_limit_not_the_handshake_deadline() {
     sim.advance(200);
     assert_eq!(p.take(), [Got::GoAway { reason: GoAwayReason::IDLE_TIMEOUT, reconnect_ms: 0 }]);
 }
+
+#[test]
+fn a_provider_that_closed_while_its_answers_were_owed_is_freed_when_they_are_done() {
+    let mut sim = Sim::new(cfg(), true);
+    let (_d, token) = sim.device("owed", 0);
+    let p = sim.provider();
+    push(&p, 1, token, in_an_hour(), PRIORITY_HIGH);
+    sim.step();
+    sim.shard.start_drain(); // pauses the provider: it is not read any more
+    p.close();
+    sim.step();
+    assert_eq!(sim.shard.conns.len(), 2, "the device lingers, the provider waits for its answer");
+    sim.complete(true);
+    // The GOAWAY after the last answer cannot be read by a closed peer: freed now,
+    // not at the drain deadline.
+    assert!(sim.shard.conns.iter().all(|(_, c)| c.is_device()), "the provider is gone");
+}
