@@ -7,8 +7,8 @@ use proptest::prelude::*;
 use pushgate::proto::frame::{ftype, put_header, DEVICE_MAX_BODY, NONCE_LEN, PROVIDER_MAX_BODY};
 use pushgate::proto::{
     on_device_frame, on_provider_frame, split_frame, Apps, DeviceEvent, DeviceState, ErrorCode, Frame,
-    FrameError, GoAwayReason, Hello, MultiPush, Notification, ProtoError, ProviderEvent, ProviderState, Push,
-    RawFrame, Status, Token, TokenKey, TOKEN_LEN,
+    FrameError, GoAwayReason, Hello, MultiPush, Note, Notification, ProtoError, ProviderEvent, ProviderState,
+    Push, RawFrame, Status, Token, TokenKey, TOKEN_LEN,
 };
 
 /// An owned frame, so strategies can generate what `Frame` only borrows.
@@ -32,27 +32,17 @@ enum Owned {
     MultiResult { req_id: u32, entries: Vec<u8> },
 }
 
+/// A PUSH's request id and notification, owned: the notification is the
+/// gateway's own `Note`, encoded through `Note::as_wire`.
 #[derive(Clone, Debug)]
 struct PushHead {
     req_id: u32,
-    kind: u8,
-    priority: u8,
-    flags: u8,
-    expiry: u32,
-    collapse: Vec<u8>,
-    payload: Vec<u8>,
+    note: Note,
 }
 
 impl PushHead {
     fn note(&self) -> Notification<'_> {
-        Notification {
-            kind: self.kind,
-            priority: self.priority,
-            flags: self.flags,
-            expiry: self.expiry,
-            collapse: &self.collapse,
-            payload: &self.payload,
-        }
+        self.note.as_wire()
     }
 }
 
@@ -137,12 +127,7 @@ fn push_head() -> impl Strategy<Value = PushHead> {
     (any::<(u32, u8, u8, u8, u32)>(), prop::collection::vec(any::<u8>(), 0..=64), payload()).prop_map(
         |((req_id, kind, priority, flags, expiry), collapse, payload)| PushHead {
             req_id,
-            kind,
-            priority,
-            flags,
-            expiry,
-            collapse,
-            payload,
+            note: Note { kind, priority, flags, expiry, collapse: collapse.into(), payload: payload.into() },
         },
     )
 }

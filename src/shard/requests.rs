@@ -177,11 +177,8 @@ impl Requests {
         self.inflight.get(&(idx, id)).copied().unwrap_or(0)
     }
 
-    /// Requests not answered yet.
-    pub fn len(&self) -> usize {
-        self.slots.len()
-    }
-
+    /// Whether every request was answered.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.slots.is_empty()
     }
