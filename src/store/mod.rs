@@ -30,6 +30,20 @@ pub enum Ticket {
 /// Called from the store's sync thread; it must not block.
 pub type DurableHook = Box<dyn Fn(u64, bool) + Send + Sync>;
 
+/// How a store reports that a backlog asked for by [`Store::load`] is
+/// readable now. Called from the store's engine thread; it must not block.
+pub type LoadHook = Box<dyn Fn(Token) + Send + Sync>;
+
+/// What [`Store::load`] found.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Loaded {
+    /// `pending` and `take_missed` already see everything stored for the token.
+    Ready,
+    /// The backlog is being fetched (cluster mode: from the engine); the load
+    /// hook names the token when `pending` sees it.
+    Pending,
+}
+
 /// A device's durable unregistration, kept until it registers again.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct Tombstone {
@@ -137,7 +151,21 @@ pub trait Store: Send {
     /// Lets `sync` commit the held messages with ids up to `msg_id`.
     fn release(&mut self, _msg_id: u64) {}
 
-    /// The highest message id this shard ever stored, so ids keep growing after a restart.
+    /// A device of `token` is now connected to this shard: make its stored
+    /// notifications readable. A local store has them already.
+    fn load(&mut self, _token: &Token) -> Loaded {
+        Loaded::Ready
+    }
+
+    /// The device of `token` left this shard: what was cached for it may go
+    /// (nothing is deleted from the store).
+    fn unload(&mut self, _token: &Token) {}
+
+    /// Where this handle reports finished loads; a store that is always ready ignores it.
+    fn set_load_hook(&mut self, _hook: LoadHook) {}
+
+    /// The highest message id this shard ever stored (or loaded), so ids keep
+    /// growing after a restart and after a backlog written by another node.
     fn max_msg_id(&self) -> u64;
 
     /// Number of messages stored for this shard's tokens.
