@@ -57,6 +57,8 @@ fn main() {
                     collapse: Bytes::new(),
                     payload: Bytes::from(vec![b'x'; 128]),
                 },
+                app: 0,
+                local: false,
                 read_at_ns: 0,
             },
         })

@@ -50,6 +50,8 @@ pub struct ClusterConfig {
     pub queue: usize,
     /// Most pushes one forwarded NATS request carries.
     pub max_batch: usize,
+    /// How long `serve` waits at start for NATS to take this node's id slot, s.
+    pub start_timeout_s: u64,
 }
 
 impl Default for ClusterConfig {
@@ -63,6 +65,7 @@ impl Default for ClusterConfig {
             routes_bucket: "pushgate_routes".into(),
             queue: 8192,
             max_batch: 256,
+            start_timeout_s: 30,
         }
     }
 }

@@ -9,9 +9,14 @@ use std::thread::JoinHandle;
 
 use log::info;
 
+use crate::cluster::engine::EngineHandle;
 use crate::config::Config;
 use crate::net;
+use crate::proto::Status;
 use crate::proto::{Apps, TokenKey};
+use crate::shard::cluster::ClusterLink;
+use crate::shard::msg::Submit;
+use crate::shard::requests::Outcome;
 use crate::shard::{self, msg::ShardMsg, Shard, Shared};
 use crate::store::Store;
 
@@ -27,6 +32,17 @@ impl Gateway {
     /// Binds the listeners and starts one thread per shard. `stores` holds
     /// one store handle per shard; its length sets the shard count.
     pub fn start(cfg: Config, key: TokenKey, stores: Vec<Box<dyn Store>>) -> io::Result<Gateway> {
+        Gateway::start_in(cfg, key, stores, None)
+    }
+
+    /// Like `start`; with `cluster`, the node also serves the pushes and
+    /// replacement notices other nodes send it.
+    pub fn start_in(
+        cfg: Config,
+        key: TokenKey,
+        stores: Vec<Box<dyn Store>>,
+        cluster: Option<ClusterLink>,
+    ) -> io::Result<Gateway> {
         let n = stores.len();
         if n == 0 {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "at least one shard is needed"));
@@ -74,12 +90,16 @@ impl Gateway {
             tls,
             limits: shard::limits::NodeLimits::new(&cfg_limits, apps_len),
             epoch: std::time::Instant::now(),
+            cluster,
         });
         let mut threads = Vec::with_capacity(n);
         for (i, part) in parts.into_iter().enumerate() {
             let shard = Shard::new(i, shared.clone(), part)?;
             let t = std::thread::Builder::new().name(format!("shard-{i}")).spawn(move || shard.run())?;
             threads.push(t);
+        }
+        if let Some(link) = &shared.cluster {
+            serve_cluster(&shared, &link.engine);
         }
         info!("devices on {device_addr}, providers on {provider_addr}");
         Ok(Gateway { device_addr, provider_addr, shared, threads })
@@ -119,4 +139,25 @@ impl Gateway {
     pub fn connections(&self) -> usize {
         self.shared.conns.load(Ordering::Relaxed)
     }
+}
+
+/// Answers other nodes: a forwarded push goes to its token's shard as a
+/// `Submit::Forwarded`; a replacement notice to the token's shard.
+fn serve_cluster(shared: &Arc<Shared>, engine: &EngineHandle) {
+    let s = shared.clone();
+    engine.serve_pushes(Arc::new(move |f, reply| {
+        let Some(app) = s.apps.index_of(&f.app) else {
+            // Every node must have the same apps (docs/cluster.md).
+            log::warn!("cluster: a push forwarded for app {:?}, which is not configured here", f.app);
+            return reply.send(Outcome::status(Status::BAD_TOKEN));
+        };
+        let token = f.msg.token;
+        let done = Box::new(move |o| reply.send(o));
+        let to = token.shard(s.handles.len());
+        s.handles[to].send(vec![ShardMsg::Submit(Submit::Forwarded { app, token, note: f.msg.note, done })]);
+    }));
+    let s = shared.clone();
+    engine.serve_replaced(Arc::new(move |token, revision| {
+        s.handles[token.shard(s.handles.len())].send(vec![ShardMsg::Replaced { token, revision }]);
+    }));
 }

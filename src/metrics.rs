@@ -389,12 +389,27 @@ impl ShardMetrics {
 pub struct Metrics {
     shards: Box<[ShardMetrics]>,
     start_unix_s: u64,
+    /// Families rendered after the gateway's own (the cluster engine's).
+    extra: std::sync::OnceLock<ExtraRender>,
 }
+
+/// Renders more metric families into the exposition text.
+pub type ExtraRender =
+    Box<dyn Fn(&mut String) + Send + Sync + std::panic::RefUnwindSafe + std::panic::UnwindSafe>;
 
 impl Metrics {
     pub fn new(shards: usize) -> Arc<Metrics> {
         let start_unix_s = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        Arc::new(Metrics { shards: (0..shards).map(|_| ShardMetrics::default()).collect(), start_unix_s })
+        Arc::new(Metrics {
+            shards: (0..shards).map(|_| ShardMetrics::default()).collect(),
+            start_unix_s,
+            extra: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// Adds families to every rendering, once (later calls are ignored).
+    pub fn set_extra(&self, render: ExtraRender) {
+        let _ = self.extra.set(render);
     }
 
     /// The writer of shard `i`'s block, for that shard's thread. Panics if
@@ -423,6 +438,13 @@ impl Metrics {
     }
 
     pub fn render_into(&self, out: &mut String) {
+        self.render_own(out);
+        if let Some(extra) = self.extra.get() {
+            extra(out);
+        }
+    }
+
+    fn render_own(&self, out: &mut String) {
         let mut r = Render { out };
         r.head("pushgate_build_info", "gauge", "Always 1; the version label says which build runs.");
         r.line("pushgate_build_info", &[("version", env!("CARGO_PKG_VERSION"))], 1);

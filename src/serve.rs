@@ -96,16 +96,6 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
         .map_err(|e| format!("{}: cannot create data directory: {e}", dir.display()))?;
     let key_path = cfg.server.token_key_file.clone().unwrap_or_else(|| dir.join("token.key"));
     cfg.check_cluster_shared(&key_path, key_path.exists()).map_err(|e| e.to_string())?;
-    if let Some(c) = &cfg.cluster {
-        // Running alone with [cluster] set would strand every push for a device
-        // on another node (the failure cluster mode exists to end): refuse.
-        return Err(format!(
-            "[cluster] (node {}): cluster mode is not available in this version: the NATS engine \
-             layer (src/cluster) is built and tested, but the shards do not forward through it \
-             yet; remove [cluster] to run a single node",
-            c.node_id
-        ));
-    }
     let key = load_or_create_key(&key_path)?;
     if cfg.apps.is_empty() {
         let secret = load_or_create_demo_secret(&dir.join("demo.secret"))?;
@@ -114,7 +104,19 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
     }
     let shards = cfg.shard_count();
     let stores = open_stores(&cfg, shards)?;
-    let gw = Gateway::start(cfg.clone(), key, stores).map_err(|e| format!("cannot start: {e}"))?;
+    // Cluster mode: the engine first (its id slot decides this node's message ids).
+    let engine = match &cfg.cluster {
+        Some(c) => Some(start_engine(c)?),
+        None => None,
+    };
+    let link = engine
+        .as_ref()
+        .map(|(e, slot)| crate::shard::cluster::ClusterLink { engine: e.handle().clone(), slot: *slot });
+    let gw = Gateway::start_in(cfg.clone(), key, stores, link).map_err(|e| format!("cannot start: {e}"))?;
+    if let Some((e, _)) = &engine {
+        let m = e.metrics().clone();
+        gw.shared.metrics.set_extra(Box::new(move |out| m.render_into(out)));
+    }
     println!("pushgate: devices on {}, providers on {}", gw.device_addr, gw.provider_addr);
     if let Some(demo) = cfg.apps.iter().find(|a| a.id == "demo") {
         println!("try:  pushgate device --addr {}   (prints a token)", connectable(gw.device_addr));
@@ -143,7 +145,12 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
     let admin = if cfg.admin.enabled {
         let ready: ReadyFn = {
             let (shared, stop) = (gw.shared.clone(), stop.clone());
-            Arc::new(move || !stop.load(Ordering::Relaxed) && !shared.draining.load(Ordering::Acquire))
+            let engine = engine.as_ref().map(|(e, _)| e.handle().clone());
+            Arc::new(move || {
+                !stop.load(Ordering::Relaxed)
+                    && !shared.draining.load(Ordering::Acquire)
+                    && engine.as_ref().is_none_or(|e| e.connected())
+            })
         };
         let drain: DrainFn = {
             let stop = stop.clone();
@@ -179,7 +186,36 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
     if let Some(a) = admin {
         a.stop();
     }
+    drop(engine); // after the shards: their last releases and commits go out first
     Ok(())
+}
+
+/// Starts the engine and claims this node's id slot, waiting for NATS up
+/// to `cluster.start_timeout_s` (the servers may still be starting).
+fn start_engine(c: &crate::config::ClusterConfig) -> Result<(crate::cluster::Engine, u8), String> {
+    let engine = crate::cluster::Engine::start(c)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(c.start_timeout_s);
+    loop {
+        let (tx, rx) = std::sync::mpsc::channel();
+        engine.claim_slot(
+            crate::shard::cluster::MAX_SLOTS,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        match rx.recv() {
+            Ok(Ok(slot)) => {
+                info!("cluster: node {} has id slot {slot}", c.node_id);
+                return Ok((engine, slot));
+            }
+            Ok(Err(e)) if std::time::Instant::now() < deadline => {
+                warn!("cluster: no id slot yet ({e}); retrying");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Ok(Err(e)) => return Err(format!("cluster: cannot claim an id slot in the route bucket: {e}")),
+            Err(_) => return Err("cluster: the engine stopped at start".into()),
+        }
+    }
 }
 
 /// A wildcard listen address shown as the loopback address a local client can dial.

@@ -250,6 +250,8 @@ fn batch(n: u16, tag: &str) -> Vec<Forwarded> {
                     collapse: Bytes::new(),
                     payload: Bytes::from(format!("{tag}-{i}")),
                 },
+                app: 0,
+                local: false,
                 read_at_ns: 0,
             },
         })
@@ -595,10 +597,14 @@ fn serve_in_cluster_mode_refuses_to_make_up_the_key_or_the_apps() {
     let (ok, err) = run(&server);
     assert!(!ok && err.contains("`apps`"), "{err}");
     assert!(!dir.path().join("data/demo.secret").exists(), "no demo secret was made up");
-    // With both shared, it still refuses: the shards do not forward yet, and a
-    // node that ran alone would strand pushes for devices on other nodes.
-    let (ok, err) = run(&format!("{server}{apps}"));
-    assert!(!ok && err.contains("cluster mode is not available"), "{err}");
+    // With both shared it starts, but only once NATS takes its id slot: with
+    // no server at all, it gives up after `cluster.start_timeout_s`.
+    let t0 = Instant::now();
+    let nowhere =
+        format!("{server}nats = [\"nats://127.0.0.1:1\"]\nstart_timeout_s = 1\nrequest_timeout_ms = 300\n");
+    let (ok, err) = run(&format!("{nowhere}{apps}"));
+    assert!(!ok && err.contains("id slot"), "{err}");
+    assert!(t0.elapsed() < Duration::from_secs(15), "gave up in {:?}", t0.elapsed());
 }
 
 #[test]

@@ -53,6 +53,13 @@ impl EngineHandle {
         self.submit(Op::Release, done, move |ctx| async move { release(&ctx, &token, revision).await })
     }
 
+    /// This node's id slot (`0..slots`): the one whose key `slot.<k>` names
+    /// this node, or else the first free one, created by compare-and-swap.
+    /// Message ids carry it, so ids made on different nodes never collide.
+    pub fn claim_slot(&self, slots: u8, done: Done<u8>) {
+        self.submit(Op::Claim, done, move |ctx| async move { claim_slot(&ctx, slots).await })
+    }
+
     /// Who holds `token`, read from the bucket's stream leader.
     pub fn lookup(&self, token: Token, done: Done<Option<Route>>) {
         self.submit(Op::Lookup, done, move |ctx| async move {
@@ -136,6 +143,30 @@ async fn claim(ctx: &Arc<Ctx>, token: &Token) -> Result<Claimed, EngineError> {
         }
         Err(e) => Err(update_err(e)),
     }
+}
+
+async fn claim_slot(ctx: &Arc<Ctx>, slots: u8) -> Result<u8, EngineError> {
+    let kv = bucket(ctx).await?;
+    let me = ctx.cfg.node_id.as_bytes();
+    for k in 0..slots {
+        let entry = kv.entry(format!("slot.{k}")).await.map_err(|_| EngineError::Unavailable)?;
+        if entry.is_some_and(|e| e.operation == Operation::Put && e.value == me) {
+            return Ok(k);
+        }
+    }
+    for k in 0..slots {
+        let value = bytes::Bytes::copy_from_slice(me);
+        match kv.create(format!("slot.{k}"), value).await {
+            Ok(_) => return Ok(k),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => continue,
+            Err(e) => {
+                log::warn!("engine: claiming id slot {k}: {e}");
+                return Err(EngineError::Unavailable);
+            }
+        }
+    }
+    log::warn!("engine: all {slots} id slots of the route bucket are taken by other node ids");
+    Err(EngineError::Unavailable)
 }
 
 async fn release(ctx: &Arc<Ctx>, token: &Token, revision: u64) -> Result<Released, EngineError> {

@@ -229,7 +229,10 @@ pub fn decode_pushes(buf: Bytes) -> Result<Vec<Forwarded>, WireError> {
         let len = c.u16()? as usize;
         let payload = limited(&mut c, len, MAX_PAYLOAD, "payload")?;
         let note = Note { kind, priority, flags, expiry, collapse, payload };
-        out.push(Forwarded { app: app.to_string(), msg: PushMsg { req, index, token, note, read_at_ns: 0 } });
+        out.push(Forwarded {
+            app: app.to_string(),
+            msg: PushMsg { req, index, token, app: 0, local: true, note, read_at_ns: 0 },
+        });
     }
     c.end()?;
     Ok(out)
@@ -269,7 +272,15 @@ mod tests {
         let req = ReqRef { shard: 3, slot: 70_000 + u32::from(i), gen: 9 };
         Forwarded {
             app: "app.one".into(),
-            msg: PushMsg { req, index: i, token: Token([i as u8; 24]), note, read_at_ns: 5 },
+            msg: PushMsg {
+                req,
+                index: i,
+                token: Token([i as u8; 24]),
+                app: 0,
+                local: true,
+                note,
+                read_at_ns: 5,
+            },
         }
     }
 
@@ -409,6 +420,8 @@ mod tests {
                     index,
                     token: Token(t),
                     note: Note { kind, priority: 10, flags: 0, expiry, collapse: Bytes::from(c), payload: Bytes::from(p) },
+                    app: 0,
+                    local: true,
                     read_at_ns: 0,
                 },
             }).collect();

@@ -17,7 +17,7 @@ use crate::proto::{DeviceState, ProviderState, Token};
 bitflags! {
     /// Per-connection flags, for devices and providers alike.
     #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
-    pub struct Flags: u8 {
+    pub struct Flags: u16 {
         /// Queued for the flush at the end of this loop iteration.
         const DIRTY = 1;
         /// A device with normal-priority notifications waiting to be coalesced.
@@ -35,7 +35,17 @@ bitflags! {
         const PROXY = 64;
         /// A provider session that sent SUBSCRIBE_RECEIPTS.
         const RECEIPTS = 128;
+        /// A device whose backlog the store is still loading: WELCOME waits for it.
+        const LOADING = 256;
+        /// Cluster: a device whose route claim is in flight: WELCOME waits for it.
+        const CLAIMING = 512;
     }
+}
+
+impl Flags {
+    /// A device that must not be written notifications: closing, gone, or not welcomed yet.
+    pub const NO_NOTIFY: Flags =
+        Flags::CLOSING.union(Flags::PEER_CLOSED).union(Flags::LOADING).union(Flags::CLAIMING);
 }
 
 /// What carries a connection's bytes: a socket, or an in-memory pipe (the

@@ -17,7 +17,7 @@ use crate::proto::{
     on_device_frame, DeviceEvent, DeviceState, Frame, GoAwayReason, ProtoError, RawFrame, Status, Token,
     PRIORITY_HIGH,
 };
-use crate::store::{StoreError, StoredMsg};
+use crate::store::{Loaded, StoreError, StoredMsg};
 
 /// Why `deliver` stopped.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -150,10 +150,6 @@ impl Shard {
                 self.goaway(old, GoAwayReason::REPLACED, 0);
             }
         }
-        let missed = self.store.take_missed(&token).unwrap_or_else(|e| {
-            warn!("shard {}: reading missed count: {e}", self.index());
-            0
-        });
         let now = self.clock.tick as u32;
         let Some(Conn::Device(d)) = self.conns.get_mut(idx as usize) else {
             return;
@@ -167,6 +163,36 @@ impl Shard {
         self.metrics.on_ready(Role::Device);
         self.metrics.on_handshake(Role::Device, Ok(()));
         self.rearm_if_sooner(idx);
+        // WELCOME waits for what the store must fetch and for the cluster's route claim.
+        let mut wait = Flags::empty();
+        if self.store.load(&token) == Loaded::Pending {
+            wait |= Flags::LOADING;
+        }
+        if let Some(Conn::Device(d)) = self.conns.get_mut(idx as usize) {
+            d.core.flags |= wait;
+        }
+        if self.start_claim(idx, token) {
+            if let Some(Conn::Device(d)) = self.conns.get_mut(idx as usize) {
+                d.core.flags |= Flags::CLAIMING;
+            }
+        }
+        self.maybe_welcome(idx);
+    }
+
+    /// Sends WELCOME (with the missed count) and the backlog, once the
+    /// device's store load and route claim are done.
+    pub(super) fn maybe_welcome(&mut self, idx: u32) {
+        let Some(Conn::Device(d)) = self.conns.get(idx as usize) else {
+            return;
+        };
+        if d.state != DeviceState::Ready || d.core.flags.intersects(Flags::LOADING | Flags::CLAIMING) {
+            return;
+        }
+        let (token, heartbeat_s) = (d.token, d.heartbeat_s);
+        let missed = self.store.take_missed(&token).unwrap_or_else(|e| {
+            warn!("shard {}: reading missed count: {e}", self.index());
+            0
+        });
         if self.send_frame(idx, &Frame::Welcome { token, heartbeat_s, missed }) {
             let _ = self.deliver(idx);
         }
@@ -181,7 +207,7 @@ impl Shard {
             return Delivery::Done;
         };
         d.core.flags.remove(Flags::COALESCING);
-        if d.state != DeviceState::Ready || d.core.flags.intersects(Flags::CLOSING | Flags::PEER_CLOSED) {
+        if d.state != DeviceState::Ready || d.core.flags.intersects(Flags::NO_NOTIFY) {
             return Delivery::Done;
         }
         assert!(d.inflight() <= window, "a device's window overflowed");
@@ -294,8 +320,10 @@ impl Shard {
 
     /// The owner shard's half of a push: id, store, deliver or coalesce, result.
     pub(super) fn on_push(&mut self, m: PushMsg) {
-        self.next_msg_id += 1;
-        let msg_id = self.next_msg_id;
+        let Some(m) = self.route_push(m) else {
+            return; // waits for its route; forwarded or handled here then
+        };
+        let msg_id = self.fresh_msg_id();
         let conn = self.devices.get(&m.token).copied();
         let mut result = ResultMsg { req: m.req, index: m.index, outcome: Outcome::status(Status::QUEUED) };
         if let Some(at_ms) = self.tombstones.unregistered_at(&m.token) {
@@ -339,7 +367,10 @@ impl Shard {
                         result.outcome.status = Status::DELIVERED;
                         written = true;
                         self.observe_delivery(m.read_at_ns);
-                    } else if d.core.flags.contains(Flags::COALESCING) && d.inflight() < window {
+                    } else if d.core.flags.contains(Flags::COALESCING)
+                        && !d.core.flags.intersects(Flags::NO_NOTIFY)
+                        && d.inflight() < window
+                    {
                         // Written when the coalescing delay ends (it is stored meanwhile).
                         result.outcome.status = Status::DELIVERED;
                     }
@@ -365,7 +396,8 @@ impl Shard {
             }
             let window = self.shared.cfg.limits.device_max_in_flight as usize;
             let room = matches!(self.conns.get(idx as usize),
-                Some(Conn::Device(d)) if d.inflight() < window && d.state == DeviceState::Ready);
+                Some(Conn::Device(d)) if d.inflight() < window && d.state == DeviceState::Ready
+                    && !d.core.flags.intersects(Flags::NO_NOTIFY));
             if room {
                 let n = &m.note;
                 let frame = Frame::Notify { msg_id, kind: n.kind, priority: n.priority, payload: &n.payload };

@@ -16,6 +16,7 @@
 //! (results waiting for durability), `ReceiptHub`, `Tombstones`, `Drain`.
 
 mod clock;
+pub mod cluster;
 pub mod commit;
 pub mod conn;
 mod device;
@@ -118,6 +119,8 @@ pub struct Shared {
     pub limits: limits::NodeLimits,
     /// The node's monotonic epoch: µs stamps compare across shards.
     pub epoch: Instant,
+    /// Cluster mode: the engine and this node's id slot.
+    pub cluster: Option<cluster::ClusterLink>,
 }
 
 /// Everything needed to start one shard's thread.
@@ -200,6 +203,8 @@ pub struct Shard {
     next_conn_id: u32,
     next_msg_id: u64,
     drain: Drain,
+    /// Cluster mode: claims, lookups, forwards.
+    cluster: Option<Box<cluster::ClusterState>>,
 }
 
 impl Shard {
@@ -233,6 +238,11 @@ impl Shard {
         store.set_durable_hook(Box::new(move |upto, ok| {
             hook_shared.handles[index].send(vec![ShardMsg::Durable { upto, ok }]);
         }));
+        let load_shared = shared.clone();
+        store.set_load_hook(Box::new(move |token| {
+            load_shared.handles[index].send(vec![ShardMsg::Loaded { token }]);
+        }));
+        let cluster = shared.cluster.clone().map(|l| Box::new(cluster::ClusterState::new(l)));
         let mut tombstones = Tombstones::default();
         let router = Router::new(index, n);
         tombstones.load(&mut *store, &shared.apps, &router);
@@ -264,6 +274,7 @@ impl Shard {
             next_conn_id: 1,
             next_msg_id,
             drain: Drain::default(),
+            cluster,
         })
     }
 
@@ -328,6 +339,7 @@ impl Shard {
         self.run_timers();
         // What needs no sync leaves first: pushes for other shards, and
         // notifications, whose ACKs can then come back during the fsync.
+        self.flush_forwards();
         self.router.flush(&self.shared.handles, &self.metrics);
         self.flush_dirty();
         let released =
@@ -335,6 +347,7 @@ impl Shard {
         self.release(released);
         self.metrics.set_stored(self.store.len() as u64);
         self.run_local();
+        self.flush_forwards();
         self.router.flush(&self.shared.handles, &self.metrics);
         self.flush_dirty();
         if let Some(deadline) = self.drain.deadline {
@@ -385,6 +398,10 @@ impl Shard {
                 self.release(released);
             }
             ShardMsg::Submit(s) => self.on_submit(s),
+            ShardMsg::Claimed { token, conn, result } => self.on_claimed(token, conn, result),
+            ShardMsg::Replaced { token, revision } => self.on_replaced(token, revision),
+            ShardMsg::Routed { token, route } => self.on_routed(token, route),
+            ShardMsg::Loaded { token } => self.on_loaded(token),
         }
     }
 
@@ -665,11 +682,12 @@ impl Shard {
         match conn {
             Conn::Device(d) if d.state == crate::proto::DeviceState::Ready => {
                 d.state = crate::proto::DeviceState::Closed;
-                let token = d.token;
+                let (token, id) = (d.token, d.core.id);
+                self.metrics.on_unready(Role::Device);
                 if self.devices.get(&token) == Some(&idx) {
                     self.devices.remove(&token);
+                    self.on_device_unbound(token, id);
                 }
-                self.metrics.on_unready(Role::Device);
             }
             Conn::Provider(p) => {
                 let crate::proto::ProviderState::Ready { app } = p.state else { return };

@@ -24,6 +24,11 @@ pub struct PushMsg {
     /// Position of the token in the request.
     pub index: u16,
     pub token: Token,
+    /// The app index it was accepted for, on this node.
+    pub app: u16,
+    /// Deliver or store on this node, never forward: it was forwarded here,
+    /// or sent back after a forward found its node gone.
+    pub local: bool,
     pub note: Note,
     /// When the request was read, in ns of the node's clock (`Clock::now_ns`),
     /// for the delivery latency histogram.
@@ -72,8 +77,26 @@ pub struct Adopt {
 /// remote node later): it enters the router like a provider's request, and
 /// its answer goes to `done` on the shard that took it.
 pub enum Submit {
-    Push { app: u16, tokens: Vec<Token>, note: Note, done: Box<dyn FnOnce(Answer) + Send> },
-    Feedback { app: u16, since_ms: u64, after: Token, done: Box<dyn FnOnce(Answer) + Send> },
+    Push {
+        app: u16,
+        tokens: Vec<Token>,
+        note: Note,
+        done: Box<dyn FnOnce(Answer) + Send>,
+    },
+    /// A push another node accepted for a device it believes is here: not
+    /// charged to the rate limit again, and never forwarded on.
+    Forwarded {
+        app: u16,
+        token: Token,
+        note: Note,
+        done: Box<dyn FnOnce(Outcome) + Send>,
+    },
+    Feedback {
+        app: u16,
+        since_ms: u64,
+        after: Token,
+        done: Box<dyn FnOnce(Answer) + Send>,
+    },
 }
 
 pub enum ShardMsg {
@@ -120,6 +143,26 @@ pub enum ShardMsg {
     Durable {
         upto: u64,
         ok: bool,
+    },
+    /// Cluster: the engine's answer to this shard's claim of `token` for connection `conn`.
+    Claimed {
+        token: Token,
+        conn: ConnRef,
+        result: Result<crate::cluster::routes::Claimed, crate::cluster::EngineError>,
+    },
+    /// Cluster: another node's claim at `revision` replaced this node's claim of `token`.
+    Replaced {
+        token: Token,
+        revision: u64,
+    },
+    /// Cluster: who holds `token`, for the pushes waiting on its lookup.
+    Routed {
+        token: Token,
+        route: Result<Option<crate::cluster::routes::Route>, crate::cluster::EngineError>,
+    },
+    /// The store can read `token`'s backlog now (see `Store::load`).
+    Loaded {
+        token: Token,
     },
     /// Local: a device socket handed to its owner shard.
     Adopt(Box<Adopt>),

@@ -89,6 +89,7 @@ impl Shard {
             Submit::Push { app, tokens, note, done } => {
                 self.submit(app, &tokens, note, ReplyTo::Callback(done))
             }
+            Submit::Forwarded { app, token, note, done } => self.on_forwarded(app, token, note, done),
             Submit::Feedback { app, since_ms, after, done } => {
                 self.start_feedback(app, since_ms, after, ReplyTo::Callback(done))
             }
@@ -132,7 +133,15 @@ impl Shard {
             match outcome {
                 Some(outcome) => self.on_result(ResultMsg { req, index, outcome }),
                 None => {
-                    let m = PushMsg { req, index, token: *token, note: note.clone(), read_at_ns };
+                    let m = PushMsg {
+                        req,
+                        index,
+                        token: *token,
+                        app,
+                        local: false,
+                        note: note.clone(),
+                        read_at_ns,
+                    };
                     self.router.send(self.router.owner(token), ShardMsg::Push(m));
                 }
             }

@@ -168,6 +168,7 @@ impl Sim {
             draining: AtomicBool::new(false),
             tls: Default::default(),
             epoch: std::time::Instant::now(),
+            cluster: None,
         });
         let shard = Shard::with_clock(0, shared, parts, Clock::manual(0, T0_UNIX_MS)).unwrap();
         Sim { shard, tickets, peers: Vec::new() }

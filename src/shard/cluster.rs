@@ -1,0 +1,379 @@
+//! The shard's side of cluster mode: route claims for the devices it holds
+//! (claimed on HELLO, released on close, given up when another node's claim
+//! replaces them), route lookups for pushes whose device is not here, the
+//! per-node batches of pushes it forwards, and pushes other nodes forwarded
+//! here. The engine never runs shard code: its completions come back as
+//! `ShardMsg`s through the shard's channel.
+
+use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
+use std::sync::Arc;
+
+use log::{debug, warn};
+
+use super::conn::{Conn, Flags};
+use super::msg::{ConnRef, PushMsg, ResultMsg, ShardMsg};
+use super::requests::{Answer, Outcome, ReplyTo};
+use super::{Shard, Shared};
+use crate::cluster::engine::EngineHandle;
+use crate::cluster::forward::ForwardFailed;
+use crate::cluster::routes::{Claimed, Route};
+use crate::cluster::wire::Forwarded;
+use crate::cluster::EngineError;
+use crate::proto::{DeviceState, GoAwayReason, Note, Status, Token, TokenHasher};
+
+/// Low bits of every message id that name the node which made it, so ids
+/// made by different nodes for one device never collide.
+pub const SLOT_BITS: u32 = 6;
+/// Nodes a cluster can have (one id slot each).
+pub const MAX_SLOTS: u8 = 1 << SLOT_BITS;
+
+/// How a node's shards reach the cluster: the engine, and the node's id slot.
+#[derive(Clone)]
+pub struct ClusterLink {
+    pub engine: EngineHandle,
+    /// `0..MAX_SLOTS`, claimed in the route bucket at start.
+    pub slot: u8,
+}
+
+impl ClusterLink {
+    /// The next message id after `last` that carries this node's slot.
+    pub fn next_id(&self, last: u64) -> u64 {
+        ((last >> SLOT_BITS) + 1) << SLOT_BITS | u64::from(self.slot)
+    }
+}
+
+/// This shard's claim of a token for one of its connections.
+#[derive(Clone, Copy, Debug)]
+struct Claim {
+    conn_id: u32,
+    /// The revision once the claim is in the table; None while in flight.
+    revision: Option<u64>,
+}
+
+type TokenMap<V> = HashMap<Token, V, BuildHasherDefault<TokenHasher>>;
+
+/// A shard's cluster state.
+pub(super) struct ClusterState {
+    link: ClusterLink,
+    claims: TokenMap<Claim>,
+    /// Pushes waiting for their token's route lookup, in arrival order (a
+    /// token's pushes keep their order behind the lookup).
+    lookups: TokenMap<Vec<PushMsg>>,
+    /// Pushes to forward at the end of the iteration, per node.
+    outbound: HashMap<String, Vec<Forwarded>>,
+}
+
+impl ClusterState {
+    pub(super) fn new(link: ClusterLink) -> ClusterState {
+        ClusterState {
+            link,
+            claims: TokenMap::default(),
+            lookups: TokenMap::default(),
+            outbound: HashMap::new(),
+        }
+    }
+}
+
+/// Sends each result to the shard of its request.
+fn send_results(shared: &Shared, results: impl IntoIterator<Item = ResultMsg>) {
+    let mut per: Vec<Vec<ShardMsg>> = (0..shared.handles.len()).map(|_| Vec::new()).collect();
+    for r in results {
+        if let Some(v) = per.get_mut(usize::from(r.req.shard)) {
+            v.push(ShardMsg::Result(r));
+        }
+    }
+    for (i, batch) in per.into_iter().enumerate() {
+        if !batch.is_empty() {
+            shared.handles[i].send(batch);
+        }
+    }
+}
+
+impl Shard {
+    /// The next message id this shard hands out.
+    pub(super) fn fresh_msg_id(&mut self) -> u64 {
+        self.next_msg_id = match &self.cluster {
+            Some(c) => c.link.next_id(self.next_msg_id),
+            None => self.next_msg_id + 1,
+        };
+        self.next_msg_id
+    }
+
+    /// Claims `token` for connection `idx` (cluster mode; WELCOME waits for it).
+    /// Returns false on a single node.
+    pub(super) fn start_claim(&mut self, idx: u32, token: Token) -> bool {
+        let Some(c) = &mut self.cluster else { return false };
+        let Some(conn) = self.conns.get(idx as usize) else { return false };
+        let conn = ConnRef { shard: self.router.index() as u16, idx, id: conn.id() };
+        c.claims.insert(token, Claim { conn_id: conn.id, revision: None });
+        let shared = self.shared.clone();
+        let me = self.router.index();
+        c.link.engine.claim(
+            token,
+            Box::new(move |result| shared.handles[me].send(vec![ShardMsg::Claimed { token, conn, result }])),
+        );
+        true
+    }
+
+    /// The engine's answer to a claim.
+    pub(super) fn on_claimed(&mut self, token: Token, conn: ConnRef, result: Result<Claimed, EngineError>) {
+        let Some(c) = &mut self.cluster else { return };
+        let current = self.devices.get(&token) == Some(&conn.idx)
+            && self.conns.get(conn.idx as usize).is_some_and(|x| x.id() == conn.id);
+        let ours = c.claims.get(&token).is_some_and(|cl| cl.conn_id == conn.id);
+        match result {
+            Ok(Claimed::Won { revision, previous }) => {
+                let node = c.link.engine.node_id().to_string();
+                if let Some(prev) = previous.filter(|p| *p != node) {
+                    debug!("shard {}: token claimed from node {prev}", self.router.index());
+                    c.link.engine.tell_replaced(&prev, token, revision, Box::new(|_| {}));
+                }
+                if current && ours {
+                    c.claims.insert(token, Claim { conn_id: conn.id, revision: Some(revision) });
+                    self.claim_settled(conn.idx);
+                } else if ours || !c.claims.contains_key(&token) {
+                    // The connection left while its claim was in flight.
+                    c.claims.remove(&token);
+                    c.link.engine.release(token, revision, Box::new(|_| {}));
+                }
+                // Otherwise a newer local connection's claim replaces this one.
+            }
+            Ok(Claimed::Lost { holder }) => {
+                if !(current && ours) {
+                    return;
+                }
+                if holder.as_ref().is_some_and(|h| h.node == c.link.engine.node_id()) {
+                    // Raced a claim of this node's own (an earlier connection): claim again.
+                    self.start_claim(conn.idx, token);
+                    return;
+                }
+                c.claims.remove(&token);
+                self.unbind_replaced(conn.idx);
+            }
+            Err(e) => {
+                if !(current && ours) {
+                    return;
+                }
+                warn!(
+                    "shard {}: route claim failed ({e}); the device is sent elsewhere",
+                    self.router.index()
+                );
+                c.claims.remove(&token);
+                // The engine is unreachable: another node may serve it. The
+                // hint is the first step of the reconnect backoff.
+                self.goaway(conn.idx, GoAwayReason::SHUTDOWN, 1000);
+            }
+        }
+    }
+
+    /// Another node's claim replaced ours: close the session it belonged to.
+    pub(super) fn on_replaced(&mut self, token: Token, revision: u64) {
+        let Some(c) = &mut self.cluster else { return };
+        let Some(claim) = c.claims.get(&token).copied() else { return };
+        // A claim in flight reads the table after the other node's write and
+        // wins over it (telling that node), so only a settled, older claim yields.
+        if claim.revision.is_none_or(|r| r >= revision) {
+            return;
+        }
+        c.claims.remove(&token);
+        if let Some(&idx) = self.devices.get(&token) {
+            if self.conns.get(idx as usize).is_some_and(|x| x.id() == claim.conn_id) {
+                self.unbind_replaced(idx);
+            }
+        }
+    }
+
+    /// Takes a bound device out of the token map and tells it `replaced`.
+    fn unbind_replaced(&mut self, idx: u32) {
+        if let Some(Conn::Device(d)) = self.conns.get_mut(idx as usize) {
+            if d.state == DeviceState::Ready {
+                d.state = DeviceState::Closed;
+                let token = d.token;
+                if self.devices.get(&token) == Some(&idx) {
+                    self.devices.remove(&token);
+                    self.store.unload(&token);
+                }
+                self.metrics.on_unready(crate::metrics::Role::Device);
+            }
+        }
+        self.goaway(idx, GoAwayReason::REPLACED, 0);
+    }
+
+    /// A bound device's connection is going (close, replaced here, unregistered):
+    /// its claim is released by revision, so a newer claim elsewhere stays.
+    pub(super) fn on_device_unbound(&mut self, token: Token, conn_id: u32) {
+        self.store.unload(&token);
+        let Some(c) = &mut self.cluster else { return };
+        if c.claims.get(&token).is_none_or(|cl| cl.conn_id != conn_id) {
+            return;
+        }
+        if let Some(Claim { revision: Some(r), .. }) = c.claims.remove(&token) {
+            c.link.engine.release(token, r, Box::new(|_| {}));
+        }
+    }
+
+    fn claim_settled(&mut self, idx: u32) {
+        if let Some(Conn::Device(d)) = self.conns.get_mut(idx as usize) {
+            d.core.flags.remove(Flags::CLAIMING);
+        }
+        self.maybe_welcome(idx);
+    }
+
+    /// The store loaded `token`'s backlog.
+    pub(super) fn on_loaded(&mut self, token: Token) {
+        // Ids made here must follow what other nodes stored for this device.
+        let stored = self.store.max_msg_id();
+        if stored > self.next_msg_id {
+            self.next_msg_id = stored;
+        }
+        let Some(&idx) = self.devices.get(&token) else { return };
+        if let Some(Conn::Device(d)) = self.conns.get_mut(idx as usize) {
+            if !d.core.flags.contains(Flags::LOADING) {
+                return;
+            }
+            d.core.flags.remove(Flags::LOADING);
+        }
+        self.maybe_welcome(idx);
+    }
+
+    /// A push for a token with no device here, on a cluster node: find
+    /// where its device is first (queued behind an earlier lookup of the token).
+    /// Returns the push if it should be handled here now.
+    pub(super) fn route_push(&mut self, m: PushMsg) -> Option<PushMsg> {
+        let Some(c) = &mut self.cluster else { return Some(m) };
+        if m.local || (self.devices.contains_key(&m.token) && !c.lookups.contains_key(&m.token)) {
+            return Some(m);
+        }
+        let token = m.token;
+        if let Some(waiting) = c.lookups.get_mut(&token) {
+            waiting.push(m);
+            return None;
+        }
+        c.lookups.insert(token, vec![m]);
+        let shared = self.shared.clone();
+        let me = self.router.index();
+        c.link.engine.lookup(
+            token,
+            Box::new(move |route| shared.handles[me].send(vec![ShardMsg::Routed { token, route }])),
+        );
+        None
+    }
+
+    /// A lookup finished: forward its pushes, or handle them here.
+    pub(super) fn on_routed(&mut self, token: Token, route: Result<Option<Route>, EngineError>) {
+        let Some(c) = &mut self.cluster else { return };
+        let Some(pushes) = c.lookups.remove(&token) else { return };
+        let node = c.link.engine.node_id().to_string();
+        match route {
+            Ok(Some(Route { node: holder, .. })) if holder != node && !self.devices.contains_key(&token) => {
+                let out = c.outbound.entry(holder).or_default();
+                for m in pushes {
+                    out.push(Forwarded { app: self.shared.apps.id(m.app).to_string(), msg: m });
+                }
+            }
+            Ok(_) => {
+                // Nobody holds it (or this node does, from before a restart, or
+                // the device connected here meanwhile): deliver or store here.
+                for mut m in pushes {
+                    m.local = true;
+                    self.on_push(m);
+                }
+            }
+            Err(e) => {
+                debug!("shard {}: route lookup failed: {e}", self.router.index());
+                for m in pushes {
+                    let r = ResultMsg { req: m.req, index: m.index, outcome: unavailable() };
+                    self.route_result(r);
+                }
+            }
+        }
+    }
+
+    /// Hands the iteration's forwards to the engine, one request per node
+    /// and `cluster.max_batch` pushes.
+    pub(super) fn flush_forwards(&mut self) {
+        let Some(c) = &mut self.cluster else { return };
+        if c.outbound.is_empty() {
+            return;
+        }
+        let max = self.shared.cfg.cluster.as_ref().map_or(256, |k| k.max_batch).max(1);
+        for (node, mut pushes) in c.outbound.drain() {
+            while !pushes.is_empty() {
+                let rest = if pushes.len() > max { pushes.split_off(max) } else { Vec::new() };
+                let batch = std::mem::replace(&mut pushes, rest);
+                let shared = self.shared.clone();
+                c.link.engine.forward(&node, batch, Box::new(move |r| forwarded(&shared, r)));
+            }
+        }
+    }
+
+    /// A push another node forwarded here.
+    pub(super) fn on_forwarded(
+        &mut self,
+        app: u16,
+        token: Token,
+        note: Note,
+        done: Box<dyn FnOnce(Outcome) + Send>,
+    ) {
+        if self.shared.draining.load(std::sync::atomic::Ordering::Relaxed) {
+            let retry = u64::from(self.shared.cfg.drain.spread_ms);
+            return done(Outcome { status: Status::UNAVAILABLE, msg_id: 0, info: retry });
+        }
+        if let Err(status) = note.check() {
+            return done(Outcome::status(status));
+        }
+        if !self.shared.key.verify(self.shared.apps.id(app), &token) {
+            return done(Outcome::status(Status::BAD_TOKEN));
+        }
+        let reply = ReplyTo::Callback(Box::new(move |a| {
+            if let Answer::Push(v) = a {
+                if let Some(o) = v.first() {
+                    done(*o);
+                }
+            }
+        }));
+        let req = self.requests.open_push(reply, 1);
+        let m = PushMsg { req, index: 0, token, app, local: true, note, read_at_ns: self.clock.now_ns() };
+        let owner = self.router.owner(&token);
+        self.router.send(owner, ShardMsg::Push(m));
+    }
+}
+
+/// What became of a forward, on the engine thread: results to their
+/// request's shards; pushes surely not taken (the node is gone) back to
+/// their owner shard to be stored here; the rest `unavailable`.
+fn forwarded(shared: &Arc<Shared>, r: Result<Vec<ResultMsg>, ForwardFailed>) {
+    match r {
+        Ok(results) => send_results(shared, results),
+        Err(ForwardFailed { error, pushes }) if error.surely_not_done() => {
+            debug!("forward failed ({error}): storing {} pushes here", pushes.len());
+            let n = shared.handles.len();
+            let mut per: Vec<Vec<ShardMsg>> = (0..n).map(|_| Vec::new()).collect();
+            for p in pushes {
+                let mut m = p.msg;
+                m.local = true;
+                per[m.token.shard(n)].push(ShardMsg::Push(m));
+            }
+            for (i, batch) in per.into_iter().enumerate() {
+                if !batch.is_empty() {
+                    shared.handles[i].send(batch);
+                }
+            }
+        }
+        Err(ForwardFailed { error, pushes }) => {
+            warn!("forward of {} pushes failed ({error}): answered unavailable", pushes.len());
+            let results = pushes.into_iter().map(|p| ResultMsg {
+                req: p.msg.req,
+                index: p.msg.index,
+                outcome: unavailable(),
+            });
+            send_results(shared, results);
+        }
+    }
+}
+
+/// `unavailable`, with the first step of the reconnect backoff as the hint.
+fn unavailable() -> Outcome {
+    Outcome { status: Status::UNAVAILABLE, msg_id: 0, info: 1000 }
+}

@@ -1,0 +1,215 @@
+//! Gateway nodes in cluster mode, in this process, on a real 3-server NATS
+//! JetStream cluster: route claims on HELLO, pushes forwarded to the node
+//! that holds the device, a device replaced across nodes, a node gone.
+//! Needs nats-server 2.9 or later (`apt-get install nats-server`).
+
+mod common;
+#[allow(dead_code)]
+#[path = "cluster/nats.rs"]
+mod nats;
+
+use std::time::{Duration, Instant};
+
+use common::{push_frame, secret, test_config, test_key, Raw, APP, APP_SECRET};
+use pushgate::cluster::Engine;
+use pushgate::config::ClusterConfig;
+use pushgate::gateway::Gateway;
+use pushgate::proto::{Frame, GoAwayReason, Status, Token};
+use pushgate::shard::cluster::{ClusterLink, MAX_SLOTS};
+use pushgate::store::memory::MemoryStore;
+use pushgate::store::Store;
+
+use nats::NatsCluster;
+
+const T: Duration = Duration::from_secs(10);
+
+/// An expiry (unix seconds) an hour from now: the push is stored if it must be.
+fn in_an_hour() -> u32 {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock");
+    (now.as_secs() + 3600) as u32
+}
+
+/// One gateway node: its engine (dropped after the gateway) and the gateway.
+struct Node {
+    gw: Option<Gateway>,
+    engine: Option<Engine>,
+    slot: u8,
+}
+
+impl Node {
+    fn start(id: &str, urls: Vec<String>) -> Node {
+        let c = ClusterConfig { nats: urls, node_id: id.into(), ..ClusterConfig::default() };
+        let engine = Engine::start(&c).expect("engine starts");
+        let t0 = Instant::now();
+        let slot = loop {
+            let (tx, rx) = std::sync::mpsc::channel();
+            engine.claim_slot(
+                MAX_SLOTS,
+                Box::new(move |r| {
+                    let _ = tx.send(r);
+                }),
+            );
+            match rx.recv_timeout(Duration::from_secs(15)).expect("the slot claim completes") {
+                Ok(s) => break s,
+                Err(e) if t0.elapsed() < Duration::from_secs(30) => {
+                    eprintln!("{id}: no slot yet: {e}");
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => panic!("{id}: no id slot after 30 s: {e}"),
+            }
+        };
+        let mut cfg = test_config(2);
+        cfg.cluster = Some(c);
+        let stores: Vec<Box<dyn Store>> = (0..2)
+            .map(|_| Box::new(MemoryStore::new(cfg.limits.device_queue_cap)) as Box<dyn Store>)
+            .collect();
+        let link = ClusterLink { engine: engine.handle().clone(), slot };
+        let gw = Gateway::start_in(cfg, test_key(), stores, Some(link)).expect("gateway starts");
+        Node { gw: Some(gw), engine: Some(engine), slot }
+    }
+
+    fn gw(&self) -> &Gateway {
+        self.gw.as_ref().expect("running")
+    }
+
+    fn device(&self, label: &str) -> (Raw, Token) {
+        let mut d = Raw::connect(self.gw().device_addr);
+        let (token, _, _) = d.hello(APP, &secret(label), 30);
+        (d, token)
+    }
+
+    fn provider(&self) -> Raw {
+        let mut p = Raw::connect(self.gw().provider_addr);
+        p.login(APP, APP_SECRET);
+        p
+    }
+
+    /// Stops the node the way a crash looks to the others: its engine
+    /// leaves NATS (no more answers) while its route claims stay in the table.
+    fn stop(&mut self) {
+        if let Some(gw) = self.gw.take() {
+            gw.drain();
+            let t0 = Instant::now();
+            while !gw.is_finished() && t0.elapsed() < T {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        self.engine.take();
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Reads NOTIFYs until `n` arrived, ACKing each; returns their payloads and ids.
+fn notifies(d: &mut Raw, n: usize) -> Vec<(u64, Vec<u8>)> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        let (id, payload) = d.expect(|f| match f {
+            Frame::Notify { msg_id, payload, .. } => (msg_id, payload.to_vec()),
+            other => panic!("expected NOTIFY, got {other:?}"),
+        });
+        d.send(&Frame::Ack { msg_id: id });
+        got.push((id, payload));
+    }
+    got
+}
+
+#[test]
+fn any_provider_reaches_any_device_on_any_node() {
+    let cluster = NatsCluster::start();
+    cluster.wait_ready(Duration::from_secs(30));
+    let nodes: Vec<Node> = (0..3).map(|i| Node::start(&format!("n{i}"), cluster.urls())).collect();
+    let slots: std::collections::HashSet<u8> = nodes.iter().map(|n| n.slot).collect();
+    assert_eq!(slots.len(), 3, "every node has its own id slot");
+    let mut devices: Vec<(Raw, Token)> = (0..3).map(|i| nodes[i].device(&format!("d{i}"))).collect();
+    let mut providers: Vec<Raw> = nodes.iter().map(|n| n.provider()).collect();
+    let mut req = 0;
+    // Every provider pushes to every device, 5 each: 45 pushes, all `delivered`.
+    for round in 0..5 {
+        for (p, provider) in providers.iter_mut().enumerate() {
+            for (d, (_, token)) in devices.iter().enumerate() {
+                req += 1;
+                let body = format!("r{round}-p{p}-d{d}");
+                let (status, msg_id, _) =
+                    provider.push(push_frame(req, *token, in_an_hour(), body.as_bytes()));
+                assert_eq!(status, Status::DELIVERED, "{body}: provider on n{p}, device on n{d}");
+                assert_ne!(msg_id, 0);
+            }
+        }
+    }
+    for (d, (dev, _)) in devices.iter_mut().enumerate() {
+        let got = notifies(dev, 15);
+        let want: Vec<String> = (0..5).flat_map(|r| (0..3).map(move |p| format!("r{r}-p{p}-d{d}"))).collect();
+        let bodies: Vec<String> = got.iter().map(|(_, b)| String::from_utf8_lossy(b).into_owned()).collect();
+        assert_eq!(bodies, want, "device on n{d}: each once, in the order accepted");
+        let ids: Vec<u64> = got.iter().map(|(i, _)| *i).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids grow: {ids:?}");
+        assert!(
+            matches!(dev.recv(Duration::from_millis(200)), common::Got::Timeout),
+            "nothing more for n{d}'s device"
+        );
+    }
+    let forwarded: u64 = nodes
+        .iter()
+        .map(|n| {
+            n.engine
+                .as_ref()
+                .map_or(0, |e| e.metrics().pushes_served.load(std::sync::atomic::Ordering::Relaxed))
+        })
+        .sum();
+    assert_eq!(forwarded, 30, "the 30 pushes whose device was on another node were forwarded");
+}
+
+#[test]
+fn a_device_connecting_on_another_node_replaces_the_first_session() {
+    let cluster = NatsCluster::start();
+    cluster.wait_ready(Duration::from_secs(30));
+    let a = Node::start("ra", cluster.urls());
+    let b = Node::start("rb", cluster.urls());
+    let (mut first, token) = a.device("same");
+    let (mut second, token2) = b.device("same");
+    assert_eq!(token, token2);
+    let reason = first.expect(|f| match f {
+        Frame::GoAway { reason, .. } => reason,
+        other => panic!("expected GOAWAY, got {other:?}"),
+    });
+    assert_eq!(reason, GoAwayReason::REPLACED);
+    assert!(first.closed_within(T));
+    // Pushes through either node now reach the second session only.
+    let mut pa = a.provider();
+    let mut pb = b.provider();
+    assert_eq!(pa.push(push_frame(1, token, in_an_hour(), b"via-a")).0, Status::DELIVERED);
+    assert_eq!(pb.push(push_frame(2, token, in_an_hour(), b"via-b")).0, Status::DELIVERED);
+    let got = notifies(&mut second, 2);
+    assert_eq!(got.iter().map(|(_, b)| b.as_slice()).collect::<Vec<_>>(), vec![&b"via-a"[..], b"via-b"]);
+}
+
+#[test]
+fn a_push_for_a_device_on_a_gone_node_is_stored_not_lost() {
+    let cluster = NatsCluster::start();
+    cluster.wait_ready(Duration::from_secs(30));
+    let a = Node::start("ga", cluster.urls());
+    let mut b = Node::start("gb", cluster.urls());
+    let (mut dev, token) = b.device("moving");
+    let mut p = a.provider();
+    assert_eq!(p.push(push_frame(1, token, in_an_hour(), b"before")).0, Status::DELIVERED);
+    assert_eq!(notifies(&mut dev, 1)[0].1, b"before");
+    // B goes away without releasing the claim (its drain closes the device,
+    // whose release may or may not land: either way A must not lose the push).
+    b.stop();
+    let (status, msg_id, _) = p.push(push_frame(2, token, in_an_hour(), b"after"));
+    assert!(
+        status == Status::QUEUED || status == Status::UNAVAILABLE,
+        "a push for a device on a gone node is stored here or refused, never lost silently: {status:?}"
+    );
+    if status == Status::QUEUED {
+        assert_ne!(msg_id, 0);
+        let (mut again, _) = a.device("moving");
+        let got = notifies(&mut again, 1);
+        assert_eq!(got[0], (msg_id, b"after".to_vec()), "the stored push arrives on the next connection");
+    }
+}
