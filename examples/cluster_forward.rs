@@ -58,7 +58,7 @@ fn main() {
                     payload: Bytes::from(vec![b'x'; 128]),
                 },
                 app: 0,
-                local: false,
+                via: pushgate::shard::msg::Via::Forwarded,
                 read_at_ns: 0,
             },
         })

@@ -251,7 +251,7 @@ fn batch(n: u16, tag: &str) -> Vec<Forwarded> {
                     payload: Bytes::from(format!("{tag}-{i}")),
                 },
                 app: 0,
-                local: false,
+                via: pushgate::shard::msg::Via::Forwarded,
                 read_at_ns: 0,
             },
         })

@@ -213,3 +213,40 @@ fn a_push_for_a_device_on_a_gone_node_is_stored_not_lost() {
         assert_eq!(got[0], (msg_id, b"after".to_vec()), "the stored push arrives on the next connection");
     }
 }
+
+#[test]
+fn a_device_that_moved_is_found_again_past_the_route_cache() {
+    let cluster = NatsCluster::start();
+    cluster.wait_ready(Duration::from_secs(30));
+    let a = Node::start("ma", cluster.urls());
+    let b = Node::start("mb", cluster.urls());
+    let c = Node::start("mc", cluster.urls());
+    let mut p = a.provider();
+    let (mut on_b, token) = b.device("mover");
+    assert_eq!(p.push(push_frame(1, token, in_an_hour(), b"to-b")).0, Status::DELIVERED);
+    assert_eq!(notifies(&mut on_b, 1)[0].1, b"to-b");
+    // The device leaves B and comes back on C; A's cache still says B.
+    drop(on_b);
+    let t0 = Instant::now();
+    while b.gw().devices_per_shard().iter().sum::<usize>() > 0 {
+        assert!(t0.elapsed() < T, "B lets the device go");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (mut on_c, _) = c.device("mover");
+    for i in 0..5u32 {
+        let body = format!("to-c-{i}");
+        let (status, _, _) = p.push(push_frame(2 + i, token, in_an_hour(), body.as_bytes()));
+        assert_eq!(status, Status::DELIVERED, "{body}: found on C past A's stale cache");
+    }
+    let got = notifies(&mut on_c, 5);
+    let bodies: Vec<String> = got.iter().map(|(_, b)| String::from_utf8_lossy(b).into_owned()).collect();
+    assert_eq!(bodies, (0..5).map(|i| format!("to-c-{i}")).collect::<Vec<_>>());
+    let served_by_b = b
+        .engine
+        .as_ref()
+        .expect("running")
+        .metrics()
+        .pushes_served
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(served_by_b >= 2, "B was asked (cached route) and answered not-here: {served_by_b}");
+}

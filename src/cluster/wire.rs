@@ -15,7 +15,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::proto::frame::{is_valid_app_id, MAX_APP_ID, MAX_COLLAPSE, MAX_PAYLOAD};
 use crate::proto::{Note, Status, Token};
-use crate::shard::msg::{PushMsg, ResultMsg};
+use crate::shard::msg::{PushMsg, ResultMsg, Via};
 use crate::shard::requests::{Outcome, ReqRef};
 
 pub const VERSION: u8 = 1;
@@ -231,7 +231,7 @@ pub fn decode_pushes(buf: Bytes) -> Result<Vec<Forwarded>, WireError> {
         let note = Note { kind, priority, flags, expiry, collapse, payload };
         out.push(Forwarded {
             app: app.to_string(),
-            msg: PushMsg { req, index, token, app: 0, local: true, note, read_at_ns: 0 },
+            msg: PushMsg { req, index, token, app: 0, via: Via::Forwarded, note, read_at_ns: 0 },
         });
     }
     c.end()?;
@@ -277,7 +277,7 @@ mod tests {
                 index: i,
                 token: Token([i as u8; 24]),
                 app: 0,
-                local: true,
+                via: Via::Forwarded,
                 note,
                 read_at_ns: 5,
             },
@@ -421,7 +421,7 @@ mod tests {
                     token: Token(t),
                     note: Note { kind, priority: 10, flags: 0, expiry, collapse: Bytes::from(c), payload: Bytes::from(p) },
                     app: 0,
-                    local: true,
+                    via: Via::Forwarded,
                     read_at_ns: 0,
                 },
             }).collect();

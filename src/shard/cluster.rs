@@ -12,7 +12,7 @@ use std::sync::Arc;
 use log::{debug, warn};
 
 use super::conn::{Conn, Flags};
-use super::msg::{ConnRef, PushMsg, ResultMsg, ShardMsg};
+use super::msg::{ConnRef, PushMsg, ResultMsg, ShardMsg, Via};
 use super::requests::{Answer, Outcome, ReplyTo};
 use super::{Shard, Shared};
 use crate::cluster::engine::EngineHandle;
@@ -27,6 +27,11 @@ use crate::proto::{DeviceState, GoAwayReason, Note, Status, Token, TokenHasher};
 pub const SLOT_BITS: u32 = 6;
 /// Nodes a cluster can have (one id slot each).
 pub const MAX_SLOTS: u8 = 1 << SLOT_BITS;
+/// Between nodes only (never sent to a client): the device of a forwarded
+/// push is not on the node it was sent to; the sender routes it again.
+pub const NOT_HERE: Status = Status(0xfe);
+/// Routes a shard remembers; past it the cache starts over.
+const ROUTE_CACHE_MAX: usize = 65_536;
 
 /// How a node's shards reach the cluster: the engine, and the node's id slot.
 #[derive(Clone)]
@@ -62,6 +67,9 @@ pub(super) struct ClusterState {
     lookups: TokenMap<Vec<PushMsg>>,
     /// Pushes to forward at the end of the iteration, per node.
     outbound: HashMap<String, Vec<Forwarded>>,
+    /// Which node held a token's device when last looked up. A stale entry
+    /// costs one `NOT_HERE` round trip, after which the push is looked up afresh.
+    cache: TokenMap<Arc<str>>,
 }
 
 impl ClusterState {
@@ -71,6 +79,7 @@ impl ClusterState {
             claims: TokenMap::default(),
             lookups: TokenMap::default(),
             outbound: HashMap::new(),
+            cache: TokenMap::default(),
         }
     }
 }
@@ -237,18 +246,41 @@ impl Shard {
         self.maybe_welcome(idx);
     }
 
-    /// A push for a token with no device here, on a cluster node: find
-    /// where its device is first (queued behind an earlier lookup of the token).
-    /// Returns the push if it should be handled here now.
+    /// Decides where a push goes on a cluster node: here (returned, to be
+    /// handled now), or to the device's node (forwarded at the end of the
+    /// iteration, after a lookup if the route is not cached). A token's
+    /// pushes queue behind its lookup, so they keep their order.
     pub(super) fn route_push(&mut self, m: PushMsg) -> Option<PushMsg> {
         let Some(c) = &mut self.cluster else { return Some(m) };
-        if m.local || (self.devices.contains_key(&m.token) && !c.lookups.contains_key(&m.token)) {
-            return Some(m);
-        }
         let token = m.token;
+        match m.via {
+            Via::Here => {
+                c.cache.remove(&token);
+                return Some(m);
+            }
+            Via::Forwarded if self.devices.contains_key(&token) => return Some(m),
+            Via::Forwarded => {
+                // Not here (any more): the sender looks again.
+                let r = ResultMsg { req: m.req, index: m.index, outcome: Outcome::status(NOT_HERE) };
+                self.route_result(r);
+                return None;
+            }
+            Via::Route | Via::Fresh => {}
+        }
         if let Some(waiting) = c.lookups.get_mut(&token) {
             waiting.push(m);
             return None;
+        }
+        if self.devices.contains_key(&token) {
+            return Some(m);
+        }
+        if m.via == Via::Route {
+            if let Some(node) = c.cache.get(&token) {
+                let node = node.to_string();
+                let app = self.shared.apps.id(m.app).to_string();
+                c.outbound.entry(node).or_default().push(Forwarded { app, msg: m });
+                return None;
+            }
         }
         c.lookups.insert(token, vec![m]);
         let shared = self.shared.clone();
@@ -267,6 +299,10 @@ impl Shard {
         let node = c.link.engine.node_id().to_string();
         match route {
             Ok(Some(Route { node: holder, .. })) if holder != node && !self.devices.contains_key(&token) => {
+                if c.cache.len() >= ROUTE_CACHE_MAX {
+                    c.cache.clear();
+                }
+                c.cache.insert(token, holder.as_str().into());
                 let out = c.outbound.entry(holder).or_default();
                 for m in pushes {
                     out.push(Forwarded { app: self.shared.apps.id(m.app).to_string(), msg: m });
@@ -276,7 +312,7 @@ impl Shard {
                 // Nobody holds it (or this node does, from before a restart, or
                 // the device connected here meanwhile): deliver or store here.
                 for mut m in pushes {
-                    m.local = true;
+                    m.via = Via::Here;
                     self.on_push(m);
                 }
             }
@@ -302,8 +338,11 @@ impl Shard {
             while !pushes.is_empty() {
                 let rest = if pushes.len() > max { pushes.split_off(max) } else { Vec::new() };
                 let batch = std::mem::replace(&mut pushes, rest);
+                // Kept to route again what the node answers NOT_HERE (a note's
+                // payload is shared, not copied).
+                let kept: Vec<PushMsg> = batch.iter().map(|f| f.msg.clone()).collect();
                 let shared = self.shared.clone();
-                c.link.engine.forward(&node, batch, Box::new(move |r| forwarded(&shared, r)));
+                c.link.engine.forward(&node, batch, Box::new(move |r| forwarded(&shared, kept, r)));
             }
         }
     }
@@ -334,31 +373,41 @@ impl Shard {
             }
         }));
         let req = self.requests.open_push(reply, 1);
-        let m = PushMsg { req, index: 0, token, app, local: true, note, read_at_ns: self.clock.now_ns() };
+        let m =
+            PushMsg { req, index: 0, token, app, via: Via::Forwarded, note, read_at_ns: self.clock.now_ns() };
         let owner = self.router.owner(&token);
         self.router.send(owner, ShardMsg::Push(m));
     }
 }
 
 /// What became of a forward, on the engine thread: results to their
-/// request's shards; pushes surely not taken (the node is gone) back to
-/// their owner shard to be stored here; the rest `unavailable`.
-fn forwarded(shared: &Arc<Shared>, r: Result<Vec<ResultMsg>, ForwardFailed>) {
+/// request's shards; pushes the node no longer holds the device for, and
+/// pushes surely not taken (the node is gone), back to their owner shard
+/// (looked up again once, then stored there); the rest `unavailable`.
+fn forwarded(shared: &Arc<Shared>, kept: Vec<PushMsg>, r: Result<Vec<ResultMsg>, ForwardFailed>) {
+    let n = shared.handles.len();
+    let mut back: Vec<Vec<ShardMsg>> = (0..n).map(|_| Vec::new()).collect();
+    let mut again = |mut m: PushMsg, via: Via| {
+        m.via = via;
+        back[m.token.shard(n)].push(ShardMsg::Push(m));
+    };
     match r {
-        Ok(results) => send_results(shared, results),
+        Ok(results) => {
+            let mut done = Vec::with_capacity(results.len());
+            for (r, m) in results.into_iter().zip(kept) {
+                if r.outcome.status == NOT_HERE {
+                    let via = if m.via == Via::Fresh { Via::Here } else { Via::Fresh };
+                    again(m, via);
+                } else {
+                    done.push(r);
+                }
+            }
+            send_results(shared, done);
+        }
         Err(ForwardFailed { error, pushes }) if error.surely_not_done() => {
             debug!("forward failed ({error}): storing {} pushes here", pushes.len());
-            let n = shared.handles.len();
-            let mut per: Vec<Vec<ShardMsg>> = (0..n).map(|_| Vec::new()).collect();
             for p in pushes {
-                let mut m = p.msg;
-                m.local = true;
-                per[m.token.shard(n)].push(ShardMsg::Push(m));
-            }
-            for (i, batch) in per.into_iter().enumerate() {
-                if !batch.is_empty() {
-                    shared.handles[i].send(batch);
-                }
+                again(p.msg, Via::Here);
             }
         }
         Err(ForwardFailed { error, pushes }) => {
@@ -369,6 +418,11 @@ fn forwarded(shared: &Arc<Shared>, r: Result<Vec<ResultMsg>, ForwardFailed>) {
                 outcome: unavailable(),
             });
             send_results(shared, results);
+        }
+    }
+    for (i, batch) in back.into_iter().enumerate() {
+        if !batch.is_empty() {
+            shared.handles[i].send(batch);
         }
     }
 }

@@ -26,13 +26,26 @@ pub struct PushMsg {
     pub token: Token,
     /// The app index it was accepted for, on this node.
     pub app: u16,
-    /// Deliver or store on this node, never forward: it was forwarded here,
-    /// or sent back after a forward found its node gone.
-    pub local: bool,
+    /// How a cluster node routes it (a single node handles every push itself).
+    pub via: Via,
     pub note: Note,
     /// When the request was read, in ns of the node's clock (`Clock::now_ns`),
     /// for the delivery latency histogram.
     pub read_at_ns: u64,
+}
+
+/// Where a push goes in cluster mode.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Via {
+    /// Accepted here: to the device's node (the route cache, else a lookup).
+    Route,
+    /// Back from a node that no longer has the device: look up again, past the cache.
+    Fresh,
+    /// Deliver or store on this node: nobody else holds the device, or its node is gone.
+    Here,
+    /// Forwarded by another node for a device it believes is here: deliver
+    /// it, or answer `NOT_HERE` so that node routes it again.
+    Forwarded,
 }
 
 /// The outcome of a `PushMsg`, on its way back to the request's shard.

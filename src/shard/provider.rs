@@ -138,7 +138,7 @@ impl Shard {
                         index,
                         token: *token,
                         app,
-                        local: false,
+                        via: super::msg::Via::Route,
                         note: note.clone(),
                         read_at_ns,
                     };

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Cluster mode under load: a 3-server NATS JetStream cluster (deploy/nats,
+# store dirs moved to /tmp/pushgate-loadtest-cluster) and two gateways
+# (loadtest/cluster/g1.toml, g2.toml: user defaults). Two runs of the
+# throughput scenario with the same devices and providers:
+#   same node: devices and providers on g1;
+#   forwarded: devices on g2, providers on g1 (every push crosses NATS).
+# Prints accepted/delivered rates and latency.  loadtest/cluster.sh [devices] [seconds] [expiry]
+# Needs nats-server (apt-get install -y nats-server).
+set -u
+cd "$(dirname "$0")/.."
+devices=${1:-1000}
+secs=${2:-10}
+expiry=${3:-0}
+BIN=target/release/pushgate
+LT=target/release/pushgate-loadtest
+cargo build --release -q -p pushgate -p pushgate-loadtest
+base=/tmp/pushgate-loadtest-cluster
+rm -rf "$base" && mkdir -p "$base"
+head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$base/token.key"
+pids=()
+cleanup() { kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null; }
+trap cleanup EXIT
+for n in 1 2 3; do
+    sed "s|/tmp/pushgate-nats/n$n|$base/nats-n$n|" deploy/nats/n$n.conf >"$base/n$n.conf"
+    nats-server -c "$base/n$n.conf" >"$base/nats-n$n.log" 2>&1 &
+    pids+=($!)
+done
+sleep 2
+for g in 1 2; do
+    $BIN serve --config loadtest/cluster/g$g.toml >"$base/g$g.log" 2>&1 &
+    pids+=($!)
+done
+for g in 1 2; do
+    for _ in $(seq 100); do
+        curl -sf "http://127.0.0.1:178${g}2/readyz" >/dev/null && break
+        sleep 0.2
+    done
+done
+run() {
+    echo "== $1"
+    timeout 120 $LT run --scenario throughput --devices "$devices" --providers 2 --rate 0 \
+        --duration "$secs" --expiry "$expiry" --addr "$2" --provider-addr "$3" \
+        --app load --secret loadtest-secret-0123456789 2>&1 | grep -E "accepted rate|delivered|latency|results|CPU"
+}
+run "same node (devices and providers on g1)" 127.0.0.1:17810 127.0.0.1:17811
+run "forwarded (devices on g2, providers on g1)" 127.0.0.1:17820 127.0.0.1:17811
+for g in 1 2; do
+    echo "== g$g engine metrics"
+    curl -s "http://127.0.0.1:178${g}2/metrics" | grep -E "^pushgate_engine_(ops|pushes)" | head -20
+done
