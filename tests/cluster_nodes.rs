@@ -10,7 +10,7 @@ mod nats;
 
 use std::time::{Duration, Instant};
 
-use common::{push_frame, secret, test_config, test_key, Raw, APP, APP_SECRET};
+use common::{push_frame, secret, test_config, test_key, with_note, Raw, APP, APP_SECRET};
 use pushgate::cluster::Engine;
 use pushgate::config::ClusterConfig;
 use pushgate::gateway::Gateway;
@@ -249,4 +249,70 @@ fn a_device_that_moved_is_found_again_past_the_route_cache() {
         .pushes_served
         .load(std::sync::atomic::Ordering::Relaxed);
     assert!(served_by_b >= 2, "B was asked (cached route) and answered not-here: {served_by_b}");
+}
+
+/// Waits for a RECEIPT on `p`, skipping nothing else.
+fn receipt(p: &mut Raw) -> (Token, u64) {
+    p.expect(|f| match f {
+        Frame::Receipt { token, msg_id, .. } => (token, msg_id),
+        other => panic!("expected RECEIPT, got {other:?}"),
+    })
+}
+
+#[test]
+fn a_receipt_reaches_a_subscriber_on_another_node_and_waits_for_one() {
+    let cluster = NatsCluster::start();
+    cluster.wait_ready(Duration::from_secs(30));
+    let a = Node::start("xa", cluster.urls());
+    let b = Node::start("xb", cluster.urls());
+    // The subscriber is on A; the device (and its ACK) on B; the push via A.
+    let mut sub = a.provider();
+    sub.send(&Frame::SubscribeReceipts);
+    let (mut dev, token) = b.device("receipts");
+    let mut p = a.provider();
+    // The subscription reaches NATS asynchronously: retry the first receipt's push.
+    let t0 = Instant::now();
+    let first = loop {
+        let (status, msg_id, _) =
+            p.push(with_note(push_frame(1, token, in_an_hour(), b"r"), |n| n.flags = 1));
+        assert_eq!(status, Status::DELIVERED);
+        let got = notifies(&mut dev, 1);
+        assert_eq!(got[0].0, msg_id);
+        match sub.recv(Duration::from_millis(1500)) {
+            common::Got::Frame(b) => match Frame::parse(
+                pushgate::proto::frame::split_frame(&b, pushgate::proto::frame::PROVIDER_MAX_BODY)
+                    .expect("framing")
+                    .expect("a whole frame")
+                    .0,
+            )
+            .expect("a frame")
+            {
+                Frame::Receipt { token: t, msg_id: m, .. } => break (t, m, msg_id),
+                other => panic!("expected RECEIPT, got {other:?}"),
+            },
+            _ if t0.elapsed() < T => continue, // kept on B; offered again within a second or so
+            other => panic!("no receipt on A within {T:?}: {other:?}"),
+        }
+    };
+    assert_eq!(first.0, token);
+    // Within that wait B may have kept and re-offered the receipt: ids must be ours.
+    assert!(first.1 <= first.2 && first.1 != 0);
+    // No subscriber anywhere: B keeps the receipt, and hands it over once one subscribes on A.
+    drop(sub);
+    std::thread::sleep(Duration::from_millis(300));
+    let (status, kept_id, _) = p.push(with_note(push_frame(9, token, in_an_hour(), b"k"), |n| n.flags = 1));
+    assert_eq!(status, Status::DELIVERED);
+    assert_eq!(notifies(&mut dev, 1)[0].0, kept_id);
+    std::thread::sleep(Duration::from_millis(500));
+    let mut sub2 = a.provider();
+    sub2.send(&Frame::SubscribeReceipts);
+    let t0 = Instant::now();
+    loop {
+        let (t, m) = receipt(&mut sub2);
+        assert_eq!(t, token);
+        if m == kept_id {
+            break;
+        }
+        assert!(t0.elapsed() < T, "the kept receipt never came");
+    }
 }

@@ -93,6 +93,8 @@ pub(crate) struct Ctx {
     pub metrics: Arc<EngineMetrics>,
     /// The route table's bucket, made on first use.
     pub routes: tokio::sync::OnceCell<jetstream::kv::Store>,
+    /// Apps whose receipts this node takes, each with the stop of its subscription.
+    pub receipt_subs: Mutex<std::collections::HashMap<String, tokio::sync::oneshot::Sender<()>>>,
 }
 
 type Task = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -331,7 +333,14 @@ fn run(
         };
         let mut js = jetstream::new(client.clone());
         js.set_timeout(cfg.request_timeout());
-        let ctx = Arc::new(Ctx { client: client.clone(), js, cfg, metrics, routes: Default::default() });
+        let ctx = Arc::new(Ctx {
+            client: client.clone(),
+            js,
+            cfg,
+            metrics,
+            routes: Default::default(),
+            receipt_subs: Default::default(),
+        });
         let _ = ready.send(Ok(()));
         while let Some(Cmd::Job(job)) = rx.recv().await {
             tokio::spawn((job.task)(ctx.clone()));

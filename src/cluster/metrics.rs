@@ -19,13 +19,16 @@ pub enum Op {
     Serve = 4,
     /// A replacement notice sent to the node whose claim this node replaced.
     Replaced = 5,
+    /// Receipts handed to a node with a subscribed provider session of their app.
+    Receipts = 6,
 }
 
-pub const OPS: [Op; 6] = [Op::Claim, Op::Release, Op::Lookup, Op::Forward, Op::Serve, Op::Replaced];
+pub const OPS: [Op; 7] =
+    [Op::Claim, Op::Release, Op::Lookup, Op::Forward, Op::Serve, Op::Replaced, Op::Receipts];
 
 impl Op {
     pub fn name(self) -> &'static str {
-        ["claim", "release", "lookup", "forward", "serve", "replaced"][self as usize]
+        ["claim", "release", "lookup", "forward", "serve", "replaced", "receipts"][self as usize]
     }
 }
 

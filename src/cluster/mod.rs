@@ -17,11 +17,13 @@
 //! - [`wire`]: the binary encoding of forwarded push batches and their results (sans-IO).
 //! - [`forward`]: request/reply of push batches between nodes, and the responder side.
 //! - [`control`]: telling the node whose claim was replaced to close its session.
+//! - [`receipts`]: receipts to a node where a provider session of their app subscribed.
 
 pub mod control;
 pub mod engine;
 pub mod forward;
 pub mod metrics;
+pub mod receipts;
 pub mod routes;
 pub mod wire;
 

@@ -17,10 +17,12 @@ use super::requests::{Answer, Outcome, ReplyTo};
 use super::{Shard, Shared};
 use crate::cluster::engine::EngineHandle;
 use crate::cluster::forward::ForwardFailed;
+use crate::cluster::receipts::ReceiptHandler;
 use crate::cluster::routes::{Claimed, Route};
 use crate::cluster::wire::Forwarded;
 use crate::cluster::EngineError;
 use crate::proto::{DeviceState, GoAwayReason, Note, Status, Token, TokenHasher};
+use crate::store::Receipt;
 
 /// Low bits of every message id that name the node which made it, so ids
 /// made by different nodes for one device never collide.
@@ -70,11 +72,22 @@ pub(super) struct ClusterState {
     /// Which node held a token's device when last looked up. A stale entry
     /// costs one `NOT_HERE` round trip, after which the push is looked up afresh.
     cache: TokenMap<Arc<str>>,
+    /// Where receipts other nodes send here go: their app's hub shard.
+    receipts_in: ReceiptHandler,
 }
 
 impl ClusterState {
-    pub(super) fn new(link: ClusterLink) -> ClusterState {
+    pub(super) fn new(link: ClusterLink, shared: &Arc<Shared>) -> ClusterState {
+        let s = shared.clone();
+        let receipts_in: ReceiptHandler = Arc::new(move |app_id, list| {
+            let Some(app) = s.apps.index_of(app_id) else { return };
+            let hub = super::router::hub_of(app, s.handles.len());
+            let batch =
+                list.into_iter().map(|receipt| ShardMsg::Receipt { app, receipt, remote: true }).collect();
+            s.handles[hub].send(batch);
+        });
         ClusterState {
+            receipts_in,
             link,
             claims: TokenMap::default(),
             lookups: TokenMap::default(),
@@ -377,6 +390,54 @@ impl Shard {
             PushMsg { req, index: 0, token, app, via: Via::Forwarded, note, read_at_ns: self.clock.now_ns() };
         let owner = self.router.owner(&token);
         self.router.send(owner, ShardMsg::Push(m));
+    }
+}
+
+impl Shard {
+    /// At an app's hub: this node starts or stops taking the app's receipts
+    /// from other nodes (its first local subscriber came, or its last went).
+    pub(super) fn receipt_interest(&mut self, app: u16, on: bool) {
+        let Some(c) = &self.cluster else { return };
+        c.link.engine.receipt_interest(self.shared.apps.id(app), on, c.receipts_in.clone());
+    }
+
+    /// At an app's hub with no subscriber here: the receipts go to a node
+    /// with one; if none listens (or the engine fails) they are kept here.
+    pub(super) fn send_receipts_away(&mut self, app: u16, receipts: Vec<Receipt>) {
+        let Some(c) = &self.cluster else {
+            for r in receipts {
+                self.keep_receipt(app, r);
+            }
+            return;
+        };
+        let (shared, me) = (self.shared.clone(), self.router.index());
+        let back = receipts.clone();
+        c.link.engine.send_receipts(
+            self.shared.apps.id(app),
+            receipts,
+            Box::new(move |r| {
+                if r.is_err() {
+                    let keep =
+                        back.into_iter().map(|receipt| ShardMsg::KeepReceipt { app, receipt }).collect();
+                    shared.handles[me].send(keep);
+                }
+            }),
+        );
+    }
+
+    /// Asks whether any node takes `app`'s receipts; if one does, the kept ones follow.
+    pub(super) fn offer_kept_receipts(&mut self, app: u16) {
+        let Some(c) = &self.cluster else { return };
+        let (shared, me) = (self.shared.clone(), self.router.index());
+        c.link.engine.send_receipts(
+            self.shared.apps.id(app),
+            Vec::new(),
+            Box::new(move |r| {
+                if r.is_ok() {
+                    shared.handles[me].send(vec![ShardMsg::ReceiptsWanted { app }]);
+                }
+            }),
+        );
     }
 }
 

@@ -242,7 +242,7 @@ impl Shard {
         store.set_load_hook(Box::new(move |token| {
             load_shared.handles[index].send(vec![ShardMsg::Loaded { token }]);
         }));
-        let cluster = shared.cluster.clone().map(|l| Box::new(cluster::ClusterState::new(l)));
+        let cluster = shared.cluster.clone().map(|l| Box::new(cluster::ClusterState::new(l, &shared)));
         let mut tombstones = Tombstones::default();
         let router = Router::new(index, n);
         tombstones.load(&mut *store, &shared.apps, &router);
@@ -384,11 +384,12 @@ impl Shard {
             ShardMsg::Result(r) => self.on_result(r),
             ShardMsg::Adopt(a) => self.on_adopt(*a),
             ShardMsg::Drain => self.start_drain(),
-            ShardMsg::Receipt { app, receipt } => self.on_receipt(app, receipt),
+            ShardMsg::Receipt { app, receipt, remote } => self.on_receipt(app, receipt, remote),
+            ShardMsg::ReceiptsWanted { app } => self.send_kept_receipts(app),
             ShardMsg::KeepReceipt { app, receipt } => self.keep_receipt(app, receipt),
             ShardMsg::DeliverReceipts { to, app, receipts } => self.on_deliver_receipts(to, app, receipts),
             ShardMsg::SinkUp { app, sink } => self.on_sink_up(app, sink),
-            ShardMsg::SinkDown { app, sink } => self.receipts.remove(app, &sink),
+            ShardMsg::SinkDown { app, sink } => self.on_sink_down(app, sink),
             ShardMsg::FeedbackQuery { req, app, since_ms, after } => {
                 self.on_feedback_query(req, app, (since_ms, after))
             }

@@ -115,10 +115,16 @@ pub enum Submit {
 pub enum ShardMsg {
     Push(PushMsg),
     Result(ResultMsg),
-    /// A receipt on its way to its app's hub shard.
+    /// A receipt on its way to its app's hub shard; `remote` if another
+    /// node sent it here (it is kept here, not sent on, if no sink takes it).
     Receipt {
         app: u16,
         receipt: Receipt,
+        remote: bool,
+    },
+    /// Cluster: another node takes `app`'s receipts now; send it what is kept here.
+    ReceiptsWanted {
+        app: u16,
     },
     /// A receipt a session could not take, back to the hub's store (handed out again by its pump).
     KeepReceipt {

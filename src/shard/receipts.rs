@@ -4,7 +4,7 @@
 //! end's stream) round robin, or keeps it in the store (bounded per app)
 //! until one subscribes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use crossbeam_channel::TrySendError;
 use log::warn;
@@ -23,20 +23,27 @@ const RECEIPT_BATCH: usize = 500;
 pub struct ReceiptHub {
     sinks: HashMap<u16, Vec<ReceiptSink>>,
     rr: usize,
+    /// Apps with receipts kept in the store (cluster mode: offered to other nodes).
+    kept: HashSet<u16>,
 }
 
 impl ReceiptHub {
-    pub fn add(&mut self, app: u16, sink: ReceiptSink) {
-        self.sinks.entry(app).or_default().push(sink);
+    /// Adds a sink; true if it is the app's first.
+    pub fn add(&mut self, app: u16, sink: ReceiptSink) -> bool {
+        let v = self.sinks.entry(app).or_default();
+        v.push(sink);
+        v.len() == 1
     }
 
-    pub fn remove(&mut self, app: u16, sink: &ReceiptSink) {
-        if let Some(v) = self.sinks.get_mut(&app) {
-            v.retain(|s| s != sink);
-            if v.is_empty() {
-                self.sinks.remove(&app);
-            }
+    /// Removes a sink; true if the app had sinks and has none now.
+    pub fn remove(&mut self, app: u16, sink: &ReceiptSink) -> bool {
+        let Some(v) = self.sinks.get_mut(&app) else { return false };
+        v.retain(|s| s != sink);
+        if v.is_empty() {
+            self.sinks.remove(&app);
+            return true;
         }
+        false
     }
 
     /// The next sink of `app`, round robin.
@@ -60,13 +67,17 @@ impl Shard {
     pub(super) fn emit_receipt(&mut self, app: u16, token: Token, msg_id: u64) {
         let receipt = Receipt { token, msg_id, acked_at_ms: self.clock.unix_ms };
         let hub = self.router.hub(app);
-        self.router.send(hub, ShardMsg::Receipt { app, receipt });
+        self.router.send(hub, ShardMsg::Receipt { app, receipt, remote: false });
     }
 
-    /// At the hub: hand the receipt to a sink of the app, or keep it.
-    pub(super) fn on_receipt(&mut self, app: u16, receipt: Receipt) {
+    /// At the hub: hand the receipt to a sink of the app; else (cluster mode)
+    /// to a node with one, or keep it.
+    pub(super) fn on_receipt(&mut self, app: u16, receipt: Receipt, remote: bool) {
         loop {
             match self.receipts.next(app) {
+                None if !remote && self.cluster.is_some() => {
+                    return self.send_receipts_away(app, vec![receipt])
+                }
                 None => return self.keep_receipt(app, receipt),
                 Some(ReceiptSink::Conn(to)) => {
                     let m = ShardMsg::DeliverReceipts { to, app, receipts: vec![receipt] };
@@ -76,7 +87,9 @@ impl Shard {
                     Ok(()) => return,
                     Err(TrySendError::Full(_)) => return self.keep_receipt(app, receipt),
                     Err(TrySendError::Disconnected(_)) => {
-                        self.receipts.remove(app, &ReceiptSink::Channel(tx))
+                        if self.receipts.remove(app, &ReceiptSink::Channel(tx)) {
+                            self.receipt_interest(app, false);
+                        }
                     }
                 },
             }
@@ -90,6 +103,7 @@ impl Shard {
         if let Err(e) = self.store.save_receipt(shared.apps.id(app), receipt, cap) {
             warn!("shard {}: keeping a receipt: {e}", self.index());
         }
+        self.receipts.kept.insert(app);
         self.commit.mark_dirty();
     }
 
@@ -138,15 +152,51 @@ impl Shard {
     }
 
     pub(super) fn on_sink_up(&mut self, app: u16, sink: ReceiptSink) {
-        self.receipts.add(app, sink);
+        if self.receipts.add(app, sink) {
+            self.receipt_interest(app, true);
+        }
         self.pump_app_receipts(app);
     }
 
-    /// Once a second at the hub: stored receipts go to connected sinks, in batches.
+    pub(super) fn on_sink_down(&mut self, app: u16, sink: ReceiptSink) {
+        if self.receipts.remove(app, &sink) {
+            self.receipt_interest(app, false);
+        }
+    }
+
+    /// Once a second at the hub: stored receipts go to connected sinks, in
+    /// batches; in cluster mode, receipts kept for apps with no sink here
+    /// are offered to the other nodes.
     pub(super) fn pump_receipts(&mut self) {
         for app in self.receipts.apps() {
             self.pump_app_receipts(app);
         }
+        if self.cluster.is_some() {
+            let kept: Vec<u16> =
+                self.receipts.kept.iter().copied().filter(|a| !self.receipts.has(*a)).collect();
+            for app in kept {
+                self.offer_kept_receipts(app);
+            }
+        }
+    }
+
+    /// Cluster: a node takes `app`'s receipts now; hand it a batch of the kept ones.
+    pub(super) fn send_kept_receipts(&mut self, app: u16) {
+        if self.receipts.has(app) {
+            return self.pump_app_receipts(app);
+        }
+        let shared = self.shared.clone();
+        let mut batch = Vec::new();
+        if let Err(e) = self.store.take_receipts(shared.apps.id(app), RECEIPT_BATCH, &mut batch) {
+            warn!("shard {}: reading receipts: {e}", self.index());
+            return;
+        }
+        if batch.is_empty() {
+            self.receipts.kept.remove(&app);
+            return;
+        }
+        self.commit.mark_dirty();
+        self.send_receipts_away(app, batch);
     }
 
     fn pump_app_receipts(&mut self, app: u16) {
@@ -160,6 +210,7 @@ impl Shard {
             return;
         }
         if batch.is_empty() {
+            self.receipts.kept.remove(&app);
             return;
         }
         self.commit.mark_dirty();
@@ -169,7 +220,7 @@ impl Shard {
                 .send(usize::from(to.shard), ShardMsg::DeliverReceipts { to, app, receipts: batch }),
             _ => {
                 for r in batch {
-                    self.on_receipt(app, r);
+                    self.on_receipt(app, r, true);
                 }
             }
         }
