@@ -249,6 +249,14 @@ fn a_device_that_moved_is_found_again_past_the_route_cache() {
         .pushes_served
         .load(std::sync::atomic::Ordering::Relaxed);
     assert!(served_by_b >= 2, "B was asked (cached route) and answered not-here: {served_by_b}");
+    let rerouted = a
+        .engine
+        .as_ref()
+        .expect("running")
+        .metrics()
+        .failover_rerouted
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(rerouted, 1, "one push came back from B and was routed again");
 }
 
 /// Waits for a RECEIPT on `p`, skipping nothing else.

@@ -58,6 +58,10 @@ pub struct EngineMetrics {
     /// Pushes carried in forwarded batches, and answered for other nodes.
     pub pushes_forwarded: AtomicU64,
     pub pushes_served: AtomicU64,
+    /// Fail-overs: pushes stored on this node because the node holding their
+    /// device was gone, and pushes routed again because it no longer held it.
+    pub failover_stored: AtomicU64,
+    pub failover_rerouted: AtomicU64,
 }
 
 impl EngineMetrics {
@@ -132,6 +136,22 @@ impl EngineMetrics {
             get(&self.pushes_forwarded)
         );
         let _ = writeln!(out, "pushgate_engine_pushes_total{{dir=\"served\"}} {}", get(&self.pushes_served));
+        let _ = writeln!(
+            out,
+            "# HELP pushgate_engine_failovers_total Forwarded pushes whose node was gone (stored here) \
+             or no longer held the device (routed again)."
+        );
+        let _ = writeln!(out, "# TYPE pushgate_engine_failovers_total counter");
+        let _ = writeln!(
+            out,
+            "pushgate_engine_failovers_total{{kind=\"stored\"}} {}",
+            get(&self.failover_stored)
+        );
+        let _ = writeln!(
+            out,
+            "pushgate_engine_failovers_total{{kind=\"rerouted\"}} {}",
+            get(&self.failover_rerouted)
+        );
         let _ =
             writeln!(out, "# HELP pushgate_engine_latency_seconds Engine operation latency, queue included.");
         let _ = writeln!(out, "# TYPE pushgate_engine_latency_seconds histogram");

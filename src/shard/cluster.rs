@@ -446,6 +446,8 @@ impl Shard {
 /// pushes surely not taken (the node is gone), back to their owner shard
 /// (looked up again once, then stored there); the rest `unavailable`.
 fn forwarded(shared: &Arc<Shared>, kept: Vec<PushMsg>, r: Result<Vec<ResultMsg>, ForwardFailed>) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let metrics = shared.cluster.as_ref().map(|c| c.engine.metrics().clone()).unwrap_or_default();
     let n = shared.handles.len();
     let mut back: Vec<Vec<ShardMsg>> = (0..n).map(|_| Vec::new()).collect();
     let mut again = |mut m: PushMsg, via: Via| {
@@ -457,6 +459,7 @@ fn forwarded(shared: &Arc<Shared>, kept: Vec<PushMsg>, r: Result<Vec<ResultMsg>,
             let mut done = Vec::with_capacity(results.len());
             for (r, m) in results.into_iter().zip(kept) {
                 if r.outcome.status == NOT_HERE {
+                    metrics.failover_rerouted.fetch_add(1, Relaxed);
                     let via = if m.via == Via::Fresh { Via::Here } else { Via::Fresh };
                     again(m, via);
                 } else {
@@ -467,6 +470,7 @@ fn forwarded(shared: &Arc<Shared>, kept: Vec<PushMsg>, r: Result<Vec<ResultMsg>,
         }
         Err(ForwardFailed { error, pushes }) if error.surely_not_done() => {
             debug!("forward failed ({error}): storing {} pushes here", pushes.len());
+            metrics.failover_stored.fetch_add(pushes.len() as u64, Relaxed);
             for p in pushes {
                 again(p.msg, Via::Here);
             }

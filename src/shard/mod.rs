@@ -403,6 +403,7 @@ impl Shard {
             ShardMsg::Replaced { token, revision } => self.on_replaced(token, revision),
             ShardMsg::Routed { token, route } => self.on_routed(token, route),
             ShardMsg::Loaded { token } => self.on_loaded(token),
+            ShardMsg::TombstoneSeen { token, app, at_ms } => self.tombstones.seen(token, app, at_ms),
         }
     }
 

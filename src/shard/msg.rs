@@ -179,6 +179,13 @@ pub enum ShardMsg {
         token: Token,
         route: Result<Option<crate::cluster::routes::Route>, crate::cluster::EngineError>,
     },
+    /// Cluster: an unregistration recorded on some node (`at_ms`), or lifted
+    /// (None), for the token's owner shard's tombstones.
+    TombstoneSeen {
+        token: Token,
+        app: u16,
+        at_ms: Option<u64>,
+    },
     /// The store can read `token`'s backlog now (see `Store::load`).
     Loaded {
         token: Token,

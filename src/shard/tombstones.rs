@@ -37,6 +37,19 @@ impl Tombstones {
         }
     }
 
+    /// Another node recorded (`Some`) or lifted (`None`) `token`'s tombstone;
+    /// the store has it already, only this copy changes.
+    pub fn seen(&mut self, token: Token, app: u16, at_ms: Option<u64>) {
+        match at_ms {
+            Some(at) => {
+                self.0.insert(token, (app, at));
+            }
+            None => {
+                self.0.remove(&token);
+            }
+        }
+    }
+
     /// The unregistration time of `token`, if it is tombstoned.
     pub fn unregistered_at(&self, token: &Token) -> Option<u64> {
         self.0.get(token).map(|&(_, at)| at)
