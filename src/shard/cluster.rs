@@ -250,13 +250,14 @@ impl Shard {
             self.next_msg_id = stored;
         }
         let Some(&idx) = self.devices.get(&token) else { return };
-        if let Some(Conn::Device(d)) = self.conns.get_mut(idx as usize) {
-            if !d.core.flags.contains(Flags::LOADING) {
-                return;
-            }
+        let Some(Conn::Device(d)) = self.conns.get_mut(idx as usize) else { return };
+        if d.core.flags.contains(Flags::LOADING) {
             d.core.flags.remove(Flags::LOADING);
+            self.maybe_welcome(idx);
+        } else {
+            // A later fetch (another node's append that raced the claim) found more.
+            let _ = self.deliver(idx);
         }
-        self.maybe_welcome(idx);
     }
 
     /// Decides where a push goes on a cluster node: here (returned, to be
