@@ -443,9 +443,9 @@ impl Shard {
 }
 
 /// What became of a forward, on the engine thread: results to their
-/// request's shards; pushes the node no longer holds the device for, and
-/// pushes surely not taken (the node is gone), back to their owner shard
-/// (looked up again once, then stored there); the rest `unavailable`.
+/// request's shards; pushes the node no longer holds the device for back to
+/// their owner shard to be looked up again (once, then stored there); the
+/// pushes of a failed forward back to their owner shard to be stored there.
 fn forwarded(shared: &Arc<Shared>, kept: Vec<PushMsg>, r: Result<Vec<ResultMsg>, ForwardFailed>) {
     use std::sync::atomic::Ordering::Relaxed;
     let metrics = shared.cluster.as_ref().map(|c| c.engine.metrics().clone()).unwrap_or_default();
@@ -469,21 +469,17 @@ fn forwarded(shared: &Arc<Shared>, kept: Vec<PushMsg>, r: Result<Vec<ResultMsg>,
             }
             send_results(shared, done);
         }
-        Err(ForwardFailed { error, pushes }) if error.surely_not_done() => {
+        Err(ForwardFailed { error, pushes }) => {
+            // The node is gone (nothing was taken), or went silent past the
+            // deadline (it may have delivered some): either way the pushes
+            // are stored here, so none is lost and none is refused that may
+            // still arrive. A silent node's delivery plus this copy can show
+            // the device one notification twice, under two ids (protocol.md 10.3).
             debug!("forward failed ({error}): storing {} pushes here", pushes.len());
             metrics.failover_stored.fetch_add(pushes.len() as u64, Relaxed);
             for p in pushes {
                 again(p.msg, Via::Here);
             }
-        }
-        Err(ForwardFailed { error, pushes }) => {
-            warn!("forward of {} pushes failed ({error}): answered unavailable", pushes.len());
-            let results = pushes.into_iter().map(|p| ResultMsg {
-                req: p.msg.req,
-                index: p.msg.index,
-                outcome: unavailable(),
-            });
-            send_results(shared, results);
         }
     }
     for (i, batch) in back.into_iter().enumerate() {
