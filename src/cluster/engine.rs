@@ -93,6 +93,10 @@ pub(crate) struct Ctx {
     pub metrics: Arc<EngineMetrics>,
     /// The route table's bucket, made on first use.
     pub routes: tokio::sync::OnceCell<jetstream::kv::Store>,
+    /// The offline queue's stream, made on first use.
+    pub queue: tokio::sync::OnceCell<jetstream::stream::Stream>,
+    /// The tombstone bucket, made on first use.
+    pub tombs: tokio::sync::OnceCell<jetstream::kv::Store>,
 }
 
 type Task = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -331,7 +335,15 @@ fn run(
         };
         let mut js = jetstream::new(client.clone());
         js.set_timeout(cfg.request_timeout());
-        let ctx = Arc::new(Ctx { client: client.clone(), js, cfg, metrics, routes: Default::default() });
+        let ctx = Arc::new(Ctx {
+            client: client.clone(),
+            js,
+            cfg,
+            metrics,
+            routes: Default::default(),
+            queue: Default::default(),
+            tombs: Default::default(),
+        });
         let _ = ready.send(Ok(()));
         while let Some(Cmd::Job(job)) = rx.recv().await {
             tokio::spawn((job.task)(ctx.clone()));

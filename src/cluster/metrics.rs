@@ -19,13 +19,47 @@ pub enum Op {
     Serve = 4,
     /// A replacement notice sent to the node whose claim this node replaced.
     Replaced = 5,
+    /// A notification stored in the offline queue stream.
+    QueuePublish = 6,
+    /// A token's backlog read from the queue stream's leader.
+    QueueFetch = 7,
+    /// One stored notification deleted (acknowledged, collapsed, capped, expired).
+    QueueDelete = 8,
+    /// A token's whole queue purged (UNREGISTER).
+    QueuePurge = 9,
+    /// A tombstone written, deleted or listed.
+    Tombstone = 10,
 }
 
-pub const OPS: [Op; 6] = [Op::Claim, Op::Release, Op::Lookup, Op::Forward, Op::Serve, Op::Replaced];
+pub const OPS: [Op; 11] = [
+    Op::Claim,
+    Op::Release,
+    Op::Lookup,
+    Op::Forward,
+    Op::Serve,
+    Op::Replaced,
+    Op::QueuePublish,
+    Op::QueueFetch,
+    Op::QueueDelete,
+    Op::QueuePurge,
+    Op::Tombstone,
+];
 
 impl Op {
     pub fn name(self) -> &'static str {
-        ["claim", "release", "lookup", "forward", "serve", "replaced"][self as usize]
+        [
+            "claim",
+            "release",
+            "lookup",
+            "forward",
+            "serve",
+            "replaced",
+            "queue_publish",
+            "queue_fetch",
+            "queue_delete",
+            "queue_purge",
+            "tombstone",
+        ][self as usize]
     }
 }
 

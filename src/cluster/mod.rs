@@ -17,12 +17,16 @@
 //! - [`wire`]: the binary encoding of forwarded push batches and their results (sans-IO).
 //! - [`forward`]: request/reply of push batches between nodes, and the responder side.
 //! - [`control`]: telling the node whose claim was replaced to close its session.
+//! - [`queue`]: the offline queue stream, one literal subject per token (the cluster `Store`'s backend).
+//! - [`tombs`]: tombstones in a KV bucket, and a watch of other nodes' changes.
 
 pub mod control;
 pub mod engine;
 pub mod forward;
 pub mod metrics;
+pub mod queue;
 pub mod routes;
+pub mod tombs;
 pub mod wire;
 
 pub use engine::{Engine, EngineError};
