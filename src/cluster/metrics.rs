@@ -89,6 +89,9 @@ pub struct EngineMetrics {
     /// Pushes carried in forwarded batches, and answered for other nodes.
     pub pushes_forwarded: AtomicU64,
     pub pushes_served: AtomicU64,
+    /// Notifications stored in the offline queue stream, and read back by loads.
+    pub queue_published: AtomicU64,
+    pub queue_fetched: AtomicU64,
 }
 
 impl EngineMetrics {
@@ -163,6 +166,14 @@ impl EngineMetrics {
             get(&self.pushes_forwarded)
         );
         let _ = writeln!(out, "pushgate_engine_pushes_total{{dir=\"served\"}} {}", get(&self.pushes_served));
+        let _ = writeln!(
+            out,
+            "# HELP pushgate_engine_queue_messages_total Notifications stored in the offline queue stream and read back."
+        );
+        let _ = writeln!(out, "# TYPE pushgate_engine_queue_messages_total counter");
+        for (dir, v) in [("published", &self.queue_published), ("fetched", &self.queue_fetched)] {
+            let _ = writeln!(out, "pushgate_engine_queue_messages_total{{dir=\"{dir}\"}} {}", get(v));
+        }
         let _ =
             writeln!(out, "# HELP pushgate_engine_latency_seconds Engine operation latency, queue included.");
         let _ = writeln!(out, "# TYPE pushgate_engine_latency_seconds histogram");

@@ -4,8 +4,9 @@
 //! fields in headers and its payload as the body. Reads go to the stream
 //! leader (a direct get may be served by a follower that lags).
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::stream::{self, DeleteMessageErrorKind, RawMessageErrorKind};
@@ -21,21 +22,6 @@ use crate::store::StoredMsg;
 /// days) plus a day of clock skew: the stream's `max_age`.
 pub const MAX_AGE: Duration = Duration::from_secs(29 * 86_400);
 
-/// How the queue stream is bounded; every node should use the same.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub struct QueueSpec {
-    /// JetStream's own bound on one token's subject (the oldest go past it,
-    /// uncounted): a safety net above the store's cap, which a load enforces.
-    pub max_per_token: i64,
-}
-
-impl QueueSpec {
-    /// Four times the per-device cap (`limits.device_queue_cap`).
-    pub fn for_cap(cap: usize) -> QueueSpec {
-        QueueSpec { max_per_token: i64::try_from(cap.max(1)).unwrap_or(i64::MAX / 4).saturating_mul(4) }
-    }
-}
-
 /// The queue stream's name.
 pub fn stream_name(prefix: &str) -> String {
     format!("{prefix}_Q")
@@ -46,11 +32,11 @@ pub fn subject(prefix: &str, token: &Token) -> String {
     format!("{prefix}.q.{}", token.to_hex())
 }
 
-fn stream_config(prefix: &str, spec: QueueSpec, replicas: usize) -> stream::Config {
+fn stream_config(prefix: &str, max_per_token: u32, replicas: usize) -> stream::Config {
     stream::Config {
         name: stream_name(prefix),
         subjects: vec![format!("{prefix}.q.*")],
-        max_messages_per_subject: spec.max_per_token,
+        max_messages_per_subject: i64::from(max_per_token),
         max_messages: -1,
         max_bytes: -1,
         max_age: MAX_AGE,
@@ -69,10 +55,11 @@ fn stream_config(prefix: &str, spec: QueueSpec, replicas: usize) -> stream::Conf
 }
 
 /// The queue stream, created on first use (an existing one is used as it is).
-async fn queue(ctx: &Arc<Ctx>, spec: QueueSpec) -> Result<&stream::Stream, EngineError> {
+async fn queue(ctx: &Arc<Ctx>) -> Result<&stream::Stream, EngineError> {
     ctx.queue
         .get_or_try_init(|| async {
-            let cfg = stream_config(&ctx.cfg.stream_prefix, spec, ctx.cfg.replicas);
+            let c = &ctx.cfg;
+            let cfg = stream_config(&c.stream_prefix, c.queue_max_per_token, c.replicas);
             let name = cfg.name.clone();
             ctx.js.get_or_create_stream(cfg).await.map_err(|e| {
                 log::warn!("engine: queue stream {name}: {e}");
@@ -199,51 +186,53 @@ where
 }
 
 impl EngineHandle {
-    /// Stores `msg` at the tail of `token`'s queue; `origin` becomes its
-    /// `Nats-Msg-Id`, unique per publish (a retry within the deadline is
-    /// stored once). Completes with the message's stream sequence.
-    pub fn queue_publish(
-        &self,
-        spec: QueueSpec,
-        token: Token,
-        msg: StoredMsg,
-        origin: String,
-        done: Done<u64>,
-    ) {
+    /// Stores each message at the tail of its token's queue, all in flight
+    /// at once; the item's `origin` becomes its `Nats-Msg-Id`, unique per
+    /// publish (a retry within the deadline is stored once). Completes with
+    /// each message's stream sequence or why it failed, in item order; the
+    /// batch as a whole fails only when the engine refuses it.
+    pub fn queue_publish(&self, items: Vec<Publish>, done: Done<Vec<Result<u64, EngineError>>>) {
+        // Each item ends well before the batch's deadline (a busy runtime
+        // fires timers late), so the ones that made it are reported as such.
+        let inner = Instant::now() + self.timeout() * 3 / 4;
         self.submit(Op::QueuePublish, done, move |ctx| async move {
-            queue(&ctx, spec).await?;
-            let subject = subject(&ctx.cfg.stream_prefix, &token);
-            let headers = encode_headers(&msg);
-            let seq = retry("queue publish", || {
-                let mut p = PublishMessage::build().payload(msg.note.payload.clone()).message_id(&origin);
-                for (k, v) in &headers {
-                    p = p.header(*k, v.as_str());
-                }
-                let js = ctx.js.clone();
-                let subject = subject.clone();
+            let r = tokio::time::timeout_at(inner.into(), queue(&ctx)).await;
+            if !matches!(r, Ok(Ok(_))) {
+                let e = r.unwrap_or(Err(EngineError::Timeout)).err().unwrap_or(EngineError::Timeout);
+                return Ok(vec![Err(e); items.len()]);
+            }
+            let all = items.into_iter().map(|it| {
+                let ctx = ctx.clone();
                 async move {
-                    let ack = js.send_publish(subject, p).await.map_err(|e| e.to_string())?;
-                    ack.await.map_err(|e| e.to_string())
+                    tokio::time::timeout_at(inner.into(), publish_one(&ctx, it))
+                        .await
+                        .map_err(|_| EngineError::Timeout)
                 }
-            })
-            .await;
-            Ok(seq.sequence)
+            });
+            let out: Vec<_> = futures_util::future::join_all(all).await;
+            let stored = out.iter().filter(|r| r.is_ok()).count() as u64;
+            ctx.metrics.queue_published.fetch_add(stored, Ordering::Relaxed);
+            Ok(out)
         })
     }
 
     /// Reads `token`'s queue from the stream leader, every message with a
     /// sequence above `after_seq`, in order.
-    pub fn queue_fetch(&self, spec: QueueSpec, token: Token, after_seq: u64, done: Done<Fetched>) {
+    pub fn queue_fetch(&self, token: Token, after_seq: u64, done: Done<Fetched>) {
         self.submit(Op::QueueFetch, done, move |ctx| async move {
-            let q = queue(&ctx, spec).await?;
-            fetch(q, &subject(&ctx.cfg.stream_prefix, &token), after_seq, spec).await
+            let q = queue(&ctx).await?;
+            let f =
+                fetch(q, &subject(&ctx.cfg.stream_prefix, &token), after_seq, ctx.cfg.queue_max_per_token)
+                    .await?;
+            ctx.metrics.queue_fetched.fetch_add(f.msgs.len() as u64, Ordering::Relaxed);
+            Ok(f)
         })
     }
 
     /// Deletes the message at `seq`; `false` if it was gone already.
-    pub fn queue_delete(&self, spec: QueueSpec, seq: u64, done: Done<bool>) {
+    pub fn queue_delete(&self, seq: u64, done: Done<bool>) {
         self.submit(Op::QueueDelete, done, move |ctx| async move {
-            let q = queue(&ctx, spec).await?;
+            let q = queue(&ctx).await?;
             Ok(retry("queue delete", || async {
                 match q.delete_message(seq).await {
                     Ok(found) => Ok(found),
@@ -257,13 +246,41 @@ impl EngineHandle {
     }
 
     /// Deletes `token`'s whole queue; completes with how many went.
-    pub fn queue_purge(&self, spec: QueueSpec, token: Token, done: Done<u64>) {
-        self.submit(Op::QueuePurge, done, move |ctx| async move { purge(&ctx, spec, &token).await })
+    pub fn queue_purge(&self, token: Token, done: Done<u64>) {
+        self.submit(Op::QueuePurge, done, move |ctx| async move { purge(&ctx, &token).await })
     }
 }
 
-pub(crate) async fn purge(ctx: &Arc<Ctx>, spec: QueueSpec, token: &Token) -> Result<u64, EngineError> {
-    let q = queue(ctx, spec).await?;
+/// One message of a publish batch.
+#[derive(Clone, Debug)]
+pub struct Publish {
+    pub token: Token,
+    pub msg: StoredMsg,
+    /// Its `Nats-Msg-Id`.
+    pub origin: String,
+}
+
+async fn publish_one(ctx: &Arc<Ctx>, it: Publish) -> u64 {
+    let subject = subject(&ctx.cfg.stream_prefix, &it.token);
+    let headers = encode_headers(&it.msg);
+    let ack = retry("queue publish", || {
+        let mut p = PublishMessage::build().payload(it.msg.note.payload.clone()).message_id(&it.origin);
+        for (k, v) in &headers {
+            p = p.header(*k, v.as_str());
+        }
+        let js = ctx.js.clone();
+        let subject = subject.clone();
+        async move {
+            let ack = js.send_publish(subject, p).await.map_err(|e| e.to_string())?;
+            ack.await.map_err(|e| e.to_string())
+        }
+    })
+    .await;
+    ack.sequence
+}
+
+pub(crate) async fn purge(ctx: &Arc<Ctx>, token: &Token) -> Result<u64, EngineError> {
+    let q = queue(ctx).await?;
     let subject = subject(&ctx.cfg.stream_prefix, token);
     let r = retry("queue purge", || std::future::IntoFuture::into_future(q.purge().filter(subject.clone())))
         .await;
@@ -280,12 +297,12 @@ async fn fetch(
     q: &stream::Stream,
     subject: &str,
     after_seq: u64,
-    spec: QueueSpec,
+    max_per_token: u32,
 ) -> Result<Fetched, EngineError> {
     let mut out = Fetched { last_seq: after_seq, ..Fetched::default() };
     // The stream keeps at most `max_per_token` per subject; a few more may
     // arrive while we read. Past this many the rest waits for the next fetch.
-    let limit = usize::try_from(spec.max_per_token).unwrap_or(usize::MAX).saturating_add(64);
+    let limit = max_per_token as usize + 64;
     while out.msgs.len() + out.bad < limit {
         let from = out.last_seq.saturating_add(1);
         let got = retry("queue fetch", || async {
@@ -381,10 +398,7 @@ mod tests {
         let t = Token([0xab; 24]);
         assert_eq!(subject("pg", &t), format!("pg.q.{}", "ab".repeat(24)));
         assert_eq!(stream_name("pg"), "pg_Q");
-        assert_eq!(QueueSpec::for_cap(100).max_per_token, 400);
-        assert_eq!(QueueSpec::for_cap(0).max_per_token, 4);
-        assert_eq!(QueueSpec::for_cap(usize::MAX).max_per_token, i64::MAX / 4 * 4);
-        let c = stream_config("pg", QueueSpec::for_cap(10), 3);
+        let c = stream_config("pg", 40, 3);
         assert_eq!((c.subjects[0].as_str(), c.max_messages_per_subject, c.num_replicas), ("pg.q.*", 40, 3));
         assert!(!c.allow_direct, "reads go to the leader");
     }

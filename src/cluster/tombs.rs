@@ -10,7 +10,7 @@ use futures_util::StreamExt;
 
 use super::engine::{Ctx, Done, EngineHandle};
 use super::metrics::Op;
-use super::queue::{self, QueueSpec};
+use super::queue;
 use super::EngineError;
 use crate::proto::frame::is_valid_app_id;
 use crate::proto::Token;
@@ -70,9 +70,9 @@ fn unavailable(e: impl std::fmt::Display) -> EngineError {
 
 impl EngineHandle {
     /// UNREGISTER: purges `t.token`'s queue, then writes its tombstone.
-    pub fn unregister_token(&self, spec: QueueSpec, t: Tombstone, done: Done<()>) {
+    pub fn unregister_token(&self, t: Tombstone, done: Done<()>) {
         self.submit(Op::Tombstone, done, move |ctx| async move {
-            queue::purge(&ctx, spec, &t.token).await?;
+            queue::purge(&ctx, &t.token).await?;
             let kv = bucket(&ctx).await?;
             kv.put(t.token.to_hex(), encode_value(&t.app_id, t.at_ms).into()).await.map_err(unavailable)?;
             Ok(())

@@ -22,7 +22,7 @@ use log::warn;
 use super::memory::MemoryStore;
 use super::{DurableHook, LoadHook, Loaded, Receipt, Store, StoreError, StoredMsg, Ticket, Tombstone};
 use crate::cluster::engine::EngineHandle;
-use crate::cluster::queue::{Fetched, QueueSpec};
+use crate::cluster::queue::{Fetched, Publish};
 use crate::cluster::EngineError;
 use crate::proto::Token;
 
@@ -108,6 +108,8 @@ struct Inbox {
     seqs: HashMap<u64, u64>,
     /// Publishes whose message left the cache before their ack: deleted on it.
     delete_on_ack: HashSet<u64>,
+    /// Publishes that failed, since the last drain.
+    failed_pubs: HashSet<u64>,
     /// Finished fetches: token, load generation, result.
     fetched: Vec<(Token, u64, Result<Fetched, EngineError>)>,
 }
@@ -150,7 +152,6 @@ struct LoadState {
 /// A shard's store in cluster mode; see the module doc.
 pub struct ClusterStore {
     engine: EngineHandle,
-    spec: QueueSpec,
     shard: usize,
     shards: usize,
     cache: MemoryStore,
@@ -160,11 +161,18 @@ pub struct ClusterStore {
     /// Cached messages whose publish is unacknowledged, by publish number.
     by_pub: HashMap<u64, (Token, u64)>,
     loads: HashMap<Token, LoadState>,
+    /// Appended, not yet handed to the engine: one batch per commit (or per
+    /// `FLUSH_AT`). A message acked or removed meanwhile is never written.
+    staged: Vec<(u64, Token, StoredMsg)>,
     /// Numbers publishes, unregisters and reregisters (the durable writes).
     next_pub: u64,
     next_gen: u64,
     shared: Arc<Shared>,
 }
+
+/// Staged publishes past which an append hands them to the engine without
+/// waiting for the commit (one engine operation per batch).
+const FLUSH_AT: usize = 512;
 
 fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
@@ -172,7 +180,8 @@ fn unix_now() -> u64 {
 
 impl ClusterStore {
     /// The store of shard `shard` of `shards`, holding at most `cap` notifications
-    /// per device (`limits.device_queue_cap`).
+    /// per device (`limits.device_queue_cap`; `cluster.queue_max_per_token`
+    /// bounds the stream itself).
     pub fn new(engine: EngineHandle, shard: usize, shards: usize, cap: usize) -> ClusterStore {
         let mut nonce = [0u8; 8];
         // Only uniqueness across restarts is needed (a fresh `Nats-Msg-Id` space):
@@ -184,7 +193,6 @@ impl ClusterStore {
         let origin = format!("{}.{shard}.{}.", engine.node_id(), hex::encode(nonce));
         ClusterStore {
             engine,
-            spec: QueueSpec::for_cap(cap),
             shard,
             shards: shards.max(1),
             cache: MemoryStore::new(cap),
@@ -192,6 +200,7 @@ impl ClusterStore {
             meta: HashMap::new(),
             by_pub: HashMap::new(),
             loads: HashMap::new(),
+            staged: Vec::new(),
             next_pub: 1,
             next_gen: 1,
             shared: Arc::new(Shared { inbox: Mutex::new(Inbox::default()), settled: Condvar::new() }),
@@ -230,33 +239,53 @@ impl ClusterStore {
         }
     }
 
-    fn publish(&mut self, n: u64, token: &Token, msg: StoredMsg) {
+    /// Hands the staged messages to the engine as one batch.
+    fn flush(&mut self) {
+        if self.staged.is_empty() {
+            return;
+        }
+        let staged = std::mem::take(&mut self.staged);
+        let nums: Vec<u64> = staged.iter().map(|s| s.0).collect();
+        let items = staged
+            .into_iter()
+            .map(|(n, token, msg)| Publish { token, msg, origin: format!("{}{n}", self.origin) })
+            .collect();
         let shared = self.shared.clone();
-        let complete = self.completion(n);
         let engine = self.engine.clone();
-        let spec = self.spec;
-        let origin = format!("{}{n}", self.origin);
         self.engine.queue_publish(
-            spec,
-            *token,
-            msg,
-            origin,
+            items,
             Box::new(move |r| {
-                let delete = {
-                    let mut inbox = shared.lock();
-                    let gone = inbox.delete_on_ack.remove(&n);
-                    match r {
-                        Ok(seq) if gone => Some(seq),
-                        Ok(seq) => {
-                            inbox.seqs.insert(n, seq);
-                            None
-                        }
-                        Err(_) => None,
-                    }
+                let results = match r {
+                    Ok(v) if v.len() == nums.len() => v,
+                    Ok(_) => vec![Err(EngineError::BadReply); nums.len()],
+                    Err(e) => vec![Err(e); nums.len()],
                 };
-                complete(r.is_ok());
-                if let Some(seq) = delete {
-                    engine.queue_delete(spec, seq, Box::new(|_| {}));
+                let mut deletes = Vec::new();
+                {
+                    let mut inbox = shared.lock();
+                    let mut reports = Vec::new();
+                    for (&n, r) in nums.iter().zip(&results) {
+                        let gone = inbox.delete_on_ack.remove(&n);
+                        match r {
+                            Ok(seq) if gone => deletes.push(*seq),
+                            Ok(seq) => {
+                                inbox.seqs.insert(n, *seq);
+                            }
+                            Err(_) => {
+                                inbox.failed_pubs.insert(n);
+                            }
+                        }
+                        inbox.durability.complete(n, r.is_ok(), &mut reports);
+                    }
+                    if let Some(hook) = &inbox.durable_hook {
+                        for (t, ok) in reports {
+                            hook(t, ok);
+                        }
+                    }
+                }
+                shared.settled.notify_all();
+                for seq in deletes {
+                    engine.queue_delete(seq, Box::new(|_| {}));
                 }
             }),
         );
@@ -264,7 +293,6 @@ impl ClusterStore {
 
     fn delete(&self, seq: u64) {
         self.engine.queue_delete(
-            self.spec,
             seq,
             Box::new(move |r| {
                 if let Err(e) = r {
@@ -289,10 +317,16 @@ impl ClusterStore {
         match (meta.seq, meta.publ) {
             (Some(seq), _) => self.delete(seq),
             (None, Some(n)) => {
+                if let Some(i) = self.staged.iter().position(|s| s.0 == n) {
+                    // Never written: nothing to delete, and nothing left to wait for.
+                    self.staged.remove(i);
+                    (self.completion(n))(true);
+                    return;
+                }
                 let seq = {
                     let mut inbox = self.shared.lock();
                     let seq = inbox.seqs.remove(&n);
-                    if seq.is_none() {
+                    if seq.is_none() && !inbox.failed_pubs.contains(&n) {
                         inbox.delete_on_ack.insert(n);
                     }
                     seq
@@ -307,13 +341,22 @@ impl ClusterStore {
 
     /// Applies what engine callbacks left since the last call.
     fn drain(&mut self) {
-        let (seqs, fetched) = {
+        let (seqs, failed, fetched) = {
             let mut inbox = self.shared.lock();
-            if inbox.seqs.is_empty() && inbox.fetched.is_empty() {
+            if inbox.seqs.is_empty() && inbox.fetched.is_empty() && inbox.failed_pubs.is_empty() {
                 return;
             }
-            (std::mem::take(&mut inbox.seqs), std::mem::take(&mut inbox.fetched))
+            let i = &mut *inbox;
+            (std::mem::take(&mut i.seqs), std::mem::take(&mut i.failed_pubs), std::mem::take(&mut i.fetched))
         };
+        for n in failed {
+            // Not in JetStream: the cached copy is all there is (its push failed).
+            if let Some(key) = self.by_pub.remove(&n) {
+                if let Some(m) = self.meta.get_mut(&key) {
+                    m.publ = None;
+                }
+            }
+        }
         for (n, seq) in seqs {
             // Publishes for tokens not cached here (offline, unloaded) are nobody's concern.
             if let Some(key) = self.by_pub.remove(&n) {
@@ -331,7 +374,6 @@ impl ClusterStore {
     fn start_fetch(&mut self, token: Token, gen: u64, after_seq: u64) {
         let shared = self.shared.clone();
         self.engine.queue_fetch(
-            self.spec,
             token,
             after_seq,
             Box::new(move |r| {
@@ -461,7 +503,10 @@ impl Store for ClusterStore {
             // Offline here: the cap and collapse apply when a node loads it.
             self.cache.raise_max_id(msg.msg_id);
         }
-        self.publish(n, token, msg);
+        self.staged.push((n, *token, msg));
+        if self.staged.len() >= FLUSH_AT {
+            self.flush();
+        }
         Ok(capped)
     }
 
@@ -507,11 +552,13 @@ impl Store for ClusterStore {
 
     fn sync(&mut self) -> Result<(), StoreError> {
         self.drain();
+        self.flush();
         self.wait_settled()
     }
 
     fn commit(&mut self) -> Result<Ticket, StoreError> {
         self.drain();
+        self.flush();
         let last = self.next_pub - 1;
         let mut inbox = self.shared.lock();
         if inbox.durable_hook.is_none() {
@@ -574,10 +621,17 @@ impl Store for ClusterStore {
             // The purge covers what is stored; a publish still in flight is deleted on its ack.
             self.forget(token, m.msg_id, true);
         }
+        // Staged for an offline token: never written (the purge would come first).
+        let (gone, kept): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.staged).into_iter().partition(|s| s.1 == *token);
+        self.staged = kept;
+        for (n, _, _) in gone {
+            (self.completion(n))(true);
+        }
         let n = self.number();
         let complete = self.completion(n);
         let t = Tombstone { token: *token, app_id: app_id.to_string(), at_ms };
-        self.engine.unregister_token(self.spec, t, Box::new(move |r| complete(r.is_ok())));
+        self.engine.unregister_token(t, Box::new(move |r| complete(r.is_ok())));
         Ok(())
     }
 
@@ -589,7 +643,8 @@ impl Store for ClusterStore {
     }
 
     fn tombstones(&mut self) -> Result<Vec<Tombstone>, StoreError> {
-        let wait = self.engine.timeout().max(Duration::from_secs(30));
+        // One read of every key: longer than one operation, still bounded.
+        let wait = self.engine.timeout() * 10;
         let engine = self.engine.clone();
         let all = self.blocking(wait, |done| engine.list_tombstones(wait, done))?;
         let (shard, shards) = (self.shard, self.shards);
@@ -608,6 +663,104 @@ impl Store for ClusterStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::queue::FetchedMsg;
+    use crate::cluster::Engine;
+    use crate::config::ClusterConfig;
+    use crate::store::test_msg as msg;
+
+    /// An engine with no NATS server: every operation fails at its (short) deadline.
+    fn offline_engine() -> Engine {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let cfg = ClusterConfig {
+            nats: vec![format!("nats://127.0.0.1:{port}")],
+            node_id: "n1".into(),
+            request_timeout_ms: 200,
+            ..ClusterConfig::default()
+        };
+        Engine::start(&cfg).expect("starts without a server")
+    }
+
+    fn fetched(s: &ClusterStore, msgs: Vec<(u64, bool, StoredMsg)>) -> Fetched {
+        let last_seq = msgs.iter().map(|m| m.0).max().unwrap_or(0);
+        let msgs = msgs
+            .into_iter()
+            .map(|(seq, mine, msg)| {
+                // `mine`: published by this handle after the load began (publish number 1000).
+                let origin = if mine { format!("{}1000", s.origin) } else { format!("other.0.ab.{seq}") };
+                FetchedMsg { seq, origin, msg }
+            })
+            .collect();
+        Fetched { msgs, last_seq, bad: 0 }
+    }
+
+    fn ids(s: &mut ClusterStore, t: &Token) -> Vec<u64> {
+        let mut out = Vec::new();
+        s.pending(t, 0, 0, 1000, &mut out).unwrap();
+        out.iter().map(|m| m.msg_id).collect()
+    }
+
+    #[test]
+    fn a_backlog_merges_with_pushes_appended_during_the_load() {
+        let e = offline_engine();
+        let mut s = ClusterStore::new(e.handle().clone(), 0, 1, 3);
+        let t = Token([4; 24]);
+        assert_eq!(s.load(&t), Loaded::Pending);
+        assert!(!s.is_loaded(&t));
+        let far = 4_000_000_000;
+        s.append(&t, msg(20, far, b"c")).unwrap();
+        s.append(&t, msg(21, far, b"")).unwrap();
+        let gen = s.loads[&t].gen;
+        s.next_pub = 1001;
+        let f = fetched(
+            &s,
+            vec![
+                (1, false, msg(5, far, b"")),
+                (2, false, msg(7, far, b"c")),
+                (3, false, msg(8, 1, b"")),
+                (4, true, msg(21, far, b"")),
+            ],
+        );
+        s.on_fetched(t, gen, Ok(f));
+        assert!(s.is_loaded(&t));
+        // 8 expired, 7 collapsed into 20, 21 is the cached copy of our own publish.
+        assert_eq!(ids(&mut s, &t), vec![5, 20, 21]);
+        assert_eq!(s.take_missed(&t).unwrap(), 0);
+        assert_eq!(s.loads[&t].fetched_upto, 4);
+        // A later backlog past the cap: the oldest go, counted as missed.
+        s.fetch_more(t);
+        let f = fetched(&s, vec![(9, false, msg(30, far, b"")), (10, false, msg(31, far, b""))]);
+        s.on_fetched(t, gen, Ok(f));
+        assert_eq!(ids(&mut s, &t), vec![21, 30, 31]);
+        assert_eq!(s.take_missed(&t).unwrap(), 2);
+        assert_eq!(s.max_msg_id(), 31);
+        assert!(s.meta.contains_key(&(t, 30)) && !s.meta.contains_key(&(t, 5)), "removed ones are forgotten");
+        // A fetch of an earlier load of the token changes nothing.
+        s.unload(&t);
+        assert_eq!(s.len(), 0);
+        assert!(s.meta.is_empty() && s.by_pub.is_empty());
+        s.load(&t);
+        let f = fetched(&s, vec![(11, false, msg(40, far, b""))]);
+        s.on_fetched(t, gen, Ok(f));
+        assert!(ids(&mut s, &t).is_empty());
+    }
+
+    #[test]
+    fn an_unreachable_engine_fails_the_batch_and_sync() {
+        let e = offline_engine();
+        let mut s = ClusterStore::new(e.handle().clone(), 0, 1, 10);
+        let (tx, rx) = std::sync::mpsc::channel();
+        s.set_durable_hook(Box::new(move |upto, ok| {
+            let _ = tx.send((upto, ok));
+        }));
+        let t = Token([5; 24]);
+        s.append(&t, msg(1, 4_000_000_000, b"")).unwrap();
+        s.append(&t, msg(2, 4_000_000_000, b"")).unwrap();
+        assert_eq!(s.commit().unwrap(), Ticket::Pending(2));
+        assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok((2, false)));
+        assert_eq!(s.commit().unwrap(), Ticket::Durable, "nothing new to wait for");
+        s.append(&t, msg(3, 4_000_000_000, b"")).unwrap();
+        assert!(s.sync().is_err());
+    }
 
     fn reports(d: &mut Durability, steps: &[(u64, bool)]) -> Vec<(u64, bool)> {
         let mut out = Vec::new();
