@@ -208,6 +208,13 @@ fn the_offline_queue_is_shared_by_the_nodes() {
     assert!(b.commit());
     assert_eq!(ids(&b.pending(&t2)), vec![2, 7, 8, 10], "10 collapsed 6");
     eventually_loads(&ea, &t2, &[2, 7, 8, 10], 0);
+    // Acked while its publish is in flight: deleted when the publish's ack comes.
+    b.store.append(&t2, msg(11, far, b"")).unwrap();
+    let Ticket::Pending(n) = b.store.commit().unwrap() else { panic!("a publish to wait for") };
+    assert!(b.store.ack(&t2, 11).unwrap());
+    let (upto, ok) = b.durable.recv_timeout(Duration::from_secs(15)).unwrap();
+    assert!(upto >= n && ok);
+    eventually_loads(&ea, &t2, &[2, 7, 8, 10], 0);
 
     // Pushes appended during a load merge with the backlog: no duplicates, id order.
     let t3 = token(3);
@@ -244,7 +251,14 @@ fn the_offline_queue_is_shared_by_the_nodes() {
     let seen = events.clone();
     eb.watch_tombstones(Arc::new(move |ev| seen.lock().unwrap().push(ev)));
     a.store.unregister(&t3, "app.one", 1234).unwrap();
-    assert!(a.commit(), "the purge and the tombstone are acknowledged");
+    let ok = a.commit();
+    let mut m = String::new();
+    ea.metrics().render_into(&mut m);
+    assert!(
+        ok,
+        "the purge and the tombstone are acknowledged:\n{}",
+        m.lines().filter(|l| l.contains("_total")).collect::<Vec<_>>().join("\n")
+    );
     let mut d = node(&eb, 0, 1000);
     assert!(d.load(&t3).is_empty(), "the queue is purged");
     let tomb = Tombstone { token: t3, app_id: "app.one".into(), at_ms: 1234 };
@@ -351,6 +365,20 @@ fn durability_reports_failure_when_nats_is_gone_and_rates() {
     let eb = ready_engine("b", vec![urls[2].clone(), urls[1].clone()], 1000);
     let mut a = node(&ea, 0, 100);
     let mut b = node(&eb, 0, 100);
+
+    // An offline append that lands after a load's read is picked up by the
+    // load's recheck, two deadlines (plus a second) later, on a sweep.
+    let late = token(5);
+    assert!(b.load(&late).is_empty());
+    a.store.append(&late, msg(77, far, b"")).unwrap();
+    assert!(a.commit());
+    b.store.sweep_expired(now()).unwrap();
+    assert!(b.loaded.try_recv().is_err(), "not due yet");
+    std::thread::sleep(Duration::from_millis(3100));
+    b.store.sweep_expired(now()).unwrap();
+    assert_eq!(b.loaded.recv_timeout(Duration::from_secs(5)), Ok(late));
+    assert_eq!(ids(&b.pending(&late)), vec![77]);
+
     for i in 0..3 {
         nats.kill(i);
     }

@@ -60,13 +60,24 @@ async fn queue(ctx: &Arc<Ctx>) -> Result<&stream::Stream, EngineError> {
         .get_or_try_init(|| async {
             let c = &ctx.cfg;
             let cfg = stream_config(&c.stream_prefix, c.queue_max_per_token, c.replicas);
-            let name = cfg.name.clone();
-            ctx.js.get_or_create_stream(cfg).await.map_err(|e| {
-                log::warn!("engine: queue stream {name}: {e}");
-                EngineError::Unavailable
-            })
+            Ok(ensure_stream(ctx, cfg).await)
         })
         .await
+}
+
+/// Gets or creates a stream, each attempt bounded by a quarter of the
+/// deadline: on 2.9 a create racing another node's create of the same stream
+/// may go unanswered, and the next attempt finds the stream made.
+pub(crate) async fn ensure_stream(ctx: &Arc<Ctx>, cfg: stream::Config) -> stream::Stream {
+    let attempt = (ctx.cfg.request_timeout() / 4).max(Duration::from_millis(100));
+    retry("stream create", || async {
+        match tokio::time::timeout(attempt, ctx.js.get_or_create_stream(cfg.clone())).await {
+            Ok(Ok(s)) => Ok(s),
+            Ok(Err(e)) => Err(format!("{}: {e}", cfg.name)),
+            Err(_) => Err(format!("{}: no answer in {attempt:?}", cfg.name)),
+        }
+    })
+    .await
 }
 
 /// Header names of a stored notification's fields.
@@ -169,7 +180,7 @@ pub struct Fetched {
 /// Retries `f` with a growing pause until it succeeds; the operation's
 /// deadline ends it. Used only for idempotent steps (a publish with its
 /// `Nats-Msg-Id`, a read, a delete).
-async fn retry<T, E: std::fmt::Display, F, Fut>(what: &str, mut f: F) -> T
+pub(crate) async fn retry<T, E: std::fmt::Display, F, Fut>(what: &str, mut f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, E>>,

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::kv::{self, Operation};
+use async_nats::jetstream::stream::RawMessageErrorKind;
 use futures_util::StreamExt;
 
 use super::engine::{Ctx, Done, EngineHandle};
@@ -51,10 +52,7 @@ async fn bucket(ctx: &Arc<Ctx>) -> Result<&kv::Store, EngineError> {
         .get_or_try_init(|| async {
             let name = bucket_name(&ctx.cfg.stream_prefix);
             let cfg = super::routes::bucket_stream(&name, ctx.cfg.replicas);
-            ctx.js.get_or_create_stream(cfg).await.map_err(|e| {
-                log::warn!("engine: tombstone bucket {name}: {e}");
-                EngineError::Unavailable
-            })?;
+            queue::ensure_stream(ctx, cfg).await;
             ctx.js.get_key_value(name.as_str()).await.map_err(|e| {
                 log::warn!("engine: tombstone bucket {name}: {e}");
                 EngineError::Unavailable
@@ -74,7 +72,10 @@ impl EngineHandle {
         self.submit(Op::Tombstone, done, move |ctx| async move {
             queue::purge(&ctx, &t.token).await?;
             let kv = bucket(&ctx).await?;
-            kv.put(t.token.to_hex(), encode_value(&t.app_id, t.at_ms).into()).await.map_err(unavailable)?;
+            // Retried until the deadline: a bucket just made may not be known to
+            // every server yet ("no stream found"); a second put of one value is harmless.
+            let (key, value) = (t.token.to_hex(), bytes::Bytes::from(encode_value(&t.app_id, t.at_ms)));
+            queue::retry("tombstone put", || kv.put(key.as_str(), value.clone())).await;
             Ok(())
         })
     }
@@ -83,29 +84,33 @@ impl EngineHandle {
     pub fn lift_tombstone(&self, token: Token, done: Done<()>) {
         self.submit(Op::Tombstone, done, move |ctx| async move {
             let kv = bucket(&ctx).await?;
-            kv.delete(token.to_hex()).await.map_err(unavailable)
+            let key = token.to_hex();
+            queue::retry("tombstone delete", || kv.delete(key.as_str())).await;
+            Ok(())
         })
     }
 
-    /// Every tombstone, read from the bucket's leader, under `timeout`.
+    /// Every tombstone, read from the bucket stream's leader under `timeout`
+    /// (a consumer, as `kv.keys()` makes, may sit on a replica that lags).
     pub fn list_tombstones(&self, timeout: Duration, done: Done<Vec<Tombstone>>) {
         self.submit_within(Op::Tombstone, timeout, done, move |ctx| async move {
             let kv = bucket(&ctx).await?;
-            let keys: Vec<String> =
-                kv.keys().await.map_err(unavailable)?.filter_map(|k| async { k.ok() }).collect().await;
-            let entries = futures_util::stream::iter(keys)
-                .map(|k| async move { (kv.entry(k.as_str()).await, k) })
-                .buffer_unordered(64);
+            let info = kv.stream.get_info().await.map_err(unavailable)?;
+            let (first, last) = (info.state.first_sequence, info.state.last_sequence);
+            if info.state.messages == 0 || last < first {
+                return Ok(Vec::new());
+            }
+            // The bucket keeps one message per key, so a walk reads each once;
+            // eight walks over parts of the sequence range run at once.
+            let prefix = format!("$KV.{}.", kv.name);
+            let span = (last - first).div_ceil(WALKS) + 1;
+            let walks = (0..WALKS)
+                .map(|i| first + i * span)
+                .filter(|lo| *lo <= last)
+                .map(|lo| walk(&kv.stream, &prefix, lo, (lo + span - 1).min(last)));
             let mut out = Vec::new();
-            futures_util::pin_mut!(entries);
-            while let Some((e, key)) = entries.next().await {
-                match e.map_err(unavailable)? {
-                    Some(e) if e.operation == Operation::Put => match decode(&key, &e.value) {
-                        Some(t) => out.push(t),
-                        None => log::warn!("engine: tombstone {key}: malformed, ignored"),
-                    },
-                    _ => {}
-                }
+            for part in futures_util::future::join_all(walks).await {
+                out.extend(part?);
             }
             Ok(out)
         })
@@ -125,6 +130,47 @@ impl EngineHandle {
         })
     }
 }
+
+const WALKS: u64 = 8;
+
+/// The tombstones stored at sequences `lo..=hi`, one leader read each.
+async fn walk(
+    stream: &async_nats::jetstream::stream::Stream,
+    prefix: &str,
+    lo: u64,
+    hi: u64,
+) -> Result<Vec<Tombstone>, EngineError> {
+    let filter = format!("{prefix}>");
+    let mut out = Vec::new();
+    let mut seq = lo;
+    while seq <= hi {
+        let m = match stream.raw_message_builder().sequence(seq).next_by_subject(filter.as_str()).send().await
+        {
+            Ok(m) => m,
+            Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => break,
+            Err(e) => return Err(unavailable(e)),
+        };
+        if m.sequence < seq {
+            return Err(EngineError::BadReply);
+        }
+        if m.sequence > hi {
+            break;
+        }
+        seq = m.sequence + 1;
+        // A delete or purge marker carries the operation header; a put none.
+        if m.headers.get(KV_OPERATION).is_some() {
+            continue;
+        }
+        let key = m.subject.as_str().strip_prefix(prefix).unwrap_or("");
+        match decode(key, &m.payload) {
+            Some(t) => out.push(t),
+            None => log::warn!("engine: tombstone {key}: malformed, ignored"),
+        }
+    }
+    Ok(out)
+}
+
+const KV_OPERATION: &str = "KV-Operation";
 
 async fn watch(ctx: &Arc<Ctx>, on: &TombWatcher) -> Result<(), EngineError> {
     let kv = bucket(ctx).await?;

@@ -164,6 +164,8 @@ pub struct ClusterStore {
     /// Appended, not yet handed to the engine: one batch per commit (or per
     /// `FLUSH_AT`). A message acked or removed meanwhile is never written.
     staged: Vec<(u64, Token, StoredMsg)>,
+    /// Loads to read once more when due (see `recheck_after`), in due order.
+    rechecks: VecDeque<(Instant, Token, u64)>,
     /// Numbers publishes, unregisters and reregisters (the durable writes).
     next_pub: u64,
     next_gen: u64,
@@ -173,6 +175,14 @@ pub struct ClusterStore {
 /// Staged publishes past which an append hands them to the engine without
 /// waiting for the commit (one engine operation per batch).
 const FLUSH_AT: usize = 512;
+
+/// An offline append on another node may race a load here: it looked up the
+/// route before this node's claim, and its publish lands after our read. Both
+/// the claim and the publish end by their deadline, so one more read of the
+/// token two deadlines (plus a second) after the load sees such a message.
+fn recheck_after(timeout: Duration) -> Duration {
+    timeout * 2 + Duration::from_secs(1)
+}
 
 fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
@@ -201,6 +211,7 @@ impl ClusterStore {
             by_pub: HashMap::new(),
             loads: HashMap::new(),
             staged: Vec::new(),
+            rechecks: VecDeque::new(),
             next_pub: 1,
             next_gen: 1,
             shared: Arc::new(Shared { inbox: Mutex::new(Inbox::default()), settled: Condvar::new() }),
@@ -542,6 +553,14 @@ impl Store for ClusterStore {
 
     fn sweep_expired(&mut self, now_unix: u64) -> Result<usize, StoreError> {
         self.drain();
+        // Called about once a second: also when due loads are read once more.
+        let now = Instant::now();
+        while self.rechecks.front().is_some_and(|r| r.0 <= now) {
+            let Some((_, token, gen)) = self.rechecks.pop_front() else { break };
+            if self.loads.get(&token).is_some_and(|l| l.gen == gen) {
+                self.fetch_more(token);
+            }
+        }
         let mut removed = Vec::new();
         let n = self.cache.sweep_expired_into(now_unix, &mut removed);
         for (token, id) in removed {
@@ -591,6 +610,7 @@ impl Store for ClusterStore {
         let ls = LoadState { gen, from_pub: self.next_pub, fetched_upto: 0, fetching: true, again: false };
         self.loads.insert(*token, ls);
         self.start_fetch(*token, gen, 0);
+        self.rechecks.push_back((Instant::now() + recheck_after(self.engine.timeout()), *token, gen));
         Loaded::Pending
     }
 
