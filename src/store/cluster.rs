@@ -637,6 +637,13 @@ impl Store for ClusterStore {
 
     fn unregister(&mut self, token: &Token, app_id: &str, at_ms: u64) -> Result<(), StoreError> {
         self.drain();
+        if let Some(ls) = self.loads.get_mut(token) {
+            // A backlog read before the purge must not come back: its fetch is ignored.
+            ls.gen = self.next_gen;
+            self.next_gen += 1;
+            ls.fetching = false;
+            ls.again = false;
+        }
         for m in self.cache.remove_queue(token) {
             // The purge covers what is stored; a publish still in flight is deleted on its ack.
             self.forget(token, m.msg_id, true);
@@ -762,6 +769,13 @@ mod tests {
         let f = fetched(&s, vec![(11, false, msg(40, far, b""))]);
         s.on_fetched(t, gen, Ok(f));
         assert!(ids(&mut s, &t).is_empty());
+        // Nor does a fetch that was in flight when the device unregistered.
+        let gen = s.loads[&t].gen;
+        s.unregister(&t, "app", 1).unwrap();
+        let f = fetched(&s, vec![(12, false, msg(41, far, b""))]);
+        s.on_fetched(t, gen, Ok(f));
+        assert!(ids(&mut s, &t).is_empty());
+        assert!(s.is_loaded(&t), "still connected, with nothing waiting");
     }
 
     #[test]
