@@ -52,6 +52,11 @@ pub struct ClusterConfig {
     pub max_batch: usize,
     /// How long `serve` waits at start for NATS to take this node's id slot, s.
     pub start_timeout_s: u64,
+    /// JetStream's own bound on one token's offline queue (stream `<prefix>_Q`):
+    /// past it the oldest go uncounted. A safety net at least
+    /// `limits.device_queue_cap`: the store's cap (with missed counts) applies
+    /// when a node loads the queue. Fixed when the stream is first made.
+    pub queue_max_per_token: u32,
 }
 
 impl Default for ClusterConfig {
@@ -66,6 +71,7 @@ impl Default for ClusterConfig {
             queue: 8192,
             max_batch: 256,
             start_timeout_s: 30,
+            queue_max_per_token: 1000,
         }
     }
 }
@@ -113,6 +119,9 @@ impl ClusterConfig {
         }
         if self.max_batch == 0 || self.max_batch > 1024 {
             return err("max_batch", "must be 1 to 1024");
+        }
+        if self.queue_max_per_token == 0 || self.queue_max_per_token > 1_000_000 {
+            return err("queue_max_per_token", "must be 1 to 1000000");
         }
         Ok(())
     }
@@ -461,6 +470,12 @@ impl Config {
         self.http.validate()?;
         if let Some(c) = &self.cluster {
             c.validate()?;
+            if (c.queue_max_per_token as usize) < l.device_queue_cap {
+                return Err((
+                    "cluster.queue_max_per_token".into(),
+                    format!("must be at least limits.device_queue_cap ({})", l.device_queue_cap),
+                ));
+            }
         }
         for (i, app) in self.apps.iter().enumerate() {
             if !is_valid_app_id(&app.id) {
@@ -579,6 +594,7 @@ mod tests {
         assert_eq!((c.replicas, c.request_timeout_ms), (3, 2000));
         assert_eq!(c.stream_prefix, "pushgate");
         assert_eq!(c.routes_bucket, "pushgate_routes");
+        assert_eq!(c.queue_max_per_token, 1000);
     }
 
     #[test]
@@ -598,6 +614,8 @@ mod tests {
             ("node_id = \"g1\"\nroutes_bucket = \"\"\n", "cluster.routes_bucket"),
             ("node_id = \"g1\"\nqueue = 0\n", "cluster.queue"),
             ("node_id = \"g1\"\nmax_batch = 5000\n", "cluster.max_batch"),
+            ("node_id = \"g1\"\nqueue_max_per_token = 0\n", "cluster.queue_max_per_token"),
+            ("node_id = \"g1\"\nqueue_max_per_token = 99\n", "cluster.queue_max_per_token"),
         ] {
             let e = cluster_err(table);
             assert!(e.contains("g1.toml") && e.contains(&format!("`{key}`")), "{table:?}: {e}");

@@ -95,6 +95,10 @@ pub(crate) struct Ctx {
     pub routes: tokio::sync::OnceCell<jetstream::kv::Store>,
     /// Apps whose receipts this node takes, each with the stop of its subscription.
     pub receipt_subs: Mutex<std::collections::HashMap<String, tokio::sync::oneshot::Sender<()>>>,
+    /// The offline queue's stream, made on first use.
+    pub queue: tokio::sync::OnceCell<jetstream::stream::Stream>,
+    /// The tombstone bucket, made on first use.
+    pub tombs: tokio::sync::OnceCell<jetstream::kv::Store>,
 }
 
 type Task = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -340,6 +344,8 @@ fn run(
             metrics,
             routes: Default::default(),
             receipt_subs: Default::default(),
+            queue: Default::default(),
+            tombs: Default::default(),
         });
         let _ = ready.send(Ok(()));
         while let Some(Cmd::Job(job)) = rx.recv().await {

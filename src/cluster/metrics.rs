@@ -19,16 +19,51 @@ pub enum Op {
     Serve = 4,
     /// A replacement notice sent to the node whose claim this node replaced.
     Replaced = 5,
+    /// A notification stored in the offline queue stream.
+    QueuePublish = 6,
+    /// A token's backlog read from the queue stream's leader.
+    QueueFetch = 7,
+    /// One stored notification deleted (acknowledged, collapsed, capped, expired).
+    QueueDelete = 8,
+    /// A token's whole queue purged (UNREGISTER).
+    QueuePurge = 9,
+    /// A tombstone written, deleted or listed.
+    Tombstone = 10,
     /// Receipts handed to a node with a subscribed provider session of their app.
-    Receipts = 6,
+    Receipts = 11,
 }
 
-pub const OPS: [Op; 7] =
-    [Op::Claim, Op::Release, Op::Lookup, Op::Forward, Op::Serve, Op::Replaced, Op::Receipts];
+pub const OPS: [Op; 12] = [
+    Op::Claim,
+    Op::Release,
+    Op::Lookup,
+    Op::Forward,
+    Op::Serve,
+    Op::Replaced,
+    Op::QueuePublish,
+    Op::QueueFetch,
+    Op::QueueDelete,
+    Op::QueuePurge,
+    Op::Tombstone,
+    Op::Receipts,
+];
 
 impl Op {
     pub fn name(self) -> &'static str {
-        ["claim", "release", "lookup", "forward", "serve", "replaced", "receipts"][self as usize]
+        [
+            "claim",
+            "release",
+            "lookup",
+            "forward",
+            "serve",
+            "replaced",
+            "queue_publish",
+            "queue_fetch",
+            "queue_delete",
+            "queue_purge",
+            "tombstone",
+            "receipts",
+        ][self as usize]
     }
 }
 
@@ -62,6 +97,9 @@ pub struct EngineMetrics {
     /// device was gone, and pushes routed again because it no longer held it.
     pub failover_stored: AtomicU64,
     pub failover_rerouted: AtomicU64,
+    /// Notifications stored in the offline queue stream, and read back by loads.
+    pub queue_published: AtomicU64,
+    pub queue_fetched: AtomicU64,
 }
 
 impl EngineMetrics {
@@ -152,6 +190,14 @@ impl EngineMetrics {
             "pushgate_engine_failovers_total{{kind=\"rerouted\"}} {}",
             get(&self.failover_rerouted)
         );
+        let _ = writeln!(
+            out,
+            "# HELP pushgate_engine_queue_messages_total Notifications stored in the offline queue stream and read back."
+        );
+        let _ = writeln!(out, "# TYPE pushgate_engine_queue_messages_total counter");
+        for (dir, v) in [("published", &self.queue_published), ("fetched", &self.queue_fetched)] {
+            let _ = writeln!(out, "pushgate_engine_queue_messages_total{{dir=\"{dir}\"}} {}", get(v));
+        }
         let _ =
             writeln!(out, "# HELP pushgate_engine_latency_seconds Engine operation latency, queue included.");
         let _ = writeln!(out, "# TYPE pushgate_engine_latency_seconds histogram");

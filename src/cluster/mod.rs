@@ -18,13 +18,17 @@
 //! - [`forward`]: request/reply of push batches between nodes, and the responder side.
 //! - [`control`]: telling the node whose claim was replaced to close its session.
 //! - [`receipts`]: receipts to a node where a provider session of their app subscribed.
+//! - [`queue`]: the offline queue stream, one literal subject per token (the cluster `Store`'s backend).
+//! - [`tombs`]: tombstones in a KV bucket, and a watch of other nodes' changes.
 
 pub mod control;
 pub mod engine;
 pub mod forward;
 pub mod metrics;
+pub mod queue;
 pub mod receipts;
 pub mod routes;
+pub mod tombs;
 pub mod wire;
 
 pub use engine::{Engine, EngineError};

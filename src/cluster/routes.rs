@@ -71,7 +71,7 @@ impl EngineHandle {
 
 /// The KV settings of the route bucket's stream, made by hand: async-nats
 /// 0.51's `create_key_value` fails against nats-server 2.9.
-fn bucket_stream(name: &str, replicas: usize) -> stream::Config {
+pub(crate) fn bucket_stream(name: &str, replicas: usize) -> stream::Config {
     stream::Config {
         name: format!("KV_{name}"),
         subjects: vec![format!("$KV.{name}.>")],

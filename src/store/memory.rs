@@ -53,16 +53,23 @@ impl MemoryStore {
     }
 }
 
-impl Store for MemoryStore {
-    fn append(&mut self, token: &Token, msg: StoredMsg) -> Result<u32, StoreError> {
+impl MemoryStore {
+    /// [`Store::append`], also handing back what the collapse and the cap removed
+    /// (a store that keeps a copy elsewhere deletes those there too).
+    pub(crate) fn append_removing(
+        &mut self,
+        token: &Token,
+        msg: StoredMsg,
+        removed: &mut Vec<StoredMsg>,
+    ) -> u32 {
         self.max_id = self.max_id.max(msg.msg_id);
         if !msg.note.collapse.is_empty() {
             let pos = self
                 .queues
                 .get(token)
                 .and_then(|q| q.msgs.iter().position(|m| m.note.collapse == msg.note.collapse));
-            if let Some(i) = pos {
-                self.remove_at(token, i);
+            if let Some(gone) = pos.and_then(|i| self.remove_at(token, i)) {
+                removed.push(gone);
             }
         }
         self.by_expiry.insert((msg.note.expiry, *token, msg.msg_id));
@@ -78,8 +85,82 @@ impl Store for MemoryStore {
                     q.missed = q.missed.saturating_add(1);
                 }
             }
+            removed.push(gone);
         }
-        Ok(capped)
+        capped
+    }
+
+    /// Merges `msgs` (a backlog read from elsewhere) into `token`'s queue as if
+    /// everything had been appended in id order: the newer of one collapse id
+    /// stays, the cap drops the oldest (counted as missed unless sent). A
+    /// message whose id is queued already is ignored. What the merge removed,
+    /// queued before or not, goes to `removed`; returns how many the cap dropped.
+    pub(crate) fn merge(&mut self, token: &Token, msgs: Vec<StoredMsg>, removed: &mut Vec<StoredMsg>) -> u32 {
+        let mut all: Vec<StoredMsg> = match self.queues.get_mut(token) {
+            Some(q) => q.msgs.drain(..).collect(),
+            None => Vec::new(),
+        };
+        for m in &all {
+            self.by_expiry.remove(&(m.note.expiry, *token, m.msg_id));
+            self.len -= 1;
+        }
+        all.extend(msgs);
+        // Stable: of two with one id, the one queued before comes first and stays.
+        all.sort_by_key(|m| m.msg_id);
+        all.dedup_by_key(|m| m.msg_id);
+        let mut capped = 0;
+        for m in all {
+            capped += self.append_removing(token, m, removed);
+        }
+        self.drop_if_empty(token);
+        capped
+    }
+
+    /// Forgets `token`'s queue and missed count, returning its messages
+    /// (no tombstone: the caller keeps those elsewhere).
+    pub(crate) fn remove_queue(&mut self, token: &Token) -> Vec<StoredMsg> {
+        let Some(q) = self.queues.remove(token) else { return Vec::new() };
+        for m in &q.msgs {
+            self.by_expiry.remove(&(m.note.expiry, *token, m.msg_id));
+            self.len -= 1;
+        }
+        q.msgs.into()
+    }
+
+    /// [`Store::sweep_expired`], also handing back which messages it removed.
+    pub(crate) fn sweep_expired_into(&mut self, now_unix: u64, removed: &mut Vec<(Token, u64)>) -> usize {
+        if self.queues.capacity() > 2 * self.queues.len() + 1024 {
+            self.queues.shrink_to(self.queues.len() * 5 / 4);
+        }
+        let mut n = 0;
+        while let Some(&(exp, token, id)) = self.by_expiry.first() {
+            if u64::from(exp) >= now_unix {
+                break;
+            }
+            self.by_expiry.pop_first();
+            if let Some(q) = self.queues.get_mut(&token) {
+                if let Some(i) = q.msgs.iter().position(|m| m.msg_id == id) {
+                    q.msgs.remove(i);
+                    self.len -= 1;
+                    n += 1;
+                    removed.push((token, id));
+                }
+            }
+            self.drop_if_empty(&token);
+        }
+        n
+    }
+
+    /// Raises the highest id [`Store::max_msg_id`] reports.
+    pub(crate) fn raise_max_id(&mut self, id: u64) {
+        self.max_id = self.max_id.max(id);
+    }
+}
+
+impl Store for MemoryStore {
+    fn append(&mut self, token: &Token, msg: StoredMsg) -> Result<u32, StoreError> {
+        let mut removed = Vec::new();
+        Ok(self.append_removing(token, msg, &mut removed))
     }
 
     fn mark_sent(&mut self, token: &Token, msg_id: u64) {
@@ -118,26 +199,9 @@ impl Store for MemoryStore {
 
     fn sweep_expired(&mut self, now_unix: u64) -> Result<usize, StoreError> {
         // Called about once a second: also the moment to give back the capacity
-        // a drained peak left in the queue map.
-        if self.queues.capacity() > 2 * self.queues.len() + 1024 {
-            self.queues.shrink_to(self.queues.len() * 5 / 4);
-        }
-        let mut n = 0;
-        while let Some(&(exp, token, id)) = self.by_expiry.first() {
-            if u64::from(exp) >= now_unix {
-                break;
-            }
-            self.by_expiry.pop_first();
-            if let Some(q) = self.queues.get_mut(&token) {
-                if let Some(i) = q.msgs.iter().position(|m| m.msg_id == id) {
-                    q.msgs.remove(i);
-                    self.len -= 1;
-                    n += 1;
-                }
-            }
-            self.drop_if_empty(&token);
-        }
-        Ok(n)
+        // a drained peak left in the queue map (in `sweep_expired_into`).
+        let mut removed = Vec::new();
+        Ok(self.sweep_expired_into(now_unix, &mut removed))
     }
 
     fn sync(&mut self) -> Result<(), StoreError> {
@@ -233,6 +297,41 @@ mod tests {
         let mut after = Vec::new();
         s.pending(&t, 3, 0, 10, &mut after).unwrap();
         assert_eq!(after.len(), 1);
+    }
+
+    #[test]
+    fn merge_is_append_in_id_order() {
+        let t = Token([3; 24]);
+        let mut s = MemoryStore::new(3);
+        let mut removed = Vec::new();
+        s.append_removing(&t, msg(10, 100, b"c"), &mut removed);
+        s.append_removing(&t, msg(12, 100, b""), &mut removed);
+        s.mark_sent(&t, 3);
+        assert!(removed.is_empty());
+        // A backlog from elsewhere: older ids, one of them a collapse of 10's id, one a duplicate.
+        let capped = s.merge(
+            &t,
+            vec![msg(4, 100, b""), msg(6, 100, b"c"), msg(11, 100, b""), msg(12, 100, b"x")],
+            &mut removed,
+        );
+        assert_eq!(ids(&mut s, &t, 0), vec![10, 11, 12]);
+        let mut gone: Vec<u64> = removed.iter().map(|m| m.msg_id).collect();
+        gone.sort();
+        assert_eq!(gone, vec![4, 6], "6 collapsed into 10, 4 capped");
+        assert_eq!(capped, 1);
+        assert_eq!(s.take_missed(&t).unwrap(), 1, "4 was never sent (only ids up to 3 were)");
+        let mut out = Vec::new();
+        s.pending(&t, 11, 0, 10, &mut out).unwrap();
+        assert_eq!(out[0].note.collapse, bytes::Bytes::new(), "the queued 12 stays, not the duplicate");
+        assert_eq!(s.len(), 3);
+        assert_eq!(s.max_msg_id(), 12);
+        let mut swept = Vec::new();
+        s.append_removing(&t, msg(13, 5, b""), &mut removed);
+        assert_eq!(s.sweep_expired_into(6, &mut swept), 1);
+        assert_eq!(swept, vec![(t, 13)]);
+        assert_eq!(s.remove_queue(&t).len(), 2);
+        assert_eq!(s.len(), 0);
+        assert!(s.tombstones().unwrap().is_empty(), "remove_queue leaves no tombstone");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! so a store needs no locking of its own on the delivery path. Message ids
 //! grow with acceptance order within a shard, so id order is delivery order.
 
+pub mod cluster;
 pub mod durable;
 pub mod memory;
 
