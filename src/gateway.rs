@@ -10,6 +10,7 @@ use std::thread::JoinHandle;
 use log::info;
 
 use crate::cluster::engine::EngineHandle;
+use crate::cluster::tombs::TombEvent;
 use crate::config::Config;
 use crate::net;
 use crate::proto::Status;
@@ -155,6 +156,17 @@ fn serve_cluster(shared: &Arc<Shared>, engine: &EngineHandle) {
         let done = Box::new(move |o| reply.send(o));
         let to = token.shard(s.handles.len());
         s.handles[to].send(vec![ShardMsg::Submit(Submit::Forwarded { app, token, note: f.msg.note, done })]);
+    }));
+    let s = shared.clone();
+    engine.watch_tombstones(Arc::new(move |ev| {
+        let (token, app, at_ms) = match ev {
+            TombEvent::Put(t) => {
+                let Some(app) = s.apps.index_of(&t.app_id) else { return };
+                (t.token, app, Some(t.at_ms))
+            }
+            TombEvent::Lifted(token) => (token, 0, None),
+        };
+        s.handles[token.shard(s.handles.len())].send(vec![ShardMsg::TombstoneSeen { token, app, at_ms }]);
     }));
     let s = shared.clone();
     engine.serve_replaced(Arc::new(move |token, revision| {

@@ -103,11 +103,23 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
         cfg.apps.push(AppConfig { id: "demo".into(), secret });
     }
     let shards = cfg.shard_count();
-    let stores = open_stores(&cfg, shards)?;
-    // Cluster mode: the engine first (its id slot decides this node's message ids).
+    // Cluster mode: the engine first (its id slot decides this node's message
+    // ids), and the store is the engine's offline queue instead of the local one.
     let engine = match &cfg.cluster {
         Some(c) => Some(start_engine(c)?),
         None => None,
+    };
+    let stores = match &engine {
+        Some((e, _)) => {
+            let cap = cfg.limits.device_queue_cap;
+            (0..shards)
+                .map(|i| {
+                    Box::new(crate::store::cluster::ClusterStore::new(e.handle().clone(), i, shards, cap))
+                        as Box<dyn Store>
+                })
+                .collect()
+        }
+        None => open_stores(&cfg, shards)?,
     };
     let link = engine
         .as_ref()

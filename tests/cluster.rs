@@ -385,7 +385,8 @@ fn forwarding_between_two_nodes_on_a_real_cluster() {
     );
     nats.restart(2);
 
-    // B gone: no responders, fast, every push handed back.
+    // B gone: no responders (asked again for up to half the 2 s deadline, in
+    // case B was only reconnecting), every push handed back before the deadline.
     drop(b);
     let t0 = Instant::now();
     let mut fast = Vec::new();
@@ -413,7 +414,11 @@ fn forwarding_between_two_nodes_on_a_real_cluster() {
         fast[fast.len() / 2],
         fast[fast.len() - 1]
     );
-    assert!(fast[fast.len() / 2] < Duration::from_millis(100), "no responders is fast: {fast:?}");
+    let median = fast[fast.len() / 2];
+    assert!(
+        median > Duration::from_millis(500) && median < Duration::from_millis(1500),
+        "no responders after about half the deadline, not at it: {fast:?}"
+    );
     assert!(a.metrics().no_responders.load(std::sync::atomic::Ordering::Relaxed) >= 20);
 }
 

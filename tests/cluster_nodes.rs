@@ -16,7 +16,7 @@ use pushgate::config::ClusterConfig;
 use pushgate::gateway::Gateway;
 use pushgate::proto::{Frame, GoAwayReason, Status, Token};
 use pushgate::shard::cluster::{ClusterLink, MAX_SLOTS};
-use pushgate::store::memory::MemoryStore;
+use pushgate::store::cluster::ClusterStore;
 use pushgate::store::Store;
 
 use nats::NatsCluster;
@@ -60,8 +60,9 @@ impl Node {
         };
         let mut cfg = test_config(2);
         cfg.cluster = Some(c);
+        let cap = cfg.limits.device_queue_cap;
         let stores: Vec<Box<dyn Store>> = (0..2)
-            .map(|_| Box::new(MemoryStore::new(cfg.limits.device_queue_cap)) as Box<dyn Store>)
+            .map(|i| Box::new(ClusterStore::new(engine.handle().clone(), i, 2, cap)) as Box<dyn Store>)
             .collect();
         let link = ClusterLink { engine: engine.handle().clone(), slot };
         let gw = Gateway::start_in(cfg, test_key(), stores, Some(link)).expect("gateway starts");
@@ -323,4 +324,89 @@ fn a_receipt_reaches_a_subscriber_on_another_node_and_waits_for_one() {
         }
         assert!(t0.elapsed() < T, "the kept receipt never came");
     }
+}
+
+#[test]
+fn a_backlog_stored_through_one_node_arrives_on_another() {
+    let cluster = NatsCluster::start();
+    cluster.wait_ready(Duration::from_secs(30));
+    let a = Node::start("oa", cluster.urls());
+    let b = Node::start("ob", cluster.urls());
+    let c = Node::start("oc", cluster.urls());
+    // The device registers once on A (to learn its token), then goes offline.
+    let (dev, token) = a.device("offline");
+    drop(dev);
+    let t0 = Instant::now();
+    while a.gw().devices_per_shard().iter().sum::<usize>() > 0 {
+        assert!(t0.elapsed() < T, "A lets the device go");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut pa = a.provider();
+    let mut pb = b.provider();
+    let mut ids = Vec::new();
+    for i in 0..6u32 {
+        let p = if i % 2 == 0 { &mut pa } else { &mut pb };
+        let body = format!("m{i}");
+        let (status, msg_id, _) = p.push(push_frame(i + 1, token, in_an_hour(), body.as_bytes()));
+        assert_eq!(status, Status::QUEUED, "{body}: stored for the offline device");
+        ids.push(msg_id);
+    }
+    // It comes back on C: every stored notification, once each.
+    let (mut on_c, _) = c.device("offline");
+    let got = notifies(&mut on_c, 6);
+    let mut bodies: Vec<String> = got.iter().map(|(_, b)| String::from_utf8_lossy(b).into_owned()).collect();
+    bodies.sort();
+    assert_eq!(bodies, (0..6).map(|i| format!("m{i}")).collect::<Vec<_>>());
+    let mut got_ids: Vec<u64> = got.iter().map(|(i, _)| *i).collect();
+    got_ids.sort_unstable();
+    ids.sort_unstable();
+    assert_eq!(got_ids, ids, "each with the msg_id its RESULT carried");
+    assert!(matches!(on_c.recv(Duration::from_millis(300)), common::Got::Timeout));
+    // ACKed there, nothing comes again on the next connection (through B).
+    drop(on_c);
+    let t0 = Instant::now();
+    while c.gw().devices_per_shard().iter().sum::<usize>() > 0 {
+        assert!(t0.elapsed() < T, "C lets the device go");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (mut on_b, _) = b.device("offline");
+    assert!(
+        matches!(on_b.recv(Duration::from_millis(500)), common::Got::Timeout),
+        "the ACKs reached the engine"
+    );
+}
+
+#[test]
+fn an_unregistration_on_one_node_is_seen_by_pushes_and_feedback_on_others() {
+    let cluster = NatsCluster::start();
+    cluster.wait_ready(Duration::from_secs(30));
+    let a = Node::start("ua", cluster.urls());
+    let b = Node::start("ub", cluster.urls());
+    let (mut dev, token) = a.device("leaving");
+    let since =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as u64;
+    dev.send(&Frame::Unregister);
+    let reason = dev.expect(|f| match f {
+        Frame::GoAway { reason, .. } => reason,
+        other => panic!("expected GOAWAY, got {other:?}"),
+    });
+    assert_eq!(reason, GoAwayReason::UNREGISTERED);
+    let mut pb = b.provider();
+    let t0 = Instant::now();
+    let at = loop {
+        let (status, _, info) = pb.push(push_frame(1, token, in_an_hour(), b"gone?"));
+        if status == Status::UNREGISTERED {
+            break info;
+        }
+        assert!(t0.elapsed() < T, "B never saw the unregistration: {status:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(at >= since);
+    pb.send(&Frame::Feedback { req_id: 7, since_ms: since, after: Token([0; 24]) });
+    let entries = pb.expect(|f| match f {
+        Frame::FeedbackResult { req_id: 7, entries, .. } => entries.to_vec(),
+        other => panic!("expected FEEDBACK_RESULT, got {other:?}"),
+    });
+    assert_eq!(entries.len(), 32, "one entry (token 24 + time 8): {entries:?}");
+    assert_eq!(&entries[..24], &token.0);
 }

@@ -70,8 +70,25 @@ impl EngineHandle {
         let node = node.to_string();
         self.submit_within(Op::Forward, timeout, done, move |ctx| async move {
             let subject = push_subject(&ctx.cfg.stream_prefix, &node);
-            let req = async_nats::Request::new().payload(body).timeout(Some(timeout));
-            let reply = ctx.client.send_request(subject, req).await?;
+            // No responders while the node is reconnecting to NATS looks like a
+            // node that is gone: ask again (nothing was delivered) for up to
+            // half the deadline before giving up.
+            let started = std::time::Instant::now();
+            let mut backoff = Duration::from_millis(20);
+            let reply = loop {
+                let req = async_nats::Request::new().payload(body.clone()).timeout(Some(timeout));
+                match ctx.client.send_request(subject.clone(), req).await {
+                    Ok(r) => break r,
+                    Err(e)
+                        if e.kind() == async_nats::RequestErrorKind::NoResponders
+                            && started.elapsed() + backoff < timeout / 2 =>
+                    {
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_millis(200));
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            };
             let results = wire::decode_results(reply.payload).map_err(|e| {
                 warn!("engine: node {node} answered a bad batch: {e}");
                 EngineError::BadReply

@@ -46,8 +46,13 @@ pub struct ClusterLink {
 impl ClusterLink {
     /// The next message id after `last` that carries this node's slot.
     pub fn next_id(&self, last: u64) -> u64 {
-        ((last >> SLOT_BITS) + 1) << SLOT_BITS | u64::from(self.slot)
+        next_id(self.slot, last)
     }
+}
+
+/// The next message id after `last` whose low bits are `slot`.
+fn next_id(slot: u8, last: u64) -> u64 {
+    ((last >> SLOT_BITS) + 1) << SLOT_BITS | u64::from(slot)
 }
 
 /// This shard's claim of a token for one of its connections.
@@ -56,6 +61,9 @@ struct Claim {
     conn_id: u32,
     /// The revision once the claim is in the table; None while in flight.
     revision: Option<u64>,
+    /// The newest revision another node told us replaced our claim while it
+    /// was in flight (the notice can overtake our own claim's answer).
+    superseded: u64,
 }
 
 type TokenMap<V> = HashMap<Token, V, BuildHasherDefault<TokenHasher>>;
@@ -113,10 +121,16 @@ fn send_results(shared: &Shared, results: impl IntoIterator<Item = ResultMsg>) {
 }
 
 impl Shard {
-    /// The next message id this shard hands out.
+    /// The next message id this shard hands out. On a cluster node it also
+    /// follows the clock (`unix_ms << 16`, as ids start on one node), so ids
+    /// that different nodes make for one device grow in acceptance order
+    /// (to within a millisecond and the nodes' clock skew).
     pub(super) fn fresh_msg_id(&mut self) -> u64 {
         self.next_msg_id = match &self.cluster {
-            Some(c) => c.link.next_id(self.next_msg_id),
+            Some(c) => {
+                let clock = c.link.next_id((self.clock.unix_ms << 16).saturating_sub(1 << SLOT_BITS));
+                c.link.next_id(self.next_msg_id).max(clock)
+            }
             None => self.next_msg_id + 1,
         };
         self.next_msg_id
@@ -128,7 +142,7 @@ impl Shard {
         let Some(c) = &mut self.cluster else { return false };
         let Some(conn) = self.conns.get(idx as usize) else { return false };
         let conn = ConnRef { shard: self.router.index() as u16, idx, id: conn.id() };
-        c.claims.insert(token, Claim { conn_id: conn.id, revision: None });
+        c.claims.insert(token, Claim { conn_id: conn.id, revision: None, superseded: 0 });
         let shared = self.shared.clone();
         let me = self.router.index();
         c.link.engine.claim(
@@ -151,8 +165,14 @@ impl Shard {
                     debug!("shard {}: token claimed from node {prev}", self.router.index());
                     c.link.engine.tell_replaced(&prev, token, revision, Box::new(|_| {}));
                 }
-                if current && ours {
-                    c.claims.insert(token, Claim { conn_id: conn.id, revision: Some(revision) });
+                let superseded = c.claims.get(&token).map_or(0, |cl| cl.superseded);
+                if current && ours && superseded > revision {
+                    // Another node's newer claim was announced before our answer came.
+                    c.claims.remove(&token);
+                    self.unbind_replaced(conn.idx);
+                } else if current && ours {
+                    c.claims
+                        .insert(token, Claim { conn_id: conn.id, revision: Some(revision), superseded: 0 });
                     self.claim_settled(conn.idx);
                 } else if ours || !c.claims.contains_key(&token) {
                     // The connection left while its claim was in flight.
@@ -192,12 +212,16 @@ impl Shard {
     /// Another node's claim replaced ours: close the session it belonged to.
     pub(super) fn on_replaced(&mut self, token: Token, revision: u64) {
         let Some(c) = &mut self.cluster else { return };
-        let Some(claim) = c.claims.get(&token).copied() else { return };
-        // A claim in flight reads the table after the other node's write and
-        // wins over it (telling that node), so only a settled, older claim yields.
-        if claim.revision.is_none_or(|r| r >= revision) {
+        let Some(claim) = c.claims.get_mut(&token) else { return };
+        let Some(ours) = claim.revision else {
+            // Our claim's answer is still on its way: it decides when it comes.
+            claim.superseded = claim.superseded.max(revision);
+            return;
+        };
+        if ours >= revision {
             return;
         }
+        let claim = *claim;
         c.claims.remove(&token);
         if let Some(&idx) = self.devices.get(&token) {
             if self.conns.get(idx as usize).is_some_and(|x| x.id() == claim.conn_id) {
@@ -492,4 +516,23 @@ fn forwarded(shared: &Arc<Shared>, kept: Vec<PushMsg>, r: Result<Vec<ResultMsg>,
 /// `unavailable`, with the first step of the reconnect backoff as the hint.
 fn unavailable() -> Outcome {
     Outcome { status: Status::UNAVAILABLE, msg_id: 0, info: 1000 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::next_id;
+
+    #[test]
+    fn ids_of_two_nodes_never_collide_and_keep_growing() {
+        let (mut a, mut b) = (1_000u64 << 16, 1_000u64 << 16);
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..10_000 {
+            let (na, nb) = (next_id(3, a), next_id(4, b));
+            assert!(na > a && nb > b);
+            assert_eq!(na & 63, 3);
+            assert_eq!(nb & 63, 4);
+            assert!(seen.insert(na) && seen.insert(nb), "a collision");
+            (a, b) = (na, nb);
+        }
+    }
 }
