@@ -305,6 +305,8 @@ pub struct Cluster {
     pub request_timeout: Duration,
     /// `limits.device_queue_cap` of the gateways' config.
     pub queue_cap: usize,
+    /// When this cluster's turn came (clusters wait for each other).
+    pub started: Instant,
     _dir: tempfile::TempDir,
     _serial: MutexGuard<'static, ()>,
 }
@@ -337,6 +339,7 @@ impl Cluster {
             key,
             request_timeout,
             queue_cap: cfg.limits.device_queue_cap,
+            started: t0,
             _dir: dir,
             _serial: serial,
         }
