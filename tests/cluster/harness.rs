@@ -403,9 +403,10 @@ fn start_gateway(dir: &Path, i: usize, nats: &NatsCluster, extra: &str) -> Gatew
         for (from, to) in DEPLOY_GW[i].iter().zip([d, p, a]) {
             text = text.replace(&format!("127.0.0.1:{from}\""), &format!("127.0.0.1:{to}\""));
         }
-        for (k, url) in DEPLOY_NATS.iter().enumerate() {
-            text = text.replace(url, &nats.url(k));
-        }
+        let list: Vec<String> = DEPLOY_NATS.iter().map(|u| format!("\"{u}\"")).collect();
+        let ours: Vec<String> = (0..3).map(|k| format!("\"{}\"", nats.url(k))).collect();
+        assert!(text.contains(&list.join(", ")), "deploy's cluster.nats changed");
+        text = text.replace(&list.join(", "), &ours.join(", "));
         text = text.replace(DEPLOY_DIR, &dir.display().to_string());
         assert!(!text.contains(DEPLOY_DIR) && !text.contains(":77") && !text.contains(":422"), "{text}");
         assert!(text.contains(&format!("secret = \"{APP_SECRET}\"")), "deploy's app secret changed");
@@ -439,6 +440,8 @@ fn start_gateway(dir: &Path, i: usize, nats: &NatsCluster, extra: &str) -> Gatew
 /// waited for until every gateway is UP in both backends.
 fn start_haproxy(dir: &Path, gws: &[Gateway]) -> HaProxy {
     let src = deploy("haproxy.cfg");
+    // deploy's `maxconn 100000` makes HAProxy ask for 200030 open files and
+    // refuse to start under a 20,000 limit ("Cannot raise FD limit").
     let maxconn = (nofile_limit() / 2).saturating_sub(200).clamp(100, 50_000);
     let mut last = String::new();
     for attempt in 0..3 {

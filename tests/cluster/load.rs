@@ -379,6 +379,8 @@ pub struct Verdict {
     pub unknown_arrived: usize,
     /// `delivered`/`queued` whose notification never arrived.
     pub missing: Vec<String>,
+    /// Those of `missing` that were `delivered`.
+    pub missing_delivered: Vec<String>,
     /// Refused (any other status) but arrived anyway.
     pub refused_arrived: Vec<String>,
     /// Arrived with another msg_id than its RESULT's, or under two msg_ids.
@@ -484,7 +486,13 @@ pub fn verify(sent: &[Sent], devices: &[Device], keep: impl Fn(usize) -> bool) -
         v.max_latency = v.max_latency.max(a.after);
         let accepted = matches!(a.status, Status::DELIVERED | Status::QUEUED);
         match (accepted, got) {
-            (true, None) => v.missing.push(format!("{name} ({}, msg_id {})", a.status, a.msg_id)),
+            (true, None) => {
+                let line = format!("{name} ({}, msg_id {})", a.status, a.msg_id);
+                if a.status == Status::DELIVERED {
+                    v.missing_delivered.push(line.clone());
+                }
+                v.missing.push(line);
+            }
             (true, Some(ids)) => {
                 v.accepted += 1;
                 if ids.as_slice() != [a.msg_id] {
