@@ -240,9 +240,14 @@ pub fn where_are_the_missing(c: &mut Cluster, run: &mut Run, killed: Option<usiz
     }
     format!(
         "{total} accepted notifications never reached their device ({} devices); connected straight \
-         to each node afterwards, the devices found them in that node's local store: {} (nowhere: {})",
+         to each node afterwards, the devices found them in that node's local store: {} (nowhere: {}); \
+         gateway log lines \"storing .. pushes here\" (a forward met no_responders): {:?}, \
+         forwards answered `unavailable` by cause (outcome unknown): {:?}",
         missing.len(),
         found_where.join(", "),
-        total - found_all.len()
+        total - found_all.len(),
+        c.count_in_logs("pushes here"),
+        ["timeout", "unavailable", "bad_reply", "stopped"]
+            .map(|cause| (cause, c.count_in_logs(&format!("failed ({cause}): answered unavailable")))),
     )
 }

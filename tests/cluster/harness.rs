@@ -182,7 +182,11 @@ pub struct Gateway {
 impl Gateway {
     fn spawn(&mut self) {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_pushgate"));
-        cmd.arg("serve").arg("--config").arg(&self.conf).env("RUST_LOG", "info");
+        // The shard's cluster side at debug: why a forward failed and what was done with it.
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(&self.conf)
+            .env("RUST_LOG", "info,pushgate::shard::cluster=debug");
         self.child = Some(spawn_logged(cmd, &self.log));
     }
 
@@ -376,6 +380,17 @@ impl Cluster {
     /// Devices connected to each gateway (0 for one that is down).
     pub fn devices_per_node(&self) -> Vec<usize> {
         self.gateways.iter().map(|g| if g.is_running() { g.devices_connected() } else { 0 }).collect()
+    }
+
+    /// Per gateway, how many log lines contain `pat`.
+    pub fn count_in_logs(&self, pat: &str) -> Vec<(String, usize)> {
+        self.gateways
+            .iter()
+            .map(|g| {
+                let text = std::fs::read_to_string(&g.log).unwrap_or_default();
+                (g.name.clone(), text.lines().filter(|l| l.contains(pat)).count())
+            })
+            .collect()
     }
 
     /// The tails of every process's log, for a failure message.
