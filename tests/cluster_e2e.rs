@@ -35,6 +35,20 @@ fn in_an_hour() -> u32 {
     (unix_now() + 3600) as u32
 }
 
+/// protocol.md 10.3 item 3: a fail-over may show a device one notification
+/// under two msg_ids (a forward whose answer was lost, then stored): at most
+/// 1 in 20 of the pushes accepted while a server is killed under load.
+fn few_two_ids(v: &load::Verdict) -> bool {
+    if !v.two_ids.is_empty() {
+        eprintln!(
+            "{} arrived under two msg_ids (allowed in a fail-over), e.g. {:?}",
+            v.two_ids.len(),
+            &v.two_ids[..1]
+        );
+    }
+    v.two_ids.len() * 20 <= v.accepted.max(1)
+}
+
 #[test]
 fn any_provider_reaches_any_device_through_haproxy() {
     if !harness::tools_available() {
@@ -221,7 +235,7 @@ fn kill_9_of_a_gateway_under_load_moves_its_devices_and_answers_in_time() {
     let wrong = run.stayed.losses_and_ghosts();
     assert!(wrong.is_empty(), "devices that stayed on their node: {wrong:?}\n{}", run.summary);
     assert!(
-        run.all.wrong_ids.is_empty() && run.all.strangers.is_empty(),
+        run.all.wrong_ids.is_empty() && run.all.strangers.is_empty() && few_two_ids(&run.all),
         "{:?}",
         run.all.losses_and_ghosts()
     );
@@ -235,7 +249,7 @@ fn kill_9_of_a_gateway_under_load_moves_its_devices_and_answers_in_time() {
 /// the failure message). May also hit the first bug of
 /// `kill_9_of_a_nats_server_keeps_every_promise`.
 #[test]
-#[ignore = "needs the JetStream offline queue (ClusterStore); also hits the unknown-outcome bug (see below)"]
+
 fn kill_9_of_a_gateway_under_load_loses_nothing_accepted() {
     if !harness::tools_available() {
         return;
@@ -270,7 +284,7 @@ fn kill_9_of_a_nats_server_under_load_then_its_restart() {
         panic!("`delivered` but never arrived: {:?}\n{diag}\n{}", run.stayed.missing_delivered, run.summary);
     }
     assert!(
-        run.all.wrong_ids.is_empty() && run.all.strangers.is_empty(),
+        run.all.wrong_ids.is_empty() && run.all.strangers.is_empty() && few_two_ids(&run.all),
         "{:?}",
         run.all.losses_and_ghosts()
     );
@@ -287,7 +301,7 @@ fn kill_9_of_a_nats_server_under_load_then_its_restart() {
 /// answered `queued`, but never reaches the device, which stays connected
 /// to its node. Intermittent: the first seen in 7 of 10 runs, the second in 2 of 9.
 #[test]
-#[ignore = "bug: forwards with an unknown outcome answered `unavailable` yet delivered; `queued` stranded on the sender"]
+
 fn kill_9_of_a_nats_server_keeps_every_promise() {
     if !harness::tools_available() {
         return;
@@ -303,7 +317,7 @@ fn kill_9_of_a_nats_server_keeps_every_promise() {
 }
 
 #[test]
-#[ignore = "needs the JetStream offline queue (ClusterStore)"]
+
 fn offline_on_one_node_backlog_arrives_through_another() {
     if !harness::tools_available() {
         return;

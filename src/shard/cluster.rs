@@ -279,7 +279,9 @@ impl Shard {
             d.core.flags.remove(Flags::LOADING);
             self.maybe_welcome(idx);
         } else {
-            // A later fetch (another node's append that raced the claim) found more.
+            // A later fetch (another node's append that raced the claim) may
+            // have found more, with ids below what was written already.
+            d.core.flags |= Flags::RESCAN;
             let _ = self.deliver(idx);
         }
     }

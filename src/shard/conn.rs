@@ -39,6 +39,10 @@ bitflags! {
         const LOADING = 256;
         /// Cluster: a device whose route claim is in flight: WELCOME waits for it.
         const CLAIMING = 512;
+        /// A device whose store found notifications after WELCOME (another
+        /// node's append that raced its claim): their ids may be below the
+        /// cursor, so delivery looks from the start, past what is in flight.
+        const RESCAN = 1024;
     }
 }
 
@@ -257,10 +261,18 @@ impl Device {
 
     /// Records a NOTIFY written; `receipt` if its provider asked for a receipt.
     pub fn on_sent(&mut self, msg_id: u64, receipt: bool) {
-        debug_assert!(msg_id > self.cursor, "notifications go out in id order");
-        self.cursor = msg_id;
+        debug_assert!(
+            msg_id > self.cursor || self.core.flags.contains(Flags::RESCAN),
+            "notifications go out in id order"
+        );
+        self.cursor = self.cursor.max(msg_id);
         let entry = if receipt { msg_id | RECEIPT_BIT } else { msg_id };
         self.unacked.get_or_insert_with(Default::default).push(entry);
+    }
+
+    /// Whether `msg_id` was written here and is not acknowledged yet.
+    pub fn is_in_flight(&self, msg_id: u64) -> bool {
+        self.unacked.as_ref().is_some_and(|u| u.iter().any(|&e| e & !RECEIPT_BIT == msg_id))
     }
 
     /// Forgets an acknowledged id: `None` if it was not in flight here, else

@@ -217,11 +217,19 @@ impl Shard {
             self.metrics.on_limit(Limit::DeviceWindowFull);
             return Delivery::WindowFull;
         }
-        let (token, cursor) = (d.token, d.cursor);
+        let (token, rescan) = (d.token, d.core.flags.contains(Flags::RESCAN));
+        // A rescan reads from the start and skips what is in flight here.
+        let (after, max) = if rescan { (0, room + d.inflight()) } else { (d.cursor, room) };
         let mut msgs = std::mem::take(&mut self.scratch.msgs);
         msgs.clear();
-        if let Err(e) = self.store.pending(&token, cursor, self.clock.unix_s, room, &mut msgs) {
+        if let Err(e) = self.store.pending(&token, after, self.clock.unix_s, max, &mut msgs) {
             warn!("shard {}: reading stored notifications: {e}", self.index());
+        }
+        if rescan {
+            if let Some(Conn::Device(d)) = self.conns.get(idx as usize) {
+                msgs.retain(|m| !d.is_in_flight(m.msg_id));
+            }
+            msgs.truncate(room);
         }
         let mut outcome = if msgs.len() == room { Delivery::WindowFull } else { Delivery::Done };
         let mut sent = 0;

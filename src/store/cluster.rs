@@ -177,11 +177,13 @@ pub struct ClusterStore {
 const FLUSH_AT: usize = 512;
 
 /// An offline append on another node may race a load here: it looked up the
-/// route before this node's claim, and its publish lands after our read. Both
-/// the claim and the publish end by their deadline, so one more read of the
-/// token two deadlines (plus a second) after the load sees such a message.
+/// route before this node's claim, and its publish lands after our read. The
+/// lookup, a forward to the node that held the device before (which may
+/// fail at its deadline) and the publish each end by their deadline, so one
+/// more read of the token three deadlines (plus a second) after the load
+/// sees such a message.
 fn recheck_after(timeout: Duration) -> Duration {
-    timeout * 2 + Duration::from_secs(1)
+    timeout * 3 + Duration::from_secs(1)
 }
 
 fn unix_now() -> u64 {

@@ -27,6 +27,8 @@ const DEPLOY_NATS: [&str; 3] = ["nats://127.0.0.1:4222", "nats://127.0.0.1:4223"
 const DEPLOY_FRONT: [u16; 2] = [7700, 7701];
 /// Device, provider and admin port of g1..g3.
 const DEPLOY_GW: [[u16; 3]; 3] = [[7710, 7711, 7712], [7720, 7721, 7722], [7730, 7731, 7732]];
+/// Each node's HTTP API port in deploy/gateway.
+const DEPLOY_HTTP: [u16; 3] = [7713, 7723, 7733];
 
 /// Clusters of one test binary run one after the other.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -415,7 +417,8 @@ fn start_gateway(dir: &Path, i: usize, nats: &NatsCluster, extra: &str) -> Gatew
     for attempt in 0..3 {
         let (d, p, a, h) = (free_port(), free_port(), free_port(), free_port());
         let mut text = src.clone();
-        for (from, to) in DEPLOY_GW[i].iter().zip([d, p, a]) {
+        let from_ports = DEPLOY_GW[i].iter().chain([&DEPLOY_HTTP[i]]);
+        for (from, to) in from_ports.zip([d, p, a, h]) {
             text = text.replace(&format!("127.0.0.1:{from}\""), &format!("127.0.0.1:{to}\""));
         }
         let list: Vec<String> = DEPLOY_NATS.iter().map(|u| format!("\"{u}\"")).collect();
@@ -425,9 +428,8 @@ fn start_gateway(dir: &Path, i: usize, nats: &NatsCluster, extra: &str) -> Gatew
         text = text.replace(DEPLOY_DIR, &dir.display().to_string());
         assert!(!text.contains(DEPLOY_DIR) && !text.contains(":77") && !text.contains(":422"), "{text}");
         assert!(text.contains(&format!("secret = \"{APP_SECRET}\"")), "deploy's app secret changed");
-        // deploy/ leaves http.listen at its default (0.0.0.0:7703), which three
-        // nodes on one machine cannot share.
-        text.push_str(&format!("\n[http]\nlisten = \"127.0.0.1:{h}\"\n{extra}"));
+        text.push('\n');
+        text.push_str(extra);
         let conf = dir.join(format!("{name}.toml"));
         std::fs::write(&conf, &text).expect("write gateway config");
         let log = dir.join(format!("{name}.{attempt}.log"));
@@ -455,13 +457,13 @@ fn start_gateway(dir: &Path, i: usize, nats: &NatsCluster, extra: &str) -> Gatew
 /// waited for until every gateway is UP in both backends.
 fn start_haproxy(dir: &Path, gws: &[Gateway]) -> HaProxy {
     let src = deploy("haproxy.cfg");
-    // deploy's `maxconn 100000` makes HAProxy ask for 200030 open files and
-    // refuse to start under a 20,000 limit ("Cannot raise FD limit").
+    // deploy's `maxconn 9000` fits a 20,000 open-files limit; size it to the
+    // limit found here (too high, HAProxy refuses: "Cannot raise FD limit").
     let maxconn = (nofile_limit() / 2).saturating_sub(200).clamp(100, 50_000);
     let mut last = String::new();
     for attempt in 0..3 {
         let (fd, fp, stats) = (free_port(), free_port(), free_port());
-        let mut text = src.replace("maxconn 100000", &format!("maxconn {maxconn}"));
+        let mut text = src.replace("maxconn 9000", &format!("maxconn {maxconn}"));
         for (from, to) in DEPLOY_FRONT.iter().zip([fd, fp]) {
             text = text.replace(&format!("bind 127.0.0.1:{from}\n"), &format!("bind 127.0.0.1:{to}\n"));
         }
