@@ -367,14 +367,14 @@ fn durability_reports_failure_when_nats_is_gone_and_rates() {
     let mut b = node(&eb, 0, 100);
 
     // An offline append that lands after a load's read is picked up by the
-    // load's recheck, two deadlines (plus a second) later, on a sweep.
+    // load's recheck, three deadlines (plus a second) later, on a sweep.
     let late = token(5);
     assert!(b.load(&late).is_empty());
     a.store.append(&late, msg(77, far, b"")).unwrap();
     assert!(a.commit());
     b.store.sweep_expired(now()).unwrap();
     assert!(b.loaded.try_recv().is_err(), "not due yet");
-    std::thread::sleep(Duration::from_millis(3100));
+    std::thread::sleep(Duration::from_millis(4100));
     b.store.sweep_expired(now()).unwrap();
     assert_eq!(b.loaded.recv_timeout(Duration::from_secs(5)), Ok(late));
     assert_eq!(ids(&b.pending(&late)), vec![77]);
