@@ -139,18 +139,42 @@ pub fn parse_push(body: &[u8], now_s: u64) -> Result<PushRequest, ApiError> {
 }
 
 /// One token's answer: `token`, `status`, and `msg_id` (a string: ids exceed 2^53) when delivered or
-/// queued, `unregistered_at_ms` when unregistered, `retry_after_ms` when rate limited or unavailable.
-pub fn result_json(token: &str, o: &Outcome) -> Value {
-    let mut v = json!({ "token": token, "status": o.status.name() });
+/// queued, `unregistered_at_ms` when unregistered, `retry_after_ms` when rate limited or unavailable;
+/// with `error` and `message` when `error` is given. Written straight into `out` (no `Value` per
+/// answer), keys in the order `serde_json` writes a map's: sorted.
+fn write_result(out: &mut Vec<u8>, token: &str, o: &Outcome, error: Option<(&str, &str)>) {
+    use std::io::Write as _;
+    out.push(b'{');
+    if let Some((code, message)) = error {
+        out.extend_from_slice(b"\"error\":");
+        put_str(out, code);
+        out.extend_from_slice(b",\"message\":");
+        put_str(out, message);
+        out.push(b',');
+    }
     match o.status {
-        Status::DELIVERED | Status::QUEUED => v["msg_id"] = json!(o.msg_id.to_string()),
-        Status::UNREGISTERED => v["unregistered_at_ms"] = json!(o.info),
+        Status::DELIVERED | Status::QUEUED => {
+            let _ = write!(out, "\"msg_id\":\"{}\",", o.msg_id);
+        }
         Status::RATE_LIMITED | Status::UNAVAILABLE | Status::STORE_FAILED if o.info > 0 => {
-            v["retry_after_ms"] = json!(o.info)
+            let _ = write!(out, "\"retry_after_ms\":{},", o.info);
         }
         _ => {}
     }
-    v
+    out.extend_from_slice(b"\"status\":");
+    put_str(out, o.status.name());
+    out.extend_from_slice(b",\"token\":");
+    put_str(out, token);
+    if o.status == Status::UNREGISTERED {
+        let _ = write!(out, ",\"unregistered_at_ms\":{}", o.info);
+    }
+    out.push(b'}');
+}
+
+/// `s` as a JSON string (quoted, escaped).
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    // Writing to a Vec cannot fail, and a str always serialises.
+    let _ = serde_json::to_writer(&mut *out, s);
 }
 
 /// The HTTP code a single-token push answers with, and the `Retry-After` seconds if any.
@@ -167,14 +191,18 @@ pub fn http_status(o: &Outcome) -> (StatusCode, Option<u64>) {
     }
 }
 
-/// The answer to a single-token push: the result, plus `error` and `message` when it is not a 2xx.
-pub fn single_json(token: &str, o: &Outcome, http: StatusCode) -> Value {
-    let mut v = result_json(token, o);
-    if !http.is_success() {
-        v["error"] = json!(if o.status.is_known() { o.status.name() } else { "internal" });
-        v["message"] = json!(status_message(o));
+/// The answer to a single-token push: the result, plus `error` and `message` when it is not a 2xx;
+/// JSON text ending in a newline.
+pub fn single_json(token: &str, o: &Outcome, http: StatusCode) -> Vec<u8> {
+    let mut out = Vec::with_capacity(128);
+    if http.is_success() {
+        write_result(&mut out, token, o, None);
+    } else {
+        let code = if o.status.is_known() { o.status.name() } else { "internal" };
+        write_result(&mut out, token, o, Some((code, &status_message(o))));
     }
-    v
+    out.push(b'\n');
+    out
 }
 
 fn status_message(o: &Outcome) -> String {
@@ -190,10 +218,18 @@ fn status_message(o: &Outcome) -> String {
     }
 }
 
-/// `{ "results": [...] }` for a multi-token push.
-pub fn multi_json(tokens: &[String], outcomes: &[Outcome]) -> Value {
-    let results: Vec<Value> = tokens.iter().zip(outcomes).map(|(t, o)| result_json(t, o)).collect();
-    json!({ "results": results })
+/// `{ "results": [...] }` for a multi-token push; JSON text ending in a newline.
+pub fn multi_json(tokens: &[String], outcomes: &[Outcome]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + tokens.len() * 110);
+    out.extend_from_slice(b"{\"results\":[");
+    for (i, (t, o)) in tokens.iter().zip(outcomes).enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_result(&mut out, t, o, None);
+    }
+    out.extend_from_slice(b"]}\n");
+    out
 }
 
 /// A feedback page, with the cursor of the next page (the last entry, or the request's if none).
@@ -298,7 +334,48 @@ mod tests {
         assert_eq!(http_status(&o(Status::RATE_LIMITED, 1001)), (StatusCode::TOO_MANY_REQUESTS, Some(2)));
         assert_eq!(http_status(&o(Status::UNAVAILABLE, 0)), (StatusCode::SERVICE_UNAVAILABLE, Some(1)));
         assert_eq!(http_status(&o(Status(99), 0)).0, StatusCode::INTERNAL_SERVER_ERROR);
-        let v = result_json(T, &Outcome { status: Status::QUEUED, msg_id: u64::MAX, info: 0 });
+        let v =
+            single_json(T, &Outcome { status: Status::QUEUED, msg_id: u64::MAX, info: 0 }, StatusCode::OK);
+        let v: Value = serde_json::from_slice(&v).unwrap();
         assert_eq!(v["msg_id"], json!(u64::MAX.to_string()));
+    }
+
+    /// The answers as the `Value`s they used to be built from, byte for byte.
+    #[test]
+    fn answers_are_the_json_they_were() {
+        let old_result = |token: &str, o: &Outcome| {
+            let mut v = json!({ "token": token, "status": o.status.name() });
+            match o.status {
+                Status::DELIVERED | Status::QUEUED => v["msg_id"] = json!(o.msg_id.to_string()),
+                Status::UNREGISTERED => v["unregistered_at_ms"] = json!(o.info),
+                Status::RATE_LIMITED | Status::UNAVAILABLE | Status::STORE_FAILED if o.info > 0 => {
+                    v["retry_after_ms"] = json!(o.info)
+                }
+                _ => {}
+            }
+            v
+        };
+        let odd = "a\"b\\c\u{1}\u{e9}";
+        let mut all = Vec::new();
+        for code in 0..=20u8 {
+            for info in [0, 1500] {
+                let o = Outcome { status: Status(code), msg_id: 1 << 60, info };
+                for token in [T, odd] {
+                    let (http, _) = http_status(&o);
+                    let mut want = old_result(token, &o);
+                    if !http.is_success() {
+                        want["error"] = json!(if o.status.is_known() { o.status.name() } else { "internal" });
+                        want["message"] = json!(status_message(&o));
+                    }
+                    let got = single_json(token, &o, http);
+                    assert_eq!(String::from_utf8(got).unwrap(), format!("{want}\n"));
+                    all.push((token.to_string(), o, old_result(token, &o)));
+                }
+            }
+        }
+        let tokens: Vec<String> = all.iter().map(|a| a.0.clone()).collect();
+        let outcomes: Vec<Outcome> = all.iter().map(|a| a.1).collect();
+        let want = json!({ "results": all.iter().map(|a| a.2.clone()).collect::<Vec<_>>() });
+        assert_eq!(String::from_utf8(multi_json(&tokens, &outcomes)).unwrap(), format!("{want}\n"));
     }
 }

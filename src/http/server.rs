@@ -21,6 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use super::backend::Backend;
+use super::batch::Crossing;
 use super::routes::{self, Ctx};
 use crate::config::HttpConfig;
 use crate::proto::Apps;
@@ -102,6 +103,7 @@ pub fn start(
         TcpListener::from_std(std_listener)?
     };
     let (stop, stopped) = watch::channel(false);
+    let crossing = Crossing::new(backend.clone());
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -117,7 +119,13 @@ pub fn start(
         .max_concurrent_streams(cfg.max_concurrent_streams)
         .max_header_list_size(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX));
     let shared = Arc::new(Shared {
-        ctx: Arc::new(Ctx { cfg: cfg.clone(), apps, backend, shutdown: stopped.clone() }),
+        ctx: Arc::new(Ctx {
+            cfg: cfg.clone(),
+            apps,
+            backend,
+            crossing: crossing.clone(),
+            shutdown: stopped.clone(),
+        }),
         builder,
         tls: tls.map(|t| tokio_rustls::TlsAcceptor::from(with_alpn(t))),
         conns: AtomicUsize::new(0),
@@ -126,6 +134,7 @@ pub fn start(
     });
     let max_conns = cfg.max_connections;
     let thread = std::thread::Builder::new().name("http".into()).spawn(move || {
+        rt.spawn(crossing.pump());
         rt.block_on(accept_loop(listener, shared, max_conns, stopped));
         rt.shutdown_timeout(Duration::from_millis(500));
     })?;
@@ -318,13 +327,15 @@ async fn drive<I>(
 {
     let ctx = shared.ctx.clone();
     let counter = act.clone();
+    let auth = Arc::new(super::auth::Cache::default());
     let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         counter.on_request(req.version() == hyper::Version::HTTP_2);
         // Made here, so a handler dropped mid-way (an HTTP/2 stream reset) still uncounts itself.
         let in_flight = InFlight(counter.clone());
         let ctx = ctx.clone();
+        let auth = auth.clone();
         async move {
-            let r = routes::handle(ctx, req).await;
+            let r = routes::handle(ctx, &auth, req).await;
             Ok::<_, Infallible>(r.map(|inner| Counted { inner, _in_flight: in_flight }))
         }
     });
