@@ -15,4 +15,4 @@ pub mod server;
 mod sse;
 
 pub use backend::{Backend, Done, FeedbackPage, Note, Outcome, PushJob};
-pub use server::{start, start_configured, HttpServer};
+pub use server::{start, start_configured, start_with_metrics, HttpServer};

@@ -23,6 +23,7 @@ use super::batch::Crossing;
 use super::json::{self, ApiError};
 use super::sse::SseBody;
 use crate::config::HttpConfig;
+use crate::metrics::HttpRoute;
 use crate::proto::{Apps, Status, Token, TOKEN_LEN};
 
 pub type Body = BoxBody<Bytes, Infallible>;
@@ -39,6 +40,16 @@ pub struct Ctx {
 
 /// Receipts buffered between the backend and one SSE stream; past it the backend keeps them.
 const RECEIPT_SINK: usize = 1024;
+
+/// The route `path` counts under in the metrics.
+pub fn route_of(path: &str) -> HttpRoute {
+    match path {
+        "/v1/push" => HttpRoute::Push,
+        "/v1/feedback" => HttpRoute::Feedback,
+        "/v1/receipts" => HttpRoute::Receipts,
+        _ => HttpRoute::Other,
+    }
+}
 
 /// Answers `req`; `auth` is its connection's cache of the last verified token.
 pub async fn handle(ctx: Arc<Ctx>, auth: &auth::Cache, req: Request<Incoming>) -> Response<Body> {
