@@ -164,8 +164,118 @@ impl Histogram {
         add(&self.sum_ns, ns);
     }
 
+    /// [`Histogram::observe`] for a histogram with several writers (locked adds).
+    #[inline]
+    fn observe_shared(&self, d: Duration) {
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        let i = BOUNDS_NS.partition_point(|&b| b < ns);
+        self.buckets[i].fetch_add(1, Relaxed);
+        self.sum_ns.fetch_add(ns, Relaxed);
+    }
+
     fn count(&self) -> u64 {
         self.buckets.iter().map(|b| b.load(Relaxed)).sum()
+    }
+}
+
+/// An HTTP API route, as the metrics name it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum HttpRoute {
+    Push = 0,
+    Feedback = 1,
+    Receipts = 2,
+    /// Any other path (404) or method (405).
+    Other = 3,
+}
+
+impl HttpRoute {
+    pub const ALL: [HttpRoute; 4] =
+        [HttpRoute::Push, HttpRoute::Feedback, HttpRoute::Receipts, HttpRoute::Other];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            HttpRoute::Push => "push",
+            HttpRoute::Feedback => "feedback",
+            HttpRoute::Receipts => "receipts",
+            HttpRoute::Other => "other",
+        }
+    }
+}
+
+/// The status classes counted: 1xx to 5xx.
+const HTTP_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// The HTTP API's counters: written by its runtime's threads (so with locked adds, one or two per
+/// request), read by the admin listener.
+#[derive(Default)]
+pub struct HttpMetrics {
+    requests: [[AtomicU64; HTTP_CLASSES.len()]; 4],
+    in_flight: AtomicI64,
+    connections: AtomicI64,
+    duration: [Histogram; 4],
+}
+
+impl HttpMetrics {
+    /// A request has begun (its head is read).
+    #[inline]
+    pub fn on_start(&self) {
+        self.in_flight.fetch_add(1, Relaxed);
+    }
+
+    /// A request begun with [`HttpMetrics::on_start`] is answered with `status` (a receipts stream:
+    /// when its head is sent) after `took`.
+    #[inline]
+    pub fn on_answer(&self, route: HttpRoute, status: u16, took: Duration) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.requests[route as usize][class].fetch_add(1, Relaxed);
+        self.duration[route as usize].observe_shared(took);
+    }
+
+    /// A request begun with [`HttpMetrics::on_start`] is done (answered, or its stream reset).
+    #[inline]
+    pub fn on_end(&self) {
+        self.in_flight.fetch_sub(1, Relaxed);
+    }
+
+    /// An HTTP connection was accepted (`1`) or closed (`-1`).
+    #[inline]
+    pub fn on_connection(&self, delta: i64) {
+        self.connections.fetch_add(delta, Relaxed);
+    }
+
+    /// Requests answered on `route` with a status of class `class` (1 to 5).
+    pub fn requests(&self, route: HttpRoute, class: usize) -> u64 {
+        self.requests[route as usize][class.clamp(1, 5) - 1].load(Relaxed)
+    }
+
+    pub fn in_flight(&self) -> i64 {
+        self.in_flight.load(Relaxed)
+    }
+
+    fn render(&self, r: &mut Render<'_>) {
+        let name = "pushgate_http_requests_total";
+        r.head(name, "counter", "HTTP API requests answered, by route and status class.");
+        for route in HttpRoute::ALL {
+            for (i, class) in HTTP_CLASSES.into_iter().enumerate() {
+                let v = self.requests[route as usize][i].load(Relaxed);
+                r.line(name, &[("route", route.name()), ("class", class)], v);
+            }
+        }
+        let name = "pushgate_http_requests_in_flight";
+        r.head(name, "gauge", "HTTP API requests begun and not yet answered.");
+        r.line(name, &[], self.in_flight.load(Relaxed));
+        let name = "pushgate_http_connections";
+        r.head(name, "gauge", "Open HTTP API connections.");
+        r.line(name, &[], self.connections.load(Relaxed));
+        let name = "pushgate_http_request_duration_seconds";
+        r.head(
+            name,
+            "histogram",
+            "From an HTTP API request's head to its answer (a receipts stream: to its response head).",
+        );
+        for route in HttpRoute::ALL {
+            r.histogram(name, &[("route", route.name())], &self.duration[route as usize]);
+        }
     }
 }
 
@@ -388,6 +498,7 @@ impl ShardMetrics {
 /// Every shard's metrics, shared by the shards and the admin listener.
 pub struct Metrics {
     shards: Box<[ShardMetrics]>,
+    http: Arc<HttpMetrics>,
     start_unix_s: u64,
     /// Families rendered after the gateway's own (the cluster engine's).
     extra: std::sync::OnceLock<ExtraRender>,
@@ -402,6 +513,7 @@ impl Metrics {
         let start_unix_s = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         Arc::new(Metrics {
             shards: (0..shards).map(|_| ShardMetrics::default()).collect(),
+            http: Arc::new(HttpMetrics::default()),
             start_unix_s,
             extra: std::sync::OnceLock::new(),
         })
@@ -410,6 +522,11 @@ impl Metrics {
     /// Adds families to every rendering, once (later calls are ignored).
     pub fn set_extra(&self, render: ExtraRender) {
         let _ = self.extra.set(render);
+    }
+
+    /// The HTTP API's counters, for its listener.
+    pub fn http(&self) -> Arc<HttpMetrics> {
+        self.http.clone()
     }
 
     /// The writer of shard `i`'s block, for that shard's thread. Panics if
@@ -549,6 +666,7 @@ impl Metrics {
             "From a PUSH read on the provider's shard to its NOTIFY written to the device.",
             |s| &s.delivery,
         );
+        self.http.render(&mut r);
     }
 
     /// Calls `f` with each shard's label value and block.
@@ -573,21 +691,7 @@ impl Metrics {
 
     fn histogram(&self, r: &mut Render<'_>, name: &str, help: &str, f: impl Fn(&ShardMetrics) -> &Histogram) {
         r.head(name, "histogram", help);
-        let bucket = format!("{name}_bucket");
-        let sum = format!("{name}_sum");
-        let count = format!("{name}_count");
-        self.each(r, |r, sh, s| {
-            let h = f(s);
-            // Sum the counts read here, so +Inf and _count agree even while observations land.
-            let mut cumulative = 0;
-            for (i, b) in h.buckets.iter().enumerate() {
-                cumulative += b.load(Relaxed);
-                let le = LE.get(i).copied().unwrap_or("+Inf");
-                r.line(&bucket, &[("shard", sh), ("le", le)], cumulative);
-            }
-            let _ = writeln!(r.out, "{sum}{{shard=\"{sh}\"}} {}", h.sum_ns.load(Relaxed) as f64 / 1e9);
-            r.line(&count, &[("shard", sh)], cumulative);
-        });
+        self.each(r, |r, sh, s| r.histogram(name, &[("shard", sh)], f(s)));
     }
 }
 
@@ -628,6 +732,24 @@ impl Render<'_> {
             self.out.push('}');
         }
         let _ = writeln!(self.out, " {value}");
+    }
+
+    /// The `_bucket`, `_sum` and `_count` lines of `h` with `labels` (the head written already).
+    fn histogram(&mut self, name: &str, labels: &[(&str, &str)], h: &Histogram) {
+        let (bucket, sum, count) = (format!("{name}_bucket"), format!("{name}_sum"), format!("{name}_count"));
+        let mut with_le: Vec<(&str, &str)> = labels.to_vec();
+        with_le.push(("le", ""));
+        // Sum the counts read here, so +Inf and _count agree even while observations land.
+        let mut cumulative = 0;
+        for (i, b) in h.buckets.iter().enumerate() {
+            cumulative += b.load(Relaxed);
+            if let Some(last) = with_le.last_mut() {
+                last.1 = LE.get(i).copied().unwrap_or("+Inf");
+            }
+            self.line(&bucket, &with_le, cumulative);
+        }
+        self.line(&sum, labels, h.sum_ns.load(Relaxed) as f64 / 1e9);
+        self.line(&count, labels, cumulative);
     }
 }
 

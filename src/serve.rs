@@ -139,8 +139,14 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
         );
     }
     let backend: Arc<dyn crate::http::Backend> = Arc::new(gw.ingress());
-    let http = crate::http::start_configured(&cfg, gw.shared.apps.clone(), backend, &gw.shared.tls)
-        .map_err(|e| format!("HTTP listener on {}: {e}", cfg.http.listen))?;
+    let http = crate::http::start_configured(
+        &cfg,
+        gw.shared.apps.clone(),
+        backend,
+        &gw.shared.tls,
+        &gw.shared.metrics,
+    )
+    .map_err(|e| format!("HTTP listener on {}: {e}", cfg.http.listen))?;
     if let Some(h) = &http {
         let scheme = if cfg.tls.http { "https" } else { "http" };
         println!("pushgate: HTTP API on {scheme}://{}/v1/push", connectable(h.local_addr()));

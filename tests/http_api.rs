@@ -518,7 +518,15 @@ async fn tls_from_the_config_with_alpn_h2_and_http1() {
     let ports = pushgate::tls::TlsPorts::load(&cfg.tls).unwrap();
     assert!(ports.device.is_none() && ports.http.is_some());
     let fake: Arc<dyn Backend> = Arc::new(Fake::default());
-    let s = pushgate::http::start_configured(&cfg, apps(), fake.clone(), &ports).unwrap().unwrap();
+    let s = pushgate::http::start_configured(
+        &cfg,
+        apps(),
+        fake.clone(),
+        &ports,
+        &pushgate::metrics::Metrics::new(1),
+    )
+    .unwrap()
+    .unwrap();
     let cert = rustls::pki_types::CertificateDer::from(ck.cert.der().to_vec());
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
@@ -545,7 +553,13 @@ async fn tls_from_the_config_with_alpn_h2_and_http1() {
 fn disabled_in_the_config_means_no_listener() {
     let cfg =
         pushgate::config::Config { http: HttpConfig { enabled: false, ..test_cfg() }, ..Default::default() };
-    let none = pushgate::http::start_configured(&cfg, apps(), Arc::new(Fake::default()), &Default::default());
+    let none = pushgate::http::start_configured(
+        &cfg,
+        apps(),
+        Arc::new(Fake::default()),
+        &Default::default(),
+        &pushgate::metrics::Metrics::new(1),
+    );
     assert!(none.unwrap().is_none());
 }
 

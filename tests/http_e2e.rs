@@ -123,3 +123,81 @@ fn draining_answers_503_with_retry_after() {
     assert!(hs.iter().any(|(k, v)| k == "retry-after" && v.parse::<u64>().unwrap() >= 1), "{hs:?}");
     http.shutdown();
 }
+
+/// The admin port's /metrics counts the HTTP API's requests by route and status class, their
+/// latency, what is in flight and the open connections: over real sockets, on the real router.
+#[test]
+fn http_requests_show_in_the_admin_metrics() {
+    let gw = start_gateway(test_config(2));
+    let cfg = HttpConfig { listen: "127.0.0.1:0".parse().unwrap(), ..HttpConfig::default() };
+    let http = pushgate::http::start_with_metrics(
+        &cfg,
+        gw.shared.apps.clone(),
+        Arc::new(gw.ingress()),
+        None,
+        gw.shared.metrics.http(),
+    )
+    .unwrap();
+    let admin = pushgate::admin::start(
+        "127.0.0.1:0".parse().unwrap(),
+        gw.shared.metrics.clone(),
+        Arc::new(|| true),
+        Arc::new(|| {}),
+    )
+    .unwrap();
+    let scrape = || {
+        let mut s = TcpStream::connect(admin.local_addr()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").unwrap();
+        let mut got = String::new();
+        s.read_to_string(&mut got).unwrap();
+        got
+    };
+    let sample = |text: &str, series: &str| -> f64 {
+        let mut found = text.lines().filter_map(|l| l.strip_prefix(series)?.strip_prefix(' '));
+        let v = found.next().unwrap_or_else(|| panic!("no {series} in:\n{text}"));
+        assert!(found.next().is_none(), "{series} twice");
+        v.parse().unwrap()
+    };
+    let ok = "pushgate_http_requests_total{route=\"push\",class=\"2xx\"}";
+    let bad = "pushgate_http_requests_total{route=\"push\",class=\"4xx\"}";
+    let missing = "pushgate_http_requests_total{route=\"other\",class=\"4xx\"}";
+    let count = "pushgate_http_request_duration_seconds_count{route=\"push\"}";
+    let inf = "pushgate_http_request_duration_seconds_bucket{route=\"push\",le=\"+Inf\"}";
+    let before = scrape();
+    for series in [ok, bad, missing, count, "pushgate_http_requests_in_flight"] {
+        assert_eq!(sample(&before, series), 0.0, "{series}");
+    }
+
+    let dev = DeviceClient::connect(gw.device_addr, APP, &secret("http-metrics"), 60).unwrap();
+    let token = dev.token().to_hex();
+    for _ in 0..3 {
+        let (code, _, v) =
+            call(http.local_addr(), "POST", "/v1/push", &json!({ "token": token }).to_string());
+        assert_eq!(code, 200, "{v}");
+    }
+    let (code, _, _) = call(http.local_addr(), "POST", "/v1/push", "{}");
+    assert_eq!(code, 400);
+    let (code, _, _) = call(http.local_addr(), "GET", "/nowhere", "");
+    assert_eq!(code, 404);
+    // One connection held open: the gauge counts it.
+    let held = TcpStream::connect(http.local_addr()).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let after = loop {
+        let t = scrape();
+        if sample(&t, "pushgate_http_connections") == 1.0 || std::time::Instant::now() > deadline {
+            break t;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(sample(&after, "pushgate_http_connections"), 1.0);
+    assert_eq!(sample(&after, ok), 3.0);
+    assert_eq!(sample(&after, bad), 1.0);
+    assert_eq!(sample(&after, missing), 1.0);
+    assert_eq!(sample(&after, count), 4.0);
+    assert_eq!(sample(&after, inf), 4.0);
+    assert!(sample(&after, "pushgate_http_request_duration_seconds_sum{route=\"push\"}") > 0.0);
+    assert_eq!(sample(&after, "pushgate_http_requests_in_flight"), 0.0);
+    drop(held);
+    drop(dev);
+}

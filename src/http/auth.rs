@@ -70,6 +70,22 @@ struct Claims {
 
 /// Checks an `Authorization` header value at unix time `now_s`; returns the app index.
 pub fn verify(authorization: Option<&[u8]>, apps: &Apps, now_s: u64) -> Result<u16, AuthError> {
+    verify_iat(authorization, apps, now_s).map(|(app, _)| app)
+}
+
+/// Whether a token issued at `iat` is valid at `now_s`; else why not.
+fn check_age(iat: u64, now_s: u64) -> Result<(), AuthError> {
+    if iat > now_s.saturating_add(MAX_SKEW_S) {
+        return Err(AuthError::FromTheFuture);
+    }
+    if iat.saturating_add(MAX_AGE_S) < now_s {
+        return Err(AuthError::Expired);
+    }
+    Ok(())
+}
+
+/// [`verify`], also returning the token's `iat`.
+fn verify_iat(authorization: Option<&[u8]>, apps: &Apps, now_s: u64) -> Result<(u16, u64), AuthError> {
     let value = authorization.ok_or(AuthError::Missing)?;
     if value.len() > MAX_TOKEN_LEN {
         return Err(AuthError::Malformed("longer than 2048 bytes"));
@@ -97,13 +113,46 @@ pub fn verify(authorization: Option<&[u8]>, apps: &Apps, now_s: u64) -> Result<u
     let mut mac = mac(apps.secret(app));
     mac.update(&jwt.as_bytes()[..signed_len]);
     mac.verify_slice(&sig).map_err(|_| AuthError::BadSignature)?;
-    if claims.iat > now_s.saturating_add(MAX_SKEW_S) {
-        return Err(AuthError::FromTheFuture);
+    check_age(claims.iat, now_s)?;
+    Ok((app, claims.iat))
+}
+
+/// One connection's last verified `Authorization` value, so a client that sends the same token on
+/// every request (as they do, for up to an hour) pays for its HMAC, base64 and JSON once. A hit
+/// needs the very same bytes and is checked against the token's `iat` every time, so a cached token
+/// stops working exactly when [`verify`] would refuse it. Per connection, not shared: what a
+/// request is compared with is only what the same client sent before.
+#[derive(Default)]
+pub struct Cache {
+    last: std::sync::Mutex<Option<Cached>>,
+}
+
+struct Cached {
+    value: Vec<u8>,
+    app: u16,
+    iat: u64,
+}
+
+impl Cache {
+    /// [`verify`], answered from the cache when `authorization` is the value verified last.
+    pub fn verify(&self, authorization: Option<&[u8]>, apps: &Apps, now_s: u64) -> Result<u16, AuthError> {
+        let value = authorization.ok_or(AuthError::Missing)?;
+        let mut last = self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(c) = last.as_ref().filter(|c| c.value == value) {
+            check_age(c.iat, now_s)?;
+            return Ok(c.app);
+        }
+        let (app, iat) = verify_iat(Some(value), apps, now_s)?;
+        match last.as_mut() {
+            Some(c) => {
+                c.value.clear();
+                c.value.extend_from_slice(value);
+                (c.app, c.iat) = (app, iat);
+            }
+            None => *last = Some(Cached { value: value.to_vec(), app, iat }),
+        }
+        Ok(app)
     }
-    if claims.iat.saturating_add(MAX_AGE_S) < now_s {
-        return Err(AuthError::Expired);
-    }
-    Ok(app)
 }
 
 /// Makes a token for `app_id` issued at `iat` (unix seconds), signed with `secret`.
@@ -168,6 +217,30 @@ mod tests {
             let v = format!("Bearer {a}.{b}.{c}");
             proptest::prop_assert!(verify(Some(v.as_bytes()), &apps(), 1_800_000_000).is_err());
         }
+    }
+
+    #[test]
+    fn the_cache_answers_as_verify_and_honours_expiry() {
+        let now = 1_800_000_000;
+        let a = apps();
+        let cache = Cache::default();
+        let t = bearer(&sign("demo", b"0123456789abcdef", now - 10));
+        assert_eq!(cache.verify(Some(&t), &a, now), Ok(0));
+        // A hit: the same bytes, still within the token's hour.
+        assert_eq!(cache.verify(Some(&t), &a, now + 1), Ok(0));
+        assert_eq!(cache.verify(Some(&t), &a, now - 10 + MAX_AGE_S), Ok(0));
+        // The cached token expires when verify would refuse it, and stays refused.
+        assert_eq!(cache.verify(Some(&t), &a, now - 10 + MAX_AGE_S + 1), Err(AuthError::Expired));
+        assert_eq!(verify(Some(&t), &a, now - 10 + MAX_AGE_S + 1), Err(AuthError::Expired));
+        // Before its iat (less the skew) it is refused too, cached or not.
+        assert_eq!(cache.verify(Some(&t), &a, now - 10 - MAX_SKEW_S - 1), Err(AuthError::FromTheFuture));
+        // Other bytes are verified afresh: a bad signature is not let through by a warm cache.
+        let bad = bearer(&sign("demo", b"fedcba9876543210", now));
+        assert_eq!(cache.verify(Some(&bad), &a, now), Err(AuthError::BadSignature));
+        assert_eq!(cache.verify(Some(&t), &a, now), Ok(0));
+        let other = bearer(&sign("other", b"fedcba9876543210", now));
+        assert_eq!(cache.verify(Some(&other), &a, now), Ok(1));
+        assert_eq!(cache.verify(None, &a, now), Err(AuthError::Missing));
     }
 
     #[test]

@@ -7,11 +7,26 @@ pub use crate::shard::requests::{FeedbackPage, Outcome};
 
 pub type Done<T> = Box<dyn FnOnce(T) + Send + 'static>;
 
+/// One push of a [`Backend::push_batch`]: what [`Backend::push`] takes.
+pub struct PushJob {
+    pub app: u16,
+    pub tokens: Vec<crate::proto::Token>,
+    pub note: Note,
+    pub done: Done<Vec<Outcome>>,
+}
+
 pub trait Backend: Send + Sync + 'static {
     /// Pushes `note` to each token (1..=1000) of app index `app`; `done` is called once, from another
     /// thread, with one outcome per token in request order. Validation (payload size, kind, priority,
     /// flags), token checks, rate limits, draining (UNAVAILABLE, info = retry ms) happen behind this call.
     fn push(&self, app: u16, tokens: Vec<crate::proto::Token>, note: Note, done: Done<Vec<Outcome>>);
+    /// Several pushes at once, each as [`Backend::push`]; the router takes them in one channel send
+    /// per shard. By default, one `push` each.
+    fn push_batch(&self, jobs: Vec<PushJob>) {
+        for j in jobs {
+            self.push(j.app, j.tokens, j.note, j.done);
+        }
+    }
     /// The app's unregistered tokens after the cursor (since_ms, after), as the FEEDBACK frame.
     fn feedback(&self, app: u16, since_ms: u64, after: crate::proto::Token, done: Done<FeedbackPage>);
     /// Receipts of `app` go to `sink` until it is dropped/disconnected; the same hand-out rule as
@@ -23,6 +38,10 @@ pub trait Backend: Send + Sync + 'static {
 impl Backend for Ingress {
     fn push(&self, app: u16, tokens: Vec<crate::proto::Token>, note: Note, done: Done<Vec<Outcome>>) {
         Ingress::push(self, app, tokens, note, done)
+    }
+
+    fn push_batch(&self, jobs: Vec<PushJob>) {
+        Ingress::push_batch(self, jobs.into_iter().map(|j| (j.app, j.tokens, j.note, j.done)))
     }
 
     fn feedback(&self, app: u16, since_ms: u64, after: crate::proto::Token, done: Done<FeedbackPage>) {

@@ -8,10 +8,11 @@
 
 pub mod auth;
 pub mod backend;
+mod batch;
 pub mod json;
 mod routes;
 pub mod server;
 mod sse;
 
-pub use backend::{Backend, Done, FeedbackPage, Note, Outcome};
-pub use server::{start, start_configured, HttpServer};
+pub use backend::{Backend, Done, FeedbackPage, Note, Outcome, PushJob};
+pub use server::{start, start_configured, start_with_metrics, HttpServer};

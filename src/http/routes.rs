@@ -19,9 +19,11 @@ use tokio::time::Instant;
 
 use super::auth;
 use super::backend::{Backend, Outcome};
+use super::batch::Crossing;
 use super::json::{self, ApiError};
 use super::sse::SseBody;
 use crate::config::HttpConfig;
+use crate::metrics::HttpRoute;
 use crate::proto::{Apps, Status, Token, TOKEN_LEN};
 
 pub type Body = BoxBody<Bytes, Infallible>;
@@ -31,13 +33,26 @@ pub struct Ctx {
     pub cfg: HttpConfig,
     pub apps: Apps,
     pub backend: Arc<dyn Backend>,
+    /// Pushes go through it, batched both ways.
+    pub crossing: Arc<Crossing>,
     pub shutdown: watch::Receiver<bool>,
 }
 
 /// Receipts buffered between the backend and one SSE stream; past it the backend keeps them.
 const RECEIPT_SINK: usize = 1024;
 
-pub async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> Response<Body> {
+/// The route `path` counts under in the metrics.
+pub fn route_of(path: &str) -> HttpRoute {
+    match path {
+        "/v1/push" => HttpRoute::Push,
+        "/v1/feedback" => HttpRoute::Feedback,
+        "/v1/receipts" => HttpRoute::Receipts,
+        _ => HttpRoute::Other,
+    }
+}
+
+/// Answers `req`; `auth` is its connection's cache of the last verified token.
+pub async fn handle(ctx: Arc<Ctx>, auth: &auth::Cache, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path();
     let (allowed, name) = match path {
         "/v1/push" => (Method::POST, "POST"),
@@ -54,18 +69,15 @@ pub async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> Response<Body> {
         r.headers_mut().insert(ALLOW, HeaderValue::from_static(name));
         return r;
     }
-    let app = match auth::verify(
-        req.headers().get(AUTHORIZATION).map(|v| v.as_bytes()),
-        &ctx.apps,
-        auth::now_s(),
-    ) {
-        Ok(app) => app,
-        Err(e) => {
-            let mut r = error(&ApiError::new(StatusCode::UNAUTHORIZED, e.code(), e.message()));
-            r.headers_mut().insert("www-authenticate", HeaderValue::from_static("Bearer"));
-            return r;
-        }
-    };
+    let app =
+        match auth.verify(req.headers().get(AUTHORIZATION).map(|v| v.as_bytes()), &ctx.apps, auth::now_s()) {
+            Ok(app) => app,
+            Err(e) => {
+                let mut r = error(&ApiError::new(StatusCode::UNAUTHORIZED, e.code(), e.message()));
+                r.headers_mut().insert("www-authenticate", HeaderValue::from_static("Bearer"));
+                return r;
+            }
+        };
     let deadline = Instant::now() + Duration::from_millis(ctx.cfg.request_timeout_ms);
     match path {
         "/v1/push" => push(&ctx, app, req, deadline).await,
@@ -107,15 +119,7 @@ async fn push(ctx: &Ctx, app: u16, req: Request<Incoming>, deadline: Instant) ->
     let mut answered = Vec::new().into_iter();
     if !valid.is_empty() {
         let n = valid.len();
-        let (tx, rx) = oneshot::channel();
-        ctx.backend.push(
-            app,
-            valid,
-            p.note,
-            Box::new(move |v| {
-                let _ = tx.send(v);
-            }),
-        );
+        let rx = ctx.crossing.push(app, valid, p.note);
         answered = match tokio::time::timeout_at(deadline, rx).await {
             Err(_) => return no_answer_in_time(),
             Ok(Ok(v)) if v.len() == n => v.into_iter(),
@@ -128,13 +132,13 @@ async fn push(ctx: &Ctx, app: u16, req: Request<Incoming>, deadline: Instant) ->
     match (p.single, outcomes.first(), p.token_text.first()) {
         (true, Some(o), Some(t)) => {
             let (http, retry) = json::http_status(o);
-            let mut r = respond(http, &json::single_json(t, o, http));
+            let mut r = respond_bytes(http, json::single_json(t, o, http));
             if let Some(s) = retry {
                 r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(s));
             }
             r
         }
-        _ => respond(StatusCode::OK, &json::multi_json(&p.token_text, &outcomes)),
+        _ => respond_bytes(StatusCode::OK, json::multi_json(&p.token_text, &outcomes)),
     }
 }
 
@@ -210,8 +214,13 @@ pub fn error(e: &ApiError) -> Response<Body> {
 }
 
 fn respond(status: StatusCode, v: &Value) -> Response<Body> {
-    let mut body = v.to_string();
-    body.push('\n');
+    let mut body = v.to_string().into_bytes();
+    body.push(b'\n');
+    respond_bytes(status, body)
+}
+
+/// A JSON answer whose text (ending in a newline) is `body`.
+fn respond_bytes(status: StatusCode, body: Vec<u8>) -> Response<Body> {
     let mut r = Response::new(Full::new(Bytes::from(body)).boxed());
     *r.status_mut() = status;
     r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));

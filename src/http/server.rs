@@ -21,8 +21,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use super::backend::Backend;
+use super::batch::Crossing;
 use super::routes::{self, Ctx};
 use crate::config::HttpConfig;
+use crate::metrics::{HttpMetrics, Metrics};
 use crate::proto::Apps;
 
 /// How long shutdown waits for open requests and connections before cutting them.
@@ -68,6 +70,7 @@ impl Drop for HttpServer {
 
 struct Shared {
     ctx: Arc<Ctx>,
+    metrics: Arc<HttpMetrics>,
     builder: auto::Builder<TokioExecutor>,
     tls: Option<tokio_rustls::TlsAcceptor>,
     conns: AtomicUsize,
@@ -78,11 +81,23 @@ struct Shared {
 /// Binds `cfg.listen` and serves the HTTP API on its own runtime: one thread when `cfg.threads` is 1,
 /// else an accepting thread and `cfg.threads` workers.
 /// `tls` (from `[tls]` with `tls.http = true`) gets the ALPN ids h2 and http/1.1 if it has none.
+/// Its metrics go nowhere: [`start_with_metrics`] says where.
 pub fn start(
     cfg: &HttpConfig,
     apps: Apps,
     backend: Arc<dyn Backend>,
     tls: Option<Arc<rustls::ServerConfig>>,
+) -> io::Result<HttpServer> {
+    start_with_metrics(cfg, apps, backend, tls, Arc::default())
+}
+
+/// [`start`], counting requests, connections and latency in `metrics` (the admin port's `/metrics`).
+pub fn start_with_metrics(
+    cfg: &HttpConfig,
+    apps: Apps,
+    backend: Arc<dyn Backend>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    metrics: Arc<HttpMetrics>,
 ) -> io::Result<HttpServer> {
     // One thread: everything on the thread below; more: that thread accepts, the workers serve.
     let mut rt = match cfg.threads {
@@ -102,6 +117,7 @@ pub fn start(
         TcpListener::from_std(std_listener)?
     };
     let (stop, stopped) = watch::channel(false);
+    let crossing = Crossing::new(backend.clone());
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -117,7 +133,14 @@ pub fn start(
         .max_concurrent_streams(cfg.max_concurrent_streams)
         .max_header_list_size(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX));
     let shared = Arc::new(Shared {
-        ctx: Arc::new(Ctx { cfg: cfg.clone(), apps, backend, shutdown: stopped.clone() }),
+        ctx: Arc::new(Ctx {
+            cfg: cfg.clone(),
+            apps,
+            backend,
+            crossing: crossing.clone(),
+            shutdown: stopped.clone(),
+        }),
+        metrics,
         builder,
         tls: tls.map(|t| tokio_rustls::TlsAcceptor::from(with_alpn(t))),
         conns: AtomicUsize::new(0),
@@ -126,6 +149,7 @@ pub fn start(
     });
     let max_conns = cfg.max_connections;
     let thread = std::thread::Builder::new().name("http".into()).spawn(move || {
+        rt.spawn(crossing.pump());
         rt.block_on(accept_loop(listener, shared, max_conns, stopped));
         rt.shutdown_timeout(Duration::from_millis(500));
     })?;
@@ -133,17 +157,19 @@ pub fn start(
     Ok(HttpServer { addr, stop, thread: Some(thread) })
 }
 
-/// [`start`] as `pushgate serve` calls it: `None` when `http.enabled` is false; TLS when `tls.http`.
+/// [`start_with_metrics`] as `pushgate serve` calls it: `None` when `http.enabled` is false; TLS when
+/// `tls.http`; counting in `metrics`' HTTP block.
 pub fn start_configured(
     cfg: &crate::config::Config,
     apps: Apps,
     backend: Arc<dyn Backend>,
     tls: &crate::tls::TlsPorts,
+    metrics: &Metrics,
 ) -> io::Result<Option<HttpServer>> {
     if !cfg.http.enabled {
         return Ok(None);
     }
-    start(&cfg.http, apps, backend, tls.http.clone()).map(Some)
+    start_with_metrics(&cfg.http, apps, backend, tls.http.clone(), metrics.http()).map(Some)
 }
 
 fn with_alpn(cfg: Arc<rustls::ServerConfig>) -> Arc<rustls::ServerConfig> {
@@ -171,12 +197,14 @@ async fn accept_loop(
                         continue;
                     }
                     shared.conns.fetch_add(1, Ordering::Relaxed);
+                    shared.metrics.on_connection(1);
                     let _ = sock.set_nodelay(true);
                     let s = shared.clone();
                     let st = stopped.clone();
                     tokio::spawn(async move {
                         serve(&s, sock, st).await;
                         s.conns.fetch_sub(1, Ordering::Relaxed);
+                        s.metrics.on_connection(-1);
                     });
                 }
                 Err(e) => {
@@ -261,11 +289,12 @@ impl Activity {
 }
 
 /// One request being answered; dropped (answered, or its stream reset) it no longer counts.
-struct InFlight(Arc<Activity>);
+struct InFlight(Arc<Activity>, Arc<HttpMetrics>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.1.on_end();
     }
 }
 
@@ -317,14 +346,21 @@ async fn drive<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let ctx = shared.ctx.clone();
+    let metrics = shared.metrics.clone();
     let counter = act.clone();
+    let auth = Arc::new(super::auth::Cache::default());
     let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         counter.on_request(req.version() == hyper::Version::HTTP_2);
+        metrics.on_start();
         // Made here, so a handler dropped mid-way (an HTTP/2 stream reset) still uncounts itself.
-        let in_flight = InFlight(counter.clone());
+        let in_flight = InFlight(counter.clone(), metrics.clone());
         let ctx = ctx.clone();
+        let auth = auth.clone();
+        let metrics = metrics.clone();
+        let (route, began) = (routes::route_of(req.uri().path()), Instant::now());
         async move {
-            let r = routes::handle(ctx, req).await;
+            let r = routes::handle(ctx, &auth, req).await;
+            metrics.on_answer(route, r.status().as_u16(), began.elapsed());
             Ok::<_, Infallible>(r.map(|inner| Counted { inner, _in_flight: in_flight }))
         }
     });

@@ -40,19 +40,39 @@ impl Ingress {
     /// Pushes `note` to each token of app index `app`; `done` gets one
     /// outcome per token, in order, from a shard's thread.
     pub fn push(&self, app: u16, tokens: Vec<Token>, note: Note, done: Box<dyn FnOnce(Vec<Outcome>) + Send>) {
+        self.push_batch(std::iter::once((app, tokens, note, done)));
+    }
+
+    /// Several pushes as [`Ingress::push`], in one channel send (and at
+    /// most one wake) per shard that gets any.
+    pub fn push_batch<I>(&self, pushes: I)
+    where
+        I: IntoIterator<Item = (u16, Vec<Token>, Note, Box<dyn FnOnce(Vec<Outcome>) + Send>)>,
+    {
         if let Some(retry) = self.drain_retry_ms() {
-            let o = Outcome { status: Status::UNAVAILABLE, msg_id: 0, info: retry };
-            return done(vec![o; tokens.len()]);
-        }
-        // The first token's owner: a single push then needs no hop between shards.
-        let n = self.shared.handles.len();
-        let to = tokens.first().map_or(0, |t| t.shard(n));
-        let done: Box<dyn FnOnce(Answer) + Send> = Box::new(move |a| {
-            if let Answer::Push(v) = a {
-                done(v)
+            for (_, tokens, _, done) in pushes {
+                let o = Outcome { status: Status::UNAVAILABLE, msg_id: 0, info: retry };
+                done(vec![o; tokens.len()]);
             }
-        });
-        self.shared.handles[to].send(vec![ShardMsg::Submit(Submit::Push { app, tokens, note, done })]);
+            return;
+        }
+        let n = self.shared.handles.len();
+        let mut per_shard: Vec<Vec<ShardMsg>> = (0..n).map(|_| Vec::new()).collect();
+        for (app, tokens, note, done) in pushes {
+            // The first token's owner: a single push then needs no hop between shards.
+            let to = tokens.first().map_or(0, |t| t.shard(n));
+            let done: Box<dyn FnOnce(Answer) + Send> = Box::new(move |a| {
+                if let Answer::Push(v) = a {
+                    done(v)
+                }
+            });
+            per_shard[to].push(ShardMsg::Submit(Submit::Push { app, tokens, note, done }));
+        }
+        for (to, batch) in per_shard.into_iter().enumerate() {
+            if !batch.is_empty() {
+                self.shared.handles[to].send(batch);
+            }
+        }
     }
 
     /// `app`'s unregistered tokens after `(since_ms, after)`, as FEEDBACK pages them.
