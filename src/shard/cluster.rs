@@ -34,6 +34,10 @@ pub const MAX_SLOTS: u8 = 1 << SLOT_BITS;
 pub const NOT_HERE: Status = Status(0xfe);
 /// Routes a shard remembers; past it the cache starts over.
 const ROUTE_CACHE_MAX: usize = 65_536;
+/// Route claims a shard has in flight at once; more HELLOs wait their turn
+/// here (not in the engine, where waiting counts against the deadline), so a
+/// reconnect storm cannot push every claim past its deadline at once.
+const CLAIMS_IN_FLIGHT: usize = 256;
 
 /// How a node's shards reach the cluster: the engine, and the node's id slot.
 #[derive(Clone)]
@@ -77,6 +81,10 @@ pub(super) struct ClusterState {
     lookups: TokenMap<Vec<PushMsg>>,
     /// Pushes to forward at the end of the iteration, per node.
     outbound: HashMap<String, Vec<Forwarded>>,
+    /// Claims submitted to the engine and not answered yet.
+    claims_in_flight: usize,
+    /// Devices waiting to submit their claim, in HELLO order.
+    claim_queue: std::collections::VecDeque<(Token, ConnRef)>,
     /// Which node held a token's device when last looked up. A stale entry
     /// costs one `NOT_HERE` round trip, after which the push is looked up afresh.
     cache: TokenMap<Arc<str>>,
@@ -101,6 +109,8 @@ impl ClusterState {
             lookups: TokenMap::default(),
             outbound: HashMap::new(),
             cache: TokenMap::default(),
+            claims_in_flight: 0,
+            claim_queue: std::collections::VecDeque::new(),
         }
     }
 }
@@ -143,17 +153,53 @@ impl Shard {
         let Some(conn) = self.conns.get(idx as usize) else { return false };
         let conn = ConnRef { shard: self.router.index() as u16, idx, id: conn.id() };
         c.claims.insert(token, Claim { conn_id: conn.id, revision: None, superseded: 0 });
+        if c.claims_in_flight >= CLAIMS_IN_FLIGHT {
+            c.claim_queue.push_back((token, conn));
+            return true;
+        }
+        self.submit_claim(token, conn);
+        true
+    }
+
+    fn submit_claim(&mut self, token: Token, conn: ConnRef) {
+        let Some(c) = &mut self.cluster else { return };
+        c.claims_in_flight += 1;
         let shared = self.shared.clone();
         let me = self.router.index();
         c.link.engine.claim(
             token,
             Box::new(move |result| shared.handles[me].send(vec![ShardMsg::Claimed { token, conn, result }])),
         );
-        true
+    }
+
+    /// A claim came back: submit the waiting ones whose device is still here.
+    fn next_claims(&mut self) {
+        loop {
+            let Some(c) = &mut self.cluster else { return };
+            if c.claims_in_flight >= CLAIMS_IN_FLIGHT {
+                return;
+            }
+            let Some((token, conn)) = c.claim_queue.pop_front() else { return };
+            let waiting = c.claims.get(&token).is_some_and(|cl| cl.conn_id == conn.id && cl.revision.is_none())
+                && self.devices.get(&token) == Some(&conn.idx)
+                && self.conns.get(conn.idx as usize).is_some_and(|x| x.id() == conn.id);
+            if waiting {
+                self.submit_claim(token, conn);
+            }
+        }
     }
 
     /// The engine's answer to a claim.
     pub(super) fn on_claimed(&mut self, token: Token, conn: ConnRef, result: Result<Claimed, EngineError>) {
+        if let Some(c) = &mut self.cluster {
+            assert!(c.claims_in_flight > 0, "a claim answered that was never submitted");
+            c.claims_in_flight -= 1;
+        }
+        self.settle_claim(token, conn, result);
+        self.next_claims();
+    }
+
+    fn settle_claim(&mut self, token: Token, conn: ConnRef, result: Result<Claimed, EngineError>) {
         let Some(c) = &mut self.cluster else { return };
         let current = self.devices.get(&token) == Some(&conn.idx)
             && self.conns.get(conn.idx as usize).is_some_and(|x| x.id() == conn.id);
