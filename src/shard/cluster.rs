@@ -37,7 +37,7 @@ const ROUTE_CACHE_MAX: usize = 65_536;
 /// Route claims a shard has in flight at once; more HELLOs wait their turn
 /// here (not in the engine, where waiting counts against the deadline), so a
 /// reconnect storm cannot push every claim past its deadline at once.
-const CLAIMS_IN_FLIGHT: usize = 256;
+const CLAIMS_IN_FLIGHT: usize = 64;
 
 /// How a node's shards reach the cluster: the engine, and the node's id slot.
 #[derive(Clone)]
@@ -180,9 +180,10 @@ impl Shard {
                 return;
             }
             let Some((token, conn)) = c.claim_queue.pop_front() else { return };
-            let waiting = c.claims.get(&token).is_some_and(|cl| cl.conn_id == conn.id && cl.revision.is_none())
-                && self.devices.get(&token) == Some(&conn.idx)
-                && self.conns.get(conn.idx as usize).is_some_and(|x| x.id() == conn.id);
+            let waiting =
+                c.claims.get(&token).is_some_and(|cl| cl.conn_id == conn.id && cl.revision.is_none())
+                    && self.devices.get(&token) == Some(&conn.idx)
+                    && self.conns.get(conn.idx as usize).is_some_and(|x| x.id() == conn.id);
             if waiting {
                 self.submit_claim(token, conn);
             }
