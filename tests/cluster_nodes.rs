@@ -410,3 +410,41 @@ fn an_unregistration_on_one_node_is_seen_by_pushes_and_feedback_on_others() {
     assert_eq!(entries.len(), 32, "one entry (token 24 + time 8): {entries:?}");
     assert_eq!(&entries[..24], &token.0);
 }
+
+#[test]
+fn a_burst_of_hellos_past_the_claims_in_flight_all_get_welcome_and_pushes() {
+    let cluster = NatsCluster::start();
+    cluster.wait_ready(Duration::from_secs(30));
+    let a = Node::start("ba", cluster.urls());
+    let b = Node::start("bb", cluster.urls());
+    // 400 HELLOs at once on A's 2 shards: more than 64 claims in flight per shard.
+    let n = 400;
+    let mut devs: Vec<Raw> = (0..n).map(|_| Raw::connect(a.gw().device_addr)).collect();
+    for (i, d) in devs.iter_mut().enumerate() {
+        let s = secret(&format!("burst-{i}"));
+        d.send(&Frame::Hello(pushgate::proto::Hello {
+            version: 1,
+            keepalive_s: 30,
+            app_id: APP,
+            secret: &s,
+        }));
+    }
+    let tokens: Vec<Token> = devs
+        .iter_mut()
+        .map(|d| {
+            d.expect(|f| match f {
+                Frame::Welcome { token, .. } => token,
+                other => panic!("expected WELCOME, got {other:?}"),
+            })
+        })
+        .collect();
+    // Every one was claimed: pushes through B reach each of them.
+    let mut p = b.provider();
+    for (i, t) in tokens.iter().enumerate() {
+        let (status, _, _) = p.push(push_frame(i as u32 + 1, *t, in_an_hour(), b"hi"));
+        assert_eq!(status, Status::DELIVERED, "device {i} claimed and found from B");
+    }
+    for d in &mut devs {
+        assert_eq!(notifies(d, 1)[0].1, b"hi");
+    }
+}
