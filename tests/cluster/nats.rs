@@ -47,8 +47,12 @@ pub struct NatsCluster {
     _dir: tempfile::TempDir,
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+/// `n` distinct free ports: every listener stays open until all are chosen,
+/// so the kernel cannot hand the same port out twice.
+fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<TcpListener> =
+        (0..n).map(|_| TcpListener::bind("127.0.0.1:0").expect("a free port")).collect();
+    held.iter().map(|l| l.local_addr().expect("bound").port()).collect()
 }
 
 fn deploy_dir() -> PathBuf {
@@ -56,11 +60,29 @@ fn deploy_dir() -> PathBuf {
 }
 
 impl NatsCluster {
-    /// Starts the three servers and waits until JetStream has a meta leader.
+    /// Starts the three servers and waits until JetStream has a meta leader;
+    /// a start that fails (a port taken by another process meanwhile) is
+    /// tried again on new ports, twice.
     pub fn start() -> NatsCluster {
+        for _ in 0..2 {
+            let mut c = NatsCluster::start_once();
+            if c.try_wait_ready(Duration::from_secs(30)).is_ok() {
+                return c;
+            }
+            eprintln!("NATS cluster did not come up; trying new ports:\n{}", c.logs());
+            for i in 0..3 {
+                c.kill(i);
+            }
+        }
+        let c = NatsCluster::start_once();
+        c.wait_ready(Duration::from_secs(30));
+        c
+    }
+
+    fn start_once() -> NatsCluster {
         let bin = nats_server_bin();
         let dir = tempfile::tempdir().expect("temp dir");
-        let ports: Vec<[u16; 3]> = (0..3).map(|_| [free_port(), free_port(), free_port()]).collect();
+        let ports: Vec<[u16; 3]> = free_ports(9).chunks(3).map(|c| [c[0], c[1], c[2]]).collect();
         let mut servers = Vec::new();
         for i in 0..3 {
             let src = deploy_dir().join(format!("nats/n{}.conf", i + 1));
@@ -89,7 +111,6 @@ impl NatsCluster {
         for i in 0..3 {
             c.spawn(i);
         }
-        c.wait_ready(Duration::from_secs(30));
         c
     }
 
@@ -136,16 +157,22 @@ impl NatsCluster {
     /// Until every running server answers /jsz naming the same meta leader,
     /// itself one of the running servers, and sees the cluster's 3 peers.
     pub fn wait_ready(&self, timeout: Duration) {
+        if let Err(last) = self.try_wait_ready(timeout) {
+            panic!("NATS cluster not ready after {timeout:?}: {last}\n{}", self.logs());
+        }
+    }
+
+    fn try_wait_ready(&self, timeout: Duration) -> Result<(), String> {
         let t0 = Instant::now();
         let mut last = String::new();
         while t0.elapsed() < timeout {
             match self.meta_leader() {
-                Ok(_) => return,
+                Ok(_) => return Ok(()),
                 Err(why) => last = why,
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        panic!("NATS cluster not ready after {timeout:?}: {last}\n{}", self.logs());
+        Err(last)
     }
 
     /// The meta leader every running server agrees on.
