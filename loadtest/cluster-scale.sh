@@ -14,21 +14,7 @@ K=${1:-8}
 D=${2:-100000}
 rate=${3:-2000}
 secs=${4:-20}
-BIN=target/release/pushgate
-LT=target/release/pushgate-loadtest
-cargo build --release -q -p pushgate -p pushgate-loadtest
-base=/tmp/pushgate-loadtest-cluster
-rm -rf "$base" && mkdir -p "$base"
-head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$base/token.key"
-pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null; }
-trap cleanup EXIT
-for n in 1 2 3; do
-    sed "s|/tmp/pushgate-nats/n$n|$base/nats-n$n|" deploy/nats/n$n.conf >"$base/n$n.conf"
-    nats-server -c "$base/n$n.conf" >"$base/nats-n$n.log" 2>&1 &
-    pids+=($!)
-done
-sleep 2
+. loadtest/cluster/common.sh
 addrs=()
 paddrs=()
 gpids=()

@@ -15,21 +15,7 @@ cd "$(dirname "$0")/.."
 devices=${1:-1000}
 secs=${2:-10}
 expiry=${3:-0}
-BIN=target/release/pushgate
-LT=target/release/pushgate-loadtest
-cargo build --release -q -p pushgate -p pushgate-loadtest
-base=/tmp/pushgate-loadtest-cluster
-rm -rf "$base" && mkdir -p "$base"
-head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$base/token.key"
-pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null; }
-trap cleanup EXIT
-for n in 1 2 3; do
-    sed "s|/tmp/pushgate-nats/n$n|$base/nats-n$n|" deploy/nats/n$n.conf >"$base/n$n.conf"
-    nats-server -c "$base/n$n.conf" >"$base/nats-n$n.log" 2>&1 &
-    pids+=($!)
-done
-sleep 2
+. loadtest/cluster/common.sh
 for g in 1 2; do
     $BIN serve --config loadtest/cluster/g$g.toml >"$base/g$g.log" 2>&1 &
     pids+=($!)

@@ -115,12 +115,12 @@ impl ClusterState {
     }
 }
 
-/// Sends each result to the shard of its request.
-fn send_results(shared: &Shared, results: impl IntoIterator<Item = ResultMsg>) {
+/// Sends each message to its shard, one batch per shard.
+fn send_per_shard(shared: &Shared, msgs: impl IntoIterator<Item = (usize, ShardMsg)>) {
     let mut per: Vec<Vec<ShardMsg>> = (0..shared.handles.len()).map(|_| Vec::new()).collect();
-    for r in results {
-        if let Some(v) = per.get_mut(usize::from(r.req.shard)) {
-            v.push(ShardMsg::Result(r));
+    for (to, m) in msgs {
+        if let Some(v) = per.get_mut(to) {
+            v.push(m);
         }
     }
     for (i, batch) in per.into_iter().enumerate() {
@@ -128,6 +128,11 @@ fn send_results(shared: &Shared, results: impl IntoIterator<Item = ResultMsg>) {
             shared.handles[i].send(batch);
         }
     }
+}
+
+/// Sends each result to the shard of its request.
+fn send_results(shared: &Shared, results: impl IntoIterator<Item = ResultMsg>) {
+    send_per_shard(shared, results.into_iter().map(|r| (usize::from(r.req.shard), ShardMsg::Result(r))));
 }
 
 impl Shard {
@@ -442,12 +447,8 @@ impl Shard {
         note: Note,
         done: Box<dyn FnOnce(Outcome) + Send>,
     ) {
-        if self.shared.draining.load(std::sync::atomic::Ordering::Relaxed) {
-            let retry = u64::from(self.shared.cfg.drain.spread_ms);
-            return done(Outcome { status: Status::UNAVAILABLE, msg_id: 0, info: retry });
-        }
-        if let Err(status) = note.check() {
-            return done(Outcome::status(status));
+        if let Some(refused) = self.refusal(&note) {
+            return done(refused);
         }
         if !self.shared.key.verify(self.shared.apps.id(app), &token) {
             return done(Outcome::status(Status::BAD_TOKEN));
@@ -523,10 +524,10 @@ fn forwarded(shared: &Arc<Shared>, kept: Vec<PushMsg>, r: Result<Vec<ResultMsg>,
     use std::sync::atomic::Ordering::Relaxed;
     let metrics = shared.cluster.as_ref().map(|c| c.engine.metrics().clone()).unwrap_or_default();
     let n = shared.handles.len();
-    let mut back: Vec<Vec<ShardMsg>> = (0..n).map(|_| Vec::new()).collect();
+    let mut back: Vec<(usize, ShardMsg)> = Vec::new();
     let mut again = |mut m: PushMsg, via: Via| {
         m.via = via;
-        back[m.token.shard(n)].push(ShardMsg::Push(m));
+        back.push((m.token.shard(n), ShardMsg::Push(m)));
     };
     match r {
         Ok(results) => {
@@ -555,11 +556,7 @@ fn forwarded(shared: &Arc<Shared>, kept: Vec<PushMsg>, r: Result<Vec<ResultMsg>,
             }
         }
     }
-    for (i, batch) in back.into_iter().enumerate() {
-        if !batch.is_empty() {
-            shared.handles[i].send(batch);
-        }
-    }
+    send_per_shard(shared, back);
 }
 
 /// `unavailable`, with the first step of the reconnect backoff as the hint.

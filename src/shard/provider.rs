@@ -109,14 +109,7 @@ impl Shard {
             return;
         }
         let req = self.requests.open_push(reply, tokens.len());
-        let early = match note.check() {
-            Err(status) => Some(Outcome::status(status)),
-            Ok(()) if self.shared.draining.load(Ordering::Relaxed) => {
-                let retry = u64::from(self.shared.cfg.drain.spread_ms);
-                Some(Outcome { status: Status::UNAVAILABLE, msg_id: 0, info: retry })
-            }
-            Ok(()) => None,
-        };
+        let early = self.refusal(&note);
         // One clock read per request: the start of its delivery latency.
         let read_at_ns = self.clock.now_ns();
         let shared = self.shared.clone();
@@ -145,6 +138,19 @@ impl Shard {
                     self.router.send(self.router.owner(token), ShardMsg::Push(m));
                 }
             }
+        }
+    }
+
+    /// What a push is answered at once, before any token is looked at: a bad
+    /// notification, or a node that is draining.
+    pub(super) fn refusal(&self, note: &Note) -> Option<Outcome> {
+        match note.check() {
+            Err(status) => Some(Outcome::status(status)),
+            Ok(()) if self.shared.draining.load(Ordering::Relaxed) => {
+                let retry = u64::from(self.shared.cfg.drain.spread_ms);
+                Some(Outcome { status: Status::UNAVAILABLE, msg_id: 0, info: retry })
+            }
+            Ok(()) => None,
         }
     }
 

@@ -185,35 +185,32 @@ impl Shard {
         if self.receipts.has(app) {
             return self.pump_app_receipts(app);
         }
+        if let Some(batch) = self.take_kept_receipts(app) {
+            self.send_receipts_away(app, batch);
+        }
+    }
+
+    /// Takes up to a batch of `app`'s kept receipts from the store; None if none are left.
+    fn take_kept_receipts(&mut self, app: u16) -> Option<Vec<Receipt>> {
         let shared = self.shared.clone();
         let mut batch = Vec::new();
         if let Err(e) = self.store.take_receipts(shared.apps.id(app), RECEIPT_BATCH, &mut batch) {
             warn!("shard {}: reading receipts: {e}", self.index());
-            return;
+            return None;
         }
         if batch.is_empty() {
             self.receipts.kept.remove(&app);
-            return;
+            return None;
         }
         self.commit.mark_dirty();
-        self.send_receipts_away(app, batch);
+        Some(batch)
     }
 
     fn pump_app_receipts(&mut self, app: u16) {
         if !self.receipts.has(app) {
             return;
         }
-        let shared = self.shared.clone();
-        let mut batch = Vec::new();
-        if let Err(e) = self.store.take_receipts(shared.apps.id(app), RECEIPT_BATCH, &mut batch) {
-            warn!("shard {}: reading receipts: {e}", self.index());
-            return;
-        }
-        if batch.is_empty() {
-            self.receipts.kept.remove(&app);
-            return;
-        }
-        self.commit.mark_dirty();
+        let Some(batch) = self.take_kept_receipts(app) else { return };
         match self.receipts.next(app) {
             Some(ReceiptSink::Conn(to)) => self
                 .router
