@@ -59,6 +59,30 @@ wire_code! {
         UNREGISTERED = 8, "unregistered";
         /// The store could not accept the notification (disk full, I/O error). Retry later.
         STORE_FAILED = 9, "store_failed";
+        /// PUSH_TOPIC: the topic name breaks the rule (protocol.md §10.4), or is a reserved `~` name.
+        BAD_TOPIC = 10, "bad_topic";
+        /// PUSH_TOPIC: the app already has `limits.topics_per_app` topics with a log.
+        TOPIC_LIMIT = 11, "topic_limit";
+    }
+}
+
+wire_code! {
+    /// Outcome of a subscription change for one token: SUBSCRIBE_RESULT, TOPIC_MANAGE_RESULT.
+    SubStatus {
+        /// Done (also when there was nothing to change).
+        OK = 0, "ok";
+        /// The topic name breaks the rule, or is reserved (`~all` cannot be subscribed to).
+        BAD_TOPIC = 1, "bad_topic";
+        /// The device is in `limits.topics_per_device` topics already.
+        TOPIC_LIMIT = 2, "topic_limit";
+        /// TOPIC_MANAGE: not a token of this app.
+        BAD_TOKEN = 3, "bad_token";
+        /// TOPIC_MANAGE: the device unregistered; nothing changed.
+        UNREGISTERED = 4, "unregistered";
+        /// The store could not record the change; retry later.
+        STORE_FAILED = 5, "store_failed";
+        /// The gateway is draining, or (cluster) the engine is unreachable; retry later.
+        UNAVAILABLE = 6, "unavailable";
     }
 }
 
@@ -131,7 +155,7 @@ mod tests {
 
     #[test]
     fn names_cover_every_defined_code() {
-        for v in 0..=9u8 {
+        for v in 0..=11u8 {
             assert!(Status(v).is_known(), "status {v}");
             assert_ne!(Status(v).name(), "unknown");
         }

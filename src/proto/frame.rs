@@ -8,7 +8,8 @@
 
 use bytes::BufMut;
 
-use super::codes::{ErrorCode, GoAwayReason, Status};
+use super::codes::{ErrorCode, GoAwayReason, Status, SubStatus};
+use super::topic::{MAX_MANAGE, MAX_TOPIC};
 use super::token::{Token, TOKEN_LEN};
 
 /// The only protocol version this gateway speaks.
@@ -49,6 +50,10 @@ pub mod ftype {
     pub const GOAWAY: u8 = 0x07;
     pub const ERROR: u8 = 0x08;
     pub const UNREGISTER: u8 = 0x09;
+    pub const SUBSCRIBE: u8 = 0x0A;
+    pub const UNSUBSCRIBE: u8 = 0x0B;
+    pub const SUBSCRIBE_RESULT: u8 = 0x0C;
+    pub const TOPIC_NOTIFY: u8 = 0x0D;
     pub const AUTH_HELLO: u8 = 0x21;
     pub const CHALLENGE: u8 = 0x22;
     pub const AUTH: u8 = 0x23;
@@ -61,6 +66,11 @@ pub mod ftype {
     pub const FEEDBACK_RESULT: u8 = 0x2A;
     pub const RECEIPT: u8 = 0x2B;
     pub const SUBSCRIBE_RECEIPTS: u8 = 0x2C;
+    pub const PUSH_TOPIC: u8 = 0x2D;
+    pub const TOPIC_MANAGE: u8 = 0x2E;
+    pub const TOPIC_MANAGE_RESULT: u8 = 0x2F;
+    pub const TOPIC_STATS: u8 = 0x30;
+    pub const TOPIC_STATS_RESULT: u8 = 0x31;
 }
 
 /// PUSH / MULTI_PUSH flags bit: send a RECEIPT when the device acknowledges.
@@ -296,6 +306,57 @@ pub enum Frame<'a> {
     },
     /// This session wants the app's RECEIPTs.
     SubscribeReceipts,
+    /// A device joins (`on`, SUBSCRIBE) or leaves (UNSUBSCRIBE) a topic of its app.
+    Subscribe {
+        req_id: u16,
+        on: bool,
+        topic: &'a [u8],
+    },
+    SubscribeResult {
+        req_id: u16,
+        status: SubStatus,
+    },
+    /// A topic message for a device: NOTIFY plus the topic's name.
+    TopicNotify {
+        msg_id: u64,
+        kind: u8,
+        priority: u8,
+        topic: &'a [u8],
+        payload: &'a [u8],
+    },
+    PushTopic(PushTopic<'a>),
+    /// A provider adds (`add`) or removes tokens of its app to or from a topic.
+    TopicManage {
+        req_id: u32,
+        add: bool,
+        topic: &'a [u8],
+        /// `count * 24` bytes of tokens.
+        tokens: &'a [u8],
+    },
+    /// One [`SubStatus`] byte per token of the TOPIC_MANAGE, in its order.
+    TopicManageResult {
+        req_id: u32,
+        statuses: &'a [u8],
+    },
+    /// How many devices a topic message reached.
+    TopicStats {
+        req_id: u32,
+        msg_id: u64,
+    },
+    TopicStatsResult {
+        req_id: u32,
+        known: bool,
+        sent: u64,
+        acked: u64,
+    },
+}
+
+/// A provider's request to push one notification to a topic.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct PushTopic<'a> {
+    pub req_id: u32,
+    pub topic: &'a [u8],
+    pub note: Notification<'a>,
 }
 
 /// A cursor over a frame body; every read fails with `Malformed` past the end.
@@ -345,6 +406,14 @@ impl<'a> Reader<'a> {
             return Err(FrameError::Malformed);
         }
         std::str::from_utf8(b).map_err(|_| FrameError::Malformed)
+    }
+    /// A `u8` length (1..64) and a topic name; its bytes are checked by the session.
+    fn topic(&mut self) -> Result<&'a [u8], FrameError> {
+        let b = self.short_bytes()?;
+        if b.is_empty() || b.len() > MAX_TOPIC {
+            return Err(FrameError::Malformed);
+        }
+        Ok(b)
     }
     fn rest(&mut self) -> &'a [u8] {
         std::mem::take(&mut self.b)
@@ -466,6 +535,55 @@ impl<'a> Frame<'a> {
             ftype::RECEIPT => {
                 Frame::Receipt { token: Token(r.array()?), msg_id: r.u64()?, acked_at_ms: r.u64()? }
             }
+            ftype::SUBSCRIBE | ftype::UNSUBSCRIBE => {
+                Frame::Subscribe { req_id: r.u16()?, on: raw.ftype == ftype::SUBSCRIBE, topic: r.topic()? }
+            }
+            ftype::SUBSCRIBE_RESULT => Frame::SubscribeResult { req_id: r.u16()?, status: SubStatus(r.u8()?) },
+            ftype::TOPIC_NOTIFY => {
+                let msg_id = r.u64()?;
+                let kind = r.u8()?;
+                let priority = r.u8()?;
+                let topic = r.topic()?;
+                let payload = r.rest();
+                if payload.len() > MAX_PAYLOAD {
+                    return Err(FrameError::Malformed);
+                }
+                Frame::TopicNotify { msg_id, kind, priority, topic, payload }
+            }
+            ftype::PUSH_TOPIC => {
+                let req_id = r.u32()?;
+                let topic = r.topic()?;
+                Frame::PushTopic(PushTopic { req_id, topic, note: notification(&mut r)? })
+            }
+            ftype::TOPIC_MANAGE => {
+                let req_id = r.u32()?;
+                let add = match r.u8()? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(FrameError::Malformed),
+                };
+                let topic = r.topic()?;
+                let count = r.u16()? as usize;
+                if count == 0 || count > MAX_MANAGE {
+                    return Err(FrameError::Malformed);
+                }
+                Frame::TopicManage { req_id, add, topic, tokens: r.take(count * TOKEN_LEN)? }
+            }
+            ftype::TOPIC_MANAGE_RESULT => {
+                let req_id = r.u32()?;
+                let count = r.u16()? as usize;
+                Frame::TopicManageResult { req_id, statuses: r.take(count)? }
+            }
+            ftype::TOPIC_STATS => Frame::TopicStats { req_id: r.u32()?, msg_id: r.u64()? },
+            ftype::TOPIC_STATS_RESULT => {
+                let req_id = r.u32()?;
+                let known = match r.u8()? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(FrameError::Malformed),
+                };
+                Frame::TopicStatsResult { req_id, known, sent: r.u64()?, acked: r.u64()? }
+            }
             other => return Err(FrameError::UnknownType(other)),
         };
         r.end()?;
@@ -495,6 +613,15 @@ impl<'a> Frame<'a> {
             Frame::FeedbackResult { .. } => ftype::FEEDBACK_RESULT,
             Frame::Receipt { .. } => ftype::RECEIPT,
             Frame::SubscribeReceipts => ftype::SUBSCRIBE_RECEIPTS,
+            Frame::Subscribe { on: true, .. } => ftype::SUBSCRIBE,
+            Frame::Subscribe { on: false, .. } => ftype::UNSUBSCRIBE,
+            Frame::SubscribeResult { .. } => ftype::SUBSCRIBE_RESULT,
+            Frame::TopicNotify { .. } => ftype::TOPIC_NOTIFY,
+            Frame::PushTopic(_) => ftype::PUSH_TOPIC,
+            Frame::TopicManage { .. } => ftype::TOPIC_MANAGE,
+            Frame::TopicManageResult { .. } => ftype::TOPIC_MANAGE_RESULT,
+            Frame::TopicStats { .. } => ftype::TOPIC_STATS,
+            Frame::TopicStatsResult { .. } => ftype::TOPIC_STATS_RESULT,
         }
     }
 
@@ -520,6 +647,14 @@ impl<'a> Frame<'a> {
             Frame::FeedbackResult { entries, .. } => 4 + 1 + 2 + entries.len(),
             Frame::Receipt { .. } => TOKEN_LEN + 8 + 8,
             Frame::SubscribeReceipts => 0,
+            Frame::Subscribe { topic, .. } => 2 + 1 + topic.len(),
+            Frame::SubscribeResult { .. } => 3,
+            Frame::TopicNotify { topic, payload, .. } => 8 + 1 + 1 + 1 + topic.len() + payload.len(),
+            Frame::PushTopic(p) => 4 + 1 + p.topic.len() + p.note.body_len(),
+            Frame::TopicManage { topic, tokens, .. } => 4 + 1 + 1 + topic.len() + 2 + tokens.len(),
+            Frame::TopicManageResult { statuses, .. } => 4 + 2 + statuses.len(),
+            Frame::TopicStats { .. } => 12,
+            Frame::TopicStatsResult { .. } => 21,
         }
     }
 
@@ -607,6 +742,48 @@ impl<'a> Frame<'a> {
                 out.put_slice(&token.0);
                 out.put_u64(msg_id);
                 out.put_u64(acked_at_ms);
+            }
+            Frame::Subscribe { req_id, topic, .. } => {
+                out.put_u16(req_id);
+                put_short(out, topic);
+            }
+            Frame::SubscribeResult { req_id, status } => {
+                out.put_u16(req_id);
+                out.put_u8(status.0);
+            }
+            Frame::TopicNotify { msg_id, kind, priority, topic, payload } => {
+                out.put_u64(msg_id);
+                out.put_u8(kind);
+                out.put_u8(priority);
+                put_short(out, topic);
+                out.put_slice(payload);
+            }
+            Frame::PushTopic(p) => {
+                out.put_u32(p.req_id);
+                put_short(out, p.topic);
+                p.note.encode(out);
+            }
+            Frame::TopicManage { req_id, add, topic, tokens } => {
+                out.put_u32(req_id);
+                out.put_u8(add as u8);
+                put_short(out, topic);
+                out.put_u16((tokens.len() / TOKEN_LEN) as u16);
+                out.put_slice(tokens);
+            }
+            Frame::TopicManageResult { req_id, statuses } => {
+                out.put_u32(req_id);
+                out.put_u16(statuses.len() as u16);
+                out.put_slice(statuses);
+            }
+            Frame::TopicStats { req_id, msg_id } => {
+                out.put_u32(req_id);
+                out.put_u64(msg_id);
+            }
+            Frame::TopicStatsResult { req_id, known, sent, acked } => {
+                out.put_u32(req_id);
+                out.put_u8(known as u8);
+                out.put_u64(sent);
+                out.put_u64(acked);
             }
         }
     }

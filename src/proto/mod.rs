@@ -8,9 +8,10 @@ pub mod note;
 pub mod proxy;
 pub mod session;
 pub mod token;
+pub mod topic;
 
-pub use codes::{ErrorCode, GoAwayReason, Kind, Status, PRIORITY_HIGH, PRIORITY_NORMAL};
-pub use frame::{split_frame, Frame, FrameError, Hello, MultiPush, Notification, Push, RawFrame};
+pub use codes::{ErrorCode, GoAwayReason, Kind, Status, SubStatus, PRIORITY_HIGH, PRIORITY_NORMAL};
+pub use frame::{split_frame, Frame, FrameError, Hello, MultiPush, Notification, Push, PushTopic, RawFrame};
 pub use note::Note;
 pub use session::{
     on_device_frame, on_provider_frame, split_on_port, Apps, DeviceEvent, DeviceState, ProtoError,

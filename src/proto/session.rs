@@ -7,7 +7,7 @@ use sha2::Sha256;
 
 use super::codes::ErrorCode;
 use super::frame::{
-    ftype, split_frame, Frame, FrameError, Hello, MultiPush, Push, RawFrame, DEVICE_MAX_BODY, MAX_SECRET,
+    ftype, split_frame, Frame, FrameError, Hello, MultiPush, Push, PushTopic, RawFrame, DEVICE_MAX_BODY, MAX_SECRET,
     MIN_SECRET, NONCE_LEN, PROVIDER_MAX_BODY, VERSION,
 };
 use super::token::Token;
@@ -85,6 +85,8 @@ pub enum DeviceEvent<'a> {
     Ping,
     Ack(u64),
     Unregister,
+    /// SUBSCRIBE (`on`) or UNSUBSCRIBE; the name's bytes are not checked yet.
+    Subscribe { req_id: u16, on: bool, topic: &'a [u8] },
 }
 
 /// Applies the device session rules to one frame from a device.
@@ -106,6 +108,9 @@ pub fn on_device_frame(state: DeviceState, raw: RawFrame<'_>) -> Result<DeviceEv
         (DeviceState::Ready, Frame::Ping) => Ok(DeviceEvent::Ping),
         (DeviceState::Ready, Frame::Ack { msg_id }) => Ok(DeviceEvent::Ack(msg_id)),
         (DeviceState::Ready, Frame::Unregister) => Ok(DeviceEvent::Unregister),
+        (DeviceState::Ready, Frame::Subscribe { req_id, on, topic }) => {
+            Ok(DeviceEvent::Subscribe { req_id, on, topic })
+        }
         (_, f) => Err(ProtoError::Unexpected(f.ftype())),
     }
 }
@@ -127,13 +132,13 @@ pub fn split_on_port(buf: &[u8], device: bool) -> Result<Option<(RawFrame<'_>, u
 
 /// Frame types defined on the device port.
 pub fn is_device_port_type(t: u8) -> bool {
-    (ftype::HELLO..=ftype::UNREGISTER).contains(&t)
+    (ftype::HELLO..=ftype::TOPIC_NOTIFY).contains(&t)
 }
 
 /// Frame types defined on the provider port.
 pub fn is_provider_port_type(t: u8) -> bool {
     matches!(t, ftype::PING | ftype::PONG | ftype::GOAWAY | ftype::ERROR)
-        || (ftype::AUTH_HELLO..=ftype::SUBSCRIBE_RECEIPTS).contains(&t)
+        || (ftype::AUTH_HELLO..=ftype::TOPIC_STATS_RESULT).contains(&t)
 }
 
 /// The configured apps, addressed by a small index so a connection stores 2 bytes, not a name.
@@ -225,6 +230,17 @@ pub enum ProviderEvent<'a> {
         after: Token,
     },
     SubscribeReceipts,
+    PushTopic(PushTopic<'a>),
+    TopicManage {
+        req_id: u32,
+        add: bool,
+        topic: &'a [u8],
+        tokens: &'a [u8],
+    },
+    TopicStats {
+        req_id: u32,
+        msg_id: u64,
+    },
 }
 
 /// Applies the provider session rules to one frame, advancing `state`.
@@ -263,6 +279,13 @@ pub fn on_provider_frame<'a>(
             Ok(ProviderEvent::Feedback { req_id, since_ms, after })
         }
         (ProviderState::Ready { .. }, Frame::SubscribeReceipts) => Ok(ProviderEvent::SubscribeReceipts),
+        (ProviderState::Ready { .. }, Frame::PushTopic(p)) => Ok(ProviderEvent::PushTopic(p)),
+        (ProviderState::Ready { .. }, Frame::TopicManage { req_id, add, topic, tokens }) => {
+            Ok(ProviderEvent::TopicManage { req_id, add, topic, tokens })
+        }
+        (ProviderState::Ready { .. }, Frame::TopicStats { req_id, msg_id }) => {
+            Ok(ProviderEvent::TopicStats { req_id, msg_id })
+        }
         (_, f) => Err(ProtoError::Unexpected(f.ftype())),
     }
 }

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
-use super::{Receipt, Store, StoreError, StoredMsg, Tombstone};
+use super::{Receipt, Store, StoreError, StoredMsg, SubRecord, Tombstone};
 use crate::proto::Token;
 
 #[derive(Default)]
@@ -23,6 +23,8 @@ pub struct MemoryStore {
     max_id: u64,
     tombstones: HashMap<Token, (String, u64)>,
     receipts: HashMap<String, VecDeque<Receipt>>,
+    /// Each device's topic positions (its subscriptions and broadcast position).
+    subs: HashMap<Token, Vec<SubRecord>>,
 }
 
 impl MemoryStore {
@@ -35,6 +37,7 @@ impl MemoryStore {
             max_id: 0,
             tombstones: HashMap::new(),
             receipts: HashMap::new(),
+            subs: HashMap::new(),
         }
     }
 
@@ -224,6 +227,31 @@ impl Store for MemoryStore {
             }
         }
         self.tombstones.insert(*token, (app_id.to_string(), at_ms));
+        self.subs.remove(token);
+        Ok(())
+    }
+
+    fn subscriptions(&mut self, token: &Token, out: &mut Vec<SubRecord>) -> Result<(), StoreError> {
+        out.extend(self.subs.get(token).into_iter().flatten().cloned());
+        Ok(())
+    }
+
+    fn put_subscription(&mut self, token: &Token, topic: &[u8], pos: u64) -> Result<(), StoreError> {
+        let subs = self.subs.entry(*token).or_default();
+        match subs.iter_mut().find(|s| &*s.topic == topic) {
+            Some(s) => s.pos = pos,
+            None => subs.push(SubRecord { topic: topic.into(), pos }),
+        }
+        Ok(())
+    }
+
+    fn remove_subscription(&mut self, token: &Token, topic: &[u8]) -> Result<(), StoreError> {
+        if let Some(subs) = self.subs.get_mut(token) {
+            subs.retain(|s| &*s.topic != topic);
+            if subs.is_empty() {
+                self.subs.remove(token);
+            }
+        }
         Ok(())
     }
 

@@ -63,6 +63,25 @@ pub struct Receipt {
     pub acked_at_ms: u64,
 }
 
+/// A device's place in one topic (protocol.md §10.4): the topic's name
+/// within the device's app and the id of the last topic message the device
+/// is done with (ACKed, or skipped by the catch-up cap); later ones are owed.
+/// For a subscription it is written at SUBSCRIBE; for the broadcast topic
+/// (`~all`) at the device's first broadcast.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct SubRecord {
+    pub topic: Box<[u8]>,
+    pub pos: u64,
+}
+
+/// One message of a topic's log, as stored once for all its subscribers.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct TopicEntry {
+    pub app_id: String,
+    pub topic: Box<[u8]>,
+    pub msg: StoredMsg,
+}
+
 /// Why a store operation failed.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub enum StoreError {
@@ -172,8 +191,8 @@ pub trait Store: Send {
     /// Number of messages stored for this shard's tokens.
     fn len(&self) -> usize;
 
-    /// Records that `token` unregistered, and deletes its waiting notifications
-    /// and missed count. Durable once `sync` returns.
+    /// Records that `token` unregistered, and deletes its waiting notifications,
+    /// missed count and subscriptions. Durable once `sync` returns.
     fn unregister(&mut self, token: &Token, app_id: &str, at_ms: u64) -> Result<(), StoreError>;
 
     /// Lifts `token`'s tombstone (the device registered again).
@@ -191,6 +210,39 @@ pub trait Store: Send {
 
     fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Appends `token`'s subscriptions and broadcast position to `out`, in
+    /// no particular order; readable once `load` is ready, staged writes included.
+    fn subscriptions(&mut self, _token: &Token, _out: &mut Vec<SubRecord>) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Records `token`'s position in `topic` (inserting the subscription if
+    /// new). Durable once `sync` returns; one write per key per commit.
+    fn put_subscription(&mut self, _token: &Token, _topic: &[u8], _pos: u64) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Deletes `token`'s subscription to `topic`, if any. Durable once `sync` returns.
+    fn remove_subscription(&mut self, _token: &Token, _topic: &[u8]) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Stores one topic message (its expiry is never 0). Durable once `sync` returns.
+    fn topic_append(&mut self, _entry: &TopicEntry) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Deletes a stored topic message (expired, collapsed or past the log's cap).
+    fn topic_remove(&mut self, _app_id: &str, _topic: &[u8], _msg_id: u64) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Every stored topic message, read once at start to rebuild the node's
+    /// topic logs; in id order within each topic.
+    fn topic_messages(&mut self, _out: &mut Vec<TopicEntry>) -> Result<(), StoreError> {
+        Ok(())
     }
 }
 
