@@ -77,6 +77,10 @@ impl Shard {
                 self.on_unregister(idx);
                 Flow::Stop
             }
+            Ok(DeviceEvent::Subscribe { req_id, on, topic }) => {
+                self.on_subscribe(idx, req_id, on, topic);
+                Flow::Continue
+            }
         }
     }
 

@@ -33,6 +33,7 @@ pub mod router;
 mod sim;
 pub mod timer;
 mod tombstones;
+mod topics;
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasherDefault;

@@ -69,6 +69,15 @@ impl Shard {
                 let reply = ReplyTo::Conn { idx, id, req_id: push.req_id, multi: true };
                 self.submit(app, &tokens, Note::from_wire(&push.note), reply);
             }
+            ProviderEvent::PushTopic(p) => {
+                let reply = ReplyTo::Conn { idx, id, req_id: p.req_id, multi: false };
+                self.submit_topic(app, p.topic, Note::from_wire(&p.note), reply);
+            }
+            ProviderEvent::TopicManage { req_id, add, topic, tokens } => {
+                let reply = ReplyTo::Conn { idx, id, req_id, multi: true };
+                self.submit_manage(app, add, topic, tokens, reply);
+            }
+            ProviderEvent::TopicStats { req_id, msg_id } => self.on_topic_stats(idx, req_id, msg_id),
         }
         let max = self.shared.cfg.limits.provider_max_in_flight;
         let inflight = self.requests.inflight(idx, id);
