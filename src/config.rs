@@ -308,6 +308,16 @@ pub struct LimitsConfig {
     pub pushes_per_app_per_s: u64,
     /// Burst allowed above that rate.
     pub pushes_per_app_burst: u64,
+    /// Topics one device may subscribe to (the broadcast topic not counted).
+    pub topics_per_device: usize,
+    /// Topics with a log per app; a PUSH_TOPIC to a new topic past it gets `topic_limit`.
+    pub topics_per_app: usize,
+    /// Messages kept in one topic's log (the newest); older ones are dropped.
+    pub topic_log_cap: usize,
+    /// Payload and collapse bytes of every topic log on the node together; past it the oldest go.
+    pub topic_log_bytes: usize,
+    /// Topic messages one device is sent per topic when it reconnects; older ones are skipped (missed).
+    pub topic_catchup_cap: usize,
 }
 
 #[derive(Deserialize, Debug, Clone)]
@@ -397,6 +407,11 @@ impl Default for LimitsConfig {
             connections_per_source_burst: 1000,
             pushes_per_app_per_s: 0,
             pushes_per_app_burst: 10_000,
+            topics_per_device: 2000,
+            topics_per_app: 10_000,
+            topic_log_cap: 1000,
+            topic_log_bytes: 256 << 20,
+            topic_catchup_cap: 100,
         }
     }
 }
@@ -454,6 +469,9 @@ impl Config {
         }
         if l.device_max_in_flight == 0 {
             return Err(("limits.device_max_in_flight".into(), "must be at least 1".into()));
+        }
+        if l.topic_log_cap == 0 || l.topic_catchup_cap == 0 {
+            return Err(("limits.topic_log_cap".into(), "topic_log_cap and topic_catchup_cap must be at least 1".into()));
         }
         if l.device_queue_cap == 0 {
             return Err(("limits.device_queue_cap".into(), "must be at least 1".into()));

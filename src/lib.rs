@@ -54,3 +54,4 @@ pub mod serve;
 pub mod shard;
 pub mod store;
 pub mod tls;
+pub mod topics;
