@@ -471,7 +471,10 @@ impl Config {
             return Err(("limits.device_max_in_flight".into(), "must be at least 1".into()));
         }
         if l.topic_log_cap == 0 || l.topic_catchup_cap == 0 {
-            return Err(("limits.topic_log_cap".into(), "topic_log_cap and topic_catchup_cap must be at least 1".into()));
+            return Err((
+                "limits.topic_log_cap".into(),
+                "topic_log_cap and topic_catchup_cap must be at least 1".into(),
+            ));
         }
         if l.device_queue_cap == 0 {
             return Err(("limits.device_queue_cap".into(), "must be at least 1".into()));

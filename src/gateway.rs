@@ -71,6 +71,9 @@ impl Gateway {
         for a in &cfg.apps {
             apps.add(&a.id, a.secret.as_bytes());
         }
+        let mut stores = stores;
+        let topics = crate::topics::TopicLog::new(&cfg.limits);
+        load_topics(&mut *stores[0], &apps, &topics)?;
         let mut parts = Vec::with_capacity(n);
         let mut handles = Vec::with_capacity(n);
         for ((d, p), store) in device.into_iter().zip(provider).zip(stores) {
@@ -92,6 +95,7 @@ impl Gateway {
             limits: shard::limits::NodeLimits::new(&cfg_limits, apps_len),
             epoch: std::time::Instant::now(),
             cluster,
+            topics,
         });
         let mut threads = Vec::with_capacity(n);
         for (i, part) in parts.into_iter().enumerate() {
@@ -172,4 +176,29 @@ fn serve_cluster(shared: &Arc<Shared>, engine: &EngineHandle) {
     engine.serve_replaced(Arc::new(move |token, revision| {
         s.handles[token.shard(s.handles.len())].send(vec![ShardMsg::Replaced { token, revision }]);
     }));
+}
+
+/// Rebuilds the node's topic logs from the store (shared by every shard's
+/// handle), deleting what the logs' bounds no longer keep.
+fn load_topics(store: &mut dyn Store, apps: &Apps, topics: &crate::topics::TopicLog) -> io::Result<()> {
+    let mut entries = Vec::new();
+    store.topic_messages(&mut entries).map_err(|e| io::Error::other(e.to_string()))?;
+    let mut removed = Vec::new();
+    for e in entries {
+        let Some(app) = apps.index_of(&e.app_id) else {
+            continue; // an app no longer configured: kept, unread
+        };
+        let key = crate::topics::TopicKey { app, name: e.topic };
+        let msg = crate::topics::TopicMsg { id: e.msg.msg_id, note: e.msg.note };
+        if topics.append(&key, msg, &mut removed).is_err() {
+            removed.push((key, e.msg.msg_id));
+        }
+    }
+    if !removed.is_empty() {
+        for (k, id) in removed {
+            store.topic_remove(apps.id(k.app), &k.name, id).map_err(|e| io::Error::other(e.to_string()))?;
+        }
+        store.sync().map_err(|e| io::Error::other(e.to_string()))?;
+    }
+    Ok(())
 }

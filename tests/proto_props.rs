@@ -358,6 +358,10 @@ proptest! {
                 DeviceEvent::Ping | DeviceEvent::Ack(_) | DeviceEvent::Unregister => {
                     prop_assert_eq!(state, DeviceState::Ready)
                 }
+                DeviceEvent::Subscribe { topic, .. } => {
+                    prop_assert_eq!(state, DeviceState::Ready);
+                    prop_assert!((1..=64).contains(&topic.len()));
+                }
             }
         }
     }

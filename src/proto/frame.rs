@@ -9,8 +9,8 @@
 use bytes::BufMut;
 
 use super::codes::{ErrorCode, GoAwayReason, Status, SubStatus};
-use super::topic::{MAX_MANAGE, MAX_TOPIC};
 use super::token::{Token, TOKEN_LEN};
+use super::topic::{MAX_MANAGE, MAX_TOPIC};
 
 /// The only protocol version this gateway speaks.
 pub const VERSION: u8 = 1;
@@ -538,7 +538,9 @@ impl<'a> Frame<'a> {
             ftype::SUBSCRIBE | ftype::UNSUBSCRIBE => {
                 Frame::Subscribe { req_id: r.u16()?, on: raw.ftype == ftype::SUBSCRIBE, topic: r.topic()? }
             }
-            ftype::SUBSCRIBE_RESULT => Frame::SubscribeResult { req_id: r.u16()?, status: SubStatus(r.u8()?) },
+            ftype::SUBSCRIBE_RESULT => {
+                Frame::SubscribeResult { req_id: r.u16()?, status: SubStatus(r.u8()?) }
+            }
             ftype::TOPIC_NOTIFY => {
                 let msg_id = r.u64()?;
                 let kind = r.u8()?;

@@ -7,8 +7,8 @@ use sha2::Sha256;
 
 use super::codes::ErrorCode;
 use super::frame::{
-    ftype, split_frame, Frame, FrameError, Hello, MultiPush, Push, PushTopic, RawFrame, DEVICE_MAX_BODY, MAX_SECRET,
-    MIN_SECRET, NONCE_LEN, PROVIDER_MAX_BODY, VERSION,
+    ftype, split_frame, Frame, FrameError, Hello, MultiPush, Push, PushTopic, RawFrame, DEVICE_MAX_BODY,
+    MAX_SECRET, MIN_SECRET, NONCE_LEN, PROVIDER_MAX_BODY, VERSION,
 };
 use super::token::Token;
 
@@ -86,7 +86,11 @@ pub enum DeviceEvent<'a> {
     Ack(u64),
     Unregister,
     /// SUBSCRIBE (`on`) or UNSUBSCRIBE; the name's bytes are not checked yet.
-    Subscribe { req_id: u16, on: bool, topic: &'a [u8] },
+    Subscribe {
+        req_id: u16,
+        on: bool,
+        topic: &'a [u8],
+    },
 }
 
 /// Applies the device session rules to one frame from a device.

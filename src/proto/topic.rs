@@ -32,7 +32,8 @@ pub fn classify(name: &[u8]) -> TopicName {
     if name == BROADCAST.as_bytes() {
         return TopicName::Broadcast;
     }
-    if name.is_empty() || name.len() > MAX_TOPIC || name[0] == b'~' || !name.iter().all(|&c| is_topic_byte(c)) {
+    if name.is_empty() || name.len() > MAX_TOPIC || name[0] == b'~' || !name.iter().all(|&c| is_topic_byte(c))
+    {
         return TopicName::Bad;
     }
     TopicName::Plain

@@ -15,7 +15,7 @@ use log::warn;
 use super::msg::ResultMsg;
 use super::timer::Entry;
 use crate::metrics::ShardWriter;
-use crate::proto::{GoAwayReason, Status};
+use crate::proto::{GoAwayReason, Status, SubStatus};
 use crate::store::{Store, Ticket};
 
 /// A push answered `delivered` whose message the store holds back from the disk.
@@ -32,6 +32,7 @@ struct AwaitingAck {
 struct Waiting {
     results: Vec<ResultMsg>,
     goaways: Vec<(Entry, GoAwayReason)>,
+    subscribed: Vec<(Entry, u16, SubStatus)>,
 }
 
 struct Batch {
@@ -46,12 +47,15 @@ pub struct Released {
     pub results: Vec<ResultMsg>,
     /// Connections to tell GOAWAY (an UNREGISTER made durable).
     pub goaways: Vec<(Entry, GoAwayReason)>,
+    /// SUBSCRIBE_RESULTs: device, req_id, status.
+    pub subscribed: Vec<(Entry, u16, SubStatus)>,
 }
 
 impl Released {
     fn add(&mut self, w: Waiting) {
         self.results.extend(w.results);
         self.goaways.extend(w.goaways);
+        self.subscribed.extend(w.subscribed);
     }
 }
 
@@ -82,6 +86,13 @@ impl Commit {
     pub fn goaway_after_write(&mut self, e: Entry, reason: GoAwayReason) {
         self.dirty = true;
         self.next.goaways.push((e, reason));
+    }
+
+    /// Device `e`'s SUBSCRIBE `req_id` is answered `status` once the writes
+    /// made so far are durable (every answer waits, so they keep their order).
+    pub fn answer_after_write(&mut self, e: Entry, req_id: u16, status: SubStatus) {
+        self.dirty = true;
+        self.next.subscribed.push((e, req_id, status));
     }
 
     /// `r` waits for the device's ACK of `msg_id` until `due_ms`, then for the disk.
@@ -131,6 +142,7 @@ impl Commit {
         let mut out = Released::default();
         if !self.dirty {
             debug_assert!(self.next.results.is_empty() && self.next.goaways.is_empty());
+            debug_assert!(self.next.subscribed.is_empty());
             return out;
         }
         if !self.in_flight.is_empty() {

@@ -192,6 +192,8 @@ pub struct Device {
     /// allocated only while something is in flight.
     #[allow(clippy::box_collection)]
     pub unacked: Option<Box<Vec<u64>>>,
+    /// Subscriptions, broadcast position and topic messages in flight, if any.
+    pub topics: Option<Box<super::topics::state::DeviceTopics>>,
 }
 
 /// A provider connection. Its requests are the shard's `Requests`' business.
@@ -251,6 +253,7 @@ impl Device {
             heartbeat_s: 0,
             app: 0,
             unacked: None,
+            topics: None,
         }
     }
 
@@ -266,6 +269,14 @@ impl Device {
             "notifications go out in id order"
         );
         self.cursor = self.cursor.max(msg_id);
+        let entry = if receipt { msg_id | RECEIPT_BIT } else { msg_id };
+        self.unacked.get_or_insert_with(Default::default).push(entry);
+    }
+
+    /// Records a TOPIC_NOTIFY written: it takes a window slot like a NOTIFY,
+    /// but topic ids (bit 62) leave the cursor of direct ids alone.
+    pub fn on_sent_topic(&mut self, msg_id: u64, receipt: bool) {
+        debug_assert!(crate::proto::topic::is_topic_id(msg_id));
         let entry = if receipt { msg_id | RECEIPT_BIT } else { msg_id };
         self.unacked.get_or_insert_with(Default::default).push(entry);
     }

@@ -151,6 +151,7 @@ impl Shard {
                     d.state = DeviceState::Closed;
                     self.metrics.on_unready(Role::Device);
                 }
+                self.forget_topics(old);
                 self.goaway(old, GoAwayReason::REPLACED, 0);
             }
         }
@@ -197,6 +198,7 @@ impl Shard {
             warn!("shard {}: reading missed count: {e}", self.index());
             0
         });
+        let missed = missed.saturating_add(self.load_topics(idx));
         if self.send_frame(idx, &Frame::Welcome { token, heartbeat_s, missed }) {
             let _ = self.deliver(idx);
         }
@@ -257,12 +259,15 @@ impl Shard {
         if let Some(last) = msgs[..sent].last() {
             self.store.mark_sent(&token, last.msg_id);
         }
-        if let Some(Conn::Device(d)) = self.conns.get_mut(idx as usize) {
-            d.core.flags.set(Flags::BACKLOG, outcome != Delivery::Done);
-        }
         self.metrics.on_notify(sent as u64);
         msgs.clear();
         self.scratch.msgs = msgs;
+        if outcome == Delivery::Done {
+            outcome = self.deliver_topics(idx);
+        }
+        if let Some(Conn::Device(d)) = self.conns.get_mut(idx as usize) {
+            d.core.flags.set(Flags::BACKLOG, outcome != Delivery::Done);
+        }
         outcome
     }
 
@@ -307,6 +312,14 @@ impl Shard {
         let (token, app) = (d.token, d.app);
         if receipt {
             self.emit_receipt(app, token, msg_id);
+        }
+        if crate::proto::topic::is_topic_id(msg_id) {
+            self.on_topic_acked(idx, msg_id);
+            self.metrics.on_ack();
+            if backlog {
+                let _ = self.deliver(idx);
+            }
+            return;
         }
         match self.store.ack(&token, msg_id) {
             Ok(true) => {

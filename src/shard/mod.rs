@@ -122,6 +122,8 @@ pub struct Shared {
     pub epoch: Instant,
     /// Cluster mode: the engine and this node's id slot.
     pub cluster: Option<cluster::ClusterLink>,
+    /// The node's topic logs and delivery counts.
+    pub topics: crate::topics::TopicLog,
 }
 
 /// Everything needed to start one shard's thread.
@@ -206,6 +208,7 @@ pub struct Shard {
     drain: Drain,
     /// Cluster mode: claims, lookups, forwards.
     cluster: Option<Box<cluster::ClusterState>>,
+    topics: topics::state::ShardTopics,
 }
 
 impl Shard {
@@ -276,6 +279,7 @@ impl Shard {
             next_msg_id,
             drain: Drain::default(),
             cluster,
+            topics: Default::default(),
         })
     }
 
@@ -347,6 +351,7 @@ impl Shard {
             self.commit.run(&mut *self.store, self.clock.mono_ms, self.clock.now_us(), &self.metrics);
         self.release(released);
         self.metrics.set_stored(self.store.len() as u64);
+        self.flush_topic_counts();
         self.run_local();
         self.flush_forwards();
         self.router.flush(&self.shared.handles, &self.metrics);
@@ -405,6 +410,11 @@ impl Shard {
             ShardMsg::Routed { token, route } => self.on_routed(token, route),
             ShardMsg::Loaded { token } => self.on_loaded(token),
             ShardMsg::TombstoneSeen { token, app, at_ms } => self.tombstones.seen(token, app, at_ms),
+            ShardMsg::TopicPush { req, key, note } => self.on_topic_push(req, key, note),
+            ShardMsg::TopicNote { key, msg, logged } => self.on_topic_note(key, msg, logged),
+            ShardMsg::TopicManage { req, index, token, key, add } => {
+                self.on_topic_manage(req, index, token, key, add)
+            }
         }
     }
 
@@ -416,6 +426,11 @@ impl Shard {
         for (e, reason) in r.goaways {
             if self.conns.get(e.idx as usize).is_some_and(|c| c.id() == e.id) {
                 self.goaway(e.idx, reason, 0);
+            }
+        }
+        for (e, req_id, status) in r.subscribed {
+            if self.conns.get(e.idx as usize).is_some_and(|c| c.id() == e.id) {
+                self.send_frame(e.idx, &Frame::SubscribeResult { req_id, status });
             }
         }
     }
@@ -465,6 +480,7 @@ impl Shard {
         }
         if self.clock.tick.is_multiple_of(10) {
             self.pump_receipts();
+            self.sweep_topics();
             match self.store.sweep_expired(self.clock.unix_s) {
                 Ok(0) => {}
                 Ok(n) => {
@@ -691,6 +707,7 @@ impl Shard {
                     self.devices.remove(&token);
                     self.on_device_unbound(token, id);
                 }
+                self.forget_topics(idx);
             }
             Conn::Provider(p) => {
                 let crate::proto::ProviderState::Ready { app } = p.state else { return };

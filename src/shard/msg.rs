@@ -190,6 +190,27 @@ pub enum ShardMsg {
     Loaded {
         token: Token,
     },
+    /// To a topic's owner shard: a PUSH_TOPIC to log and fan out.
+    TopicPush {
+        req: ReqRef,
+        key: crate::topics::TopicKey,
+        note: Note,
+    },
+    /// To every shard: a topic message for its connected subscribers;
+    /// `logged` if it is in the topic's log (catch-up reads it there).
+    TopicNote {
+        key: crate::topics::TopicKey,
+        msg: crate::topics::TopicMsg,
+        logged: bool,
+    },
+    /// To a token's owner shard: one token of a TOPIC_MANAGE.
+    TopicManage {
+        req: ReqRef,
+        index: u16,
+        token: Token,
+        key: crate::topics::TopicKey,
+        add: bool,
+    },
     /// Local: a device socket handed to its owner shard.
     Adopt(Box<Adopt>),
     /// Local: a front end's request.

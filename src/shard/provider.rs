@@ -10,7 +10,7 @@ use log::warn;
 use super::conn::{Conn, Flags};
 use super::io::Flow;
 use super::msg::{PushMsg, ResultMsg, ShardMsg, Submit};
-use super::requests::{Answer, Outcome, ReplyTo};
+use super::requests::{Answer, Form, Outcome, ReplyTo};
 use super::Shard;
 use crate::metrics::{Limit, Role};
 use crate::proto::frame::{ftype, put_multi_entry, MAX_MULTICAST, MULTI_RESULT_ENTRY, NONCE_LEN};
@@ -53,7 +53,7 @@ impl Shard {
                 self.send_frame(idx, &Frame::AuthOk { max_in_flight });
             }
             ProviderEvent::Feedback { req_id, since_ms, after } => {
-                let reply = ReplyTo::Conn { idx, id, req_id, multi: false };
+                let reply = ReplyTo::Conn { idx, id, req_id, form: Form::Result };
                 self.start_feedback(app, since_ms, after, reply);
             }
             ProviderEvent::SubscribeReceipts => self.subscribe_receipts(idx),
@@ -61,20 +61,20 @@ impl Shard {
                 self.send_frame(idx, &Frame::Pong);
             }
             ProviderEvent::Push(push) => {
-                let reply = ReplyTo::Conn { idx, id, req_id: push.req_id, multi: false };
+                let reply = ReplyTo::Conn { idx, id, req_id: push.req_id, form: Form::Result };
                 self.submit(app, &[push.token], Note::from_wire(&push.note), reply);
             }
             ProviderEvent::MultiPush(push) => {
                 let tokens: Vec<Token> = push.tokens().collect();
-                let reply = ReplyTo::Conn { idx, id, req_id: push.req_id, multi: true };
+                let reply = ReplyTo::Conn { idx, id, req_id: push.req_id, form: Form::Multi };
                 self.submit(app, &tokens, Note::from_wire(&push.note), reply);
             }
             ProviderEvent::PushTopic(p) => {
-                let reply = ReplyTo::Conn { idx, id, req_id: p.req_id, multi: false };
+                let reply = ReplyTo::Conn { idx, id, req_id: p.req_id, form: Form::Result };
                 self.submit_topic(app, p.topic, Note::from_wire(&p.note), reply);
             }
             ProviderEvent::TopicManage { req_id, add, topic, tokens } => {
-                let reply = ReplyTo::Conn { idx, id, req_id, multi: true };
+                let reply = ReplyTo::Conn { idx, id, req_id, form: Form::Manage };
                 self.submit_manage(app, add, topic, tokens, reply);
             }
             ProviderEvent::TopicStats { req_id, msg_id } => self.on_topic_stats(idx, req_id, msg_id),
@@ -173,15 +173,19 @@ impl Shard {
 
     /// Sends a finished request's answer where it was asked for.
     pub(super) fn answer(&mut self, reply: ReplyTo, answer: Answer) {
-        let (idx, id, req_id, multi) = match reply {
+        let (idx, id, req_id, form) = match reply {
             ReplyTo::Callback(done) => return done(answer),
-            ReplyTo::Conn { idx, id, req_id, multi } => (idx, id, req_id, multi),
+            ReplyTo::Conn { idx, id, req_id, form } => (idx, id, req_id, form),
         };
         if self.conns.get(idx as usize).is_none_or(|c| c.id() != id) {
             return; // the connection is gone; its answers with it
         }
         match answer {
-            Answer::Push(outcomes) if !multi => {
+            Answer::Push(outcomes) if form == Form::Manage => {
+                let statuses: Vec<u8> = outcomes.iter().map(|o| o.status.0).collect();
+                self.send_frame(idx, &Frame::TopicManageResult { req_id, statuses: &statuses });
+            }
+            Answer::Push(outcomes) if form == Form::Result => {
                 let Some(o) = outcomes.first() else { return };
                 let frame = Frame::Result { req_id, status: o.status, msg_id: o.msg_id, info: o.info };
                 self.send_frame(idx, &frame);

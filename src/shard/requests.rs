@@ -50,10 +50,21 @@ pub enum Answer {
     Feedback(FeedbackPage),
 }
 
+/// Which frame answers a provider's request.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Form {
+    /// RESULT: PUSH, PUSH_TOPIC (and FEEDBACK_RESULT for a feedback query).
+    Result,
+    /// MULTI_RESULT: MULTI_PUSH.
+    Multi,
+    /// TOPIC_MANAGE_RESULT: each outcome's status carries a `SubStatus` code.
+    Manage,
+}
+
 /// Where a request's answer goes.
 pub enum ReplyTo {
-    /// A provider connection of this shard; `multi` picks MULTI_RESULT over RESULT.
-    Conn { idx: u32, id: u32, req_id: u32, multi: bool },
+    /// A provider connection of this shard, answered with the frame `form` names.
+    Conn { idx: u32, id: u32, req_id: u32, form: Form },
     /// A front end's callback, run on this shard's thread.
     Callback(Box<dyn FnOnce(Answer) + Send>),
 }
@@ -189,7 +200,7 @@ mod tests {
     use super::*;
 
     fn conn(req_id: u32) -> ReplyTo {
-        ReplyTo::Conn { idx: 3, id: 9, req_id, multi: true }
+        ReplyTo::Conn { idx: 3, id: 9, req_id, form: Form::Multi }
     }
 
     #[test]

@@ -40,6 +40,15 @@ impl Router {
         token.shard(self.shards())
     }
 
+    /// The shard that gives a topic's messages their ids and logs them, so
+    /// each topic's messages reach every shard in id order.
+    pub fn topic_owner(&self, key: &crate::topics::TopicKey) -> usize {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        key.hash(&mut h);
+        (h.finish() % self.shards().max(1) as u64) as usize
+    }
+
     pub fn owns(&self, token: &Token) -> bool {
         self.owner(token) == self.index
     }

@@ -156,6 +156,7 @@ impl Sim {
         let store: Box<dyn Store> =
             if slow_disk { Box::new(SlowDisk { inner, tickets: tickets.clone() }) } else { Box::new(inner) };
         let (parts, handle) = super::prepare(None, None, store).unwrap();
+        let cfg_limits = cfg.limits.clone();
         let shared = Arc::new(Shared {
             limits: super::limits::NodeLimits::new(&cfg.limits, apps.len()),
             cfg: Config { apps: vec![AppConfig { id: APP.into(), secret: SECRET.into() }], ..cfg },
@@ -169,6 +170,7 @@ impl Sim {
             tls: Default::default(),
             epoch: std::time::Instant::now(),
             cluster: None,
+            topics: crate::topics::TopicLog::new(&cfg_limits),
         });
         let shard = Shard::with_clock(0, shared, parts, Clock::manual(0, T0_UNIX_MS)).unwrap();
         Sim { shard, tickets, peers: Vec::new() }

@@ -151,11 +151,7 @@ impl TopicLog {
                 }
             }
         }
-        loop {
-            let Some(log) = inner.logs.get_mut(key) else { break };
-            if log.len() < self.cap {
-                break;
-            }
+        while let Some(log) = inner.logs.get_mut(key).filter(|l| l.len() >= self.cap) {
             let Some(old) = log.pop_front() else { break };
             forget(inner, &old);
             removed.push((key.clone(), old.id));
@@ -173,6 +169,11 @@ impl TopicLog {
             removed.push((k, id));
         }
         Ok(())
+    }
+
+    /// Takes message `id` out of its topic's log (its store write failed).
+    pub fn remove(&self, key: &TopicKey, id: u64) {
+        take(&mut self.write(), key, id);
     }
 
     /// The newest id in the topic's log, or 0.

@@ -3,7 +3,12 @@ use bytes::Bytes;
 use super::*;
 
 fn limits(cap: usize, bytes: usize, per_app: usize) -> LimitsConfig {
-    LimitsConfig { topic_log_cap: cap, topic_log_bytes: bytes, topics_per_app: per_app, ..LimitsConfig::default() }
+    LimitsConfig {
+        topic_log_cap: cap,
+        topic_log_bytes: bytes,
+        topics_per_app: per_app,
+        ..LimitsConfig::default()
+    }
 }
 
 fn msg(id: u64, expiry: u32, collapse: &'static [u8]) -> TopicMsg {

@@ -1,0 +1,124 @@
+//! What a shard keeps for topics: each connected device's positions and
+//! topic messages in flight, the index of local subscribers per topic, and
+//! delivery counts not yet added to the node's.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::topics::TopicKey;
+
+/// One topic of one connected device.
+pub struct Sub {
+    pub name: Box<[u8]>,
+    /// Tells this subscription from a later one to the same topic.
+    pub slot: u32,
+    /// The last topic message the device is done with (what the store keeps).
+    pub pos: u64,
+    /// The last topic message written to this connection.
+    pub sent: u64,
+    /// The log holds messages after `sent` that are still to be written
+    /// (catch-up, or a fan-out that found the window or the outbox full).
+    pub behind: bool,
+}
+
+/// A connected device's topics; allocated only for a device that has any.
+#[derive(Default)]
+pub struct DeviceTopics {
+    pub subs: Vec<Sub>,
+    /// Topic messages written and not ACKed: `(msg_id, slot)`.
+    pub inflight: Vec<(u64, u32)>,
+    next_slot: u32,
+}
+
+impl DeviceTopics {
+    pub fn add(&mut self, name: &[u8], pos: u64, behind: bool) -> &mut Sub {
+        self.next_slot += 1;
+        self.subs.push(Sub { name: name.into(), slot: self.next_slot, pos, sent: pos, behind });
+        let last = self.subs.len() - 1;
+        &mut self.subs[last]
+    }
+
+    pub fn find(&mut self, name: &[u8]) -> Option<&mut Sub> {
+        self.subs.iter_mut().find(|s| &*s.name == name)
+    }
+
+    pub fn remove(&mut self, name: &[u8]) -> bool {
+        let before = self.subs.len();
+        self.subs.retain(|s| &*s.name != name);
+        before != self.subs.len()
+    }
+
+    /// Subscriptions counted against `topics_per_device` (the broadcast topic is not one).
+    pub fn subscribed(&self) -> usize {
+        let b = crate::proto::topic::BROADCAST.as_bytes();
+        self.subs.iter().filter(|s| &*s.name != b).count()
+    }
+
+    /// Forgets an ACKed topic message; the subscription's new position if it moved.
+    pub fn on_acked(&mut self, msg_id: u64) -> Option<(usize, u64)> {
+        let i = self.inflight.iter().position(|&(id, _)| id == msg_id)?;
+        let (_, slot) = self.inflight.swap_remove(i);
+        let si = self.subs.iter().position(|s| s.slot == slot)?;
+        let oldest = self.inflight.iter().filter(|&&(_, s)| s == slot).map(|&(id, _)| id).min();
+        let s = &mut self.subs[si];
+        // Done with everything before the oldest still in flight, or with all that was written.
+        let pos = oldest.map_or(s.sent, |o| o - 1);
+        (pos > s.pos).then(|| {
+            s.pos = pos;
+            (si, pos)
+        })
+    }
+}
+
+/// A shard's topic state.
+#[derive(Default)]
+pub struct ShardTopics {
+    /// Connected subscribers of this shard per topic (the broadcast topic is
+    /// not indexed: every device of the app is in it).
+    pub index: HashMap<TopicKey, HashSet<u32>>,
+    /// `(sent, acked)` per topic message since the last flush to the node's counts.
+    pub deltas: HashMap<u64, (u64, u64)>,
+}
+
+impl ShardTopics {
+    pub fn join(&mut self, key: TopicKey, idx: u32) {
+        if !key.is_broadcast() {
+            self.index.entry(key).or_default().insert(idx);
+        }
+    }
+
+    pub fn leave(&mut self, key: &TopicKey, idx: u32) {
+        if let Some(set) = self.index.get_mut(key) {
+            set.remove(&idx);
+            if set.is_empty() {
+                self.index.remove(key);
+            }
+        }
+    }
+
+    pub fn count_sent(&mut self, id: u64) {
+        self.deltas.entry(id).or_default().0 += 1;
+    }
+
+    pub fn count_acked(&mut self, id: u64) {
+        self.deltas.entry(id).or_default().1 += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_position_stops_below_the_oldest_unacked() {
+        let mut t = DeviceTopics::default();
+        let slot = t.add(b"news", 10, false).slot;
+        t.subs[0].sent = 30;
+        t.inflight = vec![(20, slot), (25, slot), (30, slot)];
+        assert_eq!(t.on_acked(25), None, "20 is still owed");
+        assert_eq!(t.on_acked(20), Some((0, 29)), "done up to the one before 30");
+        assert_eq!(t.on_acked(30), Some((0, 30)));
+        assert_eq!(t.on_acked(30), None, "not in flight any more");
+        t.inflight.push((40, slot + 7));
+        assert_eq!(t.on_acked(40), None, "an unsubscribed topic's message moves nothing");
+    }
+}
