@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use pushgate::proto::codes::{ErrorCode, GoAwayReason, Kind, Status};
+use pushgate::proto::codes::{ErrorCode, GoAwayReason, Kind, Status, SubStatus};
 use pushgate::proto::frame::{
     ftype, put_header, split_frame, Frame, FrameError, RawFrame, DEVICE_MAX_BODY, MAX_COLLAPSE,
     MAX_MULTICAST, MAX_PAYLOAD, PROVIDER_MAX_BODY,
@@ -164,7 +164,7 @@ fn defined_frame_types() -> Vec<(String, u8)> {
 #[test]
 fn hex_examples_decode_and_reencode_exactly() {
     let frames = decoded_examples(&doc());
-    assert!(frames.len() >= 21, "only {} example frames", frames.len());
+    assert!(frames.len() >= 30, "only {} example frames", frames.len());
 }
 
 #[test]
@@ -174,7 +174,8 @@ fn every_frame_type_has_a_heading_and_an_example() {
     // Guard the source scan itself, so it cannot silently find nothing.
     assert!(types.contains(&("HELLO".to_string(), ftype::HELLO)));
     assert!(types.contains(&("MULTI_RESULT".to_string(), ftype::MULTI_RESULT)));
-    assert_eq!(types.len(), 21);
+    assert!(types.contains(&("TOPIC_STATS_RESULT".to_string(), ftype::TOPIC_STATS_RESULT)));
+    assert_eq!(types.len(), 30);
     let examples = decoded_examples(&doc);
     for (name, v) in types {
         let heading = format!("#### 0x{v:02x} {name} ");
@@ -193,10 +194,11 @@ fn every_wire_code_is_in_a_table() {
             (ErrorCode(v).is_known(), ErrorCode(v).name()),
             (GoAwayReason(v).is_known(), GoAwayReason(v).name()),
             (Kind(v).is_known(), Kind(v).name()),
+            (SubStatus(v).is_known(), SubStatus(v).name()),
         ];
         rows.extend(codes.iter().filter(|(known, _)| *known).map(|(_, name)| format!("| {v} | `{name}` |")));
     }
-    assert!(rows.len() >= 28, "code scan found only {} codes", rows.len());
+    assert!(rows.len() >= 37, "code scan found only {} codes", rows.len());
     for row in rows {
         assert!(doc.contains(&row), "protocol.md has no table row starting `{row}`");
     }
@@ -309,7 +311,19 @@ fn version_byte_first_and_state_errors_as_documented() {
     assert_eq!(dev(DeviceState::Ready, ftype::ACK, &[0; 8]), None);
     assert_eq!(dev(DeviceState::Ready, ftype::PONG, &[]), Some(ErrorCode::UNEXPECTED_FRAME));
     assert_eq!(dev(DeviceState::Ready, ftype::AUTH_OK, &[0; 4]), Some(ErrorCode::UNKNOWN_FRAME_TYPE));
-    assert_eq!(dev(DeviceState::Ready, 0x0a, &[]), Some(ErrorCode::UNKNOWN_FRAME_TYPE));
+    assert_eq!(dev(DeviceState::Ready, 0x0e, &[]), Some(ErrorCode::UNKNOWN_FRAME_TYPE));
+    // Topic frames: legal in Ready only; a topic length outside 1..64 is malformed.
+    let sub = [0, 1, 4, b'n', b'e', b'w', b's'];
+    assert_eq!(dev(DeviceState::Ready, ftype::SUBSCRIBE, &sub), None);
+    assert_eq!(dev(DeviceState::Ready, ftype::UNSUBSCRIBE, &sub), None);
+    assert_eq!(dev(DeviceState::AwaitHello, ftype::SUBSCRIBE, &sub), Some(ErrorCode::UNEXPECTED_FRAME));
+    assert_eq!(dev(DeviceState::Ready, ftype::SUBSCRIBE, &[0, 1, 0]), Some(ErrorCode::MALFORMED_FRAME));
+    let mut long = vec![0, 1, 65];
+    long.extend_from_slice(&[b'x'; 65]);
+    assert_eq!(dev(DeviceState::Ready, ftype::SUBSCRIBE, &long), Some(ErrorCode::MALFORMED_FRAME));
+    let notify = [0, 0, 0, 0, 0, 0, 0, 1, 0, 10, 1, b'x'];
+    assert_eq!(dev(DeviceState::Ready, ftype::TOPIC_NOTIFY, &notify), Some(ErrorCode::UNEXPECTED_FRAME));
+    assert_eq!(dev(DeviceState::Ready, ftype::PUSH_TOPIC, &[]), Some(ErrorCode::UNKNOWN_FRAME_TYPE));
 
     let mut apps = Apps::new();
     apps.add("a", b"k");
@@ -327,4 +341,18 @@ fn version_byte_first_and_state_errors_as_documented() {
     assert_eq!(prov(&mut ready, ftype::HELLO, &[2]), Some(ErrorCode::UNKNOWN_FRAME_TYPE));
     assert_eq!(prov(&mut ready, ftype::RESULT, &[0; 21]), Some(ErrorCode::UNEXPECTED_FRAME));
     assert_eq!(prov(&mut ready, 0x09, &[]), Some(ErrorCode::UNKNOWN_FRAME_TYPE));
+    assert_eq!(prov(&mut ready, ftype::SUBSCRIBE, &[]), Some(ErrorCode::UNKNOWN_FRAME_TYPE));
+    assert_eq!(prov(&mut ready, 0x32, &[]), Some(ErrorCode::UNKNOWN_FRAME_TYPE));
+    assert_eq!(prov(&mut ready, ftype::TOPIC_STATS, &[0; 12]), None);
+    assert_eq!(prov(&mut ready, ftype::TOPIC_STATS_RESULT, &[0; 21]), Some(ErrorCode::UNEXPECTED_FRAME));
+    // TOPIC_MANAGE: op other than 0/1, or a count of 0, is malformed.
+    let mut manage = vec![0, 0, 0, 9, 1, 1, b'n', 0, 1];
+    manage.extend_from_slice(&[0; 24]);
+    assert_eq!(prov(&mut ready, ftype::TOPIC_MANAGE, &manage), None);
+    manage[4] = 2;
+    assert_eq!(prov(&mut ready, ftype::TOPIC_MANAGE, &manage), Some(ErrorCode::MALFORMED_FRAME));
+    assert_eq!(
+        prov(&mut ready, ftype::TOPIC_MANAGE, &[0, 0, 0, 9, 1, 1, b'n', 0, 0]),
+        Some(ErrorCode::MALFORMED_FRAME)
+    );
 }
