@@ -61,7 +61,12 @@ impl DurableStore {
         app_id: &str,
         at_ms: u64,
     ) -> Result<(), StoreError> {
+        // Before anything is staged, so the whole unregistration lands in one batch.
+        if self.staged_ops >= super::stage::STAGE_LIMIT {
+            self.flush()?;
+        }
         let q = self.queue(token)?;
+        self.stage_unsubscribe_all(token)?;
         for e in &q.msgs {
             self.stage_remove(token, e.id);
             self.expiry.remove(token, e.expiry);

@@ -2,8 +2,9 @@
 //! database per data directory, shared by every shard's handle, keyed by token
 //! so a different shard count after a restart finds every queue where it was.
 //!
-//! Keyspaces: `msgs` (token || id -> message) and `meta` (layout, per-shard
-//! counters, missed counts, tombstones, receipts). Mutations are staged in
+//! Keyspaces: `msgs` (token || id -> message), `meta` (layout, per-shard
+//! counters, missed counts, tombstones, receipts) and `topics` (topic
+//! positions and topic logs, `topics.rs`). Mutations are staged in
 //! memory (`stage.rs`) and committed by `sync` as one atomic batch that also
 //! rewrites the shard's counters. The sweep's index by expiry lives in memory
 //! (`expiry.rs`), rebuilt from the messages at open, so an append writes one
@@ -17,6 +18,7 @@ mod open;
 mod stage;
 mod sync;
 mod syncer;
+mod topics;
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -25,7 +27,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use fjall::{Database, Keyspace};
 
-use super::{DurableHook, Receipt, Store, StoreError, StoredMsg, Ticket, Tombstone};
+use super::{DurableHook, Receipt, Store, StoreError, StoredMsg, SubRecord, Ticket, Tombstone, TopicEntry};
 use crate::proto::Token;
 use codec::ShardMeta;
 use expiry::ExpiryIndex;
@@ -61,6 +63,7 @@ struct Engine {
     db: Database,
     msgs: Keyspace,
     meta: Keyspace,
+    topics: Keyspace,
     path: PathBuf,
     gate: Arc<SyncGate>,
     journal: Arc<syncer::Journal>,
@@ -83,7 +86,9 @@ pub struct DurableStore {
     cache_limit: usize,
     /// Writes since the last commit, by token; `sync` commits them.
     staged: StagedMap,
-    /// Messages and deletions in `staged`.
+    /// Topic log writes since the last commit; `sync` commits them with `staged`.
+    topic_log: topics::LogStage,
+    /// Writes in `staged` and `topic_log` (at most: some may have been dropped since).
     staged_ops: usize,
     /// Why staged writes were dropped since the last `sync`, which then fails.
     lost: Option<StoreError>,
@@ -367,6 +372,30 @@ impl Store for DurableStore {
 
     fn take_receipts(&mut self, app_id: &str, max: usize, out: &mut Vec<Receipt>) -> Result<(), StoreError> {
         self.do_take_receipts(app_id, max, out)
+    }
+
+    fn subscriptions(&mut self, token: &Token, out: &mut Vec<SubRecord>) -> Result<(), StoreError> {
+        self.do_subscriptions(token, out)
+    }
+
+    fn put_subscription(&mut self, token: &Token, topic: &[u8], pos: u64) -> Result<(), StoreError> {
+        self.stage_sub(token, topic, Some(pos))
+    }
+
+    fn remove_subscription(&mut self, token: &Token, topic: &[u8]) -> Result<(), StoreError> {
+        self.stage_sub(token, topic, None)
+    }
+
+    fn topic_append(&mut self, entry: &TopicEntry) -> Result<(), StoreError> {
+        self.do_topic_append(entry)
+    }
+
+    fn topic_remove(&mut self, app_id: &str, topic: &[u8], msg_id: u64) -> Result<(), StoreError> {
+        self.do_topic_remove(app_id, topic, msg_id)
+    }
+
+    fn topic_messages(&mut self, out: &mut Vec<TopicEntry>) -> Result<(), StoreError> {
+        self.do_topic_messages(out)
     }
 
     fn max_msg_id(&self) -> u64 {

@@ -50,6 +50,8 @@ pub(super) fn open_shards(dir: &Path, shards: usize, cap: usize) -> Result<Vec<D
     let eng = Engine {
         msgs: ks("msgs", 32 << 20)?,
         meta: ks("meta", 4 << 20)?,
+        // Positions are small and rewritten often; topic messages are stored once per topic.
+        topics: ks("topics", 8 << 20)?,
         db: db.clone(),
         path: dir.into(),
         gate: gate.clone(),
@@ -93,6 +95,7 @@ pub(super) fn open_shards(dir: &Path, shards: usize, cap: usize) -> Result<Vec<D
             cache: Default::default(),
             cache_limit: super::EMPTY_CACHED,
             staged: Default::default(),
+            topic_log: Default::default(),
             staged_ops: 0,
             lost: None,
             receipts: Default::default(),

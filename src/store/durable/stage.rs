@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use fjall::OwnedWriteBatch;
 
 use super::codec::{self, ShardMeta};
+use super::topics::LogWrite;
 use super::DurableStore;
 use crate::proto::Token;
 use crate::store::{StoreError, StoredMsg};
@@ -30,6 +31,8 @@ pub struct Staged {
     pub tomb: Option<Option<Vec<u8>>>,
     /// Ids in `added` that `sync` leaves staged until `release` reaches them.
     pub held: Vec<u64>,
+    /// Topic positions to write (`Some(pos)`) or delete (`None`), one per topic.
+    pub subs: Vec<(Box<[u8]>, Option<u64>)>,
 }
 
 impl Staged {
@@ -68,7 +71,7 @@ impl DurableStore {
     /// (`sync` uses this): they stay staged, visible to `pending`, and leave
     /// no write behind if an ack deletes them first.
     pub(super) fn commit_staged(&mut self, keep_held: bool) -> Result<(), StoreError> {
-        if self.staged.is_empty() && self.counters == self.committed {
+        if self.staged.is_empty() && self.topic_log.is_empty() && self.counters == self.committed {
             return Ok(());
         }
         let released = if keep_held { self.released } else { u64::MAX };
@@ -98,6 +101,20 @@ impl DurableStore {
                 Some(Some(v)) => b.insert(&eng.meta, super::feedback::tomb_key(token), v),
                 Some(None) => b.remove(&eng.meta, super::feedback::tomb_key(token)),
                 None => {}
+            }
+            for (topic, pos) in s.subs.drain(..) {
+                match pos {
+                    Some(pos) => {
+                        b.insert(&eng.topics, super::topics::sub_key(token, &topic), pos.to_be_bytes())
+                    }
+                    None => b.remove(&eng.topics, super::topics::sub_key(token, &topic)),
+                }
+            }
+        }
+        for (key, w) in std::mem::take(&mut self.topic_log) {
+            match w {
+                LogWrite::Put { value, .. } => b.insert(&eng.topics, key, value),
+                LogWrite::Delete => b.remove(&eng.topics, key),
             }
         }
         self.staged.retain(|_, s| !s.added.is_empty());
