@@ -72,7 +72,8 @@ impl Gateway {
             apps.add(&a.id, a.secret.as_bytes());
         }
         let mut stores = stores;
-        let topics = crate::topics::TopicLog::new(&cfg.limits);
+        let metrics = crate::metrics::Metrics::new(n);
+        let topics = crate::topics::TopicLog::new(&cfg.limits, metrics.topics());
         load_topics(&mut *stores[0], &apps, &topics)?;
         let mut parts = Vec::with_capacity(n);
         let mut handles = Vec::with_capacity(n);
@@ -86,7 +87,7 @@ impl Gateway {
             cfg,
             apps,
             key,
-            metrics: crate::metrics::Metrics::new(n),
+            metrics,
             handles,
             conns: AtomicUsize::new(0),
             max_conns,

@@ -502,6 +502,7 @@ pub struct Metrics {
     start_unix_s: u64,
     /// Families rendered after the gateway's own (the cluster engine's).
     extra: std::sync::OnceLock<ExtraRender>,
+    topics: Arc<crate::topics::metrics::TopicMetrics>,
 }
 
 /// Renders more metric families into the exposition text.
@@ -516,12 +517,18 @@ impl Metrics {
             http: Arc::new(HttpMetrics::default()),
             start_unix_s,
             extra: std::sync::OnceLock::new(),
+            topics: Arc::default(),
         })
     }
 
     /// Adds families to every rendering, once (later calls are ignored).
     pub fn set_extra(&self, render: ExtraRender) {
         let _ = self.extra.set(render);
+    }
+
+    /// The topic counters, for the topic log and the shards.
+    pub fn topics(&self) -> Arc<crate::topics::metrics::TopicMetrics> {
+        self.topics.clone()
     }
 
     /// The HTTP API's counters, for its listener.
@@ -556,6 +563,7 @@ impl Metrics {
 
     pub fn render_into(&self, out: &mut String) {
         self.render_own(out);
+        self.topics.render_into(out);
         if let Some(extra) = self.extra.get() {
             extra(out);
         }

@@ -170,7 +170,7 @@ impl Sim {
             tls: Default::default(),
             epoch: std::time::Instant::now(),
             cluster: None,
-            topics: crate::topics::TopicLog::new(&cfg_limits),
+            topics: crate::topics::TopicLog::new(&cfg_limits, Default::default()),
         });
         let shard = Shard::with_clock(0, shared, parts, Clock::manual(0, T0_UNIX_MS)).unwrap();
         Sim { shard, tickets, peers: Vec::new() }

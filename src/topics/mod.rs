@@ -7,11 +7,12 @@
 //! first), `topics_per_app` topics with a log per app. Expired messages are
 //! never read and are swept.
 
+pub mod metrics;
 pub mod stats;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::config::LimitsConfig;
 use crate::proto::topic::TOPIC_ID_BIT;
@@ -83,12 +84,14 @@ pub struct TopicLog {
     max_bytes: usize,
     topics_per_app: usize,
     last_id: AtomicU64,
-    pub stats: TopicStats,
+    stats: TopicStats,
+    metrics: Arc<metrics::TopicMetrics>,
 }
 
 impl TopicLog {
-    pub fn new(limits: &LimitsConfig) -> TopicLog {
+    pub fn new(limits: &LimitsConfig, metrics: Arc<metrics::TopicMetrics>) -> TopicLog {
         TopicLog {
+            metrics,
             inner: RwLock::default(),
             cap: limits.topic_log_cap.max(1),
             max_bytes: limits.topic_log_bytes,
@@ -104,6 +107,30 @@ impl TopicLog {
 
     fn write(&self) -> RwLockWriteGuard<'_, Inner> {
         self.inner.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn gauge(&self, inner: &Inner) {
+        self.metrics.log_messages.store(inner.by_id.len() as u64, Ordering::Relaxed);
+        self.metrics.log_bytes.store(inner.bytes as u64, Ordering::Relaxed);
+    }
+
+    /// Starts counting a topic message's deliveries (TOPIC_STATS).
+    pub fn open_stats(&self, id: u64) {
+        self.stats.open(id);
+    }
+
+    /// Adds a shard's `(sent, acked)` counts per topic message.
+    pub fn add_counts(&self, deltas: &HashMap<u64, (u64, u64)>) {
+        self.stats.add(deltas);
+        for (sent, acked) in deltas.values() {
+            self.metrics.notifies.fetch_add(*sent, Ordering::Relaxed);
+            self.metrics.acks.fetch_add(*acked, Ordering::Relaxed);
+        }
+    }
+
+    /// `(sent, acked)` of a recent topic message.
+    pub fn counts(&self, id: u64) -> Option<(u64, u64)> {
+        self.stats.get(id)
     }
 
     /// A fresh topic message id: bit 62 set, above every id given out or
@@ -168,12 +195,15 @@ impl TopicLog {
             take(inner, &k, id);
             removed.push((k, id));
         }
+        self.gauge(inner);
         Ok(())
     }
 
     /// Takes message `id` out of its topic's log (its store write failed).
     pub fn remove(&self, key: &TopicKey, id: u64) {
-        take(&mut self.write(), key, id);
+        let mut g = self.write();
+        take(&mut g, key, id);
+        self.gauge(&g);
     }
 
     /// The newest id in the topic's log, or 0.
@@ -233,6 +263,7 @@ impl TopicLog {
             take(inner, &k, id);
             removed.push((k, id));
         }
+        self.gauge(inner);
     }
 
     /// Messages and payload bytes held, over all topics.

@@ -30,7 +30,7 @@ fn ids(log: &TopicLog, k: &TopicKey, after: u64) -> Vec<u64> {
 
 #[test]
 fn a_log_keeps_the_newest_cap_collapses_and_expires() {
-    let log = TopicLog::new(&limits(3, 1 << 20, 10));
+    let log = TopicLog::new(&limits(3, 1 << 20, 10), Default::default());
     let k = TopicKey::new(0, b"news");
     let mut removed = Vec::new();
     for id in 1..=4 {
@@ -58,7 +58,7 @@ fn a_log_keeps_the_newest_cap_collapses_and_expires() {
 
 #[test]
 fn apps_are_apart_and_bounded() {
-    let log = TopicLog::new(&limits(10, 1 << 20, 2));
+    let log = TopicLog::new(&limits(10, 1 << 20, 2), Default::default());
     let mut removed = Vec::new();
     log.append(&TopicKey::new(0, b"a"), msg(1, 9, b""), &mut removed).expect("first");
     log.append(&TopicKey::new(0, b"b"), msg(2, 9, b""), &mut removed).expect("second");
@@ -72,7 +72,7 @@ fn apps_are_apart_and_bounded() {
 #[test]
 fn the_byte_bound_drops_the_oldest_of_any_topic() {
     // Each payload is "m<id>": 2 bytes for one-digit ids.
-    let log = TopicLog::new(&limits(10, 5, 10));
+    let log = TopicLog::new(&limits(10, 5, 10), Default::default());
     let (a, b) = (TopicKey::new(0, b"a"), TopicKey::new(0, b"b"));
     let mut removed = Vec::new();
     log.append(&a, msg(1, 9, b""), &mut removed).expect("room");
@@ -85,7 +85,7 @@ fn the_byte_bound_drops_the_oldest_of_any_topic() {
 
 #[test]
 fn ids_have_the_topic_bit_and_grow() {
-    let log = TopicLog::new(&LimitsConfig::default());
+    let log = TopicLog::new(&LimitsConfig::default(), Default::default());
     let a = log.next_id(1000);
     let b = log.next_id(1000);
     let c = log.next_id(999);

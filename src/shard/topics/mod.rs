@@ -217,7 +217,7 @@ impl Shard {
     /// Adds this shard's delivery counts to the node's.
     pub(super) fn flush_topic_counts(&mut self) {
         if !self.topics.deltas.is_empty() {
-            self.shared.topics.stats.add(&self.topics.deltas);
+            self.shared.topics.add_counts(&self.topics.deltas);
             self.topics.deltas.clear();
         }
     }

@@ -82,7 +82,7 @@ impl Shard {
         } else {
             self.route_result(result);
         }
-        self.shared.topics.stats.open(id);
+        self.shared.topics.open_stats(id);
         for to in 0..self.router.shards() {
             let m = ShardMsg::TopicNote { key: key.clone(), msg: msg.clone(), logged };
             self.router.send(to, m);
@@ -195,7 +195,7 @@ impl Shard {
     /// TOPIC_STATS: this node's counts for a recent topic message.
     pub(in crate::shard) fn on_topic_stats(&mut self, idx: u32, req_id: u32, msg_id: u64) {
         self.flush_topic_counts();
-        let frame = match self.shared.topics.stats.get(msg_id) {
+        let frame = match self.shared.topics.counts(msg_id) {
             Some((sent, acked)) => Frame::TopicStatsResult { req_id, known: true, sent, acked },
             None => Frame::TopicStatsResult { req_id, known: false, sent: 0, acked: 0 },
         };

@@ -114,7 +114,7 @@ mod tests {
         let slot = t.add(b"news", 10, false).slot;
         t.subs[0].sent = 30;
         t.inflight = vec![(20, slot), (25, slot), (30, slot)];
-        assert_eq!(t.on_acked(25), None, "20 is still owed");
+        assert_eq!(t.on_acked(25), Some((0, 19)), "past what came before 20, which is still owed");
         assert_eq!(t.on_acked(20), Some((0, 29)), "done up to the one before 30");
         assert_eq!(t.on_acked(30), Some((0, 30)));
         assert_eq!(t.on_acked(30), None, "not in flight any more");
