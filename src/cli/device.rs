@@ -194,9 +194,18 @@ impl<'a> Device<'a> {
             let wait = self.deadline().map(|d| d.saturating_duration_since(Instant::now()));
             match dev.next_event(wait) {
                 Ok(None) => return Err(self.timed_out()),
-                Ok(Some(DeviceEvent::Notify { msg_id, kind, priority, payload })) => {
+                Ok(Some(ev @ (DeviceEvent::Notify { .. } | DeviceEvent::TopicNotify { .. }))) => {
+                    let (msg_id, kind, priority, topic, payload) = match ev {
+                        DeviceEvent::Notify { msg_id, kind, priority, payload } => {
+                            (msg_id, kind, priority, None, payload)
+                        }
+                        DeviceEvent::TopicNotify { msg_id, kind, priority, topic, payload } => {
+                            (msg_id, kind, priority, Some(topic), payload)
+                        }
+                        _ => unreachable!("only the two notification events match this arm"),
+                    };
                     if self.seen.insert(msg_id) {
-                        self.print_notification(msg_id, kind, priority, &payload)?;
+                        self.print_notification(msg_id, kind, priority, topic.as_deref(), &payload)?;
                         self.received += 1;
                         self.last = Instant::now();
                     }
@@ -209,7 +218,7 @@ impl<'a> Device<'a> {
                         return Ok(Next::Exit(ExitCode::SUCCESS));
                     }
                 }
-                Ok(Some(DeviceEvent::Pong)) => {}
+                Ok(Some(DeviceEvent::Pong | DeviceEvent::SubscribeResult { .. })) => {}
                 Ok(Some(DeviceEvent::GoAway { reason, reconnect_ms })) => {
                     break self.on_goaway(reason, reconnect_ms)?
                 }
@@ -315,11 +324,17 @@ impl<'a> Device<'a> {
         msg_id: u64,
         kind: Kind,
         priority: u8,
+        topic: Option<&str>,
         payload: &[u8],
     ) -> Result<(), ExitCode> {
         let text = String::from_utf8_lossy(payload);
         if !self.args.json {
-            return line(&format!("[msg {msg_id}] {} {}: {text}", kind_name(kind), priority_name(priority)));
+            let via = topic.map(|t| format!(" topic {t}")).unwrap_or_default();
+            return line(&format!(
+                "[msg {msg_id}{via}] {} {}: {text}",
+                kind_name(kind),
+                priority_name(priority)
+            ));
         }
         let mut v = json!({
             "event": "notification",
@@ -328,6 +343,9 @@ impl<'a> Device<'a> {
             "priority": priority,
             "payload": text,
         });
+        if let Some(t) = topic {
+            v["topic"] = json!(t);
+        }
         // The lossy text cannot carry binary payloads; hex keeps them exact.
         if std::str::from_utf8(payload).is_err() {
             v["payload_hex"] = json!(hex::encode(payload));

@@ -1,6 +1,6 @@
-//! The device side: HELLO/WELCOME, then notifications in, ACKs and PINGs out,
-//! with an optional automatic heartbeat; and the device secret that makes a
-//! device keep its token across runs.
+//! The device side: HELLO/WELCOME, then notifications (direct and topic) in,
+//! ACKs, PINGs and topic subscriptions out, with an optional automatic
+//! heartbeat; and the device secret that makes a device keep its token across runs.
 
 use std::collections::VecDeque;
 use std::fs;
@@ -12,13 +12,20 @@ use std::time::{Duration, Instant};
 use super::conn::{after, Conn, CONNECT_TIMEOUT};
 use super::ClientError;
 use crate::proto::frame::{Hello, DEVICE_MAX_BODY, MAX_SECRET, MIN_SECRET, VERSION};
-use crate::proto::{ErrorCode, Frame, GoAwayReason, Kind, Token};
+use crate::proto::topic::MAX_TOPIC;
+use crate::proto::{ErrorCode, Frame, GoAwayReason, Kind, SubStatus, Token};
 
 /// Something the gateway told a registered device.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub enum DeviceEvent {
     /// A notification; answer it with [`DeviceClient::ack`] or it is redelivered.
     Notify { msg_id: u64, kind: Kind, priority: u8, payload: Vec<u8> },
+    /// A message pushed to `topic` (a subscribed one, or `~all`); ACK it like
+    /// a notification. Its `msg_id` has bit 62 set, so it never equals a
+    /// direct notification's.
+    TopicNotify { msg_id: u64, kind: Kind, priority: u8, topic: String, payload: Vec<u8> },
+    /// The answer to [`DeviceClient::subscribe`] or [`DeviceClient::unsubscribe`].
+    SubscribeResult { req_id: u16, status: SubStatus },
     /// The answer to a [`DeviceClient::ping`] (automatic heartbeats' PONGs are not reported).
     Pong,
     /// The gateway is closing this connection; see the reason for whether to reconnect.
@@ -27,6 +34,16 @@ pub enum DeviceEvent {
     Error { code: ErrorCode, text: String },
     /// The connection is gone; every later call reports this again.
     Closed,
+}
+
+impl DeviceEvent {
+    /// The id to ACK: a direct or a topic notification's msg_id.
+    pub fn msg_id(&self) -> Option<u64> {
+        match self {
+            DeviceEvent::Notify { msg_id, .. } | DeviceEvent::TopicNotify { msg_id, .. } => Some(*msg_id),
+            _ => None,
+        }
+    }
 }
 
 /// One PING on the wire, oldest first: PONGs come back in order, so the front
@@ -45,6 +62,8 @@ pub struct DeviceClient {
     auto_heartbeat: bool,
     last_ping: Instant,
     pings: VecDeque<SentPing>,
+    /// Events read while waiting for a SUBSCRIBE_RESULT; `next_event` hands them out first.
+    pending: VecDeque<DeviceEvent>,
 }
 
 impl DeviceClient {
@@ -77,6 +96,7 @@ impl DeviceClient {
             auto_heartbeat: false,
             last_ping: Instant::now(),
             pings: VecDeque::new(),
+            pending: VecDeque::new(),
         })
     }
 
@@ -89,7 +109,8 @@ impl DeviceClient {
         self.heartbeat_s
     }
 
-    /// How many stored notifications the gateway dropped while this device was away.
+    /// How many stored notifications the gateway dropped while this device was
+    /// away, plus the topic messages its catch-up cap skipped.
     pub fn missed(&self) -> u32 {
         self.missed
     }
@@ -104,6 +125,9 @@ impl DeviceClient {
 
     /// Waits up to `timeout` (forever if `None`) for the next event; `Ok(None)` on timeout.
     pub fn next_event(&mut self, timeout: Option<Duration>) -> Result<Option<DeviceEvent>, ClientError> {
+        if let Some(ev) = self.pending.pop_front() {
+            return Ok(Some(ev));
+        }
         let until = timeout.and_then(after);
         loop {
             let tick = self.heartbeat_due();
@@ -135,6 +159,82 @@ impl DeviceClient {
     /// Acknowledges notification `msg_id` so the gateway drops its stored copy.
     pub fn ack(&mut self, msg_id: u64) -> Result<(), ClientError> {
         self.conn.send(&Frame::Ack { msg_id })
+    }
+
+    /// Asks to join `topic` (protocol.md 10.4); the answer comes as
+    /// [`DeviceEvent::SubscribeResult`] with this `req_id`, or use
+    /// [`wait_subscribe_result`](Self::wait_subscribe_result). A name of the
+    /// wrong length is refused here (the gateway would close the connection);
+    /// other bad names are answered `bad_topic`.
+    pub fn subscribe(&mut self, req_id: u16, topic: &str) -> Result<(), ClientError> {
+        self.send_subscribe(req_id, true, topic)
+    }
+
+    /// Asks to leave `topic`; answered like [`subscribe`](Self::subscribe).
+    pub fn unsubscribe(&mut self, req_id: u16, topic: &str) -> Result<(), ClientError> {
+        self.send_subscribe(req_id, false, topic)
+    }
+
+    fn send_subscribe(&mut self, req_id: u16, on: bool, topic: &str) -> Result<(), ClientError> {
+        check_topic(topic)?;
+        self.conn.send(&Frame::Subscribe { req_id, on, topic: topic.as_bytes() })
+    }
+
+    /// Waits up to `timeout` for the SUBSCRIBE_RESULT of `req_id`. Other events
+    /// read meanwhile (notifications, other results) are kept for
+    /// [`next_event`](Self::next_event); a GOAWAY or ERROR is kept too and
+    /// fails the wait.
+    pub fn wait_subscribe_result(
+        &mut self,
+        req_id: u16,
+        timeout: Duration,
+    ) -> Result<SubStatus, ClientError> {
+        if let Some(i) = self.pending.iter().position(|e| is_result_for(e, req_id)) {
+            if let Some(DeviceEvent::SubscribeResult { status, .. }) = self.pending.remove(i) {
+                return Ok(status);
+            }
+        }
+        let until = after(timeout);
+        // Kept aside while reading, so next_event reads the socket; events
+        // read now go after the ones kept before.
+        let kept = std::mem::take(&mut self.pending);
+        let mut later = VecDeque::new();
+        let got = self.wait_result_reading(req_id, until, &mut later);
+        self.pending = kept;
+        self.pending.append(&mut later);
+        got
+    }
+
+    fn wait_result_reading(
+        &mut self,
+        req_id: u16,
+        until: Option<Instant>,
+        later: &mut VecDeque<DeviceEvent>,
+    ) -> Result<SubStatus, ClientError> {
+        loop {
+            let left = until.map(|u| u.saturating_duration_since(Instant::now()));
+            if left.is_some_and(|l| l.is_zero()) {
+                return Err(ClientError::Timeout);
+            }
+            let ev = self.next_event(left)?;
+            match ev {
+                None => return Err(ClientError::Timeout),
+                Some(DeviceEvent::SubscribeResult { req_id: r, status }) if r == req_id => return Ok(status),
+                Some(DeviceEvent::Closed) => {
+                    later.push_back(DeviceEvent::Closed);
+                    return Err(ClientError::Closed);
+                }
+                Some(DeviceEvent::GoAway { reason, reconnect_ms }) => {
+                    later.push_back(DeviceEvent::GoAway { reason, reconnect_ms });
+                    return Err(ClientError::GoAway { reason, reconnect_ms });
+                }
+                Some(DeviceEvent::Error { code, text }) => {
+                    later.push_back(DeviceEvent::Error { code, text: text.clone() });
+                    return Err(ClientError::ServerError { code, text });
+                }
+                Some(other) => later.push_back(other),
+            }
+        }
     }
 
     /// Unregisters this device (the app was uninstalled or the user opted out)
@@ -223,11 +323,35 @@ fn pong_grace(every: Duration) -> Duration {
     every.min(Duration::from_secs(10))
 }
 
+fn is_result_for(e: &DeviceEvent, req_id: u16) -> bool {
+    matches!(e, DeviceEvent::SubscribeResult { req_id: r, .. } if *r == req_id)
+}
+
+/// A topic name the frame can carry: 1..64 bytes. Its characters are the gateway's to judge.
+pub(crate) fn check_topic(topic: &str) -> Result<(), ClientError> {
+    if topic.is_empty() || topic.len() > MAX_TOPIC {
+        return Err(ClientError::Invalid(format!("topic name of {} bytes (1 to {MAX_TOPIC})", topic.len())));
+    }
+    Ok(())
+}
+
 fn device_event(f: Frame<'_>) -> Result<DeviceEvent, ClientError> {
     Ok(match f {
         Frame::Notify { msg_id, kind, priority, payload } => {
             DeviceEvent::Notify { msg_id, kind: Kind(kind), priority, payload: payload.to_vec() }
         }
+        Frame::TopicNotify { msg_id, kind, priority, topic, payload } => {
+            let topic = std::str::from_utf8(topic)
+                .map_err(|_| ClientError::Protocol("TOPIC_NOTIFY topic is not UTF-8".into()))?;
+            DeviceEvent::TopicNotify {
+                msg_id,
+                kind: Kind(kind),
+                priority,
+                topic: topic.to_string(),
+                payload: payload.to_vec(),
+            }
+        }
+        Frame::SubscribeResult { req_id, status } => DeviceEvent::SubscribeResult { req_id, status },
         Frame::Pong => DeviceEvent::Pong,
         Frame::GoAway { reason, reconnect_ms } => DeviceEvent::GoAway { reason, reconnect_ms },
         Frame::Error { code, text } => DeviceEvent::Error { code, text: text.to_string() },
@@ -515,6 +639,92 @@ mod tests {
         });
         let mut d = DeviceClient::connect(addr, "demo", &[1; 16], 0).unwrap();
         assert!(matches!(d.unregister(), Err(ClientError::ServerError { code: ErrorCode::INTERNAL, .. })));
+        h.join().unwrap();
+    }
+
+    #[test]
+    fn subscribes_and_tells_topic_messages_from_direct_ones() {
+        let topic_id = crate::proto::topic::TOPIC_ID_BIT | 9;
+        let (addr, h) = serve(move |mut p| {
+            welcome(&mut p, 60);
+            p.expect(|f| assert_eq!(f, Frame::Subscribe { req_id: 5, on: true, topic: b"news" }));
+            // A topic message and a direct one overtake the answer; both must reach next_event.
+            p.send(&Frame::TopicNotify {
+                msg_id: topic_id,
+                kind: 0,
+                priority: 5,
+                topic: b"news",
+                payload: b"t",
+            });
+            p.send(&Frame::Notify { msg_id: 3, kind: 0, priority: 10, payload: b"d" });
+            p.send(&Frame::SubscribeResult { req_id: 5, status: SubStatus::OK });
+            p.expect(|f| assert_eq!(f, Frame::Subscribe { req_id: 6, on: false, topic: b"~all" }));
+            p.send(&Frame::SubscribeResult { req_id: 6, status: SubStatus::BAD_TOPIC });
+            p.expect(|f| assert_eq!(f, Frame::Ack { msg_id: topic_id }));
+        });
+        let mut d = DeviceClient::connect(addr, "demo", &[1; 16], 0).unwrap();
+        d.subscribe(5, "news").unwrap();
+        assert_eq!(d.wait_subscribe_result(5, Duration::from_secs(5)).unwrap(), SubStatus::OK);
+        d.unsubscribe(6, "~all").unwrap();
+        assert_eq!(d.wait_subscribe_result(6, Duration::from_secs(5)).unwrap(), SubStatus::BAD_TOPIC);
+        let first = d.next_event(Some(Duration::from_secs(5))).unwrap();
+        let want = DeviceEvent::TopicNotify {
+            msg_id: topic_id,
+            kind: Kind::ALERT,
+            priority: 5,
+            topic: "news".into(),
+            payload: b"t".to_vec(),
+        };
+        assert_eq!(first, Some(want));
+        let second = d.next_event(Some(Duration::from_secs(5))).unwrap();
+        assert!(matches!(second, Some(DeviceEvent::Notify { msg_id: 3, .. })), "{second:?}");
+        d.ack(first.and_then(|e| e.msg_id()).unwrap()).unwrap();
+        h.join().unwrap();
+    }
+
+    #[test]
+    fn topic_names_the_frame_cannot_carry_are_refused_locally() {
+        let (addr, h) = serve(|mut p| {
+            welcome(&mut p, 60);
+            assert!(p.silent_for(Duration::from_millis(100)));
+        });
+        let mut d = DeviceClient::connect(addr, "demo", &[1; 16], 0).unwrap();
+        assert!(matches!(d.subscribe(1, ""), Err(ClientError::Invalid(_))));
+        assert!(matches!(d.unsubscribe(1, &"x".repeat(65)), Err(ClientError::Invalid(_))));
+        h.join().unwrap();
+    }
+
+    #[test]
+    fn a_goaway_while_waiting_for_a_subscribe_result_fails_the_wait_and_stays_visible() {
+        let (addr, h) = serve(|mut p| {
+            welcome(&mut p, 60);
+            p.frame();
+            p.send(&Frame::GoAway { reason: GoAwayReason::SHUTDOWN, reconnect_ms: 7 });
+        });
+        let mut d = DeviceClient::connect(addr, "demo", &[1; 16], 0).unwrap();
+        d.subscribe(1, "news").unwrap();
+        let err = d.wait_subscribe_result(1, Duration::from_secs(5)).unwrap_err();
+        assert!(matches!(err, ClientError::GoAway { reason: GoAwayReason::SHUTDOWN, reconnect_ms: 7 }));
+        let ev = d.next_event(Some(Duration::from_secs(5))).unwrap();
+        assert!(matches!(ev, Some(DeviceEvent::GoAway { reconnect_ms: 7, .. })), "{ev:?}");
+        h.join().unwrap();
+    }
+
+    #[test]
+    fn a_topic_notify_with_a_non_utf8_topic_is_a_protocol_error() {
+        let (addr, h) = serve(|mut p| {
+            welcome(&mut p, 60);
+            p.send(&Frame::TopicNotify {
+                msg_id: 1 << 62,
+                kind: 0,
+                priority: 10,
+                topic: &[0xff],
+                payload: b"",
+            });
+        });
+        let mut d = DeviceClient::connect(addr, "demo", &[1; 16], 0).unwrap();
+        let got = d.next_event(Some(Duration::from_secs(5)));
+        assert!(matches!(got, Err(ClientError::Protocol(_))), "{got:?}");
         h.join().unwrap();
     }
 

@@ -32,7 +32,7 @@ use crate::proto::{ErrorCode, GoAwayReason};
 pub use conn::CONNECT_TIMEOUT;
 pub use device::{DeviceClient, DeviceEvent, DeviceSecret};
 pub use provider::{ProviderClient, MAX_BUFFERED_RECEIPTS};
-pub use request::{expiry_in, PushRequest, PushResult, Receipt, Reply, DEFAULT_TTL_S};
+pub use request::{expiry_in, new_note, PushRequest, PushResult, Receipt, Reply, TopicStats, DEFAULT_TTL_S};
 
 /// Why a client call failed.
 #[derive(Debug)]

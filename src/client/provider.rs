@@ -1,21 +1,23 @@
-//! The provider side: challenge-response login, then PUSH, MULTI_PUSH and
-//! FEEDBACK, either one at a time or pipelined up to the gateway's in-flight
-//! limit, with receipts collected on the side.
+//! The provider side: challenge-response login, then PUSH, MULTI_PUSH,
+//! FEEDBACK and the topic requests (PUSH_TOPIC, TOPIC_MANAGE, TOPIC_STATS),
+//! either one at a time or pipelined up to the gateway's in-flight limit, with
+//! receipts collected on the side.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use super::conn::{after, Conn, CONNECT_TIMEOUT};
-use super::device::{refusal, unexpected};
-use super::request::{PushRequest, PushResult, Receipt, Reply};
+use super::device::{check_topic, refusal, unexpected};
+use super::request::{check_note, PushRequest, PushResult, Receipt, Reply, TopicStats};
 use super::ClientError;
 use crate::proto::frame::{
-    feedback_entries, multi_entries, MultiPush, Push, MAX_MULTICAST, PROVIDER_MAX_BODY, VERSION,
+    feedback_entries, multi_entries, MultiPush, Push, PushTopic, MAX_MULTICAST, PROVIDER_MAX_BODY, VERSION,
 };
 use crate::proto::session::auth_proof;
-use crate::proto::{Frame, Status, Token, TOKEN_LEN};
+use crate::proto::topic::MAX_MANAGE;
+use crate::proto::{Frame, Note, Status, SubStatus, Token, TOKEN_LEN};
 
 /// How long [`ProviderClient::push`], `multicast` and `ping` wait for their answer by default.
 const DEFAULT_REPLY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -35,7 +37,11 @@ enum Incoming {
 pub struct ProviderClient {
     conn: Conn,
     max_in_flight: u32,
+    /// Unanswered requests as the gateway counts them: a MULTI_PUSH or
+    /// TOPIC_MANAGE counts one per token (protocol.md 9.1).
     in_flight: u32,
+    /// The count of each unanswered request that counts more than one.
+    weights: HashMap<u32, u32>,
     next_req: u32,
     /// Replies read while waiting for a different one; `recv_result` hands them out first.
     stash: VecDeque<Reply>,
@@ -83,6 +89,7 @@ impl ProviderClient {
             conn,
             max_in_flight,
             in_flight: 0,
+            weights: HashMap::new(),
             next_req: 1,
             stash: VecDeque::new(),
             receipts: VecDeque::new(),
@@ -97,7 +104,8 @@ impl ProviderClient {
         self.max_in_flight
     }
 
-    /// Requests sent and not yet answered.
+    /// Requests sent and not yet answered, counted as the gateway counts them
+    /// (a MULTI_PUSH or TOPIC_MANAGE one per token).
     pub fn in_flight(&self) -> u32 {
         self.in_flight
     }
@@ -121,7 +129,7 @@ impl ProviderClient {
     /// [`recv_result`](Self::recv_result)), so the gateway's limit is never exceeded.
     pub fn send_push(&mut self, req: &PushRequest) -> Result<u32, ClientError> {
         req.check()?;
-        self.send_request(|req_id| Frame::Push(Push { req_id, token: req.token, note: req.note() }))
+        self.send_request(1, |req_id| Frame::Push(Push { req_id, token: req.token, note: req.note() }))
     }
 
     /// Sends one MULTI_PUSH of `req` (its `token` ignored) to 1..=1000 `tokens` without waiting.
@@ -131,7 +139,8 @@ impl ProviderClient {
             return Err(ClientError::Invalid(format!("{} tokens in one MULTI_PUSH", tokens.len())));
         }
         let flat: Vec<u8> = tokens.iter().flat_map(|t| t.0).collect();
-        self.send_request(|req_id| Frame::MultiPush(MultiPush { req_id, tokens: &flat, note: req.note() }))
+        let n = tokens.len() as u32;
+        self.send_request(n, |req_id| Frame::MultiPush(MultiPush { req_id, tokens: &flat, note: req.note() }))
     }
 
     /// Asks which of this app's tokens unregistered after the cursor without
@@ -139,16 +148,110 @@ impl ProviderClient {
     /// strictly after `(since_ms, after)`. The answer is a [`Reply::Feedback`].
     pub fn send_feedback(&mut self, since_ms: u64, after: Option<Token>) -> Result<u32, ClientError> {
         let after = after.unwrap_or(Token([0; TOKEN_LEN]));
-        self.send_request(|req_id| Frame::Feedback { req_id, since_ms, after })
+        self.send_request(1, |req_id| Frame::Feedback { req_id, since_ms, after })
+    }
+
+    /// Pushes `note` to every device in `topic` (`~all`: every device of the
+    /// app) and waits for its RESULT: `queued` once the message is in the
+    /// topic's log, with the topic message id (protocol.md 10.4).
+    pub fn push_topic(&mut self, topic: &str, note: &Note) -> Result<PushResult, ClientError> {
+        let id = self.send_push_topic(topic, note)?;
+        match self.wait_reply(id)? {
+            Reply::Result(r) => Ok(r),
+            _ => Err(ClientError::Protocol(format!("PUSH_TOPIC {id} answered by another kind of reply"))),
+        }
+    }
+
+    /// Sends a PUSH_TOPIC without waiting and returns its req_id; the answer is a [`Reply::Result`].
+    pub fn send_push_topic(&mut self, topic: &str, note: &Note) -> Result<u32, ClientError> {
+        check_topic(topic)?;
+        check_note(note)?;
+        let topic = topic.as_bytes();
+        self.send_request(1, |req_id| Frame::PushTopic(PushTopic { req_id, topic, note: note.as_wire() }))
+    }
+
+    /// Adds (`add`) or removes the `tokens` to or from `topic`, in TOPIC_MANAGE
+    /// frames of up to 1000 tokens, waiting for each answer; one status per
+    /// token, in order.
+    pub fn manage_topic(
+        &mut self,
+        add: bool,
+        topic: &str,
+        tokens: &[Token],
+    ) -> Result<Vec<SubStatus>, ClientError> {
+        check_topic(topic)?;
+        let mut out = Vec::with_capacity(tokens.len());
+        for chunk in tokens.chunks(MAX_MANAGE) {
+            let id = self.send_manage_topic(add, topic, chunk)?;
+            let statuses = match self.wait_reply(id)? {
+                Reply::TopicManage { statuses, .. } => statuses,
+                _ => {
+                    return Err(ClientError::Protocol(format!(
+                        "TOPIC_MANAGE {id} answered by another kind of reply"
+                    )))
+                }
+            };
+            if statuses.len() != chunk.len() {
+                return Err(ClientError::Protocol(format!(
+                    "TOPIC_MANAGE_RESULT {id} has {} statuses for {} tokens",
+                    statuses.len(),
+                    chunk.len()
+                )));
+            }
+            out.extend(statuses);
+        }
+        Ok(out)
+    }
+
+    /// Sends one TOPIC_MANAGE of 1..=1000 `tokens` without waiting; the answer is a [`Reply::TopicManage`].
+    pub fn send_manage_topic(
+        &mut self,
+        add: bool,
+        topic: &str,
+        tokens: &[Token],
+    ) -> Result<u32, ClientError> {
+        check_topic(topic)?;
+        if tokens.is_empty() || tokens.len() > MAX_MANAGE {
+            return Err(ClientError::Invalid(format!("{} tokens in one TOPIC_MANAGE", tokens.len())));
+        }
+        let flat: Vec<u8> = tokens.iter().flat_map(|t| t.0).collect();
+        let topic = topic.as_bytes();
+        self.send_request(tokens.len() as u32, |req_id| Frame::TopicManage {
+            req_id,
+            add,
+            topic,
+            tokens: &flat,
+        })
+    }
+
+    /// How many devices topic message `msg_id` reached, as this node counts.
+    pub fn topic_stats(&mut self, msg_id: u64) -> Result<TopicStats, ClientError> {
+        let id = self.send_topic_stats(msg_id)?;
+        match self.wait_reply(id)? {
+            Reply::TopicStats(t) => Ok(t),
+            _ => Err(ClientError::Protocol(format!("TOPIC_STATS {id} answered by another kind of reply"))),
+        }
+    }
+
+    /// Sends a TOPIC_STATS without waiting; the answer is a [`Reply::TopicStats`].
+    pub fn send_topic_stats(&mut self, msg_id: u64) -> Result<u32, ClientError> {
+        self.send_request(1, |req_id| Frame::TopicStats { req_id, msg_id })
     }
 
     /// Sends the request `build` makes with a fresh req_id once the in-flight
-    /// window has room, and counts it in flight.
-    fn send_request<'a>(&mut self, build: impl FnOnce(u32) -> Frame<'a>) -> Result<u32, ClientError> {
-        self.wait_for_slot()?;
+    /// window has room for `weight` more, and counts it in flight.
+    fn send_request<'a>(
+        &mut self,
+        weight: u32,
+        build: impl FnOnce(u32) -> Frame<'a>,
+    ) -> Result<u32, ClientError> {
+        self.wait_for_slot(weight)?;
         let req_id = self.take_req_id();
         self.conn.send(&build(req_id))?;
-        self.in_flight += 1;
+        self.in_flight += weight;
+        if weight != 1 {
+            self.weights.insert(req_id, weight);
+        }
         Ok(req_id)
     }
 
@@ -291,9 +394,11 @@ impl ProviderClient {
         id
     }
 
-    fn wait_for_slot(&mut self) -> Result<(), ClientError> {
+    /// Waits until `weight` more fit in the window; one request larger than the
+    /// whole window goes alone once nothing else is in flight.
+    fn wait_for_slot(&mut self, weight: u32) -> Result<(), ClientError> {
         let deadline = after(self.reply_timeout);
-        while self.in_flight >= self.max_in_flight.max(1) {
+        while self.in_flight > 0 && self.in_flight.saturating_add(weight) > self.max_in_flight.max(1) {
             match self.read_incoming(deadline)? {
                 Some(Incoming::Reply(r)) => self.stash.push_back(r),
                 Some(Incoming::Filed) => {}
@@ -338,6 +443,13 @@ impl ProviderClient {
             Frame::FeedbackResult { req_id, more, entries } => {
                 Ok(Got::Reply(Reply::Feedback { req_id, more, entries: feedback_entries(entries).collect() }))
             }
+            Frame::TopicManageResult { req_id, statuses } => Ok(Got::Reply(Reply::TopicManage {
+                req_id,
+                statuses: statuses.iter().map(|&b| SubStatus(b)).collect(),
+            })),
+            Frame::TopicStatsResult { req_id, known, sent, acked } => {
+                Ok(Got::Reply(Reply::TopicStats(TopicStats { req_id, known, sent, acked })))
+            }
             Frame::Receipt { token, msg_id, acked_at_ms } => {
                 Ok(Got::Receipt(Receipt { token, msg_id, acked_at_ms }))
             }
@@ -347,7 +459,8 @@ impl ProviderClient {
         })?;
         Ok(got.map(|g| match g {
             Got::Reply(r) => {
-                self.in_flight = self.in_flight.saturating_sub(1);
+                let weight = self.weights.remove(&r.req_id()).unwrap_or(1);
+                self.in_flight = self.in_flight.saturating_sub(weight);
                 Incoming::Reply(r)
             }
             Got::Receipt(r) => {
@@ -649,6 +762,121 @@ mod tests {
         assert_eq!(c.feedback(50).unwrap(), [(tok(1), 100), (tok(2), 200), (tok(3), 300)]);
         assert_eq!(c.feedback(0).unwrap(), [(tok(4), 400), (tok(5), 400)]);
         assert_eq!(c.in_flight(), 0);
+        h.join().unwrap();
+    }
+
+    #[test]
+    fn push_topic_carries_the_notification_fields_and_gets_a_result() {
+        let topic_id = crate::proto::topic::TOPIC_ID_BIT | 77;
+        let (addr, h) = serve(move |mut p| {
+            login(&mut p, b"k", 8);
+            let req_id = p.expect(|f| {
+                let Frame::PushTopic(pt) = f else { panic!("{f:?}") };
+                assert_eq!(pt.topic, b"~all");
+                let n = pt.note;
+                assert_eq!(
+                    (n.kind, n.priority, n.flags, n.expiry),
+                    (Kind::BADGE.0, PRIORITY_NORMAL, FLAG_RECEIPT, 0)
+                );
+                assert_eq!((n.collapse, n.payload), (&b"score"[..], &b"2-1"[..]));
+                pt.req_id
+            });
+            p.send(&Frame::Result { req_id, status: Status::QUEUED, msg_id: topic_id, info: 0 });
+        });
+        let mut c = ProviderClient::connect(addr, "demo", "k").unwrap();
+        let mut note = crate::client::new_note("2-1");
+        note.kind = Kind::BADGE.0;
+        note.priority = PRIORITY_NORMAL;
+        note.flags = FLAG_RECEIPT;
+        note.expiry = 0;
+        note.collapse = bytes::Bytes::from_static(b"score");
+        let r = c.push_topic("~all", &note).unwrap();
+        assert_eq!((r.status, r.msg_id, c.in_flight()), (Status::QUEUED, topic_id, 0));
+        assert!(crate::proto::topic::is_topic_id(r.msg_id));
+        h.join().unwrap();
+    }
+
+    #[test]
+    fn manage_topic_splits_at_1000_tokens_and_pairs_tokens_with_statuses() {
+        let tokens: Vec<Token> = (0..2500).map(tok).collect();
+        let (addr, h) = serve(|mut p| {
+            login(&mut p, b"k", 4096);
+            let mut sizes = Vec::new();
+            while sizes.iter().sum::<usize>() < 2500 {
+                let (req_id, ids) = p.expect(|f| {
+                    let Frame::TopicManage { req_id, add, topic, tokens } = f else { panic!("{f:?}") };
+                    assert!(add);
+                    assert_eq!(topic, b"news");
+                    let ids: Vec<u8> = tokens.chunks(TOKEN_LEN).map(|t| t[7] % 3).collect();
+                    (req_id, ids)
+                });
+                sizes.push(ids.len());
+                p.send(&Frame::TopicManageResult { req_id, statuses: &ids });
+            }
+            assert_eq!(sizes, [1000, 1000, 500]);
+        });
+        let mut c = ProviderClient::connect(addr, "demo", "k").unwrap();
+        let out = c.manage_topic(true, "news", &tokens).unwrap();
+        assert_eq!(out.len(), 2500);
+        for (i, st) in out.into_iter().enumerate() {
+            assert_eq!(st, SubStatus((i % 256 % 3) as u8), "token {i}");
+        }
+        assert_eq!(c.manage_topic(false, "news", &[]).unwrap(), []);
+        assert!(matches!(c.send_manage_topic(true, "news", &[]), Err(ClientError::Invalid(_))));
+        assert!(matches!(c.manage_topic(true, "", &tokens[..1]), Err(ClientError::Invalid(_))));
+        h.join().unwrap();
+    }
+
+    #[test]
+    fn a_topic_manage_counts_one_per_token_against_the_window() {
+        let (addr, h) = serve(|mut p| {
+            login(&mut p, b"k", 1000);
+            let first = p.expect(|f| match f {
+                Frame::TopicManage { req_id, tokens, .. } if tokens.len() == 600 * TOKEN_LEN => req_id,
+                other => panic!("{other:?}"),
+            });
+            let push = read_push(&mut p);
+            // 601 in flight: a second TOPIC_MANAGE of 500 does not fit until the first is answered.
+            assert!(p.silent_for(Duration::from_millis(200)));
+            p.send(&Frame::TopicManageResult { req_id: first, statuses: &[0; 600] });
+            p.expect(|f| assert!(matches!(f, Frame::TopicManage { .. }), "{f:?}"));
+            result(&mut p, push, 1);
+        });
+        let mut c = ProviderClient::connect(addr, "demo", "k").unwrap();
+        let many: Vec<Token> = (0..600).map(tok).collect();
+        c.send_manage_topic(false, "news", &many).unwrap();
+        c.send_push(&PushRequest::new(tok(0), "x")).unwrap();
+        assert_eq!(c.in_flight(), 601);
+        c.send_manage_topic(false, "news", &many[..500]).unwrap();
+        assert_eq!(c.in_flight(), 501);
+        let got = c.recv_result(Some(Duration::from_secs(5))).unwrap();
+        assert!(
+            matches!(got, Some(Reply::TopicManage { ref statuses, .. }) if statuses.len() == 600),
+            "{got:?}"
+        );
+        h.join().unwrap();
+    }
+
+    #[test]
+    fn topic_stats_and_a_short_manage_result() {
+        let (addr, h) = serve(|mut p| {
+            login(&mut p, b"k", 8);
+            let req_id = p.expect(|f| match f {
+                Frame::TopicStats { req_id, msg_id: 0x4000_0000_0000_0001 } => req_id,
+                other => panic!("{other:?}"),
+            });
+            p.send(&Frame::TopicStatsResult { req_id, known: true, sent: 3, acked: 2 });
+            let req_id = p.expect(|f| match f {
+                Frame::TopicManage { req_id, .. } => req_id,
+                other => panic!("{other:?}"),
+            });
+            p.send(&Frame::TopicManageResult { req_id, statuses: &[0] });
+        });
+        let mut c = ProviderClient::connect(addr, "demo", "k").unwrap();
+        let t = c.topic_stats(0x4000_0000_0000_0001).unwrap();
+        assert_eq!((t.known, t.sent, t.acked), (true, 3, 2));
+        let got = c.manage_topic(true, "news", &[tok(1), tok(2)]);
+        assert!(matches!(got, Err(ClientError::Protocol(_))), "{got:?}");
         h.join().unwrap();
     }
 

@@ -1,5 +1,5 @@
 //! What a provider sends and gets back: the push request with its defaults,
-//! and the gateway's results, feedback and receipts as owned values.
+//! and the gateway's results, feedback, receipts and topic answers as owned values.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -7,7 +7,7 @@ use super::ClientError;
 use crate::proto::frame::{FLAG_RECEIPT, MAX_COLLAPSE};
 use bytes::Bytes;
 
-use crate::proto::{Kind, Note, Notification, Status, Token, PRIORITY_HIGH};
+use crate::proto::{Kind, Note, Notification, Status, SubStatus, Token, PRIORITY_HIGH};
 
 /// Lifetime [`PushRequest::new`] gives a notification: a day, long enough to
 /// reach a phone that was off overnight, short enough that stale alerts die.
@@ -24,15 +24,7 @@ pub struct PushRequest {
 impl PushRequest {
     /// An alert at high priority that expires [`DEFAULT_TTL_S`] from now, no collapse id.
     pub fn new(token: Token, payload: impl Into<Vec<u8>>) -> PushRequest {
-        let note = Note {
-            kind: Kind::ALERT.0,
-            priority: PRIORITY_HIGH,
-            flags: 0,
-            expiry: expiry_in(DEFAULT_TTL_S),
-            collapse: Bytes::new(),
-            payload: Bytes::from(payload.into()),
-        };
-        PushRequest { token, note }
+        PushRequest { token, note: new_note(payload) }
     }
 
     pub fn with_kind(mut self, kind: Kind) -> PushRequest {
@@ -73,11 +65,30 @@ impl PushRequest {
     /// close the connection and lose every pipelined request with it. Values it
     /// answers with a status (payload size, kind, priority) are left to it.
     pub(crate) fn check(&self) -> Result<(), ClientError> {
-        if self.note.collapse.len() > MAX_COLLAPSE {
-            return Err(ClientError::Invalid(format!("collapse id longer than {MAX_COLLAPSE} bytes")));
-        }
-        Ok(())
+        check_note(&self.note)
     }
+}
+
+/// The notification [`PushRequest::new`] makes, without a token: an alert at
+/// high priority that expires [`DEFAULT_TTL_S`] from now, no collapse id. For
+/// [`push_topic`](super::ProviderClient::push_topic); set its public fields to change it.
+pub fn new_note(payload: impl Into<Vec<u8>>) -> Note {
+    Note {
+        kind: Kind::ALERT.0,
+        priority: PRIORITY_HIGH,
+        flags: 0,
+        expiry: expiry_in(DEFAULT_TTL_S),
+        collapse: Bytes::new(),
+        payload: Bytes::from(payload.into()),
+    }
+}
+
+/// What [`PushRequest::check`] refuses, for any notification.
+pub(crate) fn check_note(note: &Note) -> Result<(), ClientError> {
+    if note.collapse.len() > MAX_COLLAPSE {
+        return Err(ClientError::Invalid(format!("collapse id longer than {MAX_COLLAPSE} bytes")));
+    }
+    Ok(())
 }
 
 /// The expiry field for a notification that lives `ttl_s` seconds from now (0 stays 0).
@@ -122,15 +133,36 @@ pub enum Reply {
         more: bool,
         entries: Vec<(Token, u64)>,
     },
+    /// One subscription status per token, in the order the TOPIC_MANAGE listed them.
+    TopicManage {
+        req_id: u32,
+        statuses: Vec<SubStatus>,
+    },
+    TopicStats(TopicStats),
 }
 
 impl Reply {
     pub fn req_id(&self) -> u32 {
         match self {
             Reply::Result(r) => r.req_id,
-            Reply::Multi { req_id, .. } | Reply::Feedback { req_id, .. } => *req_id,
+            Reply::TopicStats(t) => t.req_id,
+            Reply::Multi { req_id, .. }
+            | Reply::Feedback { req_id, .. }
+            | Reply::TopicManage { req_id, .. } => *req_id,
         }
     }
+}
+
+/// How many devices one topic message reached, as the answering node counts (protocol.md 10.4).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct TopicStats {
+    pub req_id: u32,
+    /// False once the node no longer remembers the message; the counts are 0 then.
+    pub known: bool,
+    /// TOPIC_NOTIFY frames written to devices (one sent again counts again).
+    pub sent: u64,
+    /// ACKs that took effect.
+    pub acked: u64,
 }
 
 /// Proof that a device ACKed a notification pushed with [`PushRequest::with_receipt`].
