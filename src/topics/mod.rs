@@ -248,20 +248,22 @@ impl TopicLog {
         iter.next().is_none()
     }
 
-    /// Removes messages that expired before `now_unix`, appending them to `removed`.
-    pub fn sweep(&self, now_unix: u64, removed: &mut Vec<(TopicKey, u64)>) {
+    /// Removes messages of the topics `mine` picks that expired before
+    /// `now_unix`, appending them to `removed`.
+    pub fn sweep(&self, now_unix: u64, mine: impl Fn(&TopicKey) -> bool, removed: &mut Vec<(TopicKey, u64)>) {
         let mut g = self.write();
         let inner = &mut *g;
-        while let Some(&(expiry, id)) = inner.by_expiry.iter().next() {
-            if u64::from(expiry) >= now_unix {
-                break;
-            }
+        let expired: Vec<(u32, u64)> =
+            inner.by_expiry.iter().take_while(|(expiry, _)| u64::from(*expiry) < now_unix).copied().collect();
+        for (expiry, id) in expired {
             let Some(k) = inner.by_id.get(&id).cloned() else {
                 inner.by_expiry.remove(&(expiry, id));
                 continue;
             };
-            take(inner, &k, id);
-            removed.push((k, id));
+            if mine(&k) {
+                take(inner, &k, id);
+                removed.push((k, id));
+            }
         }
         self.gauge(inner);
     }

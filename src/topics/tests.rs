@@ -49,9 +49,9 @@ fn a_log_keeps_the_newest_cap_collapses_and_expires() {
     assert!(log.read_after(&k, 0, 60, 10, &mut out));
     assert_eq!(out.iter().map(|m| m.id).collect::<Vec<_>>(), [3, 4], "6 expired at 50");
     removed.clear();
-    log.sweep(60, &mut removed);
+    log.sweep(60, |_| true, &mut removed);
     assert_eq!(removed, [(k.clone(), 6)]);
-    log.sweep(101, &mut removed);
+    log.sweep(101, |k| k.app == 0, &mut removed);
     assert!(!log.has_log(&k));
     assert_eq!(log.size(), (0, 0));
 }

@@ -202,13 +202,12 @@ impl Shard {
         self.send_frame(idx, &frame);
     }
 
-    /// Shard 0 sweeps the node's topic logs, deleting expired messages from the store.
+    /// Sweeps the expired messages of the topics this shard owns, from the
+    /// node's log and the store (the owner's store handle, which staged them).
     pub(in crate::shard) fn sweep_topics(&mut self) {
-        if self.index() != 0 {
-            return;
-        }
         let mut removed = Vec::new();
-        self.shared.topics.sweep(self.clock.unix_s, &mut removed);
+        let (router, me) = (&self.router, self.router.index());
+        self.shared.topics.sweep(self.clock.unix_s, |k| router.topic_owner(k) == me, &mut removed);
         let shared = self.shared.clone();
         for (k, id) in removed {
             match self.store.topic_remove(shared.apps.id(k.app), &k.name, id) {
