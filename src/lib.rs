@@ -6,9 +6,11 @@
 //! the connected device, or stores the notification until it connects.
 //! The wire format is specified in `protocol.md`.
 //!
-//! What it does not do: a token's notifications live on the node the device
-//! is connected to (one node, or a load balancer that keeps a device on one
-//! node); nodes do not forward pushes to each other yet.
+//! Topics: a device subscribes (or a provider subscribes it) to a topic of
+//! its app; a PUSH_TOPIC is logged once by the topic's owner shard and fanned
+//! out to every shard's connected subscribers, and a reconnecting device
+//! catches up from the log from its own position. Cluster mode runs several
+//! nodes as one service over NATS JetStream (`cluster`).
 //!
 //! ```text
 //!  provider ──PUSH──▶ shard A (provider's connection)          HTTP, a remote node: Ingress
@@ -29,7 +31,8 @@
 //!   their reply targets, group commit, delivery, limits; `shard::ingress` for front ends.
 //! - [`store`]: the `Store` trait and its implementations.
 //! - [`cluster`]: cluster mode on NATS JetStream: the engine thread, the route table,
-//!   forwarding of push batches between nodes (not wired into the shards yet).
+//!   forwarding of push batches between nodes, the offline queue, receipts, tombstones.
+//! - [`topics`]: the node's topic logs (one copy per topic message) and delivery counts.
 //! - [`gateway`]: assembles listeners and shards into a running [`gateway::Gateway`].
 //! - [`config`]: TOML configuration with embedded defaults.
 //! - [`net`]: SO_REUSEPORT listeners and the open-files limit.
