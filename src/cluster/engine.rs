@@ -99,6 +99,12 @@ pub(crate) struct Ctx {
     pub queue: tokio::sync::OnceCell<jetstream::stream::Stream>,
     /// The tombstone bucket, made on first use.
     pub tombs: tokio::sync::OnceCell<jetstream::kv::Store>,
+    /// The topic stream, made by the topic feed.
+    pub topics: tokio::sync::OnceCell<jetstream::stream::Stream>,
+    /// The subscription bucket, made on first use.
+    pub subs: tokio::sync::OnceCell<jetstream::kv::Store>,
+    /// Subscription updates waiting for their token's round (see `subs`).
+    pub subs_rounds: Mutex<std::collections::HashMap<crate::proto::Token, Vec<super::subs::Waiter>>>,
 }
 
 type Task = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -346,6 +352,9 @@ fn run(
             receipt_subs: Default::default(),
             queue: Default::default(),
             tombs: Default::default(),
+            topics: Default::default(),
+            subs: Default::default(),
+            subs_rounds: Default::default(),
         });
         let _ = ready.send(Ok(()));
         while let Some(Cmd::Job(job)) = rx.recv().await {

@@ -31,9 +31,23 @@ pub enum Op {
     Tombstone = 10,
     /// Receipts handed to a node with a subscribed provider session of their app.
     Receipts = 11,
+    /// A topic message stored in the topic stream (majority acknowledged).
+    TopicPublish = 12,
+    /// An expiry-0 topic message sent to every node (core NATS, not stored).
+    TopicAnnounce = 13,
+    /// Per-message delivery counts sent to the other nodes.
+    TopicCounts = 14,
+    /// The topic feed caught up with the stream as it was at start.
+    TopicFeed = 15,
+    /// A device's subscriptions read from their bucket.
+    SubsGet = 16,
+    /// A device's subscriptions changed by revision (read-modify-write).
+    SubsUpdate = 17,
+    /// A subscription change announced to every node.
+    SubChange = 18,
 }
 
-pub const OPS: [Op; 12] = [
+pub const OPS: [Op; 19] = [
     Op::Claim,
     Op::Release,
     Op::Lookup,
@@ -46,6 +60,13 @@ pub const OPS: [Op; 12] = [
     Op::QueuePurge,
     Op::Tombstone,
     Op::Receipts,
+    Op::TopicPublish,
+    Op::TopicAnnounce,
+    Op::TopicCounts,
+    Op::TopicFeed,
+    Op::SubsGet,
+    Op::SubsUpdate,
+    Op::SubChange,
 ];
 
 impl Op {
@@ -63,6 +84,13 @@ impl Op {
             "queue_purge",
             "tombstone",
             "receipts",
+            "topic_publish",
+            "topic_announce",
+            "topic_counts",
+            "topic_feed",
+            "subs_get",
+            "subs_update",
+            "sub_change",
         ][self as usize]
     }
 }

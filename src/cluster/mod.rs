@@ -20,6 +20,8 @@
 //! - [`receipts`]: receipts to a node where a provider session of their app subscribed.
 //! - [`queue`]: the offline queue stream, one literal subject per token (the cluster `Store`'s backend).
 //! - [`tombs`]: tombstones in a KV bucket, and a watch of other nodes' changes.
+//! - [`topics`]: the topic stream every node replays and follows, expiry-0 topic messages, delivery counts.
+//! - [`subs`]: each device's subscriptions in a KV bucket, updated by revision; change notices.
 
 pub mod control;
 pub mod engine;
@@ -28,7 +30,9 @@ pub mod metrics;
 pub mod queue;
 pub mod receipts;
 pub mod routes;
+pub mod subs;
 pub mod tombs;
+pub mod topics;
 pub mod wire;
 
 pub use engine::{Engine, EngineError};
