@@ -98,6 +98,11 @@ impl Gateway {
             cluster,
             topics,
         });
+        if let Some(link) = &shared.cluster {
+            let wait =
+                std::time::Duration::from_secs(shared.cfg.cluster.as_ref().map_or(30, |c| c.start_timeout_s));
+            shard::topics_feed(&shared, &link.engine, wait)?;
+        }
         let mut threads = Vec::with_capacity(n);
         for (i, part) in parts.into_iter().enumerate() {
             let shard = Shard::new(i, shared.clone(), part)?;

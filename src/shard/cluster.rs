@@ -74,7 +74,7 @@ type TokenMap<V> = HashMap<Token, V, BuildHasherDefault<TokenHasher>>;
 
 /// A shard's cluster state.
 pub(super) struct ClusterState {
-    link: ClusterLink,
+    pub(super) link: ClusterLink,
     claims: TokenMap<Claim>,
     /// Pushes waiting for their token's route lookup, in arrival order (a
     /// token's pushes keep their order behind the lookup).

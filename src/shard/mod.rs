@@ -34,6 +34,7 @@ mod sim;
 pub mod timer;
 mod tombstones;
 mod topics;
+pub use topics::start_feed as topics_feed;
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasherDefault;
@@ -415,6 +416,7 @@ impl Shard {
             ShardMsg::TopicManage { req, index, token, key, add } => {
                 self.on_topic_manage(req, index, token, key, add)
             }
+            ShardMsg::SubChanged { token, topic, add, pos } => self.on_sub_changed(token, topic, add, pos),
         }
     }
 
@@ -481,6 +483,7 @@ impl Shard {
         if self.clock.tick.is_multiple_of(10) {
             self.pump_receipts();
             self.sweep_topics();
+            self.publish_topic_counts();
             match self.store.sweep_expired(self.clock.unix_s) {
                 Ok(0) => {}
                 Ok(n) => {

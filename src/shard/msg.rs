@@ -211,6 +211,14 @@ pub enum ShardMsg {
         key: crate::topics::TopicKey,
         add: bool,
     },
+    /// Cluster: a provider changed `token`'s subscription to `topic` in the
+    /// engine (at position `pos`), for its owner shard if the device is here.
+    SubChanged {
+        token: Token,
+        topic: Box<[u8]>,
+        add: bool,
+        pos: u64,
+    },
     /// Local: a device socket handed to its owner shard.
     Adopt(Box<Adopt>),
     /// Local: a front end's request.

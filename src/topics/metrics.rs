@@ -15,9 +15,24 @@ pub struct TopicMetrics {
 impl TopicMetrics {
     pub fn render_into(&self, out: &mut String) {
         let families: [(&str, &str, &str, &AtomicU64); 4] = [
-            ("pushgate_topic_log_messages", "gauge", "Topic messages in the node's topic logs.", &self.log_messages),
-            ("pushgate_topic_log_bytes", "gauge", "Payload and collapse bytes in the node's topic logs.", &self.log_bytes),
-            ("pushgate_topic_notifies_total", "counter", "TOPIC_NOTIFY frames written to devices.", &self.notifies),
+            (
+                "pushgate_topic_log_messages",
+                "gauge",
+                "Topic messages in the node's topic logs.",
+                &self.log_messages,
+            ),
+            (
+                "pushgate_topic_log_bytes",
+                "gauge",
+                "Payload and collapse bytes in the node's topic logs.",
+                &self.log_bytes,
+            ),
+            (
+                "pushgate_topic_notifies_total",
+                "counter",
+                "TOPIC_NOTIFY frames written to devices.",
+                &self.notifies,
+            ),
             ("pushgate_topic_acks_total", "counter", "Topic messages ACKed by devices.", &self.acks),
         ];
         for (name, kind, help, v) in families {

@@ -128,6 +128,11 @@ impl TopicLog {
         }
     }
 
+    /// Adds another node's counts (its own metrics count them there).
+    pub fn add_remote_counts(&self, deltas: &HashMap<u64, (u64, u64)>) {
+        self.stats.add(deltas);
+    }
+
     /// `(sent, acked)` of a recent topic message.
     pub fn counts(&self, id: u64) -> Option<(u64, u64)> {
         self.stats.get(id)
@@ -156,13 +161,35 @@ impl TopicLog {
         msg: TopicMsg,
         removed: &mut Vec<(TopicKey, u64)>,
     ) -> Result<(), AppendError> {
+        self.append_with(key, msg, true, removed)
+    }
+
+    /// [`TopicLog::append`] without the topics-per-app bound: a message the
+    /// cluster's stream already accepted (checked by the node that took it).
+    pub fn append_unlimited(&self, key: &TopicKey, msg: TopicMsg, removed: &mut Vec<(TopicKey, u64)>) {
+        let _ = self.append_with(key, msg, false, removed);
+    }
+
+    /// Whether a message for `key` would be within the topics-per-app bound.
+    pub fn can_log(&self, key: &TopicKey) -> bool {
+        let g = self.read();
+        g.logs.contains_key(key) || g.topics_of_app.get(&key.app).copied().unwrap_or(0) < self.topics_per_app
+    }
+
+    fn append_with(
+        &self,
+        key: &TopicKey,
+        msg: TopicMsg,
+        limit: bool,
+        removed: &mut Vec<(TopicKey, u64)>,
+    ) -> Result<(), AppendError> {
         debug_assert!(msg.note.expiry != 0, "expiry-0 topic messages are not logged");
         self.last_id.fetch_max(msg.id & !TOPIC_ID_BIT, Ordering::AcqRel);
         let mut g = self.write();
         let inner = &mut *g;
         if !inner.logs.contains_key(key) {
             let n = inner.topics_of_app.entry(key.app).or_default();
-            if *n >= self.topics_per_app {
+            if limit && *n >= self.topics_per_app {
                 return Err(AppendError::TopicLimit);
             }
             *n += 1;

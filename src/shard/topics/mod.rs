@@ -2,8 +2,11 @@
 //! topic messages to this shard's connected subscribers, catch-up from the
 //! node's topic log (`crate::topics`), and the provider requests.
 
+mod cluster;
 mod provider;
 pub mod state;
+
+pub use cluster::start_feed;
 
 use log::warn;
 
@@ -95,7 +98,7 @@ impl Shard {
                 self.shared.topics.read_after(&key, topics.subs[si].sent, self.clock.unix_s, room, &mut msgs);
             let mut wrote = 0;
             for m in &msgs {
-                match self.write_topic_notify(idx, &mut topics, si, m) {
+                match self.write_topic_notify(idx, &mut topics, si, m, true) {
                     Sent::Yes => wrote += 1,
                     Sent::Gone => break,
                     Sent::OutboxFull => {
@@ -121,7 +124,15 @@ impl Shard {
     }
 
     /// Writes one TOPIC_NOTIFY for subscription `si` and records it in flight.
-    fn write_topic_notify(&mut self, idx: u32, topics: &mut DeviceTopics, si: usize, m: &TopicMsg) -> Sent {
+    /// An expiry-0 message (not `logged`) moves no position: it is never sent again.
+    fn write_topic_notify(
+        &mut self,
+        idx: u32,
+        topics: &mut DeviceTopics,
+        si: usize,
+        m: &TopicMsg,
+        logged: bool,
+    ) -> Sent {
         let sub = &mut topics.subs[si];
         let n = &m.note;
         let frame = Frame::TopicNotify {
@@ -133,8 +144,12 @@ impl Shard {
         };
         let sent = self.try_send_frame(idx, &frame);
         if sent == Sent::Yes {
-            sub.sent = m.id;
-            topics.inflight.push((m.id, sub.slot));
+            if logged {
+                sub.sent = m.id;
+                topics.inflight.push((m.id, sub.slot));
+            } else {
+                topics.inflight.push((m.id, state::NO_SLOT));
+            }
             if let Some(Conn::Device(d)) = self.conns.get_mut(idx as usize) {
                 d.on_sent_topic(m.id, n.wants_receipt());
             }
@@ -188,7 +203,7 @@ impl Shard {
                 continue;
             }
             let Some(mut topics) = d.topics.take() else { continue };
-            let sent = self.write_topic_notify(idx, &mut topics, si, &msg);
+            let sent = self.write_topic_notify(idx, &mut topics, si, &msg, logged);
             if sent == Sent::OutboxFull && logged {
                 topics.subs[si].behind = true;
                 if let Some(Conn::Device(d)) = self.conns.get_mut(idx as usize) {
@@ -218,6 +233,13 @@ impl Shard {
     pub(super) fn flush_topic_counts(&mut self) {
         if !self.topics.deltas.is_empty() {
             self.shared.topics.add_counts(&self.topics.deltas);
+            if self.cluster.is_some() {
+                for (id, (sent, acked)) in self.topics.deltas.drain() {
+                    let d = self.topics.remote_deltas.entry(id).or_default();
+                    d.0 += sent;
+                    d.1 += acked;
+                }
+            }
             self.topics.deltas.clear();
         }
     }
@@ -242,9 +264,6 @@ impl Shard {
     pub(super) fn change_subscription(&mut self, idx: u32, on: bool, topic: &[u8]) -> SubStatus {
         if classify(topic) != TopicName::Plain {
             return SubStatus::BAD_TOPIC;
-        }
-        if self.cluster.is_some() {
-            return SubStatus::UNAVAILABLE;
         }
         let cap = self.shared.cfg.limits.topics_per_device;
         let Some(Conn::Device(d)) = self.conns.get_mut(idx as usize) else { return SubStatus::UNAVAILABLE };

@@ -13,9 +13,6 @@ use crate::proto::{Frame, Note, Status, SubStatus, Token, TOKEN_LEN};
 use crate::store::{StoredMsg, TopicEntry};
 use crate::topics::{AppendError, TopicKey, TopicMsg};
 
-/// What the cluster answers a topic request with until topics cross nodes.
-const CLUSTER_RETRY_MS: u64 = 1000;
-
 impl Shard {
     /// PUSH_TOPIC from any front end: checked here, logged and fanned out by
     /// the topic's owner shard, answered (`queued` once logged durably).
@@ -23,8 +20,6 @@ impl Shard {
         let req = self.requests.open_push(reply, 1);
         let refused = if classify(topic) == TopicName::Bad {
             Some(Outcome::status(Status::BAD_TOPIC))
-        } else if self.cluster.is_some() {
-            Some(Outcome { status: Status::UNAVAILABLE, msg_id: 0, info: CLUSTER_RETRY_MS })
         } else {
             self.refusal(&note).or_else(|| {
                 let now_us = self.clock.now_ns() / 1000;
@@ -45,10 +40,18 @@ impl Shard {
     /// The topic's owner: give the message its id, log it (stored once), and
     /// hand it to every shard's subscribers.
     pub(in crate::shard) fn on_topic_push(&mut self, req: ReqRef, key: TopicKey, note: Note) {
+        let logged = note.is_storable(self.clock.unix_s);
+        if self.cluster.is_some() {
+            if logged && !self.shared.topics.can_log(&key) {
+                self.route_result(ResultMsg { req, index: 0, outcome: Outcome::status(Status::TOPIC_LIMIT) });
+                return;
+            }
+            self.publish_topic(req, key, note, logged);
+            return;
+        }
         let log = &self.shared.topics;
         let id = log.next_id(self.clock.unix_ms);
         let msg = TopicMsg { id, note };
-        let logged = msg.note.is_storable(self.clock.unix_s);
         let mut result =
             ResultMsg { req, index: 0, outcome: Outcome { status: Status::DELIVERED, msg_id: id, info: 0 } };
         if logged {
@@ -104,13 +107,7 @@ impl Shard {
             return;
         }
         let req = self.requests.open_push(reply, n);
-        let early = if classify(topic) != TopicName::Plain {
-            Some(SubStatus::BAD_TOPIC)
-        } else if self.cluster.is_some() {
-            Some(SubStatus::UNAVAILABLE)
-        } else {
-            None
-        };
+        let early = (classify(topic) != TopicName::Plain).then_some(SubStatus::BAD_TOPIC);
         let shared = self.shared.clone();
         let app_id = shared.apps.id(app);
         for (i, t) in tokens.chunks_exact(TOKEN_LEN).enumerate() {
@@ -142,6 +139,15 @@ impl Shard {
         key: TopicKey,
         add: bool,
     ) {
+        if self.cluster.is_some() && !self.devices.contains_key(&token) {
+            if self.tombstones.unregistered_at(&token).is_some() {
+                let outcome = Outcome::status(Status(SubStatus::UNREGISTERED.0));
+                self.route_result(ResultMsg { req, index, outcome });
+            } else {
+                self.manage_remote(req, index, token, key, add);
+            }
+            return;
+        }
         let status = self.manage_one(&token, &key, add);
         let result = ResultMsg { req, index, outcome: Outcome::status(Status(status.0)) };
         if status == SubStatus::OK {

@@ -6,6 +6,9 @@ use std::collections::{HashMap, HashSet};
 
 use crate::topics::TopicKey;
 
+/// The slot of an expiry-0 topic message in flight: no subscription's position waits for it.
+pub const NO_SLOT: u32 = 0;
+
 /// One topic of one connected device.
 pub struct Sub {
     pub name: Box<[u8]>,
@@ -77,6 +80,8 @@ pub struct ShardTopics {
     pub index: HashMap<TopicKey, HashSet<u32>>,
     /// `(sent, acked)` per topic message since the last flush to the node's counts.
     pub deltas: HashMap<u64, (u64, u64)>,
+    /// Cluster: the same counts, not yet sent to the other nodes.
+    pub remote_deltas: HashMap<u64, (u64, u64)>,
 }
 
 impl ShardTopics {
