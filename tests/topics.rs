@@ -241,7 +241,11 @@ fn a_broadcast_reaches_every_device_of_the_app_and_later_first_comers() {
     }
     silent(&mut other);
     let (mut late, _, _) = device(&gw, APP, "first-time");
-    assert_eq!(drain_acking(&mut late), [b"v2 is out".to_vec()], "unexpired broadcasts reach a first connection");
+    assert_eq!(
+        drain_acking(&mut late),
+        [b"v2 is out".to_vec()],
+        "unexpired broadcasts reach a first connection"
+    );
     drop(late);
     let (mut late, _, _) = device(&gw, APP, "first-time");
     silent(&mut late);
@@ -269,7 +273,11 @@ fn bad_names_caps_and_unregister() {
     assert_eq!(push_topic(&mut p, 2, "~nope", note(far(), b"x")).0, Status::BAD_TOPIC);
     assert_eq!(push_topic(&mut p, 3, "t1", note(far(), b"x")).0, Status::QUEUED);
     assert_eq!(push_topic(&mut p, 4, "t2", note(far(), b"x")).0, Status::QUEUED);
-    assert_eq!(push_topic(&mut p, 5, "t3", note(far(), b"x")).0, Status::TOPIC_LIMIT, "two topics with a log");
+    assert_eq!(
+        push_topic(&mut p, 5, "t3", note(far(), b"x")).0,
+        Status::TOPIC_LIMIT,
+        "two topics with a log"
+    );
     let mut big = note(far(), &[0; 4097]);
     big.kind = 0;
     assert_eq!(push_topic(&mut p, 6, "t1", big).0, Status::PAYLOAD_TOO_LARGE);
