@@ -181,7 +181,8 @@ fn every_feed_sees_every_topic_message_in_order() {
     assert_eq!(fc.logged(), fa.logged());
 
     // Delivery counts reach the other nodes, not the sender.
-    let got: Arc<Mutex<Vec<(String, Vec<Count>)>>> = Arc::default();
+    type Got = Arc<Mutex<Vec<(String, Vec<Count>)>>>;
+    let got: Got = Arc::default();
     for (e, name) in [(&ea, "a"), (&eb, "b")] {
         let sink = got.clone();
         let me = name.to_string();
@@ -383,6 +384,7 @@ impl Node {
         if self.store.load(t) == Loaded::Pending {
             assert_eq!(self.loaded.recv_timeout(Duration::from_secs(15)).expect("the load hook fires"), *t);
         }
+        assert!(self.store.is_loaded(t), "the hook fires once the backlog and the subscriptions are in");
     }
 
     fn subs(&mut self, t: &Token) -> Vec<SubRecord> {
@@ -412,6 +414,9 @@ fn the_cluster_store_keeps_subscriptions_across_nodes() {
     assert!(a.commit(), "the subscription writes are acknowledged");
     // A position moves forward only.
     a.store.put_subscription(&t, b"news", 9).unwrap();
+    assert!(a.commit());
+    a.store.put_subscription(&t, b"news", 3).unwrap();
+    assert_eq!(a.subs(&t), vec![rec("news", 9), rec("sport", 7)], "an older position is ignored");
     assert!(a.commit());
 
     // Node b loads the device: it sees them when the load completes.

@@ -12,6 +12,13 @@
 //! Engine callbacks never block: they put what they learnt in a small
 //! mutex-guarded inbox, drained at the start of the shard's next store call.
 //! Receipts stay node-local, in memory (a receipt is lost if its node goes).
+//!
+//! Subscriptions live in a KV bucket (see [`crate::cluster::subs`]): `load`
+//! reads the token's list too (the load hook fires once both reads are in);
+//! writes change the cached list at once and are staged as [`SubOp`]s, one
+//! `subs_update` per token per commit, inside the commit's ticket. The KV
+//! value is the truth: each update's answer replaces the cached list, with
+//! this handle's unanswered changes applied on top.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -20,9 +27,12 @@ use std::time::{Duration, Instant};
 use log::warn;
 
 use super::memory::MemoryStore;
-use super::{DurableHook, LoadHook, Loaded, Receipt, Store, StoreError, StoredMsg, Ticket, Tombstone};
+use super::{
+    DurableHook, LoadHook, Loaded, Receipt, Store, StoreError, StoredMsg, SubRecord, Ticket, Tombstone,
+};
 use crate::cluster::engine::EngineHandle;
 use crate::cluster::queue::{Fetched, Publish};
+use crate::cluster::subs::{self, SubOp};
 use crate::cluster::EngineError;
 use crate::proto::Token;
 
@@ -112,6 +122,41 @@ struct Inbox {
     failed_pubs: HashSet<u64>,
     /// Finished fetches: token, load generation, result.
     fetched: Vec<(Token, u64, Result<Fetched, EngineError>)>,
+    /// Finished subscription reads: token, load generation, result.
+    subs_read: Vec<(Token, u64, Result<Vec<SubRecord>, EngineError>)>,
+    /// Answered subscription writes: token, write number, result.
+    subs_written: Vec<(Token, u64, Result<Vec<SubRecord>, EngineError>)>,
+    /// Loads whose first backlog read or subscription read is still out,
+    /// by generation: the load hook fires once both are in.
+    load_parts: HashMap<Token, LoadParts>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct LoadParts {
+    gen: u64,
+    fetch: bool,
+    subs: bool,
+}
+
+impl Inbox {
+    /// One read of `token`'s load `gen` is in; whether the load hook fires
+    /// now (always for reads that are not a load's first pair).
+    fn part_done(&mut self, token: Token, gen: u64, subs: bool) -> bool {
+        let Some(p) = self.load_parts.get_mut(&token).filter(|p| p.gen == gen) else { return true };
+        if subs {
+            p.subs = false;
+        } else if !p.fetch {
+            // A later backlog read while the subscriptions are still out.
+            return false;
+        } else {
+            p.fetch = false;
+        }
+        if p.fetch || p.subs {
+            return false;
+        }
+        self.load_parts.remove(&token);
+        true
+    }
 }
 
 struct Shared {
@@ -147,6 +192,91 @@ struct LoadState {
     fetching: bool,
     /// Another fetch is due when this one ends (`load` called meanwhile).
     again: bool,
+    /// The subscription read of this load is out.
+    subs_loading: bool,
+}
+
+/// This handle's subscription writes: staged ones, the ones the engine has
+/// not answered, and the cached lists of loaded tokens. Sans-IO.
+#[derive(Default, Debug)]
+struct SubState {
+    /// Loaded tokens whose read completed: the stored list, this handle's
+    /// unanswered and staged changes applied.
+    cache: HashMap<Token, Vec<SubRecord>>,
+    /// Not yet handed to the engine; flushed by `commit`.
+    staged: HashMap<Token, Vec<SubOp>>,
+    staged_len: usize,
+    /// Handed to the engine, unanswered: per token, by write number, in order.
+    inflight: HashMap<Token, VecDeque<(u64, Vec<SubOp>)>>,
+}
+
+/// Staged subscription changes of one token, and of all, past which they
+/// are handed to the engine without waiting for the commit.
+const SUB_OPS_PER_TOKEN: usize = 64;
+const SUB_FLUSH_AT: usize = 512;
+
+fn op_topic(op: &SubOp) -> Option<&[u8]> {
+    match op {
+        SubOp::Put { topic, .. } | SubOp::Advance { topic, .. } | SubOp::Remove { topic } => Some(topic),
+        SubOp::Clear => None,
+    }
+}
+
+impl SubState {
+    /// `list` with this handle's unanswered and staged changes of `token` on top.
+    fn overlay(&self, token: &Token, mut list: Vec<SubRecord>) -> Vec<SubRecord> {
+        for (_, ops) in self.inflight.get(token).into_iter().flatten() {
+            subs::apply(&mut list, ops);
+        }
+        if let Some(ops) = self.staged.get(token) {
+            subs::apply(&mut list, ops);
+        }
+        list
+    }
+
+    /// Stages `op` (and applies it to the cached list). A position update
+    /// of a topic whose last staged change set its position is merged into it.
+    fn stage(&mut self, token: &Token, op: SubOp) {
+        if let Some(list) = self.cache.get_mut(token) {
+            subs::apply(list, std::slice::from_ref(&op));
+        }
+        let ops = self.staged.entry(*token).or_default();
+        if let SubOp::Advance { topic, pos } = &op {
+            let last = ops.iter_mut().rev().find(|o| op_topic(o).is_none_or(|t| t == &**topic));
+            if let Some(SubOp::Put { pos: p, .. } | SubOp::Advance { pos: p, .. }) = last {
+                *p = (*p).max(*pos);
+                return;
+            }
+        }
+        if op == SubOp::Clear {
+            self.staged_len -= ops.len();
+            ops.clear();
+        }
+        ops.push(op);
+        self.staged_len += 1;
+    }
+
+    /// Whether the staged changes are past their bounds.
+    fn due(&self, token: &Token) -> bool {
+        self.staged_len >= SUB_FLUSH_AT
+            || self.staged.get(token).is_some_and(|o| o.len() >= SUB_OPS_PER_TOKEN)
+    }
+
+    /// Write `n` of `token` was answered; with its list, the cache (if any) is refreshed.
+    fn on_written(&mut self, token: &Token, n: u64, r: Option<Vec<SubRecord>>) {
+        if let Some(q) = self.inflight.get_mut(token) {
+            q.retain(|(m, _)| *m != n);
+            if q.is_empty() {
+                self.inflight.remove(token);
+            }
+        }
+        if let Some(list) = r {
+            if self.cache.contains_key(token) {
+                let list = self.overlay(token, list);
+                self.cache.insert(*token, list);
+            }
+        }
+    }
 }
 
 /// A shard's store in cluster mode; see the module doc.
@@ -166,7 +296,9 @@ pub struct ClusterStore {
     staged: Vec<(u64, Token, StoredMsg)>,
     /// Loads to read once more when due (see `recheck_after`), in due order.
     rechecks: VecDeque<(Instant, Token, u64)>,
-    /// Numbers publishes, unregisters and reregisters (the durable writes).
+    /// Subscription writes and cached lists.
+    subs: SubState,
+    /// Numbers publishes, unregisters, reregisters and subscription updates (the durable writes).
     next_pub: u64,
     next_gen: u64,
     shared: Arc<Shared>,
@@ -214,6 +346,7 @@ impl ClusterStore {
             loads: HashMap::new(),
             staged: Vec::new(),
             rechecks: VecDeque::new(),
+            subs: SubState::default(),
             next_pub: 1,
             next_gen: 1,
             shared: Arc::new(Shared { inbox: Mutex::new(Inbox::default()), settled: Condvar::new() }),
@@ -223,7 +356,7 @@ impl ClusterStore {
     /// Whether `token` is loaded here and its backlog has been merged.
     pub fn is_loaded(&mut self, token: &Token) -> bool {
         self.drain();
-        self.loads.get(token).is_some_and(|l| !l.fetching)
+        self.loads.get(token).is_some_and(|l| !l.fetching && !l.subs_loading)
     }
 
     /// Takes a number for a durable write; `on_done(n, ok)` completes it.
@@ -354,14 +487,42 @@ impl ClusterStore {
 
     /// Applies what engine callbacks left since the last call.
     fn drain(&mut self) {
-        let (seqs, failed, fetched) = {
+        let (seqs, failed, fetched, subs_read, subs_written) = {
             let mut inbox = self.shared.lock();
-            if inbox.seqs.is_empty() && inbox.fetched.is_empty() && inbox.failed_pubs.is_empty() {
+            let i = &mut *inbox;
+            if i.seqs.is_empty()
+                && i.fetched.is_empty()
+                && i.failed_pubs.is_empty()
+                && i.subs_read.is_empty()
+                && i.subs_written.is_empty()
+            {
                 return;
             }
-            let i = &mut *inbox;
-            (std::mem::take(&mut i.seqs), std::mem::take(&mut i.failed_pubs), std::mem::take(&mut i.fetched))
+            (
+                std::mem::take(&mut i.seqs),
+                std::mem::take(&mut i.failed_pubs),
+                std::mem::take(&mut i.fetched),
+                std::mem::take(&mut i.subs_read),
+                std::mem::take(&mut i.subs_written),
+            )
         };
+        for (token, n, r) in subs_written {
+            let list = match r {
+                Ok(list) => Some(list),
+                Err(e) => {
+                    warn!("cluster store: subscriptions of {} not written: {e}", token.to_hex());
+                    // What is cached may now be wrong: read it again.
+                    if let Some(gen) = self.loads.get(&token).map(|l| l.gen) {
+                        self.start_subs_read(token, gen, false);
+                    }
+                    None
+                }
+            };
+            self.subs.on_written(&token, n, list);
+        }
+        for (token, gen, r) in subs_read {
+            self.on_subs_read(token, gen, r);
+        }
         for n in failed {
             // Not in JetStream: the cached copy is all there is (its push failed).
             if let Some(key) = self.by_pub.remove(&n) {
@@ -393,7 +554,8 @@ impl ClusterStore {
                 let hook = {
                     let mut inbox = shared.lock();
                     inbox.fetched.push((token, gen, r));
-                    inbox.load_hook.clone()
+                    let fire = inbox.part_done(token, gen, false);
+                    inbox.load_hook.clone().filter(|_| fire)
                 };
                 if let Some(hook) = hook {
                     hook(token);
@@ -444,6 +606,73 @@ impl ClusterStore {
         }
         if again {
             self.fetch_more(token);
+        }
+    }
+
+    /// Reads `token`'s subscriptions for its load `gen`; `first`: the load's
+    /// own read, which the load hook waits for.
+    fn start_subs_read(&mut self, token: Token, gen: u64, first: bool) {
+        let shared = self.shared.clone();
+        self.engine.subs_get(
+            token,
+            Box::new(move |r| {
+                let hook = {
+                    let mut inbox = shared.lock();
+                    inbox.subs_read.push((token, gen, r));
+                    let fire = first && inbox.part_done(token, gen, true);
+                    inbox.load_hook.clone().filter(|_| fire)
+                };
+                if let Some(hook) = hook {
+                    hook(token);
+                }
+            }),
+        );
+    }
+
+    fn on_subs_read(&mut self, token: Token, gen: u64, r: Result<Vec<SubRecord>, EngineError>) {
+        let Some(ls) = self.loads.get_mut(&token).filter(|l| l.gen == gen) else { return };
+        ls.subs_loading = false;
+        match r {
+            Ok(list) => {
+                let list = self.subs.overlay(&token, list);
+                self.subs.cache.insert(token, list);
+            }
+            Err(e) => {
+                // Not cached: `subscriptions` reads the bucket itself.
+                warn!("cluster store: subscriptions of {} not read: {e}", token.to_hex());
+                self.subs.cache.remove(&token);
+            }
+        }
+    }
+
+    /// Hands each token's staged subscription changes to the engine, one
+    /// numbered update per token.
+    fn flush_subs(&mut self) {
+        if self.subs.staged.is_empty() {
+            return;
+        }
+        self.subs.staged_len = 0;
+        for (token, ops) in std::mem::take(&mut self.subs.staged) {
+            let n = self.number();
+            self.subs.inflight.entry(token).or_default().push_back((n, ops.clone()));
+            let shared = self.shared.clone();
+            let complete = self.completion(n);
+            self.engine.subs_update(
+                token,
+                ops,
+                Box::new(move |r| {
+                    let ok = r.is_ok();
+                    shared.lock().subs_written.push((token, n, r));
+                    complete(ok);
+                }),
+            );
+        }
+    }
+
+    fn stage_sub(&mut self, token: &Token, op: SubOp) {
+        self.subs.stage(token, op);
+        if self.subs.due(token) {
+            self.flush_subs();
         }
     }
 
@@ -574,12 +803,14 @@ impl Store for ClusterStore {
     fn sync(&mut self) -> Result<(), StoreError> {
         self.drain();
         self.flush();
+        self.flush_subs();
         self.wait_settled()
     }
 
     fn commit(&mut self) -> Result<Ticket, StoreError> {
         self.drain();
         self.flush();
+        self.flush_subs();
         let last = self.next_pub - 1;
         let mut inbox = self.shared.lock();
         if inbox.durable_hook.is_none() {
@@ -609,9 +840,18 @@ impl Store for ClusterStore {
         }
         let gen = self.next_gen;
         self.next_gen += 1;
-        let ls = LoadState { gen, from_pub: self.next_pub, fetched_upto: 0, fetching: true, again: false };
+        let ls = LoadState {
+            gen,
+            from_pub: self.next_pub,
+            fetched_upto: 0,
+            fetching: true,
+            again: false,
+            subs_loading: true,
+        };
         self.loads.insert(*token, ls);
+        self.shared.lock().load_parts.insert(*token, LoadParts { gen, fetch: true, subs: true });
         self.start_fetch(*token, gen, 0);
+        self.start_subs_read(*token, gen, true);
         self.rechecks.push_back((Instant::now() + recheck_after(self.engine.timeout()), *token, gen));
         Loaded::Pending
     }
@@ -619,6 +859,8 @@ impl Store for ClusterStore {
     fn unload(&mut self, token: &Token) {
         self.drain();
         self.loads.remove(token);
+        // Staged and unanswered changes stay: they are written all the same.
+        self.subs.cache.remove(token);
         for m in self.cache.remove_queue(token) {
             // Still waiting in JetStream for the next connection.
             self.forget(token, m.msg_id, false);
@@ -645,7 +887,11 @@ impl Store for ClusterStore {
             self.next_gen += 1;
             ls.fetching = false;
             ls.again = false;
+            ls.subs_loading = false;
+            self.subs.cache.insert(*token, Vec::new());
         }
+        // Every subscription goes, in the same commit as the tombstone.
+        self.stage_sub(token, SubOp::Clear);
         for m in self.cache.remove_queue(token) {
             // The purge covers what is stored; a publish still in flight is deleted on its ack.
             self.forget(token, m.msg_id, true);
@@ -686,6 +932,40 @@ impl Store for ClusterStore {
 
     fn take_receipts(&mut self, app_id: &str, max: usize, out: &mut Vec<Receipt>) -> Result<(), StoreError> {
         self.cache.take_receipts(app_id, max, out)
+    }
+
+    fn subscriptions(&mut self, token: &Token, out: &mut Vec<SubRecord>) -> Result<(), StoreError> {
+        self.drain();
+        if let Some(list) = self.subs.cache.get(token) {
+            out.extend(list.iter().cloned());
+            return Ok(());
+        }
+        // Not loaded here (a provider's change for a device elsewhere), or its read failed.
+        let engine = self.engine.clone();
+        let token_ = *token;
+        let stored = self.blocking(self.engine.timeout(), move |done| engine.subs_get(token_, done))?;
+        out.extend(self.subs.overlay(token, stored));
+        Ok(())
+    }
+
+    fn put_subscription(&mut self, token: &Token, topic: &[u8], pos: u64) -> Result<(), StoreError> {
+        self.drain();
+        // A topic cached as present only moves forward: a stale writer never
+        // takes a device's position back. Unknown here: inserted (or set).
+        let present = self.subs.cache.get(token).is_some_and(|l| l.iter().any(|r| &*r.topic == topic));
+        let op = if present {
+            SubOp::Advance { topic: topic.into(), pos }
+        } else {
+            SubOp::Put { topic: topic.into(), pos }
+        };
+        self.stage_sub(token, op);
+        Ok(())
+    }
+
+    fn remove_subscription(&mut self, token: &Token, topic: &[u8]) -> Result<(), StoreError> {
+        self.drain();
+        self.stage_sub(token, SubOp::Remove { topic: topic.into() });
+        Ok(())
     }
 }
 
@@ -750,7 +1030,12 @@ mod tests {
             ],
         );
         s.on_fetched(t, gen, Ok(f));
+        assert!(s.loads[&t].subs_loading, "the subscriptions are not read yet");
+        s.on_subs_read(t, gen, Ok(vec![rec("news", 3)]));
         assert!(s.is_loaded(&t));
+        let mut subs = Vec::new();
+        s.subscriptions(&t, &mut subs).unwrap();
+        assert_eq!(subs, vec![rec("news", 3)]);
         // 8 expired, 7 collapsed into 20, 21 is the cached copy of our own publish.
         assert_eq!(ids(&mut s, &t), vec![5, 20, 21]);
         assert_eq!(s.take_missed(&t).unwrap(), 0);
@@ -795,6 +1080,82 @@ mod tests {
         assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok((2, false)));
         assert_eq!(s.commit().unwrap(), Ticket::Durable, "nothing new to wait for");
         s.append(&t, msg(3, 4_000_000_000, b"")).unwrap();
+        assert!(s.sync().is_err());
+    }
+
+    fn rec(topic: &str, pos: u64) -> SubRecord {
+        SubRecord { topic: topic.as_bytes().into(), pos }
+    }
+
+    #[test]
+    fn subscription_changes_show_at_once_and_position_updates_merge() {
+        let mut st = SubState::default();
+        let t = Token([1; 24]);
+        st.cache.insert(t, vec![rec("a", 5)]);
+        st.stage(&t, SubOp::Advance { topic: (*b"a").into(), pos: 7 });
+        st.stage(&t, SubOp::Advance { topic: (*b"a").into(), pos: 6 });
+        st.stage(&t, SubOp::Put { topic: (*b"b").into(), pos: 1 });
+        st.stage(&t, SubOp::Advance { topic: (*b"b").into(), pos: 3 });
+        assert_eq!(st.cache[&t], vec![rec("a", 7), rec("b", 3)]);
+        assert_eq!(
+            st.staged[&t],
+            vec![
+                SubOp::Advance { topic: (*b"a").into(), pos: 7 },
+                SubOp::Put { topic: (*b"b").into(), pos: 3 }
+            ],
+            "one change per topic for a run of position updates"
+        );
+        assert_eq!(st.staged_len, 2);
+        // Answered with another node's change in it: the answer wins, our unanswered changes stay on top.
+        let ops = st.staged.remove(&t).unwrap();
+        st.staged_len = 0;
+        st.inflight.entry(t).or_default().push_back((9, ops));
+        st.stage(&t, SubOp::Remove { topic: (*b"a").into() });
+        st.on_written(&t, 9, Some(vec![rec("a", 7), rec("b", 3), rec("other", 2)]));
+        assert_eq!(st.cache[&t], vec![rec("b", 3), rec("other", 2)]);
+        assert!(st.inflight.is_empty());
+        st.stage(&t, SubOp::Clear);
+        assert_eq!(
+            (st.staged[&t].clone(), st.staged_len),
+            (vec![SubOp::Clear], 1),
+            "a clear replaces what was staged"
+        );
+        assert!(st.cache[&t].is_empty());
+    }
+
+    #[test]
+    fn the_load_hook_waits_for_the_backlog_and_the_subscriptions() {
+        let mut inbox = Inbox::default();
+        let t = Token([2; 24]);
+        inbox.load_parts.insert(t, LoadParts { gen: 4, fetch: true, subs: true });
+        assert!(!inbox.part_done(t, 4, false), "the subscriptions are still out");
+        assert!(!inbox.part_done(t, 4, false), "a second backlog read does not count for them");
+        assert!(inbox.part_done(t, 4, true));
+        assert!(inbox.part_done(t, 4, false), "later reads fire at once");
+        inbox.load_parts.insert(t, LoadParts { gen: 5, fetch: true, subs: true });
+        assert!(inbox.part_done(t, 4, true), "an earlier load's read is not this load's");
+        assert!(!inbox.part_done(t, 5, true));
+        assert!(inbox.part_done(t, 5, false));
+    }
+
+    #[test]
+    fn a_failed_subscription_write_fails_its_batch() {
+        let e = offline_engine();
+        let mut s = ClusterStore::new(e.handle().clone(), 0, 1, 10);
+        let (tx, rx) = std::sync::mpsc::channel();
+        s.set_durable_hook(Box::new(move |upto, ok| {
+            let _ = tx.send((upto, ok));
+        }));
+        let t = Token([6; 24]);
+        s.put_subscription(&t, b"news", 1).unwrap();
+        s.remove_subscription(&t, b"old").unwrap();
+        assert_eq!(s.commit().unwrap(), Ticket::Pending(1), "one update for the token");
+        assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok((1, false)));
+        // Past the per-token bound the changes go without waiting for the commit.
+        for i in 0..SUB_OPS_PER_TOKEN {
+            s.put_subscription(&t, format!("t{i}").as_bytes(), 1).unwrap();
+        }
+        assert!(s.subs.staged.is_empty() && s.subs.inflight.contains_key(&t));
         assert!(s.sync().is_err());
     }
 
