@@ -7,19 +7,17 @@ mod common;
 #[allow(dead_code)]
 #[path = "cluster/nats.rs"]
 mod nats;
+#[allow(dead_code)]
+#[path = "cluster/node.rs"]
+mod node;
 
 use std::time::{Duration, Instant};
 
-use common::{push_frame, secret, test_config, test_key, with_note, Raw, APP, APP_SECRET};
-use pushgate::cluster::Engine;
-use pushgate::config::ClusterConfig;
-use pushgate::gateway::Gateway;
+use common::{push_frame, secret, with_note, Raw, APP};
 use pushgate::proto::{Frame, GoAwayReason, Status, Token};
-use pushgate::shard::cluster::{ClusterLink, MAX_SLOTS};
-use pushgate::store::cluster::ClusterStore;
-use pushgate::store::Store;
 
 use nats::NatsCluster;
+use node::Node;
 
 const T: Duration = Duration::from_secs(10);
 
@@ -27,82 +25,6 @@ const T: Duration = Duration::from_secs(10);
 fn in_an_hour() -> u32 {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock");
     (now.as_secs() + 3600) as u32
-}
-
-/// One gateway node: its engine (dropped after the gateway) and the gateway.
-struct Node {
-    gw: Option<Gateway>,
-    engine: Option<Engine>,
-    slot: u8,
-}
-
-impl Node {
-    fn start(id: &str, urls: Vec<String>) -> Node {
-        let c = ClusterConfig { nats: urls, node_id: id.into(), ..ClusterConfig::default() };
-        let engine = Engine::start(&c).expect("engine starts");
-        let t0 = Instant::now();
-        let slot = loop {
-            let (tx, rx) = std::sync::mpsc::channel();
-            engine.claim_slot(
-                MAX_SLOTS,
-                Box::new(move |r| {
-                    let _ = tx.send(r);
-                }),
-            );
-            match rx.recv_timeout(Duration::from_secs(15)).expect("the slot claim completes") {
-                Ok(s) => break s,
-                Err(e) if t0.elapsed() < Duration::from_secs(30) => {
-                    eprintln!("{id}: no slot yet: {e}");
-                    std::thread::sleep(Duration::from_millis(200));
-                }
-                Err(e) => panic!("{id}: no id slot after 30 s: {e}"),
-            }
-        };
-        let mut cfg = test_config(2);
-        cfg.cluster = Some(c);
-        let cap = cfg.limits.device_queue_cap;
-        let stores: Vec<Box<dyn Store>> = (0..2)
-            .map(|i| Box::new(ClusterStore::new(engine.handle().clone(), i, 2, cap)) as Box<dyn Store>)
-            .collect();
-        let link = ClusterLink { engine: engine.handle().clone(), slot };
-        let gw = Gateway::start_in(cfg, test_key(), stores, Some(link)).expect("gateway starts");
-        Node { gw: Some(gw), engine: Some(engine), slot }
-    }
-
-    fn gw(&self) -> &Gateway {
-        self.gw.as_ref().expect("running")
-    }
-
-    fn device(&self, label: &str) -> (Raw, Token) {
-        let mut d = Raw::connect(self.gw().device_addr);
-        let (token, _, _) = d.hello(APP, &secret(label), 30);
-        (d, token)
-    }
-
-    fn provider(&self) -> Raw {
-        let mut p = Raw::connect(self.gw().provider_addr);
-        p.login(APP, APP_SECRET);
-        p
-    }
-
-    /// Stops the node the way a crash looks to the others: its engine
-    /// leaves NATS (no more answers) while its route claims stay in the table.
-    fn stop(&mut self) {
-        if let Some(gw) = self.gw.take() {
-            gw.drain();
-            let t0 = Instant::now();
-            while !gw.is_finished() && t0.elapsed() < T {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        self.engine.take();
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.stop();
-    }
 }
 
 /// Reads NOTIFYs until `n` arrived, ACKing each; returns their payloads and ids.

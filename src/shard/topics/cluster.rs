@@ -79,7 +79,6 @@ impl Shard {
     pub(super) fn publish_topic(&mut self, req: ReqRef, key: TopicKey, note: Note, logged: bool) {
         let Some(c) = &self.cluster else { return };
         let engine = c.link.engine.clone();
-        let me = self.index();
         let handles = self.shared.clone();
         let app_id = self.shared.apps.id(key.app).to_string();
         if logged {
@@ -92,7 +91,11 @@ impl Shard {
                         Ok(seq) => Outcome { status: Status::QUEUED, msg_id: TOPIC_ID_BIT | seq, info: 0 },
                         Err(_) => Outcome { status: Status::UNAVAILABLE, msg_id: 0, info: ENGINE_RETRY_MS },
                     };
-                    handles.handles[me].send(vec![ShardMsg::Result(ResultMsg { req, index: 0, outcome })]);
+                    handles.handles[usize::from(req.shard)].send(vec![ShardMsg::Result(ResultMsg {
+                        req,
+                        index: 0,
+                        outcome,
+                    })]);
                 }),
             );
         } else {
@@ -107,7 +110,11 @@ impl Shard {
                         Ok(()) => Outcome { status: Status::DELIVERED, msg_id: id, info: 0 },
                         Err(_) => Outcome { status: Status::UNAVAILABLE, msg_id: 0, info: ENGINE_RETRY_MS },
                     };
-                    handles.handles[me].send(vec![ShardMsg::Result(ResultMsg { req, index: 0, outcome })]);
+                    handles.handles[usize::from(req.shard)].send(vec![ShardMsg::Result(ResultMsg {
+                        req,
+                        index: 0,
+                        outcome,
+                    })]);
                 }),
             );
         }
@@ -123,7 +130,7 @@ impl Shard {
         let name = key.name.clone();
         let op =
             if add { SubOp::Put { topic: name.clone(), pos } } else { SubOp::Remove { topic: name.clone() } };
-        let (me, shared) = (self.index(), self.shared.clone());
+        let shared = self.shared.clone();
         let e2 = engine.clone();
         engine.subs_update(
             token,
@@ -142,7 +149,11 @@ impl Shard {
                     Err(_) => SubStatus::UNAVAILABLE,
                 };
                 let outcome = Outcome::status(Status(status.0));
-                shared.handles[me].send(vec![ShardMsg::Result(ResultMsg { req, index, outcome })]);
+                shared.handles[usize::from(req.shard)].send(vec![ShardMsg::Result(ResultMsg {
+                    req,
+                    index,
+                    outcome,
+                })]);
             }),
         );
     }
