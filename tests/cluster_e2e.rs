@@ -25,7 +25,7 @@ use std::time::Duration;
 use common::{push_frame, secret, wait_until, with_note};
 use harness::{metric_sum, Cluster};
 use load::{Device, Plan, Via};
-use pushgate::proto::{GoAwayReason, Status, Token};
+use pushgate::proto::{Frame, GoAwayReason, Status, Token};
 
 fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs()
@@ -396,4 +396,57 @@ fn offline_on_one_node_backlog_arrives_through_another() {
         assert!(ids.windows(2).all(|w| w[0] < w[1]), "device {name}: ids in acceptance order {ids:?}");
     }
     eprintln!("offline on A, back through C: {:?}", c.started.elapsed());
+}
+
+#[test]
+fn kill_9_of_a_gateway_during_a_broadcast_loses_nothing_for_any_device() {
+    if !harness::tools_available() {
+        return;
+    }
+    const MESSAGES: u32 = 40;
+    let mut c = Cluster::start("");
+    let n = harness::device_budget(90);
+    let devs = failover::devices(&c, "bcast", n, true);
+    let victim = 2;
+    let mut p = load::direct_provider(c.gateways[0].provider);
+    for i in 0..MESSAGES {
+        let body = format!("b{i}");
+        let note = common::note(in_an_hour(), body.as_bytes());
+        p.send(&Frame::PushTopic(pushgate::proto::PushTopic { req_id: i, topic: b"~all", note }));
+    }
+    let mut accepted = std::collections::HashSet::new();
+    for k in 0..MESSAGES {
+        if k == MESSAGES / 4 {
+            c.kill_gateway(victim); // mid fan-out: its devices come back through HAProxy
+        }
+        p.expect(|f| match f {
+            Frame::Result { req_id, status: Status::QUEUED, .. } => accepted.insert(format!("b{req_id}")),
+            other => panic!("expected a queued RESULT, got {other:?}"),
+        });
+    }
+    let all_arrived = || {
+        devs.iter().all(|d| {
+            let got: std::collections::HashSet<String> =
+                d.notes().into_iter().map(|(_, p)| String::from_utf8(p).unwrap()).collect();
+            accepted.is_subset(&got)
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), all_arrived),
+        "after 30 s, {} of {n} devices lack accepted broadcasts\n{}",
+        devs.iter()
+            .filter(|d| {
+                let got: std::collections::HashSet<String> =
+                    d.notes().into_iter().map(|(_, p)| String::from_utf8(p).unwrap()).collect();
+                !accepted.is_subset(&got)
+            })
+            .count(),
+        c.logs()
+    );
+    let moved = c.devices_per_node();
+    assert_eq!(moved[victim], 0);
+    eprintln!(
+        "broadcast fail-over: {n} devices, {} accepted, every one arrived; now {moved:?}",
+        accepted.len()
+    );
 }

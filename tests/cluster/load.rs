@@ -63,7 +63,7 @@ pub fn direct_provider(addr: SocketAddr) -> Raw {
 /// What one device saw, over all its connections.
 #[derive(Default, Debug)]
 pub struct DevLog {
-    /// Every NOTIFY as (msg_id, payload), repeats included, in arrival order.
+    /// Every NOTIFY and TOPIC_NOTIFY as (msg_id, payload), repeats included, in arrival order.
     pub notes: Vec<(u64, Vec<u8>)>,
     pub welcomes: u32,
     /// The sum of every WELCOME's `missed`.
@@ -173,7 +173,8 @@ fn session(via: Via, secret: &[u8], log: &Mutex<DevLog>, stop: &AtomicBool) -> b
                         l.missed += missed;
                         l.online = true;
                     }
-                    Ok(Frame::Notify { msg_id, payload, .. }) => {
+                    Ok(Frame::Notify { msg_id, payload, .. })
+                    | Ok(Frame::TopicNotify { msg_id, payload, .. }) => {
                         l.notes.push((msg_id, payload.to_vec()));
                         drop(l);
                         raw.send_bytes(&encode(&Frame::Ack { msg_id }));
