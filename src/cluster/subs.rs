@@ -54,6 +54,9 @@ pub fn change_subject(prefix: &str) -> String {
 pub enum SubOp {
     /// Inserts the topic, or sets its position if present.
     Put { topic: Box<[u8]>, pos: u64 },
+    /// Inserts the topic if absent; a present one keeps its position (a
+    /// provider's add of a device that subscribed meanwhile elsewhere).
+    Insert { topic: Box<[u8]>, pos: u64 },
     /// Sets the position only if the topic is present and `pos` is larger.
     Advance { topic: Box<[u8]>, pos: u64 },
     /// Deletes the topic, if present.
@@ -71,6 +74,11 @@ pub fn apply(list: &mut Vec<SubRecord>, ops: &[SubOp]) {
                 Some(r) => r.pos = *pos,
                 None => list.push(SubRecord { topic: topic.clone(), pos: *pos }),
             },
+            SubOp::Insert { topic, pos } => {
+                if !list.iter().any(|r| r.topic == *topic) {
+                    list.push(SubRecord { topic: topic.clone(), pos: *pos });
+                }
+            }
             SubOp::Advance { topic, pos } => {
                 if let Some(r) = list.iter_mut().find(|r| r.topic == *topic) {
                     r.pos = r.pos.max(*pos);
@@ -458,6 +466,9 @@ mod tests {
         assert_eq!(l, vec![rec("b", 9)]);
         apply(&mut l, &[SubOp::Clear, put("z", 1)]);
         assert_eq!(l, vec![rec("z", 1)]);
+        let ins = |t: &str, pos| SubOp::Insert { topic: t.as_bytes().into(), pos };
+        apply(&mut l, &[ins("z", 9), ins("y", 2)]);
+        assert_eq!(l, vec![rec("z", 1), rec("y", 2)], "insert keeps a present position");
     }
 
     #[test]

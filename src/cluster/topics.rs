@@ -254,14 +254,14 @@ impl EngineHandle {
     /// follows the stream across reconnects and server restarts, each
     /// message once. `caught_up` completes with the stream's last sequence
     /// as it was when the feed started, once the replay reached it (at once
-    /// for an empty stream); a replay slower than `request_timeout` × 30
-    /// (at least 60 s) fails it with `Timeout`, the feed going on.
+    /// for an empty stream). It has no deadline of its own (a day): the
+    /// caller decides how long a replay may take.
     pub fn topic_feed(&self, log_cap: usize, log_bytes: usize, handler: TopicHandler, caught_up: Done<u64>) {
         let (tx, rx) = oneshot::channel();
         let on_announce = handler.clone();
         self.spawn(move |ctx| async move { announcements(ctx, on_announce).await });
         self.spawn(move |ctx| async move { feed(ctx, log_cap, log_bytes, handler, tx).await });
-        let wait = (self.timeout() * 30).max(Duration::from_secs(60));
+        let wait = Duration::from_secs(86_400);
         self.submit_within(Op::TopicFeed, wait, caught_up, move |_| async move {
             rx.await.map_err(|_| EngineError::Stopped)
         });

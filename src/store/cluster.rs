@@ -217,7 +217,10 @@ const SUB_FLUSH_AT: usize = 512;
 
 fn op_topic(op: &SubOp) -> Option<&[u8]> {
     match op {
-        SubOp::Put { topic, .. } | SubOp::Advance { topic, .. } | SubOp::Remove { topic } => Some(topic),
+        SubOp::Put { topic, .. }
+        | SubOp::Insert { topic, .. }
+        | SubOp::Advance { topic, .. }
+        | SubOp::Remove { topic } => Some(topic),
         SubOp::Clear => None,
     }
 }
@@ -951,12 +954,14 @@ impl Store for ClusterStore {
     fn put_subscription(&mut self, token: &Token, topic: &[u8], pos: u64) -> Result<(), StoreError> {
         self.drain();
         // A topic cached as present only moves forward: a stale writer never
-        // takes a device's position back. Unknown here: inserted (or set).
-        let present = self.subs.cache.get(token).is_some_and(|l| l.iter().any(|r| &*r.topic == topic));
-        let op = if present {
-            SubOp::Advance { topic: topic.into(), pos }
-        } else {
-            SubOp::Put { topic: topic.into(), pos }
+        // takes a device's position back. A device not loaded here gets a
+        // subscription only if it has none to the topic (the shard read its
+        // list just before; one made meanwhile elsewhere keeps its place).
+        let topic: Box<[u8]> = topic.into();
+        let op = match self.subs.cache.get(token) {
+            Some(l) if l.iter().any(|r| r.topic == topic) => SubOp::Advance { topic, pos },
+            None if !self.loads.contains_key(token) => SubOp::Insert { topic, pos },
+            _ => SubOp::Put { topic, pos },
         };
         self.stage_sub(token, op);
         Ok(())
