@@ -35,6 +35,16 @@ struct Waiting {
     subscribed: Vec<(Entry, u16, SubStatus)>,
 }
 
+impl Waiting {
+    /// The writes these answers wait for were lost: each says so.
+    fn fail(&mut self) {
+        fail(self.results.iter_mut());
+        for (_, _, status) in &mut self.subscribed {
+            *status = SubStatus::STORE_FAILED;
+        }
+    }
+}
+
 struct Batch {
     ticket: u64,
     committed_us: u64,
@@ -164,7 +174,7 @@ impl Commit {
                 let held = self.awaiting_ack.iter_mut().filter_map(|a| a.result.as_mut());
                 fail(held);
                 let mut w = waiting;
-                fail(w.results.iter_mut());
+                w.fail();
                 out.add(w);
             }
         }
@@ -180,7 +190,7 @@ impl Commit {
             metrics
                 .on_store_sync(std::time::Duration::from_micros(now_us.saturating_sub(b.committed_us)), ok);
             if !ok {
-                fail(b.waiting.results.iter_mut());
+                b.waiting.fail();
             }
             out.add(b.waiting);
         }
@@ -200,7 +210,7 @@ impl Commit {
         let mut out = self.on_durable(u64::MAX, ok, now_us, metrics);
         let mut rest = std::mem::take(&mut self.next);
         if !ok {
-            fail(rest.results.iter_mut());
+            rest.fail();
         }
         out.add(rest);
         self.dirty = false;

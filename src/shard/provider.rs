@@ -182,7 +182,12 @@ impl Shard {
         }
         match answer {
             Answer::Push(outcomes) if form == Form::Manage => {
-                let statuses: Vec<u8> = outcomes.iter().map(|o| o.status.0).collect();
+                // The outcomes carry SubStatus codes; a failed commit wrote Status::STORE_FAILED.
+                let code = |o: &Outcome| match o.status {
+                    Status::STORE_FAILED => crate::proto::SubStatus::STORE_FAILED.0,
+                    s => s.0,
+                };
+                let statuses: Vec<u8> = outcomes.iter().map(code).collect();
                 self.send_frame(idx, &Frame::TopicManageResult { req_id, statuses: &statuses });
             }
             Answer::Push(outcomes) if form == Form::Result => {

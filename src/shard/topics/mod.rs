@@ -265,6 +265,9 @@ impl Shard {
         if classify(topic) != TopicName::Plain {
             return SubStatus::BAD_TOPIC;
         }
+        if self.shared.draining.load(std::sync::atomic::Ordering::Relaxed) {
+            return SubStatus::UNAVAILABLE;
+        }
         let cap = self.shared.cfg.limits.topics_per_device;
         let Some(Conn::Device(d)) = self.conns.get_mut(idx as usize) else { return SubStatus::UNAVAILABLE };
         let (token, app) = (d.token, d.app);

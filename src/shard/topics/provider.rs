@@ -107,7 +107,11 @@ impl Shard {
             return;
         }
         let req = self.requests.open_push(reply, n);
-        let early = (classify(topic) != TopicName::Plain).then_some(SubStatus::BAD_TOPIC);
+        let early = if classify(topic) != TopicName::Plain {
+            Some(SubStatus::BAD_TOPIC)
+        } else {
+            self.shared.draining.load(std::sync::atomic::Ordering::Relaxed).then_some(SubStatus::UNAVAILABLE)
+        };
         let shared = self.shared.clone();
         let app_id = shared.apps.id(app);
         for (i, t) in tokens.chunks_exact(TOKEN_LEN).enumerate() {
