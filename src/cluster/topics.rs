@@ -361,7 +361,9 @@ async fn feed(
         );
     }
     let target = if info.state.messages == 0 { 0 } else { info.state.last_sequence };
-    let mut cur = Cursor { last: 0, target, caught_up: Some(tx) };
+    // An empty stream is followed from its next sequence (what it held is gone).
+    let last = if target == 0 { info.state.last_sequence } else { 0 };
+    let mut cur = Cursor { last, target, caught_up: Some(tx) };
     cur.reached(target == 0);
     let mut serial = 0u64;
     loop {
@@ -417,6 +419,15 @@ async fn follow(
         };
         if seq <= cur.last {
             continue;
+        }
+        if cur.caught_up.is_none() && seq > cur.last + 1 {
+            // Live, sequences skip only for messages the stream's limits
+            // (per-topic cap, bytes, age) dropped before this node read them.
+            warn!(
+                "engine: topic feed: sequences {} to {} were gone before this node read them",
+                cur.last + 1,
+                seq - 1
+            );
         }
         let target = parse_subject(prefix, "t", m.subject.as_str());
         match (target, decode_note(&m.payload)) {
