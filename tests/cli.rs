@@ -219,3 +219,33 @@ fn a_second_gateway_on_a_taken_port_refuses_to_start() {
         .unwrap();
     assert!(!out.status.success(), "a second pushgate must not split the first one's port");
 }
+
+#[test]
+fn a_device_subscribes_and_gets_a_topic_push_from_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = serve(&dir.path().join("data"));
+    let secret_file = dir.path().join("device.secret");
+    let (mut dev, rx) = device(&srv, &secret_file, &["--subscribe", "news", "--count", "2"]);
+    assert_eq!(next_json(&rx)["event"], "registered");
+    let sub = next_json(&rx);
+    assert_eq!((sub["event"].as_str(), sub["topic"].as_str()), (Some("subscribed"), Some("news")));
+    let push = |topic: &str, text: &str| {
+        let out = Command::new(BIN)
+            .args(["push", "--json", "--addr", &srv.provider.to_string(), "--secret", &srv.secret])
+            .args(["--topic", topic, text])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "push failed: {}", String::from_utf8_lossy(&out.stderr));
+        json(String::from_utf8_lossy(&out.stdout).lines().next().unwrap())
+    };
+    let res = push("news", "extra, extra");
+    assert_eq!((res["topic"].as_str(), res["status"].as_str()), (Some("news"), Some("queued")));
+    let note = next_json(&rx);
+    assert_eq!((note["topic"].as_str(), note["payload"].as_str()), (Some("news"), Some("extra, extra")));
+    assert_eq!(note["msg_id"], res["msg_id"]);
+    push("sports", "not for this device");
+    push("~all", "for everyone");
+    let note = next_json(&rx);
+    assert_eq!((note["topic"].as_str(), note["payload"].as_str()), (Some("~all"), Some("for everyone")));
+    assert!(dev.wait().unwrap().success(), "device exits 0 after --count 2");
+}

@@ -49,6 +49,9 @@ pub struct DeviceArgs {
     /// Register, then unregister (as an uninstalled app would) and exit 0 once the gateway confirms.
     #[arg(long, conflicts_with_all = ["count", "timeout"])]
     pub unregister: bool,
+    /// Subscribe to this topic of the app on every connection (repeat for several).
+    #[arg(long = "subscribe", value_name = "TOPIC")]
+    pub topics: Vec<String>,
 }
 
 /// Reconnect delay cap for the first failed attempt, doubling per attempt up to `BACKOFF_MAX`.
@@ -185,6 +188,21 @@ impl<'a> Device<'a> {
                 "unregistered".into()
             })?;
             return Ok(Next::Exit(ExitCode::SUCCESS));
+        }
+        for (i, topic) in self.args.topics.iter().enumerate() {
+            let req_id = i as u16 + 1;
+            dev.subscribe(req_id, topic).map_err(|e| fail(&format!("subscribe to {topic}: {e}")))?;
+            let status = dev
+                .wait_subscribe_result(req_id, Duration::from_secs(10))
+                .map_err(|e| fail(&format!("subscribe to {topic}: {e}")))?;
+            if status != crate::proto::SubStatus::OK {
+                return Err(fail(&format!("subscribe to {topic}: {status}")));
+            }
+            line(&if self.args.json {
+                json!({"event": "subscribed", "topic": topic}).to_string()
+            } else {
+                format!("subscribed to {topic}")
+            })?;
         }
         if self.args.count.is_some_and(|n| self.received >= n) {
             return Ok(Next::Exit(ExitCode::SUCCESS));

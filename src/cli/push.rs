@@ -1,5 +1,6 @@
 //! `pushgate push`: authenticate as a provider, push one notification to one
-//! token (PUSH) or several (MULTI_PUSH), print the result per token.
+//! token (PUSH), several (MULTI_PUSH) or a topic (PUSH_TOPIC), print the
+//! result per token (or for the topic).
 //!
 //! Exit codes: 0 when every token's status is delivered or queued (and, with
 //! `--receipt`, every receipt came), 1 when any is not, 2 when the push could
@@ -22,8 +23,11 @@ pub const SECRET_ENV: &str = "PUSHGATE_APP_SECRET";
 #[derive(clap::Args, Debug, Clone)]
 pub struct PushArgs {
     /// Device token, 48 hex digits; repeat to push to several devices at once.
-    #[arg(long = "token", value_name = "HEX", required = true)]
+    #[arg(long = "token", value_name = "HEX", required_unless_present = "topic", conflicts_with = "topic")]
     pub tokens: Vec<String>,
+    /// Push to this topic of the app instead (`~all`: every device of the app).
+    #[arg(long, value_name = "NAME")]
+    pub topic: Option<String>,
     /// Gateway provider port.
     #[arg(long, default_value = "127.0.0.1:7701")]
     pub addr: String,
@@ -49,7 +53,7 @@ pub struct PushArgs {
     /// Ask for delivery receipts and wait for one per accepted token. The
     /// gateway hands a receipt to one session of the app, so another connected
     /// provider of the same app may get it instead.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "topic")]
     pub receipt: bool,
     /// How long --receipt waits, seconds.
     #[arg(long, value_name = "S", default_value_t = 10.0, requires = "receipt")]
@@ -98,7 +102,8 @@ fn push(args: &PushArgs) -> Result<ExitCode, ExitCode> {
         Some(s) => s.clone(),
         None => std::env::var(SECRET_ENV).map_err(|_| fail(&format!("give --secret or set {SECRET_ENV}")))?,
     };
-    let mut req = PushRequest::new(tokens[0], args.payload.join(" "))
+    let first = tokens.first().copied().unwrap_or(Token([0; crate::proto::TOKEN_LEN]));
+    let mut req = PushRequest::new(first, args.payload.join(" "))
         .with_kind(args.kind.kind())
         .with_priority(match args.priority {
             PriorityArg::High => PRIORITY_HIGH,
@@ -128,6 +133,17 @@ fn push(args: &PushArgs) -> Result<ExitCode, ExitCode> {
     // (token, msg_id) of every accepted notification, for matching receipts.
     let mut accepted = HashSet::new();
     let multi = tokens.len() > 1;
+    if let Some(topic) = &args.topic {
+        let r = client.push_topic(topic, &req.note).map_err(|e| fail(&format!("push failed: {e}")))?;
+        all_accepted = r.is_accepted();
+        let text = if args.json {
+            json!({"topic": topic, "status": status_name(r.status), "msg_id": r.msg_id}).to_string()
+        } else {
+            format!("topic {topic}: {}", describe(r.status, r.msg_id, r.info))
+        };
+        emit(&text)?;
+        return Ok(if all_accepted { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+    }
     if let [token] = tokens[..] {
         let r = client.push(&req).map_err(|e| fail(&format!("push failed: {e}")))?;
         all_accepted = r.is_accepted();
@@ -263,6 +279,12 @@ mod tests {
         assert!(a.json);
         assert_eq!((a.kind, a.priority, a.expiry_s), (KindArg::Alert, PriorityArg::High, DEFAULT_TTL_S));
         assert!(Cli::try_parse_from(["push", "x"]).is_err(), "--token is required");
+        let a = Cli::try_parse_from(["push", "--topic", "news", "hi"]).unwrap().a;
+        assert_eq!((a.topic.as_deref(), a.tokens.len()), (Some("news"), 0));
+        assert!(
+            Cli::try_parse_from(["push", "--topic", "n", "--token", &t, "x"]).is_err(),
+            "one or the other"
+        );
     }
 
     #[test]
