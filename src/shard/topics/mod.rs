@@ -25,11 +25,11 @@ impl Shard {
     /// position, and moves each position past what the catch-up cap skips.
     /// Returns how many topic messages were skipped (added to `missed`).
     pub(super) fn load_topics(&mut self, idx: u32) -> u32 {
-        let Some(Conn::Device(d)) = self.conns.get(idx as usize) else { return 0 };
-        if d.topics.is_some() {
-            return 0;
-        }
+        let Some(Conn::Device(d)) = self.conns.get_mut(idx as usize) else { return 0 };
         let (token, app) = (d.token, d.app);
+        // A change made while the device was being welcomed (a provider's
+        // TOPIC_MANAGE) is already here; the store's records join it.
+        let mut topics = d.topics.take().map(|b| *b).unwrap_or_default();
         let mut records = Vec::new();
         if let Err(e) = self.store.subscriptions(&token, &mut records) {
             warn!("shard {}: reading subscriptions: {e}", self.index());
@@ -39,14 +39,13 @@ impl Shard {
             // No broadcast yet: every unexpired one in the log is owed.
             records.push(SubRecord { topic: broadcast.name.clone(), pos: 0 });
         }
-        if records.is_empty() {
-            return 0;
-        }
         let cap = self.shared.cfg.limits.topic_catchup_cap;
         let now = self.clock.unix_s;
-        let mut topics = DeviceTopics::default();
         let mut missed = 0u32;
         for r in records {
+            if topics.find(&r.topic).is_some() {
+                continue;
+            }
             let key = TopicKey { app, name: r.topic };
             let backlog = self.shared.topics.backlog(&key, r.pos, now, cap);
             let mut pos = r.pos;
@@ -59,7 +58,7 @@ impl Shard {
             self.topics.join(key, idx);
         }
         if let Some(Conn::Device(d)) = self.conns.get_mut(idx as usize) {
-            d.topics = Some(Box::new(topics));
+            d.topics = (!topics.subs.is_empty() || !topics.inflight.is_empty()).then(|| Box::new(topics));
         }
         missed
     }
