@@ -22,6 +22,8 @@ use crate::util::{device_secret, interrupted, mix64, now_ns, read_payload, sourc
 use crate::wire::{self, DevCtx, DevEvent, Target, WireState};
 
 const WAKER: Token = Token(usize::MAX);
+/// The device field of a broadcast payload: every device, not one.
+pub const BROADCAST_DEV: u32 = u32::MAX;
 const MS: u64 = 1_000_000;
 
 /// How the devices of one worker behave; sent from the parent as JSON.
@@ -43,6 +45,9 @@ pub struct DevConfig {
     pub churn_per_s: f64,
     /// Devices wait for `Cmd::Unpark` before connecting.
     pub start_parked: bool,
+    /// Broadcast scenario: the shared topic devices subscribe to on `Cmd::Subscribe`.
+    #[serde(default)]
+    pub topic: Option<String>,
 }
 
 /// Orders from the worker's main thread.
@@ -56,6 +61,8 @@ pub enum Cmd {
     Unpark,
     /// Start dropping devices at random (`churn_per_s`), once all have registered.
     Churn,
+    /// Subscribe every registered device to the configured topic, once.
+    Subscribe,
     Stop,
 }
 
@@ -65,6 +72,8 @@ pub struct Shared {
     pub counters: DevCounters,
     pub interval: Option<Histogram<u64>>,
     pub tokens: Vec<(u32, String)>,
+    /// Broadcast: per message sequence, (devices that got it, latest arrival after the send, ns).
+    pub per_msg: HashMap<u64, (u64, u64)>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -96,6 +105,8 @@ struct Dev {
     storm_pending: bool,
     /// The token last reported to the parent; a different one is reported again.
     token: Option<String>,
+    /// Subscribed to the broadcast topic (it outlives connections).
+    subscribed: bool,
 }
 
 /// Why a connection ended, for the counters and the reconnect policy.
@@ -124,6 +135,7 @@ pub struct DeviceThread {
     churn_on: bool,
     parked_all: bool,
     scratch: Vec<u8>,
+    per_msg: HashMap<u64, (u64, u64)>,
 }
 
 impl DeviceThread {
@@ -148,6 +160,7 @@ impl DeviceThread {
                 fp: Fingerprint::default(),
                 storm_pending: false,
                 token: None,
+                subscribed: false,
             })
             .collect();
         let rng = Rng::new(cfg.seed ^ mix64(first as u64 + 1));
@@ -166,6 +179,7 @@ impl DeviceThread {
             churn_acc: 0.0,
             churn_on: false,
             scratch: vec![0u8; 64 * 1024],
+            per_msg: HashMap::new(),
         };
         for i in 0..t.devs.len() {
             if t.parked_all {
@@ -237,6 +251,9 @@ impl DeviceThread {
             None => s.interval = Some(self.interval.clone()),
         }
         s.tokens.append(&mut self.tokens);
+        if !self.per_msg.is_empty() {
+            s.per_msg.clone_from(&self.per_msg);
+        }
         drop(s);
         total.lock().expect("total hist").add(&self.interval).expect("same bounds");
         self.interval.reset();
@@ -313,7 +330,7 @@ impl DeviceThread {
                 d.sock = Some(s);
                 d.st = St::Connecting;
                 d.writable_interest = true;
-                d.ws = WireState::default();
+                d.ws = WireState { topic_mode: self.cfg.topic.is_some(), ..WireState::default() };
                 d.rbuf.clear();
                 d.wbuf.clear();
                 self.pending += 1;
@@ -356,8 +373,13 @@ impl DeviceThread {
             let d = &mut self.devs[i];
             d.st = St::Handshake;
             let secret = device_secret(self.cfg.seed, d.idx);
-            let ctx =
-                DevCtx { idx: d.idx, app: &self.cfg.app, secret: &secret, keepalive_s: self.cfg.keepalive_s };
+            let ctx = DevCtx {
+                idx: d.idx,
+                app: &self.cfg.app,
+                secret: &secret,
+                keepalive_s: self.cfg.keepalive_s,
+                topic_mode: self.cfg.topic.is_some(),
+            };
             wire::hello(self.cfg.target, &ctx, &mut d.wbuf);
         }
         if let Some(why) = self.read(i) {
@@ -467,7 +489,7 @@ impl DeviceThread {
                     self.c.foreign += 1;
                     return None;
                 };
-                if dev != d.idx {
+                if dev != d.idx && dev != BROADCAST_DEV {
                     self.c.misrouted += 1;
                 }
                 let key = msg_id.unwrap_or(seq);
@@ -479,6 +501,11 @@ impl DeviceThread {
                         self.c.unique += 1;
                         self.c.last_delivery_ns = now;
                         record(&mut self.interval, now.saturating_sub(ts) / 1000);
+                        if dev == BROADCAST_DEV {
+                            let m = self.per_msg.entry(seq).or_default();
+                            m.0 += 1;
+                            m.1 = m.1.max(now.saturating_sub(ts));
+                        }
                     }
                     std::collections::hash_map::Entry::Occupied(mut o) => {
                         if *o.get() == epoch {
@@ -492,6 +519,16 @@ impl DeviceThread {
                 None
             }
             Ev::Pong => None,
+            Ev::Subscribed { ok } => {
+                let d = &mut self.devs[i];
+                if !ok {
+                    self.c.sub_failed += 1;
+                } else if !d.subscribed {
+                    d.subscribed = true;
+                    self.c.subscribed += 1;
+                }
+                None
+            }
             Ev::GoAway { reason, reconnect_ms } => {
                 self.c.goaway[(reason as usize).min(5)] += 1;
                 Some(Why::GoAway(reason, reconnect_ms))
@@ -608,6 +645,23 @@ impl DeviceThread {
                 }
             }
             Cmd::Churn => self.churn_on = true,
+            Cmd::Subscribe => {
+                let Some(topic) = self.cfg.topic.clone() else { return };
+                for i in 0..self.devs.len() {
+                    if self.devs[i].st != St::Ready || self.devs[i].subscribed {
+                        continue;
+                    }
+                    let d = &mut self.devs[i];
+                    let before = d.wbuf.len();
+                    wire::subscribe(self.cfg.target, &topic, &mut d.wbuf);
+                    if d.wbuf.len() == before {
+                        // Nothing to ask (pushgate's `~all`): the device is in the topic already.
+                        d.subscribed = true;
+                        self.c.subscribed += 1;
+                    }
+                    self.flush(i);
+                }
+            }
             Cmd::Stop => {}
         }
     }
@@ -635,6 +689,7 @@ enum Ev {
     Notify { msg_id: Option<u64>, payload: Option<(u64, u32, u64)> },
     Pong,
     GoAway { reason: u8, reconnect_ms: u32 },
+    Subscribed { ok: bool },
 }
 
 impl From<DevEvent<'_>> for Ev {
@@ -646,6 +701,7 @@ impl From<DevEvent<'_>> for Ev {
             DevEvent::Notify { msg_id, payload } => Ev::Notify { msg_id, payload: read_payload(payload) },
             DevEvent::Pong => Ev::Pong,
             DevEvent::GoAway { reason, reconnect_ms } => Ev::GoAway { reason, reconnect_ms },
+            DevEvent::Subscribed { ok } => Ev::Subscribed { ok },
         }
     }
 }

@@ -12,12 +12,14 @@
 //! # Layout
 //! - `opts`: the command line.
 //! - `run`: the parent: spawns workers, runs providers, drives a scenario.
+//! - `broadcast`: the broadcast scenario's phases and its topic publishers.
 //! - `report`: summary table, JSON object, SVG plot.
 //! - `worker`, `devices`: a worker process and its mio device threads.
 //! - `provider`: pipelined pushers for each target.
 //! - `wire`: device-side codecs for pushgate, MQTT 3.1.1 and NATS.
 //! - `stats`, `util`: counters, histograms, fingerprints, clock, addresses.
 
+mod broadcast;
 mod devices;
 mod opts;
 mod provider;

@@ -37,6 +37,8 @@ pub enum Scenario {
     Offline,
     /// Throughput with stored notifications (expiry > 0).
     Durable,
+    /// Every device in one topic; topic pushes: time to the last device, fan-out and catch-up rates.
+    Broadcast,
 }
 
 impl Scenario {
@@ -47,6 +49,7 @@ impl Scenario {
             Scenario::Storm => "storm",
             Scenario::Offline => "offline",
             Scenario::Durable => "durable",
+            Scenario::Broadcast => "broadcast",
         }
     }
 }
@@ -100,6 +103,21 @@ pub struct RunOpts {
     /// Notifications per device in the offline scenario.
     #[arg(long, default_value_t = 5)]
     pub per_device: u32,
+    /// Broadcast: the topic every device subscribes to (`~all`: pushgate's broadcast, no SUBSCRIBE).
+    #[arg(long, default_value = "bcast")]
+    pub topic: String,
+    /// Broadcast: topic pushes while every device is connected, one at a time.
+    #[arg(long, default_value_t = 50)]
+    pub messages: u32,
+    /// Broadcast: topic pushes while every device is offline, then all reconnect at once.
+    #[arg(long, default_value_t = 50)]
+    pub catchup: u32,
+    /// Broadcast: pause after a push has reached every device, milliseconds.
+    #[arg(long, default_value_t = 100)]
+    pub gap_ms: u64,
+    /// The server's data directory: its growth over the pushes gives stored bytes per message.
+    #[arg(long)]
+    pub data_dir: Option<std::path::PathBuf>,
     #[arg(long, default_value = "demo")]
     pub app: String,
     /// The app's provider secret as text.
@@ -180,7 +198,7 @@ impl RunOpts {
 
     pub fn expiry_s(&self) -> u32 {
         let default = match self.scenario {
-            Scenario::Durable | Scenario::Offline => 3600,
+            Scenario::Durable | Scenario::Offline | Scenario::Broadcast => 3600,
             _ => 0,
         };
         self.expiry.unwrap_or(default)

@@ -75,6 +75,28 @@ pub struct Summary {
     pub drain_per_sec: Option<f64>,
     pub provider_errors: u64,
     pub worker_failures: u64,
+    /// Broadcast: seconds until every device was subscribed, and server RSS per subscription.
+    pub subscribe_secs: Option<f64>,
+    pub server_rss_subscribed: Option<u64>,
+    pub server_rss_bytes_per_subscription: Option<f64>,
+    /// Broadcast: per topic push, push to the last device's arrival (ms), over the pushes.
+    pub bcast_messages: u64,
+    pub bcast_incomplete: u64,
+    pub bcast_to_last_p50_ms: Option<f64>,
+    pub bcast_to_last_p99_ms: Option<f64>,
+    pub bcast_to_last_max_ms: Option<f64>,
+    /// Devices reached per second within one push: devices / median time to the last.
+    pub bcast_fanout_per_sec: Option<f64>,
+    /// Data directory growth over the connected pushes, per push: disk blocks and file sizes.
+    pub stored_bytes_per_message: Option<f64>,
+    pub stored_apparent_bytes_per_message: Option<f64>,
+    /// Data directory growth (disk blocks) per push while every device was offline.
+    pub stored_offline_bytes_per_message: Option<f64>,
+    /// Broadcast catch-up: all devices offline, K pushes, all reconnect at once.
+    pub catchup_messages: u64,
+    pub catchup_secs: Option<f64>,
+    pub catchup_per_sec: Option<f64>,
+    pub catchup_registered_secs: Option<f64>,
     /// 1-minute load average at the start and end: the machine is shared, so a busy one shows here.
     pub loadavg_start: Option<f64>,
     pub loadavg_end: Option<f64>,
@@ -195,11 +217,48 @@ pub fn print_table(s: &Summary) {
         ("storm recovery", opt(s.storm_recovery_ms, " ms")),
         ("offline drain", format!("{} in {}", opt(s.drain_per_sec, " /s"), opt(s.drain_secs, " s"))),
         ("missed (WELCOME) / token changed", format!("{} / {}", s.missed_in_welcome, s.token_changed)),
+        (
+            "broadcast: subscribe time / RSS per subscription",
+            format!("{} / {}", opt(s.subscribe_secs, " s"), opt(s.server_rss_bytes_per_subscription, " B")),
+        ),
+        (
+            "broadcast: push to last device p50 / p99 / max",
+            format!(
+                "{} / {} / {} ({} pushes, {} incomplete)",
+                opt(s.bcast_to_last_p50_ms, " ms"),
+                opt(s.bcast_to_last_p99_ms, " ms"),
+                opt(s.bcast_to_last_max_ms, " ms"),
+                s.bcast_messages,
+                s.bcast_incomplete
+            ),
+        ),
+        ("broadcast: fan-out rate", opt(s.bcast_fanout_per_sec, " devices/s")),
+        (
+            "broadcast: stored per push connected / offline",
+            format!(
+                "{} / {} (disk blocks)",
+                opt(s.stored_bytes_per_message, " B"),
+                opt(s.stored_offline_bytes_per_message, " B")
+            ),
+        ),
+        (
+            "broadcast: catch-up all / rate / re-registered",
+            format!(
+                "{} msgs in {} / {} / {}",
+                s.catchup_messages,
+                opt(s.catchup_secs, " s"),
+                opt(s.catchup_per_sec, " /s"),
+                opt(s.catchup_registered_secs, " s")
+            ),
+        ),
         ("load average start / end", format!("{} / {}", opt(s.loadavg_start, ""), opt(s.loadavg_end, ""))),
         ("provider errors / worker failures", format!("{} / {}", s.provider_errors, s.worker_failures)),
     ];
     eprintln!();
     for (k, v) in rows {
+        if k.starts_with("broadcast") && s.scenario != "broadcast" {
+            continue;
+        }
         eprintln!("  {k:<42} {v}");
     }
     eprintln!();

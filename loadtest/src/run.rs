@@ -31,10 +31,10 @@ struct Worker {
 }
 
 /// Everything the parent knows while a run goes on.
-struct State {
-    n: u64,
+pub(crate) struct State {
+    pub(crate) n: u64,
     start_ns: u64,
-    deadline_ns: u64,
+    pub(crate) deadline_ns: u64,
     workers: Vec<Worker>,
     rx: Receiver<Report>,
     latest: HashMap<usize, DevCounters>,
@@ -45,18 +45,20 @@ struct State {
     targets: Vec<Targets>,
     /// Where each device's token sits in its gateway's target list.
     token_pos: HashMap<u32, usize>,
-    prov_stats: Arc<ProvStats>,
+    pub(crate) prov_stats: Arc<ProvStats>,
     timeline: Vec<Sample>,
     /// When each phase began, seconds from the start, for the plot.
     phases: Vec<(f64, &'static str)>,
     last_sample_ns: u64,
     last_unique: u64,
     last_accepted: u64,
-    phase: &'static str,
+    pub(crate) phase: &'static str,
+    /// Broadcast: each worker's latest (sequence, devices, latest arrival ns).
+    pub(crate) per_msg: HashMap<usize, Vec<(u64, u64, u64)>>,
 }
 
 impl State {
-    fn counters(&self) -> DevCounters {
+    pub(crate) fn counters(&self) -> DevCounters {
         let mut c = DevCounters::default();
         for v in self.latest.values() {
             c.add(v);
@@ -64,7 +66,7 @@ impl State {
         c
     }
 
-    fn send(&mut self, cmd: &str) {
+    pub(crate) fn send(&mut self, cmd: &str) {
         for w in &mut self.workers {
             let _ = writeln!(w.stdin, "{cmd}");
             let _ = w.stdin.flush();
@@ -73,8 +75,11 @@ impl State {
 
     fn on_report(&mut self, r: Report) {
         match r {
-            Report::Tick { w, c, hist, tokens, .. } => {
+            Report::Tick { w, c, hist, tokens, per_msg, .. } => {
                 self.latest.insert(w, c);
+                if !per_msg.is_empty() {
+                    self.per_msg.insert(w, per_msg);
+                }
                 add_pairs(&mut self.sec_hist, &hist);
                 if !tokens.is_empty() {
                     let gws = self.targets.len();
@@ -104,7 +109,7 @@ impl State {
     }
 
     /// Takes reports until `done` holds or `secs` pass; prints progress once a second.
-    fn pump(&mut self, secs: f64, done: impl Fn(&State) -> bool) -> bool {
+    pub(crate) fn pump(&mut self, secs: f64, done: impl Fn(&State) -> bool) -> bool {
         if self.phases.last().map(|p| p.1) != Some(self.phase) {
             self.phases.push(((now_ns() - self.start_ns) as f64 / 1e9, self.phase));
         }
@@ -212,6 +217,7 @@ fn spawn_workers(o: &RunOpts, seed: u64) -> std::io::Result<(Vec<Worker>, Receiv
                 backoff_max_ms: o.backoff_max_ms,
                 churn_per_s: o.churn,
                 start_parked: false,
+                topic: (o.scenario == Scenario::Broadcast).then(|| o.topic.clone()),
             },
             first,
             count: n,
@@ -308,7 +314,7 @@ fn pct(a: Option<f64>, b: Option<f64>, secs: f64) -> Option<f64> {
     Some((b? - a?) / secs.max(1e-9) * 100.0)
 }
 
-fn rss_total(pids: &[u32]) -> Option<u64> {
+pub(crate) fn rss_total(pids: &[u32]) -> Option<u64> {
     if pids.is_empty() {
         return None;
     }
@@ -378,6 +384,9 @@ pub fn main(o: Box<RunOpts>) -> Result<i32, String> {
     if o.target != Target::Pushgate && matches!(o.scenario, Scenario::Offline | Scenario::Durable) {
         return Err("offline and durable need stored notifications: pushgate only".into());
     }
+    if o.target == Target::Nats && o.scenario == Scenario::Broadcast {
+        return Err("broadcast needs acknowledged, queued topic messages: pushgate or mosquitto".into());
+    }
     let _server = match &o.spawn {
         Some(cmd) => Some(spawn_server(cmd, o.device_addrs()[0]).map_err(|e| e.to_string())?),
         None => None,
@@ -410,6 +419,7 @@ pub fn main(o: Box<RunOpts>) -> Result<i32, String> {
         last_unique: 0,
         last_accepted: 0,
         phase: "connect",
+        per_msg: HashMap::new(),
     };
     if o.target != Target::Pushgate {
         // Peers address devices by index, not by token.
@@ -485,6 +495,10 @@ pub fn main(o: Box<RunOpts>) -> Result<i32, String> {
             sum.provider_errors += join_providers(hs, &mut acc);
             let accepted = st.prov_stats.accepted.load(Relaxed);
             st.pump(o.drain_secs as f64, |s| s.counters().unique >= accepted);
+        }
+        Scenario::Broadcast => {
+            sum.server_rss_after = rss_total(&pids);
+            crate::broadcast::run(&o, &mut st, &mut sum, &mut acc, &pids)?;
         }
         Scenario::Offline => {
             sum.server_rss_after = rss_total(&pids);

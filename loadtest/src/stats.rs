@@ -60,6 +60,11 @@ pub struct DevCounters {
     pub foreign: u64,
     /// WELCOMEs that gave a device a different token than before.
     pub token_changed: u64,
+    /// Devices subscribed to the broadcast topic, and refused subscriptions.
+    #[serde(default)]
+    pub subscribed: u64,
+    #[serde(default)]
+    pub sub_failed: u64,
     /// Devices registered again since the last storm, and when the last one did (monotonic ns).
     pub storm_registered: u64,
     pub storm_last_ns: u64,
@@ -91,6 +96,8 @@ impl DevCounters {
         self.misrouted += o.misrouted;
         self.foreign += o.foreign;
         self.token_changed += o.token_changed;
+        self.subscribed += o.subscribed;
+        self.sub_failed += o.sub_failed;
         self.storm_registered += o.storm_registered;
         self.storm_last_ns = self.storm_last_ns.max(o.storm_last_ns);
         self.first_attempt_ns = match (self.first_attempt_ns, o.first_attempt_ns) {

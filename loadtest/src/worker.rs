@@ -1,6 +1,7 @@
 //! A worker process: runs device threads, reports JSON lines on stdout every
 //! 200 ms, takes commands (storm, park, unpark, final) as lines on stdin.
 
+use std::collections::HashMap;
 use std::io::{BufRead, Write};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -27,8 +28,23 @@ pub struct WorkerSpec {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum Report {
-    Tick { w: usize, at_ns: u64, c: DevCounters, hist: Vec<(u64, u64)>, tokens: Vec<(u32, String)> },
-    Final { w: usize, c: DevCounters, hist: Vec<(u64, u64)>, fps: Vec<(u32, Fingerprint)>, nofile: u64 },
+    Tick {
+        w: usize,
+        at_ns: u64,
+        c: DevCounters,
+        hist: Vec<(u64, u64)>,
+        tokens: Vec<(u32, String)>,
+        /// Broadcast: (sequence, devices that got it, latest arrival after the send in ns), cumulative.
+        #[serde(default)]
+        per_msg: Vec<(u64, u64, u64)>,
+    },
+    Final {
+        w: usize,
+        c: DevCounters,
+        hist: Vec<(u64, u64)>,
+        fps: Vec<(u32, Fingerprint)>,
+        nofile: u64,
+    },
 }
 
 pub fn run(spec: WorkerSpec) -> std::io::Result<()> {
@@ -78,6 +94,7 @@ pub fn run(spec: WorkerSpec) -> std::io::Result<()> {
                 Some("park") => Cmd::Park,
                 Some("unpark") => Cmd::Unpark,
                 Some("churn") => Cmd::Churn,
+                Some("subscribe") => Cmd::Subscribe,
                 Some("final") | None => {
                     finish = true;
                     break;
@@ -102,6 +119,7 @@ pub fn run(spec: WorkerSpec) -> std::io::Result<()> {
         let mut c = DevCounters::default();
         let mut hist = new_hist();
         let mut tokens = Vec::new();
+        let mut per_msg: HashMap<u64, (u64, u64)> = HashMap::new();
         for (_, _, _, shared) in &handles {
             let mut s = shared.lock().expect("shared stats");
             c.add(&s.counters);
@@ -109,9 +127,15 @@ pub fn run(spec: WorkerSpec) -> std::io::Result<()> {
                 hist.add(&h).expect("same bounds");
             }
             tokens.append(&mut s.tokens);
+            for (&seq, &(n, late)) in &s.per_msg {
+                let m = per_msg.entry(seq).or_default();
+                m.0 += n;
+                m.1 = m.1.max(late);
+            }
         }
-        let line =
-            serde_json::to_string(&Report::Tick { w, at_ns: now_ns(), c, hist: to_pairs(&hist), tokens })?;
+        let per_msg = per_msg.into_iter().map(|(s, (n, l))| (s, n, l)).collect();
+        let tick = Report::Tick { w, at_ns: now_ns(), c, hist: to_pairs(&hist), tokens, per_msg };
+        let line = serde_json::to_string(&tick)?;
         writeln!(out, "{line}")?;
         out.flush()?;
     }

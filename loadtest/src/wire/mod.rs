@@ -35,12 +35,18 @@ pub struct DevCtx<'a> {
     pub app: &'a str,
     pub secret: &'a [u8],
     pub keepalive_s: u16,
+    /// Broadcast scenario: the device subscribes to a shared topic when told
+    /// (not to its own in the opening bytes), and its subscription outlives
+    /// the connection (MQTT: a persistent session).
+    pub topic_mode: bool,
 }
 
 /// Per-connection protocol state the parsers need.
 #[derive(Default, Clone, Copy)]
 pub struct WireState {
     pub registered: bool,
+    /// As [`DevCtx::topic_mode`]: MQTT registers on CONNACK and reports SUBACK as `Subscribed`.
+    pub topic_mode: bool,
 }
 
 /// What one frame from the server meant.
@@ -60,6 +66,10 @@ pub enum DevEvent<'a> {
     GoAway {
         reason: u8,
         reconnect_ms: u32,
+    },
+    /// The answer to a topic subscription: SUBSCRIBE_RESULT or SUBACK (topic mode).
+    Subscribed {
+        ok: bool,
     },
 }
 
@@ -82,12 +92,27 @@ pub fn on_bytes(
 pub fn hello(t: Target, ctx: &DevCtx<'_>, out: &mut Vec<u8>) {
     match t {
         Target::Pushgate => pushgate::hello(ctx, out),
+        Target::Mosquitto if ctx.topic_mode => {
+            // Stable client id and no clean session: the broker keeps the
+            // subscription and queues QoS 1 messages while the device is away.
+            mqtt::connect_session(&format!("d{}", ctx.idx), ctx.keepalive_s, false, out);
+        }
         Target::Mosquitto => {
             // MQTT lets a client send further packets right after CONNECT.
             mqtt::connect(&format!("d{}", ctx.idx), ctx.keepalive_s, out);
             mqtt::subscribe(1, &peer_topic(t, ctx.idx), out);
         }
         Target::Nats => nats::hello(ctx, out),
+    }
+}
+
+/// The bytes that subscribe a registered device to the shared `topic` (broadcast scenario).
+pub fn subscribe(t: Target, topic: &str, out: &mut Vec<u8>) {
+    match t {
+        Target::Pushgate => pushgate::subscribe(topic, out),
+        Target::Mosquitto => mqtt::subscribe(1, topic, out),
+        // run::main refuses the broadcast scenario for core NATS (no acks, no offline queue).
+        Target::Nats => {}
     }
 }
 

@@ -22,11 +22,17 @@ fn put_str(out: &mut Vec<u8>, s: &[u8]) {
 
 /// CONNECT with a clean session.
 pub fn connect(client_id: &str, keepalive_s: u16, out: &mut Vec<u8>) {
+    connect_session(client_id, keepalive_s, true, out)
+}
+
+/// CONNECT; without `clean` the broker resumes the client's session (its
+/// subscriptions, and the QoS 1 messages queued while it was away).
+pub fn connect_session(client_id: &str, keepalive_s: u16, clean: bool, out: &mut Vec<u8>) {
     out.push(0x10);
     put_len(out, 10 + 2 + client_id.len());
     put_str(out, b"MQTT");
     out.push(4); // protocol level 3.1.1
-    out.push(0x02); // clean session
+    out.push(if clean { 0x02 } else { 0x00 });
     out.extend_from_slice(&keepalive_s.to_be_bytes());
     put_str(out, client_id.as_bytes());
 }
@@ -88,9 +94,18 @@ pub fn on_bytes(
                 if body.len() < 2 || body[1] != 0 {
                     return Err(format!("CONNACK refused: {:?}", body.get(1)));
                 }
+                if st.topic_mode {
+                    st.registered = true;
+                    f(DevEvent::Registered { heartbeat_s: 0, token: None, missed: 0 });
+                }
             }
             9 => {
-                if body.get(2).is_some_and(|rc| *rc & 0x80 != 0) {
+                let ok = body.get(2).is_none_or(|rc| *rc & 0x80 == 0);
+                if st.topic_mode {
+                    f(DevEvent::Subscribed { ok });
+                    continue;
+                }
+                if !ok {
                     return Err("SUBACK refused".into());
                 }
                 st.registered = true;

@@ -1,6 +1,8 @@
 //! The pushgate device port, spoken with the gateway's own codec.
 
 use ::pushgate::proto::frame::{split_frame, Frame, Hello, DEVICE_MAX_BODY, VERSION};
+use ::pushgate::proto::topic::{classify, TopicName};
+use ::pushgate::proto::SubStatus;
 
 use super::{DevCtx, DevEvent, WireState};
 
@@ -12,6 +14,13 @@ pub fn hello(ctx: &DevCtx<'_>, out: &mut Vec<u8>) {
         secret: ctx.secret,
     })
     .encode(out);
+}
+
+/// SUBSCRIBE to `topic`; nothing for `~all`, which every device is in already.
+pub fn subscribe(topic: &str, out: &mut Vec<u8>) {
+    if classify(topic.as_bytes()) != TopicName::Broadcast {
+        Frame::Subscribe { req_id: 1, on: true, topic: topic.as_bytes() }.encode(out);
+    }
 }
 
 pub fn on_bytes(
@@ -33,10 +42,11 @@ pub fn on_bytes(
                 st.registered = true;
                 f(DevEvent::Registered { heartbeat_s, token: Some(token), missed });
             }
-            Frame::Notify { msg_id, payload, .. } => {
+            Frame::Notify { msg_id, payload, .. } | Frame::TopicNotify { msg_id, payload, .. } => {
                 Frame::Ack { msg_id }.encode(out);
                 f(DevEvent::Notify { msg_id: Some(msg_id), payload });
             }
+            Frame::SubscribeResult { status, .. } => f(DevEvent::Subscribed { ok: status == SubStatus::OK }),
             Frame::Pong => f(DevEvent::Pong),
             Frame::GoAway { reason, reconnect_ms } => f(DevEvent::GoAway { reason: reason.0, reconnect_ms }),
             Frame::Error { code, text } => return Err(format!("ERROR {}: {text}", code.name())),
@@ -72,6 +82,30 @@ mod tests {
         let mut ack = Vec::new();
         Frame::Ack { msg_id: 77 }.encode(&mut ack);
         assert_eq!(out, ack);
+    }
+
+    #[test]
+    fn topic_notify_is_acked_and_subscribe_results_reported() {
+        let mut buf = Vec::new();
+        Frame::TopicNotify { msg_id: 1 << 62, kind: 0, priority: 10, topic: b"b", payload: b"x" }
+            .encode(&mut buf);
+        Frame::SubscribeResult { req_id: 1, status: SubStatus::TOPIC_LIMIT }.encode(&mut buf);
+        let (mut out, mut seen) = (Vec::new(), Vec::new());
+        on_bytes(&mut WireState::default(), &buf, &mut out, &mut |e| match e {
+            DevEvent::Notify { msg_id, .. } => seen.push(format!("notify {msg_id:?}")),
+            DevEvent::Subscribed { ok } => seen.push(format!("subscribed {ok}")),
+            _ => {}
+        })
+        .unwrap();
+        assert_eq!(seen, [format!("notify {:?}", Some(1u64 << 62)), "subscribed false".to_string()]);
+        let mut ack = Vec::new();
+        Frame::Ack { msg_id: 1 << 62 }.encode(&mut ack);
+        assert_eq!(out, ack);
+        let mut sub = Vec::new();
+        subscribe("~all", &mut sub);
+        assert!(sub.is_empty(), "every device is in ~all already");
+        subscribe("b", &mut sub);
+        assert_eq!(sub, [0x0a, 4, 0, 1, 1, b'b']);
     }
 
     #[test]
