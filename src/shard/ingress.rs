@@ -93,6 +93,50 @@ impl Ingress {
         self.shared.handles[to].send(vec![ShardMsg::Submit(Submit::Feedback { app, since_ms, after, done })]);
     }
 
+    /// PUSH_TOPIC of `note` to `topic` of app index `app`: `done` gets its outcome.
+    pub fn push_topic(&self, app: u16, topic: &[u8], note: Note, done: Box<dyn FnOnce(Outcome) + Send>) {
+        let done: Box<dyn FnOnce(Answer) + Send> = Box::new(move |a| {
+            if let Answer::Push(v) = a {
+                if let Some(o) = v.first() {
+                    done(*o)
+                }
+            }
+        });
+        let to = self.next.fetch_add(1, Ordering::Relaxed) % self.shared.handles.len();
+        let topic = topic.into();
+        self.shared.handles[to].send(vec![ShardMsg::Submit(Submit::PushTopic { app, topic, note, done })]);
+    }
+
+    /// TOPIC_MANAGE: adds (`add`) or removes `tokens` (1..=1000) to or from
+    /// `topic`; `done` gets one status per token, in order.
+    pub fn manage_topic(
+        &self,
+        app: u16,
+        add: bool,
+        topic: &[u8],
+        tokens: Vec<Token>,
+        done: Box<dyn FnOnce(Vec<crate::proto::SubStatus>) + Send>,
+    ) {
+        let done: Box<dyn FnOnce(Answer) + Send> = Box::new(move |a| {
+            if let Answer::Push(v) = a {
+                let code = |o: &Outcome| match o.status {
+                    Status::STORE_FAILED => crate::proto::SubStatus::STORE_FAILED,
+                    s => crate::proto::SubStatus(s.0),
+                };
+                done(v.iter().map(code).collect())
+            }
+        });
+        let to = self.next.fetch_add(1, Ordering::Relaxed) % self.shared.handles.len();
+        let topic = topic.into();
+        let m = Submit::TopicManage { app, add, topic, tokens, done };
+        self.shared.handles[to].send(vec![ShardMsg::Submit(m)]);
+    }
+
+    /// `(sent, acked)` of a recent topic message (TOPIC_STATS).
+    pub fn topic_stats(&self, msg_id: u64) -> Option<(u64, u64)> {
+        self.shared.topics.counts(msg_id)
+    }
+
     /// Receipts of `app` go to `sink` (bounded) until its receiver is dropped,
     /// under the rule of SUBSCRIBE_RECEIPTS.
     pub fn subscribe_receipts(&self, app: u16, sink: Sender<Receipt>) {

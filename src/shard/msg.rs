@@ -110,6 +110,21 @@ pub enum Submit {
         after: Token,
         done: Box<dyn FnOnce(Answer) + Send>,
     },
+    /// PUSH_TOPIC: one outcome.
+    PushTopic {
+        app: u16,
+        topic: Box<[u8]>,
+        note: Note,
+        done: Box<dyn FnOnce(Answer) + Send>,
+    },
+    /// TOPIC_MANAGE: one outcome per token, its status a `SubStatus` code.
+    TopicManage {
+        app: u16,
+        add: bool,
+        topic: Box<[u8]>,
+        tokens: Vec<Token>,
+        done: Box<dyn FnOnce(Answer) + Send>,
+    },
 }
 
 pub enum ShardMsg {

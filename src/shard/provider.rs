@@ -102,6 +102,13 @@ impl Shard {
             Submit::Feedback { app, since_ms, after, done } => {
                 self.start_feedback(app, since_ms, after, ReplyTo::Callback(done))
             }
+            Submit::PushTopic { app, topic, note, done } => {
+                self.submit_topic(app, &topic, note, ReplyTo::Callback(done))
+            }
+            Submit::TopicManage { app, add, topic, tokens, done } => {
+                let bytes: Vec<u8> = tokens.iter().flat_map(|t| t.0).collect();
+                self.submit_manage(app, add, &topic, &bytes, ReplyTo::Callback(done))
+            }
         }
     }
 
