@@ -245,7 +245,7 @@ fn a_feed_survives_kill_9_of_each_nats_server() {
     assert!(acked.len() > 100, "the publisher kept going: {}", acked.len());
 
     let last = *acked.iter().max().unwrap();
-    eventually(40, "the feed catches up past the restart", || {
+    eventually(90, "the feed catches up past the restarts", || {
         fa.logged().last().is_some_and(|e| e.id >= last)
     });
     let got: Vec<u64> = fa.logged().iter().map(|e| e.id).collect();

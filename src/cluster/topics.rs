@@ -55,6 +55,8 @@ pub type CountsHandler = Arc<dyn Fn(String, Vec<Count>) + Send + Sync>;
 /// Most `(id, sent, acked)` deltas in one count message; more go in several.
 pub const MAX_COUNTS: usize = 1024;
 const NOTE_HEAD: usize = 1 + 1 + 1 + 4 + 1;
+/// The topic feed's longest pull (its heartbeat is half of it).
+const FEED_PULL: Duration = Duration::from_secs(5);
 
 /// The topic stream's name.
 pub fn stream_name(prefix: &str) -> String {
@@ -393,6 +395,9 @@ async fn follow(
             0 => DeliverPolicy::All,
             last => DeliverPolicy::ByStartSequence { start_sequence: last + 1 },
         },
+        // Pulls of 5 s with heartbeats every 2.5 s: a consumer lost with its
+        // server is re-made within seconds (the default 30 s pulls take half a minute).
+        max_expires: FEED_PULL,
         ..Default::default()
     };
     let consumer = match stream.create_consumer(config).await {
@@ -401,6 +406,8 @@ async fn follow(
     };
     // Nothing left to replay (what was there expired meanwhile).
     cur.reached(consumer.cached_info().num_pending == 0);
+    // The client re-makes the consumer under another name after a gap or missed heartbeats.
+    let mut consumer_name = consumer.cached_info().name.clone();
     let mut msgs = match consumer.messages().await {
         Ok(m) => m,
         Err(e) => return format!("cannot read: {e}"),
@@ -414,7 +421,16 @@ async fn follow(
             Err(e) => return format!("read failed: {e}"),
         };
         let (seq, pending) = match m.info() {
-            Ok(i) => (i.stream_sequence, i.pending),
+            Ok(i) => {
+                if i.consumer != consumer_name {
+                    info!(
+                        "engine: topic feed: consumer {} re-made as {} at sequence {}",
+                        consumer_name, i.consumer, i.stream_sequence
+                    );
+                    consumer_name = i.consumer.to_string();
+                }
+                (i.stream_sequence, i.pending)
+            }
             Err(e) => return format!("a message without its sequence: {e}"),
         };
         if seq <= cur.last {
