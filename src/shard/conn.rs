@@ -12,6 +12,7 @@ use mio::{Interest, Registry, Token as MioToken};
 use rustls::ServerConnection;
 
 use super::pool::Bufs;
+use super::topics::state::DeviceTopics;
 use crate::proto::{DeviceState, ProviderState, Token};
 
 bitflags! {
@@ -188,12 +189,17 @@ pub struct Device {
     pub cursor: u64,
     pub heartbeat_s: u16,
     pub app: u16,
-    /// Ids of NOTIFY frames written and not yet acknowledged, oldest first;
-    /// allocated only while something is in flight.
-    #[allow(clippy::box_collection)]
-    pub unacked: Option<Box<Vec<u64>>>,
-    /// Subscriptions, broadcast position and topic messages in flight, if any.
-    pub topics: Option<Box<super::topics::state::DeviceTopics>>,
+    /// What is in flight and the device's topics; allocated only while there is any.
+    live: Option<Box<Live>>,
+}
+
+/// The part of a device's state an idle device without topics does not have.
+#[derive(Default)]
+struct Live {
+    /// Ids of NOTIFY and TOPIC_NOTIFY frames written and not yet acknowledged, oldest first.
+    unacked: Vec<u64>,
+    /// Subscriptions, broadcast position and topic messages in flight.
+    topics: Option<DeviceTopics>,
 }
 
 /// A provider connection. Its requests are the shard's `Requests`' business.
@@ -252,14 +258,39 @@ impl Device {
             cursor: 0,
             heartbeat_s: 0,
             app: 0,
-            unacked: None,
-            topics: None,
+            live: None,
         }
     }
 
     /// NOTIFY frames written and not yet acknowledged.
     pub fn inflight(&self) -> usize {
-        self.unacked.as_ref().map_or(0, |u| u.len())
+        self.live.as_ref().map_or(0, |l| l.unacked.len())
+    }
+
+    /// Frees the live state once nothing is in it.
+    fn settle(&mut self) {
+        if self.live.as_ref().is_some_and(|l| l.unacked.is_empty() && l.topics.is_none()) {
+            self.live = None;
+        }
+    }
+
+    /// Takes the device's topic state out (to work on it beside the shard); put it back with `put_topics`.
+    pub fn take_topics(&mut self) -> Option<DeviceTopics> {
+        let t = self.live.as_mut()?.topics.take();
+        self.settle();
+        t
+    }
+
+    pub fn put_topics(&mut self, t: DeviceTopics) {
+        self.live.get_or_insert_with(Default::default).topics = Some(t);
+    }
+
+    pub fn topics_mut(&mut self) -> Option<&mut DeviceTopics> {
+        self.live.as_mut()?.topics.as_mut()
+    }
+
+    pub fn topics_or_default(&mut self) -> &mut DeviceTopics {
+        self.live.get_or_insert_with(Default::default).topics.get_or_insert_with(Default::default)
     }
 
     /// Records a NOTIFY written; `receipt` if its provider asked for a receipt.
@@ -270,7 +301,7 @@ impl Device {
         );
         self.cursor = self.cursor.max(msg_id);
         let entry = if receipt { msg_id | RECEIPT_BIT } else { msg_id };
-        self.unacked.get_or_insert_with(Default::default).push(entry);
+        self.live.get_or_insert_with(Default::default).unacked.push(entry);
     }
 
     /// Records a TOPIC_NOTIFY written: it takes a window slot like a NOTIFY,
@@ -278,23 +309,21 @@ impl Device {
     pub fn on_sent_topic(&mut self, msg_id: u64, receipt: bool) {
         debug_assert!(crate::proto::topic::is_topic_id(msg_id));
         let entry = if receipt { msg_id | RECEIPT_BIT } else { msg_id };
-        self.unacked.get_or_insert_with(Default::default).push(entry);
+        self.live.get_or_insert_with(Default::default).unacked.push(entry);
     }
 
     /// Whether `msg_id` was written here and is not acknowledged yet.
     pub fn is_in_flight(&self, msg_id: u64) -> bool {
-        self.unacked.as_ref().is_some_and(|u| u.iter().any(|&e| e & !RECEIPT_BIT == msg_id))
+        self.live.as_ref().is_some_and(|l| l.unacked.iter().any(|&e| e & !RECEIPT_BIT == msg_id))
     }
 
     /// Forgets an acknowledged id: `None` if it was not in flight here, else
     /// whether a receipt was asked for.
     pub fn on_acked(&mut self, msg_id: u64) -> Option<bool> {
-        let u = self.unacked.as_mut()?;
+        let u = &mut self.live.as_mut()?.unacked;
         let pos = u.iter().position(|&e| e & !RECEIPT_BIT == msg_id)?;
         let entry = u.remove(pos);
-        if u.is_empty() {
-            self.unacked = None;
-        }
+        self.settle();
         Some(entry & RECEIPT_BIT != 0)
     }
 }
@@ -305,7 +334,7 @@ mod tests {
 
     #[test]
     fn an_idle_device_stays_small() {
-        // transport 16, bufs 8, tls 8, token 24, cursor 8, unacked 8, and the small fields.
+        // transport 16, bufs 8, tls 8, token 24, cursor 8, live 8, and the small fields.
         let size = std::mem::size_of::<Device>();
         assert!(size <= 96, "Device is {size} bytes");
         assert!(std::mem::size_of::<Conn>() <= 96);
@@ -321,6 +350,6 @@ mod tests {
         assert_eq!(d.on_acked(6), Some(true));
         assert_eq!(d.on_acked(6), None, "a repeated ACK does not widen the window");
         assert_eq!(d.on_acked(5), Some(false));
-        assert!(d.unacked.is_none(), "nothing in flight, nothing allocated");
+        assert!(d.live.is_none(), "nothing in flight, nothing allocated");
     }
 }

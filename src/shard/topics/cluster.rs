@@ -164,7 +164,7 @@ impl Shard {
         let Some(idx) = self.devices.get(&token).copied() else { return };
         let Some(super::super::conn::Conn::Device(d)) = self.conns.get_mut(idx as usize) else { return };
         let app = d.app;
-        let topics = d.topics.get_or_insert_with(Default::default);
+        let topics = d.topics_or_default();
         let key = TopicKey { app, name: topic };
         if add {
             if topics.find(&key.name).is_none() {

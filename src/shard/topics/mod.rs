@@ -29,7 +29,7 @@ impl Shard {
         let (token, app) = (d.token, d.app);
         // A change made while the device was being welcomed (a provider's
         // TOPIC_MANAGE) is already here; the store's records join it.
-        let mut topics = d.topics.take().map(|b| *b).unwrap_or_default();
+        let mut topics = d.take_topics().unwrap_or_default();
         let mut records = Vec::new();
         if let Err(e) = self.store.subscriptions(&token, &mut records) {
             warn!("shard {}: reading subscriptions: {e}", self.index());
@@ -58,7 +58,9 @@ impl Shard {
             self.topics.join(key, idx);
         }
         if let Some(Conn::Device(d)) = self.conns.get_mut(idx as usize) {
-            d.topics = (!topics.subs.is_empty() || !topics.inflight.is_empty()).then(|| Box::new(topics));
+            if !topics.subs.is_empty() || !topics.inflight.is_empty() {
+                d.put_topics(topics);
+            }
         }
         missed
     }
@@ -75,7 +77,7 @@ impl Shard {
     pub(super) fn deliver_topics(&mut self, idx: u32) -> Delivery {
         let window = self.shared.cfg.limits.device_max_in_flight as usize;
         let Some(Conn::Device(d)) = self.conns.get_mut(idx as usize) else { return Delivery::Done };
-        let Some(mut topics) = d.topics.take() else { return Delivery::Done };
+        let Some(mut topics) = d.take_topics() else { return Delivery::Done };
         let app = d.app;
         let mut outcome = Delivery::Done;
         let mut msgs: Vec<TopicMsg> = Vec::new();
@@ -117,7 +119,7 @@ impl Shard {
             }
         }
         if let Some(Conn::Device(d)) = self.conns.get_mut(idx as usize) {
-            d.topics = Some(topics);
+            d.put_topics(topics);
         }
         outcome
     }
@@ -176,7 +178,7 @@ impl Shard {
                 continue;
             }
             let room = d.inflight() < window;
-            let topics = d.topics.get_or_insert_with(Default::default);
+            let topics = d.topics_or_default();
             if topics.find(&key.name).is_none() {
                 if !key.is_broadcast() {
                     continue; // a stale index entry: not subscribed any more
@@ -201,7 +203,7 @@ impl Shard {
                 }
                 continue;
             }
-            let Some(mut topics) = d.topics.take() else { continue };
+            let Some(mut topics) = d.take_topics() else { continue };
             let sent = self.write_topic_notify(idx, &mut topics, si, &msg, logged);
             if sent == Sent::OutboxFull && logged {
                 topics.subs[si].behind = true;
@@ -210,7 +212,7 @@ impl Shard {
                 }
             }
             if let Some(Conn::Device(d)) = self.conns.get_mut(idx as usize) {
-                d.topics = Some(topics);
+                d.put_topics(topics);
             }
         }
         self.flush_topic_counts();
@@ -220,7 +222,7 @@ impl Shard {
     pub(super) fn on_topic_acked(&mut self, idx: u32, msg_id: u64) {
         let Some(Conn::Device(d)) = self.conns.get_mut(idx as usize) else { return };
         let token = d.token;
-        let Some(topics) = d.topics.as_mut() else { return };
+        let Some(topics) = d.topics_mut() else { return };
         let moved = topics.on_acked(msg_id).map(|(si, pos)| (topics.subs[si].name.clone(), pos));
         self.topics.count_acked(msg_id);
         if let Some((name, pos)) = moved {
@@ -247,7 +249,7 @@ impl Shard {
     pub(super) fn forget_topics(&mut self, idx: u32) {
         let Some(Conn::Device(d)) = self.conns.get_mut(idx as usize) else { return };
         let app = d.app;
-        let Some(topics) = d.topics.take() else { return };
+        let Some(topics) = d.take_topics() else { return };
         for s in &topics.subs {
             self.topics.leave(&TopicKey { app, name: s.name.clone() }, idx);
         }
@@ -270,7 +272,7 @@ impl Shard {
         let cap = self.shared.cfg.limits.topics_per_device;
         let Some(Conn::Device(d)) = self.conns.get_mut(idx as usize) else { return SubStatus::UNAVAILABLE };
         let (token, app) = (d.token, d.app);
-        let topics = d.topics.get_or_insert_with(Default::default);
+        let topics = d.topics_or_default();
         let key = TopicKey::new(app, topic);
         if on {
             if topics.find(topic).is_some() {
