@@ -121,7 +121,15 @@ pub(crate) fn run(
     let t1 = now_ns();
     st.send("unpark");
     let want = before + n * stored;
-    let done = st.pump(limit + 60.0, |s| s.counters().unique >= want && s.counters().registered >= s.n);
+    let all = |s: &State| s.counters().unique >= want && s.counters().registered >= s.n;
+    // Bounded, and given up once every device is back and nothing new arrived for 10 s.
+    let (mut done, mut last, mut still) = (false, before, 0);
+    while !done && now_ns() - t1 < ((limit + 60.0) * 1e9) as u64 && still < 10 {
+        done = st.pump(1.0, all);
+        let c = st.counters();
+        still = if c.unique == last && c.registered >= n { still + 1 } else { 0 };
+        last = c.unique;
+    }
     let c = st.counters();
     let secs = (c.last_delivery_ns.max(t1) - t1) as f64 / 1e9;
     if done {
