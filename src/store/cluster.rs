@@ -649,7 +649,10 @@ impl ClusterStore {
     }
 
     /// Hands each token's staged subscription changes to the engine, one
-    /// numbered update per token.
+    /// numbered update per token. Subscribing and unsubscribing are part of
+    /// the batch's ticket; an update that only moves positions is not: it
+    /// must not hold back (or fail) the pushes committed with it, and one
+    /// that is lost only makes the device get those topic messages again.
     fn flush_subs(&mut self) {
         if self.subs.staged.is_empty() {
             return;
@@ -660,13 +663,19 @@ impl ClusterStore {
             self.subs.inflight.entry(token).or_default().push_back((n, ops.clone()));
             let shared = self.shared.clone();
             let complete = self.completion(n);
+            let positions_only = ops.iter().all(|o| matches!(o, SubOp::Advance { .. }));
+            if positions_only {
+                complete(true);
+            }
             self.engine.subs_update(
                 token,
                 ops,
                 Box::new(move |r| {
                     let ok = r.is_ok();
                     shared.lock().subs_written.push((token, n, r));
-                    complete(ok);
+                    if !positions_only {
+                        complete(ok);
+                    }
                 }),
             );
         }

@@ -128,8 +128,9 @@ impl Shard {
         let pos = self.shared.topics.newest(&key);
         let cap = self.shared.cfg.limits.topics_per_device;
         let name = key.name.clone();
+        // Insert: a device already in the topic keeps its position (and what it is owed).
         let op =
-            if add { SubOp::Put { topic: name.clone(), pos } } else { SubOp::Remove { topic: name.clone() } };
+            if add { SubOp::Insert { topic: name.clone(), pos } } else { SubOp::Remove { topic: name.clone() } };
         let shared = self.shared.clone();
         let e2 = engine.clone();
         engine.subs_update(
@@ -138,6 +139,7 @@ impl Shard {
             Box::new(move |r| {
                 let b = crate::proto::topic::BROADCAST.as_bytes();
                 let status = match r {
+                    // Past the cap only if this add inserted it (an existing one adds nothing).
                     Ok(list) if add && list.iter().filter(|s| &*s.topic != b).count() > cap => {
                         e2.subs_update(token, vec![SubOp::Remove { topic: name.clone() }], Box::new(|_| {}));
                         SubStatus::TOPIC_LIMIT
