@@ -20,7 +20,7 @@
 //! value is the truth: each update's answer replaces the cached list, with
 //! this handle's unanswered changes applied on top.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -32,81 +32,15 @@ use super::{
 };
 use crate::cluster::engine::EngineHandle;
 use crate::cluster::queue::{Fetched, Publish};
-use crate::cluster::subs::{self, SubOp};
+use crate::cluster::subs::SubOp;
 use crate::cluster::EngineError;
 use crate::proto::Token;
+use subs_state::SubState;
 
-/// Which numbered writes are acknowledged, and which committed tickets may be
-/// reported: the contiguous prefix of completions, each ticket failed if any
-/// write numbered after the previous ticket and up to it failed. Sans-IO.
-#[derive(Default, Debug)]
-pub(crate) struct Durability {
-    /// Every write numbered up to this completed.
-    prefix: u64,
-    /// Completed above `prefix`.
-    done: BTreeSet<u64>,
-    /// Failed and not yet reported.
-    failed: BTreeSet<u64>,
-    /// Committed, not yet reported, in order.
-    tickets: VecDeque<u64>,
-    /// The last ticket committed.
-    committed: u64,
-}
+mod durability;
+mod subs_state;
 
-impl Durability {
-    /// Write `n` completed; returns the reports `(ticket, ok)` now due.
-    pub(crate) fn complete(&mut self, n: u64, ok: bool, out: &mut Vec<(u64, bool)>) {
-        if !ok {
-            self.failed.insert(n);
-        }
-        if n == self.prefix + 1 {
-            self.prefix = n;
-            while self.done.remove(&(self.prefix + 1)) {
-                self.prefix += 1;
-            }
-        } else if n > self.prefix {
-            self.done.insert(n);
-        }
-        self.report(out);
-    }
-
-    /// Commits the writes up to `last`: `None` if there is nothing new (the
-    /// caller may say `Durable`), else the ticket to wait for.
-    pub(crate) fn commit(&mut self, last: u64, out: &mut Vec<(u64, bool)>) -> Option<u64> {
-        if last <= self.committed {
-            return None;
-        }
-        self.committed = last;
-        self.tickets.push_back(last);
-        self.report(out);
-        Some(last)
-    }
-
-    fn report(&mut self, out: &mut Vec<(u64, bool)>) {
-        while let Some(&t) = self.tickets.front() {
-            if t > self.prefix {
-                break;
-            }
-            self.tickets.pop_front();
-            let ok = self.failed.range(..=t).next().is_none();
-            self.failed = self.failed.split_off(&(t + 1));
-            out.push((t, ok));
-        }
-    }
-
-    /// Whether every write up to `last` completed; with the failures among
-    /// them (forgotten when nothing committed waits to report them).
-    fn settled(&mut self, last: u64) -> Option<bool> {
-        if self.prefix < last {
-            return None;
-        }
-        let ok = self.failed.range(..=last).next().is_none();
-        if self.tickets.is_empty() {
-            self.failed = self.failed.split_off(&(last + 1));
-        }
-        Some(ok)
-    }
-}
+pub(crate) use durability::Durability;
 
 /// What engine callbacks hand the shard.
 #[derive(Default)]
@@ -194,92 +128,6 @@ struct LoadState {
     again: bool,
     /// The subscription read of this load is out.
     subs_loading: bool,
-}
-
-/// This handle's subscription writes: staged ones, the ones the engine has
-/// not answered, and the cached lists of loaded tokens. Sans-IO.
-#[derive(Default, Debug)]
-struct SubState {
-    /// Loaded tokens whose read completed: the stored list, this handle's
-    /// unanswered and staged changes applied.
-    cache: HashMap<Token, Vec<SubRecord>>,
-    /// Not yet handed to the engine; flushed by `commit`.
-    staged: HashMap<Token, Vec<SubOp>>,
-    staged_len: usize,
-    /// Handed to the engine, unanswered: per token, by write number, in order.
-    inflight: HashMap<Token, VecDeque<(u64, Vec<SubOp>)>>,
-}
-
-/// Staged subscription changes of one token, and of all, past which they
-/// are handed to the engine without waiting for the commit.
-const SUB_OPS_PER_TOKEN: usize = 64;
-const SUB_FLUSH_AT: usize = 512;
-
-fn op_topic(op: &SubOp) -> Option<&[u8]> {
-    match op {
-        SubOp::Put { topic, .. }
-        | SubOp::Insert { topic, .. }
-        | SubOp::Advance { topic, .. }
-        | SubOp::Remove { topic } => Some(topic),
-        SubOp::Clear => None,
-    }
-}
-
-impl SubState {
-    /// `list` with this handle's unanswered and staged changes of `token` on top.
-    fn overlay(&self, token: &Token, mut list: Vec<SubRecord>) -> Vec<SubRecord> {
-        for (_, ops) in self.inflight.get(token).into_iter().flatten() {
-            subs::apply(&mut list, ops);
-        }
-        if let Some(ops) = self.staged.get(token) {
-            subs::apply(&mut list, ops);
-        }
-        list
-    }
-
-    /// Stages `op` (and applies it to the cached list). A position update
-    /// of a topic whose last staged change set its position is merged into it.
-    fn stage(&mut self, token: &Token, op: SubOp) {
-        if let Some(list) = self.cache.get_mut(token) {
-            subs::apply(list, std::slice::from_ref(&op));
-        }
-        let ops = self.staged.entry(*token).or_default();
-        if let SubOp::Advance { topic, pos } = &op {
-            let last = ops.iter_mut().rev().find(|o| op_topic(o).is_none_or(|t| t == &**topic));
-            if let Some(SubOp::Put { pos: p, .. } | SubOp::Advance { pos: p, .. }) = last {
-                *p = (*p).max(*pos);
-                return;
-            }
-        }
-        if op == SubOp::Clear {
-            self.staged_len -= ops.len();
-            ops.clear();
-        }
-        ops.push(op);
-        self.staged_len += 1;
-    }
-
-    /// Whether the staged changes are past their bounds.
-    fn due(&self, token: &Token) -> bool {
-        self.staged_len >= SUB_FLUSH_AT
-            || self.staged.get(token).is_some_and(|o| o.len() >= SUB_OPS_PER_TOKEN)
-    }
-
-    /// Write `n` of `token` was answered; with its list, the cache (if any) is refreshed.
-    fn on_written(&mut self, token: &Token, n: u64, r: Option<Vec<SubRecord>>) {
-        if let Some(q) = self.inflight.get_mut(token) {
-            q.retain(|(m, _)| *m != n);
-            if q.is_empty() {
-                self.inflight.remove(token);
-            }
-        }
-        if let Some(list) = r {
-            if self.cache.contains_key(token) {
-                let list = self.overlay(token, list);
-                self.cache.insert(*token, list);
-            }
-        }
-    }
 }
 
 /// A shard's store in cluster mode; see the module doc.
@@ -1166,55 +1014,10 @@ mod tests {
         assert_eq!(s.commit().unwrap(), Ticket::Pending(1), "one update for the token");
         assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok((1, false)));
         // Past the per-token bound the changes go without waiting for the commit.
-        for i in 0..SUB_OPS_PER_TOKEN {
+        for i in 0..subs_state::SUB_OPS_PER_TOKEN {
             s.put_subscription(&t, format!("t{i}").as_bytes(), 1).unwrap();
         }
         assert!(s.subs.staged.is_empty() && s.subs.inflight.contains_key(&t));
         assert!(s.sync().is_err());
-    }
-
-    fn reports(d: &mut Durability, steps: &[(u64, bool)]) -> Vec<(u64, bool)> {
-        let mut out = Vec::new();
-        for &(n, ok) in steps {
-            d.complete(n, ok, &mut out);
-        }
-        out
-    }
-
-    #[test]
-    fn out_of_order_acks_report_the_contiguous_prefix() {
-        let mut d = Durability::default();
-        let mut out = Vec::new();
-        assert_eq!(d.commit(3, &mut out), Some(3));
-        assert!(out.is_empty());
-        assert_eq!(reports(&mut d, &[(3, true), (1, true)]), vec![], "2 is still out");
-        assert_eq!(reports(&mut d, &[(2, true)]), vec![(3, true)]);
-        assert_eq!(d.commit(3, &mut out), None, "nothing new: durable at once");
-    }
-
-    #[test]
-    fn a_failure_fails_exactly_its_batch() {
-        let mut d = Durability::default();
-        let mut out = Vec::new();
-        d.commit(2, &mut out);
-        // Write 4 (of the next batch) fails before batch 1..2 completes.
-        assert_eq!(reports(&mut d, &[(4, false), (2, true), (3, true)]), vec![]);
-        assert_eq!(reports(&mut d, &[(1, true)]), vec![(2, true)], "1..2 is unaffected by 4");
-        // Batch 3..5 committed after its writes completed: reported at the commit, failed.
-        let _ = reports(&mut d, &[(5, true)]);
-        assert_eq!(d.commit(5, &mut out), Some(5));
-        assert_eq!(out, vec![(5, false)]);
-        out.clear();
-        d.commit(6, &mut out);
-        assert_eq!(reports(&mut d, &[(6, true)]), vec![(6, true)], "the failure is not carried on");
-    }
-
-    #[test]
-    fn settled_sees_failures_once_nothing_else_reports_them() {
-        let mut d = Durability::default();
-        let _ = reports(&mut d, &[(1, true), (2, false)]);
-        assert_eq!(d.settled(3), None);
-        assert_eq!(d.settled(2), Some(false));
-        assert_eq!(d.settled(2), Some(true), "a blocking sync reports a failure once");
     }
 }
