@@ -100,7 +100,7 @@ fn an_undefined_frame_type_is_refused_before_its_body() {
     // The handshake deadline here is 2 s: the answer must come long before it.
     let quick = Duration::from_millis(800);
     let mut d = Raw::connect(gw.device_addr);
-    d.send_bytes(&[0x0a, 0x05]);
+    d.send_bytes(&[0x0e, 0x05]);
     expect_error(&mut d, ErrorCode::UNKNOWN_FRAME_TYPE, quick);
     let mut ready = Raw::connect(gw.device_addr);
     ready.hello(APP, &secret("undefined"), 0);

@@ -291,6 +291,15 @@ fn a_backlog_stored_through_one_node_arrives_on_another() {
         assert!(t0.elapsed() < T, "C lets the device go");
         std::thread::sleep(Duration::from_millis(10));
     }
+    // The ACKs' deletes go to the engine after the ACK (not with the answer
+    // of anything): wait until C's engine did all six before moving the device.
+    let deletes =
+        || c.engine.as_ref().expect("running").metrics().ok(pushgate::cluster::metrics::Op::QueueDelete);
+    let t0 = Instant::now();
+    while deletes() < 6 {
+        assert!(t0.elapsed() < T, "C's engine deleted {} of 6 ACKed notifications", deletes());
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let (mut on_b, _) = b.device("offline");
     assert!(
         matches!(on_b.recv(Duration::from_millis(500)), common::Got::Timeout),

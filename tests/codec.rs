@@ -285,7 +285,7 @@ fn length_over_the_port_maximum_is_refused_before_the_body_arrives() {
 
 #[test]
 fn undefined_type_bytes_are_unknown_type() {
-    for t in [0x00, 0x0a, 0x20, 0x2d, 0x7f, 0xff] {
+    for t in [0x00, 0x0e, 0x20, 0x32, 0x7f, 0xff] {
         let buf = framed(t, &[]);
         let (raw, used) = split_frame(&buf, DEVICE_MAX_BODY).unwrap().unwrap();
         assert_eq!(used, 2);
