@@ -285,11 +285,11 @@ proptest! {
 
 /// protocol.md section 5: the types defined on each port, checked before the body is read.
 fn on_device_port(t: u8) -> bool {
-    (0x01..=0x09).contains(&t)
+    (0x01..=0x0d).contains(&t)
 }
 
 fn on_provider_port(t: u8) -> bool {
-    matches!(t, 0x03 | 0x04 | 0x07 | 0x08) || (0x21..=0x2c).contains(&t)
+    matches!(t, 0x03 | 0x04 | 0x07 | 0x08) || (0x21..=0x31).contains(&t)
 }
 
 proptest! {
