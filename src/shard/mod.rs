@@ -768,6 +768,7 @@ impl Shard {
                 libc::malloc_trim(0);
             }
         }
+        self.topics.shrink();
         if self.devices.capacity() > 2 * self.devices.len() + 1024 {
             self.devices.shrink_to(self.devices.len() * 5 / 4);
         }

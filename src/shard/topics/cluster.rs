@@ -129,8 +129,11 @@ impl Shard {
         let cap = self.shared.cfg.limits.topics_per_device;
         let name = key.name.clone();
         // Insert: a device already in the topic keeps its position (and what it is owed).
-        let op =
-            if add { SubOp::Insert { topic: name.clone(), pos } } else { SubOp::Remove { topic: name.clone() } };
+        let op = if add {
+            SubOp::Insert { topic: name.clone(), pos }
+        } else {
+            SubOp::Remove { topic: name.clone() }
+        };
         let shared = self.shared.clone();
         let e2 = engine.clone();
         engine.subs_update(
@@ -171,7 +174,7 @@ impl Shard {
         if add {
             if topics.find(&key.name).is_none() {
                 let behind = self.shared.topics.newest(&key) > pos;
-                topics.add(&key.name, pos, behind);
+                topics.add(self.topics.intern(&key.name), pos, behind);
                 self.topics.join(key, idx);
                 if behind {
                     let _ = self.deliver(idx);

@@ -54,7 +54,7 @@ impl Shard {
                 pos = backlog.skip_to;
                 self.put_position(&token, &key.name, pos);
             }
-            topics.add(&key.name, pos, backlog.count > 0);
+            topics.add(self.topics.intern(&key.name), pos, backlog.count > 0);
             self.topics.join(key, idx);
         }
         if let Some(Conn::Device(d)) = self.conns.get_mut(idx as usize) {
@@ -184,7 +184,7 @@ impl Shard {
                     continue; // a stale index entry: not subscribed any more
                 }
                 // This device's first broadcast: it is owed the whole log.
-                topics.add(&key.name, 0, logged);
+                topics.add(self.topics.intern(&key.name), 0, logged);
                 if logged {
                     d.core.flags |= Flags::BACKLOG;
                     let _ = self.deliver(idx);
@@ -251,7 +251,7 @@ impl Shard {
         let app = d.app;
         let Some(topics) = d.take_topics() else { return };
         for s in &topics.subs {
-            self.topics.leave(&TopicKey { app, name: s.name.clone() }, idx);
+            self.topics.leave(&TopicKey::new(app, &s.name), idx);
         }
     }
 
@@ -286,7 +286,7 @@ impl Shard {
                 warn!("shard {}: subscribe: {e}", self.index());
                 return SubStatus::STORE_FAILED;
             }
-            topics.add(topic, pos, false);
+            topics.add(self.topics.intern(topic), pos, false);
             self.topics.join(key, idx);
         } else {
             if !topics.remove(topic) {

@@ -3,6 +3,7 @@
 //! delivery counts not yet added to the node's.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use crate::topics::TopicKey;
 
@@ -11,7 +12,8 @@ pub const NO_SLOT: u32 = 0;
 
 /// One topic of one connected device.
 pub struct Sub {
-    pub name: Box<[u8]>,
+    /// Shared by every device of the shard in the topic (`ShardTopics::intern`).
+    pub name: Arc<[u8]>,
     /// Tells this subscription from a later one to the same topic.
     pub slot: u32,
     /// The last topic message the device is done with (what the store keeps).
@@ -33,9 +35,13 @@ pub struct DeviceTopics {
 }
 
 impl DeviceTopics {
-    pub fn add(&mut self, name: &[u8], pos: u64, behind: bool) -> &mut Sub {
+    pub fn add(&mut self, name: Arc<[u8]>, pos: u64, behind: bool) -> &mut Sub {
         self.next_slot += 1;
-        self.subs.push(Sub { name: name.into(), slot: self.next_slot, pos, sent: pos, behind });
+        if self.subs.capacity() == 0 {
+            // Most devices are in one topic (or only the broadcast): no spare room.
+            self.subs.reserve_exact(1);
+        }
+        self.subs.push(Sub { name, slot: self.next_slot, pos, sent: pos, behind });
         let last = self.subs.len() - 1;
         &mut self.subs[last]
     }
@@ -47,6 +53,7 @@ impl DeviceTopics {
     pub fn remove(&mut self, name: &[u8]) -> bool {
         let before = self.subs.len();
         self.subs.retain(|s| &*s.name != name);
+        self.subs.shrink_to_fit();
         before != self.subs.len()
     }
 
@@ -60,6 +67,9 @@ impl DeviceTopics {
     pub fn on_acked(&mut self, msg_id: u64) -> Option<(usize, u64)> {
         let i = self.inflight.iter().position(|&(id, _)| id == msg_id)?;
         let (_, slot) = self.inflight.swap_remove(i);
+        if self.inflight.is_empty() {
+            self.inflight = Vec::new(); // an idle device keeps no spare room
+        }
         let si = self.subs.iter().position(|s| s.slot == slot)?;
         let oldest = self.inflight.iter().filter(|&&(_, s)| s == slot).map(|&(id, _)| id).min();
         let s = &mut self.subs[si];
@@ -82,6 +92,8 @@ pub struct ShardTopics {
     pub deltas: HashMap<u64, (u64, u64)>,
     /// Cluster: the same counts, not yet sent to the other nodes.
     pub remote_deltas: HashMap<u64, (u64, u64)>,
+    /// One copy of each topic name the shard's devices are in.
+    names: HashSet<Arc<[u8]>>,
 }
 
 impl ShardTopics {
@@ -100,6 +112,24 @@ impl ShardTopics {
         }
     }
 
+    /// The shard's copy of `name`, shared by its devices' subscriptions.
+    pub fn intern(&mut self, name: &[u8]) -> Arc<[u8]> {
+        if let Some(n) = self.names.get(name) {
+            return n.clone();
+        }
+        let n: Arc<[u8]> = name.into();
+        self.names.insert(n.clone());
+        n
+    }
+
+    /// Forgets the names no device holds any more (every 10 s).
+    pub fn shrink(&mut self) {
+        self.names.retain(|n| Arc::strong_count(n) > 1);
+        self.names.shrink_to_fit();
+        self.deltas.shrink_to_fit();
+        self.index.shrink_to_fit();
+    }
+
     pub fn count_sent(&mut self, id: u64) {
         self.deltas.entry(id).or_default().0 += 1;
     }
@@ -116,7 +146,7 @@ mod tests {
     #[test]
     fn the_position_stops_below_the_oldest_unacked() {
         let mut t = DeviceTopics::default();
-        let slot = t.add(b"news", 10, false).slot;
+        let slot = t.add(b"news"[..].into(), 10, false).slot;
         t.subs[0].sent = 30;
         t.inflight = vec![(20, slot), (25, slot), (30, slot)];
         assert_eq!(t.on_acked(25), Some((0, 19)), "past what came before 20, which is still owed");
