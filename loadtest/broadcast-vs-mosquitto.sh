@@ -7,7 +7,9 @@
 # once. Each server is started fresh for every run; prints the median of RUNS.
 #   loadtest/broadcast-vs-mosquitto.sh [OUT_DIR]      (default /tmp/pushgate-broadcast)
 # Environment: GW_BIN, LT_BIN (default: build target/release), N (10000),
-# M (50), K (50), RUNS (3), TOPIC (bcast), GW_CONFIG (loadtest/gateway-defaults.toml).
+# M (50), K (50), RUNS (3), TOPIC (bcast), GW_CONFIG (loadtest/gateway-defaults.toml),
+# GW_ADDR (its device port, 127.0.0.1:17700; the provider port is the next one),
+# DATA (its data_dir, /tmp/pushgate-loadtest-data: removed before every run).
 # Needs mosquitto on PATH (Debian: apt-get install -y mosquitto).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,7 +26,8 @@ K=${K:-50}
 RUNS=${RUNS:-3}
 TOPIC=${TOPIC:-bcast}
 GW_CONFIG=${GW_CONFIG:-loadtest/gateway-defaults.toml}
-DATA=/tmp/pushgate-loadtest-data # data_dir of both loadtest gateway configs
+GW_ADDR=${GW_ADDR:-127.0.0.1:17700}
+DATA=${DATA:-/tmp/pushgate-loadtest-data} # data_dir of both loadtest gateway configs
 command -v mosquitto >/dev/null || { echo "mosquitto is not installed" >&2; exit 2; }
 
 common=(--scenario broadcast --devices "$N" --messages "$M" --catchup "$K" --topic "$TOPIC" --json)
@@ -33,7 +36,7 @@ for r in $(seq 1 "$RUNS"); do
     echo "== pushgate run $r: $N devices, $M pushes, $K offline" >&2
     rm -rf "$DATA"
     "$LT_BIN" run --target pushgate "${common[@]}" \
-        --spawn "$GW_BIN serve --config $GW_CONFIG" --addr 127.0.0.1:17700 \
+        --spawn "$GW_BIN serve --config $GW_CONFIG" --addr "$GW_ADDR" \
         --app load --secret loadtest-secret-0123456789 --data-dir "$DATA" \
         >"$OUT/pushgate-$r.json" 2>"$OUT/pushgate-$r.log" || echo "pushgate run $r: exit $?" >&2
 
