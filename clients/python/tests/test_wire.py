@@ -86,6 +86,23 @@ def test_provider_example_frames(ftype, body, raw):
     elif ftype == wire.FEEDBACK:
         req_id, since = struct.unpack_from(">IQ", body)
         assert wire.encode_feedback(req_id, since, body[12:]) == raw
+    elif ftype == wire.PUSH_TOPIC:
+        req_id, t = struct.unpack_from(">IB", body)
+        kind, prio, flags, expiry, c = struct.unpack_from(">BBBIB", body, 5 + t)
+        note = body[13 + t :]
+        assert wire.encode_push_topic(req_id, body[5 : 5 + t], kind, prio, flags, expiry, note[:c], note[c:]) == raw
+    elif ftype == wire.TOPIC_MANAGE:
+        req_id, op, t = struct.unpack_from(">IBB", body)
+        (n,) = struct.unpack_from(">H", body, 6 + t)
+        toks = [body[8 + t + 24 * i : 32 + t + 24 * i] for i in range(n)]
+        assert wire.encode_topic_manage(req_id, op == 1, body[6 : 6 + t], toks) == raw
+    elif ftype == wire.TOPIC_STATS:
+        req_id, msg_id = struct.unpack(">IQ", body)
+        assert wire.encode_topic_stats(req_id, msg_id) == raw
+    elif ftype == wire.TOPIC_MANAGE_RESULT:
+        assert wire.parse_topic_manage_result(body) == (9, [0, 4])
+    elif ftype == wire.TOPIC_STATS_RESULT:
+        assert wire.parse_topic_stats_result(body) == (10, True, 3, 2)
     elif ftype == wire.PING:
         assert wire.encode_ping() == raw
     elif ftype == wire.SUBSCRIBE_RECEIPTS:
@@ -96,7 +113,9 @@ def test_provider_example_frames(ftype, body, raw):
         assert wire.parse_auth_ok(body) == 1024
     elif ftype == wire.RESULT:
         req_id, status, msg_id, info = wire.parse_result(body)
-        assert req_id in (1, 2, 7)
+        assert req_id in (1, 2, 7, 8)
+        if req_id == 8:  # the PUSH_TOPIC's: a topic message id has bit 62 set
+            assert (status, msg_id) == (1, (1 << 62) + 1)
     elif ftype == wire.MULTI_RESULT:
         assert wire.parse_multi_result(body) == (3, [(0, 20), (4, 0)])
     elif ftype == wire.FEEDBACK_RESULT:
@@ -141,3 +160,21 @@ def test_encoder_refuses_what_the_gateway_would_reject():
         wire.encode_push(1, bytes(24), 0, 10, 0, 0, b"", bytes(wire.PROVIDER_MAX_BODY))
     with pytest.raises(ValueError):
         wire.encode_auth_hello("")
+    for name in (b"", b"t" * 65):
+        with pytest.raises(ValueError):
+            wire.encode_push_topic(1, name, 0, 10, 0, 0, b"", b"")
+        with pytest.raises(ValueError):
+            wire.encode_topic_manage(1, True, name, [bytes(24)])
+    with pytest.raises(ValueError):
+        wire.encode_topic_manage(1, True, b"news", [])
+    with pytest.raises(ValueError):
+        wire.encode_topic_manage(1, True, b"news", [bytes(24)] * 1001)
+
+
+def test_topic_answers_that_do_not_match_their_table_are_refused():
+    with pytest.raises(ProtocolError):
+        wire.parse_topic_manage_result(struct.pack(">IH", 9, 2) + b"\x00")
+    with pytest.raises(ProtocolError):
+        wire.parse_topic_stats_result(struct.pack(">IBQQ", 10, 2, 0, 0))
+    with pytest.raises(ProtocolError):
+        wire.parse_topic_stats_result(bytes(20))

@@ -21,6 +21,20 @@ STATUS: Dict[int, str] = {
     7: "unavailable",
     8: "unregistered",
     9: "store_failed",
+    10: "bad_topic",
+    11: "topic_limit",
+}
+
+#: Subscription status (TOPIC_MANAGE_RESULT entries), section 6.5: a code space
+#: of its own, so a name may have another value here than in ``STATUS``.
+SUBSCRIPTION: Dict[int, str] = {
+    0: "ok",
+    1: "bad_topic",
+    2: "topic_limit",
+    3: "bad_token",
+    4: "unregistered",
+    5: "store_failed",
+    6: "unavailable",
 }
 
 #: ERROR.code, section 6.2.
@@ -60,6 +74,9 @@ PRIORITY_NORMAL = 5
 #: Statuses whose msg_id is nonzero: the notification was accepted.
 ACCEPTED = frozenset({0, 1})
 
+#: The topic every device of the app is in without subscribing (section 10.4).
+BROADCAST = "~all"
+
 
 def _name(table: Dict[int, str], code: int) -> str:
     return table.get(code, "unknown(%d)" % code)
@@ -68,6 +85,11 @@ def _name(table: Dict[int, str], code: int) -> str:
 def status_name(code: int) -> str:
     """The name of a push status, e.g. ``0 -> "delivered"``."""
     return _name(STATUS, code)
+
+
+def subscription_name(code: int) -> str:
+    """The name of a subscription status, e.g. ``3 -> "bad_token"`` (section 6.5)."""
+    return _name(SUBSCRIPTION, code)
 
 
 def error_name(code: int) -> str:

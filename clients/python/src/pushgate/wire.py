@@ -33,10 +33,18 @@ FEEDBACK = 0x29
 FEEDBACK_RESULT = 0x2A
 RECEIPT = 0x2B
 SUBSCRIBE_RECEIPTS = 0x2C
+PUSH_TOPIC = 0x2D
+TOPIC_MANAGE = 0x2E
+TOPIC_MANAGE_RESULT = 0x2F
+TOPIC_STATS = 0x30
+TOPIC_STATS_RESULT = 0x31
 
 #: Types a gateway may send on the provider port.
 GATEWAY_TYPES = frozenset(
-    {PONG, GOAWAY, ERROR, CHALLENGE, AUTH_OK, RESULT, MULTI_RESULT, FEEDBACK_RESULT, RECEIPT}
+    {
+        PONG, GOAWAY, ERROR, CHALLENGE, AUTH_OK, RESULT, MULTI_RESULT, FEEDBACK_RESULT, RECEIPT,
+        TOPIC_MANAGE_RESULT, TOPIC_STATS_RESULT,
+    }
 )
 
 PROVIDER_MAX_BODY = 32768
@@ -52,6 +60,9 @@ FLAG_RECEIPT = 0x01
 MULTI_FIXED = 4 + 2 + 1 + 1 + 1 + 4 + 1
 #: Fixed bytes of a PUSH body besides collapse id and payload.
 PUSH_FIXED = 4 + TOKEN_LEN + 1 + 1 + 1 + 4 + 1
+MAX_TOPIC = 64
+#: Fixed bytes of a TOPIC_MANAGE body besides the topic name and the tokens.
+TOPIC_MANAGE_FIXED = 4 + 1 + 1 + 2
 
 
 def encode_varint(n: int) -> bytes:
@@ -194,6 +205,35 @@ def encode_feedback(req_id: int, since_ms: int, after: bytes = bytes(TOKEN_LEN))
     return encode_frame(FEEDBACK, struct.pack(">IQ", req_id, since_ms) + after)
 
 
+def _topic(name: bytes) -> bytes:
+    """The topic field: length byte and name. Only the length is checked here: a
+    gateway answers a bad byte with ``bad_topic``, but a bad length with ERROR."""
+    if not 1 <= len(name) <= MAX_TOPIC:
+        raise ValueError("a topic name is 1..%d bytes, not %d" % (MAX_TOPIC, len(name)))
+    return bytes([len(name)]) + name
+
+
+def encode_push_topic(
+    req_id: int, topic: bytes, kind: int, priority: int, flags: int, expiry: int, collapse: bytes, payload: bytes
+) -> bytes:
+    body = struct.pack(">I", req_id) + _topic(topic) + _note_tail(kind, priority, flags, expiry, collapse, payload)
+    return encode_frame(PUSH_TOPIC, body)
+
+
+def encode_topic_manage(req_id: int, add: bool, topic: bytes, tokens: List[bytes]) -> bytes:
+    if not 1 <= len(tokens) <= MAX_MULTI:
+        raise ValueError("a TOPIC_MANAGE carries 1..%d tokens, not %d" % (MAX_MULTI, len(tokens)))
+    for t in tokens:
+        if len(t) != TOKEN_LEN:
+            raise ValueError("a token is %d bytes" % TOKEN_LEN)
+    body = struct.pack(">IB", req_id, int(add)) + _topic(topic) + struct.pack(">H", len(tokens)) + b"".join(tokens)
+    return encode_frame(TOPIC_MANAGE, body)
+
+
+def encode_topic_stats(req_id: int, msg_id: int) -> bytes:
+    return encode_frame(TOPIC_STATS, struct.pack(">IQ", req_id, msg_id))
+
+
 def encode_ping() -> bytes:
     return encode_frame(PING)
 
@@ -251,6 +291,24 @@ def parse_receipt(body: bytes) -> Tuple[bytes, int, int]:
     """(token, msg_id, acked_at_ms)."""
     _exact(body, 40, "RECEIPT")
     return body[:TOKEN_LEN], *struct.unpack_from(">QQ", body, TOKEN_LEN)
+
+
+def parse_topic_manage_result(body: bytes) -> Tuple[int, List[int]]:
+    """(req_id, [subscription status, ...])."""
+    if len(body) < 6:
+        raise ProtocolError("TOPIC_MANAGE_RESULT body is %d bytes, expected at least 6" % len(body))
+    req_id, n = struct.unpack_from(">IH", body)
+    _exact(body, 6 + n, "TOPIC_MANAGE_RESULT")
+    return req_id, list(body[6:])
+
+
+def parse_topic_stats_result(body: bytes) -> Tuple[int, bool, int, int]:
+    """(req_id, known, sent, acked)."""
+    _exact(body, 21, "TOPIC_STATS_RESULT")
+    req_id, known, sent, acked = struct.unpack(">IBQQ", body)
+    if known > 1:
+        raise ProtocolError("TOPIC_STATS_RESULT known byte is %d" % known)
+    return req_id, bool(known), sent, acked
 
 
 def parse_goaway(body: bytes) -> Tuple[int, int]:
