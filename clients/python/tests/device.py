@@ -1,7 +1,8 @@
 """Test-only device client, written from protocol.md section 4.1.
 
-It speaks HELLO / WELCOME, receives NOTIFY, sends ACK, PING and UNREGISTER,
-and reads GOAWAY / ERROR, so tests can assert what a device really got.
+It speaks HELLO / WELCOME, receives NOTIFY and TOPIC_NOTIFY, sends ACK, PING,
+SUBSCRIBE / UNSUBSCRIBE and UNREGISTER, and reads GOAWAY / ERROR, so tests
+can assert what a device really got.
 Every read has a bounded timeout.
 """
 
@@ -17,6 +18,7 @@ from typing import Optional, Tuple
 from pushgate.wire import DEVICE_MAX_BODY, FrameDecoder, encode_frame
 
 HELLO, WELCOME, PING, PONG, NOTIFY, ACK, GOAWAY, ERROR, UNREGISTER = range(1, 10)
+SUBSCRIBE, UNSUBSCRIBE, SUBSCRIBE_RESULT, TOPIC_NOTIFY = 0x0A, 0x0B, 0x0C, 0x0D
 
 
 @dataclass
@@ -25,6 +27,21 @@ class Notify:
     kind: int
     priority: int
     payload: bytes
+
+
+@dataclass
+class TopicNotify:
+    msg_id: int
+    kind: int
+    priority: int
+    topic: str
+    payload: bytes
+
+
+@dataclass
+class SubscribeResult:
+    req_id: int
+    status: int
 
 
 @dataclass
@@ -73,6 +90,7 @@ class Device:
         assert len(body) == 30
         self.token: str = body[:24].hex()
         self.heartbeat_s, self.missed = struct.unpack(">HI", body[24:])
+        self._req_id = 0
 
     def read_frame(self, timeout: Optional[float] = None) -> Tuple[int, bytes]:
         """The next frame; raises socket.timeout / TimeoutError after ``timeout``."""
@@ -91,11 +109,17 @@ class Device:
             self.decoder.feed(data)
 
     def next_event(self, timeout: Optional[float] = None):  # type: ignore[no-untyped-def]
-        """A Notify, a GoAwayFrame, or "pong"; raises DeviceError on ERROR."""
+        """A Notify, a TopicNotify, a SubscribeResult, a GoAwayFrame, or "pong";
+        raises DeviceError on ERROR."""
         ftype, body = self.read_frame(timeout)
         if ftype == NOTIFY:
             msg_id, kind, prio = struct.unpack_from(">QBB", body)
             return Notify(msg_id, kind, prio, body[10:])
+        if ftype == TOPIC_NOTIFY:
+            msg_id, kind, prio, t = struct.unpack_from(">QBBB", body)
+            return TopicNotify(msg_id, kind, prio, body[11 : 11 + t].decode(), body[11 + t :])
+        if ftype == SUBSCRIBE_RESULT:
+            return SubscribeResult(*struct.unpack(">HB", body))
         if ftype == GOAWAY:
             return GoAwayFrame(*struct.unpack(">BI", body))
         if ftype == PONG:
@@ -111,6 +135,26 @@ class Device:
         if ack:
             self.ack(ev.msg_id)
         return ev
+
+    def recv_topic_notify(self, timeout: Optional[float] = None, ack: bool = True) -> TopicNotify:
+        """The next TOPIC_NOTIFY (ACKed with the ordinary ACK unless ``ack=False``)."""
+        ev = self.next_event(timeout)
+        assert isinstance(ev, TopicNotify), "expected TOPIC_NOTIFY, got %r" % (ev,)
+        if ack:
+            self.ack(ev.msg_id)
+        return ev
+
+    def subscribe(self, topic: str, frame: int = SUBSCRIBE) -> int:
+        """Sends SUBSCRIBE (or UNSUBSCRIBE) and returns the SUBSCRIBE_RESULT's status."""
+        self._req_id += 1
+        name = topic.encode()
+        self.sock.sendall(encode_frame(frame, struct.pack(">HB", self._req_id, len(name)) + name))
+        ev = self.next_event()
+        assert isinstance(ev, SubscribeResult) and ev.req_id == self._req_id, ev
+        return ev.status
+
+    def unsubscribe(self, topic: str) -> int:
+        return self.subscribe(topic, UNSUBSCRIBE)
 
     def expect_silence(self, seconds: float) -> None:
         """Asserts that no frame arrives within ``seconds``."""

@@ -7,6 +7,7 @@ Standard library only. ``Provider`` is the entry point::
 """
 
 from .codes import (
+    BROADCAST,
     KIND_ALERT,
     KIND_BACKGROUND,
     KIND_BADGE,
@@ -15,6 +16,7 @@ from .codes import (
     error_name,
     goaway_name,
     status_name,
+    subscription_name,
 )
 from .errors import (
     AuthFailed,
@@ -27,7 +29,18 @@ from .errors import (
     Timeout,
 )
 from .provider import Provider
-from .types import DEFAULT_TTL_S, FeedbackEntry, Notification, PushResult, Receipt, expiry_in, token_bytes
+from .types import (
+    DEFAULT_TTL_S,
+    FeedbackEntry,
+    Notification,
+    PushResult,
+    Receipt,
+    TopicManageResult,
+    TopicResult,
+    TopicStats,
+    expiry_in,
+    token_bytes,
+)
 
 __all__ = [
     "Provider",
@@ -35,6 +48,9 @@ __all__ = [
     "PushResult",
     "Receipt",
     "FeedbackEntry",
+    "TopicResult",
+    "TopicManageResult",
+    "TopicStats",
     "PushgateError",
     "ProtocolError",
     "ServerError",
@@ -49,7 +65,9 @@ __all__ = [
     "PRIORITY_HIGH",
     "PRIORITY_NORMAL",
     "DEFAULT_TTL_S",
+    "BROADCAST",
     "status_name",
+    "subscription_name",
     "error_name",
     "goaway_name",
     "expiry_in",

@@ -92,14 +92,17 @@ class GoAway(PushgateError):
 
 
 class PushRefused(PushgateError):
-    """A push was not accepted: ``status`` is the status name, ``status_code`` its code."""
+    """A push was not accepted: ``status`` is the status name, ``status_code`` its code.
+    For a push to a topic, ``topic`` names it and ``token`` is empty."""
 
-    def __init__(self, status_code: int, token: str, info: int = 0) -> None:
+    def __init__(self, status_code: int, token: str, info: int = 0, *, topic: str = "") -> None:
         self.status_code = status_code
         self.status = status_name(status_code)
         self.token = token
+        self.topic = topic
         self.info = info
-        super().__init__("push to %s refused: %s (%d), info %d" % (token, self.status, status_code, info))
+        to = "topic %s" % topic if topic else token
+        super().__init__("push to %s refused: %s (%d), info %d" % (to, self.status, status_code, info))
 
 
 def server_error(code: int, text: str) -> ServerError:

@@ -1,9 +1,10 @@
-"""The blocking provider client: login, pipelined pushes, feedback, receipts.
+"""The blocking provider client: login, pipelined pushes, topics, feedback, receipts.
 
 ``Provider`` holds one authenticated connection for one app. Every call is
-bounded by a timeout. Requests (PUSH, MULTI_PUSH, FEEDBACK) are pipelined up
-to the gateway's ``max_in_flight`` from AUTH_OK and answers are matched by
-req_id, so they may arrive in any order.
+bounded by a timeout. Requests (PUSH, MULTI_PUSH, FEEDBACK, PUSH_TOPIC,
+TOPIC_MANAGE, TOPIC_STATS) are pipelined up to the gateway's
+``max_in_flight`` from AUTH_OK and answers are matched by req_id, so they
+may arrive in any order.
 
 What happens when the connection ends, exactly:
 
@@ -13,8 +14,8 @@ What happens when the connection ends, exactly:
   the longer of ``reconnect_ms`` and the full-jitter backoff of section 11.4,
   connects to the same address again, logs in again, sends
   SUBSCRIBE_RECEIPTS again if it had subscribed, and **re-sends every
-  request that had not been answered** (PUSH, MULTI_PUSH and FEEDBACK
-  alike, with new req_ids), then the call continues as if nothing happened.
+  request that had not been answered** (every kind alike, with new
+  req_ids), then the call continues as if nothing happened.
   This is safe with pushgate because a draining gateway stops reading,
   answers every request it has read, and only then sends GOAWAY: a request
   without an answer at GOAWAY was never read. Reconnecting gives up after
@@ -63,6 +64,9 @@ from .types import (
     PushResult,
     Receipt,
     TokenLike,
+    TopicManageResult,
+    TopicResult,
+    TopicStats,
     expiry_in,
     token_bytes,
 )
@@ -86,14 +90,16 @@ def parse_address(address: Address) -> Tuple[str, int]:
 
 
 class _Request:
-    """One PUSH, MULTI_PUSH or FEEDBACK: its frame type, body without req_id, and answer."""
+    """One request frame (PUSH, MULTI_PUSH, FEEDBACK, PUSH_TOPIC, TOPIC_MANAGE,
+    TOPIC_STATS): its frame type, body without req_id, and answer."""
 
-    __slots__ = ("ftype", "tail", "tokens", "reply", "abandoned", "written")
+    __slots__ = ("ftype", "tail", "tokens", "topic", "reply", "abandoned", "written")
 
-    def __init__(self, ftype: int, tail: bytes, tokens: Sequence[bytes] = ()) -> None:
+    def __init__(self, ftype: int, tail: bytes, tokens: Sequence[bytes] = (), topic: str = "") -> None:
         self.ftype = ftype
         self.tail = tail
         self.tokens = tokens
+        self.topic = topic
         self.reply: object = None
         self.abandoned = False
         #: Ever written to a connection (so its outcome is unknown if unanswered).
@@ -105,6 +111,14 @@ class _Request:
 
 def _payload(p: Union[bytes, bytearray, str]) -> bytes:
     return p.encode("utf-8") if isinstance(p, str) else bytes(p)
+
+
+def _topic_name(topic: Union[bytes, str]) -> Tuple[bytes, str]:
+    """The name's bytes (1..64, else ``ValueError``) and its text for results."""
+    raw = _payload(topic)
+    if not 1 <= len(raw) <= wire.MAX_TOPIC:
+        raise ValueError("a topic name is 1..%d bytes, not %d" % (wire.MAX_TOPIC, len(raw)))
+    return raw, topic if isinstance(topic, str) else raw.decode("utf-8", "replace")
 
 
 class Provider:
@@ -337,6 +351,73 @@ class Provider:
                 return out
             after, since_ms = entries[-1]
 
+    def push_topic(
+        self,
+        topic: Union[bytes, str],
+        payload: Union[bytes, str] = b"",
+        *,
+        kind: int = KIND_ALERT,
+        priority: int = PRIORITY_HIGH,
+        expiry: Optional[int] = None,
+        collapse_id: Union[bytes, str] = b"",
+        receipt: bool = False,
+        timeout: Optional[float] = None,
+    ) -> TopicResult:
+        """Pushes one notification to every device in ``topic`` (PUSH_TOPIC) and
+        waits for its RESULT. ``"~all"`` (``pushgate.BROADCAST``) is every device
+        of the app. The options are those of ``push``; the collapse id is per topic.
+
+        ``queued`` means the message is in the topic's log; with ``expiry=0``,
+        ``delivered`` means it went to the subscribers connected at that moment.
+        A name that breaks the rule is answered ``bad_topic``; one outside 1..64
+        bytes raises ``ValueError`` before anything is sent.
+        """
+        raw, name = _topic_name(topic)
+        body = wire.encode_push_topic(
+            0, raw, kind, priority, int(receipt), self._expiry(expiry), _payload(collapse_id), _payload(payload)
+        )
+        req = _Request(wire.PUSH_TOPIC, _tail(body), topic=name)
+        self._run([req], timeout)
+        return cast(TopicResult, req.reply)
+
+    def manage_topic(
+        self,
+        topic: Union[bytes, str],
+        tokens: Iterable[TokenLike],
+        add: bool = True,
+        *,
+        timeout: Optional[float] = None,
+    ) -> List[TopicManageResult]:
+        """Subscribes (``add=True``) or unsubscribes the devices of ``tokens`` to
+        or from ``topic`` (TOPIC_MANAGE), connected or not.
+
+        Any number of tokens: split into frames of 1000, pipelined. Returns one
+        ``TopicManageResult`` per token, in the order given, with a subscription
+        status (protocol.md 6.5): ``ok``, ``bad_token``, ``unregistered``, ... and
+        ``bad_topic`` for every token if the name is refused. Idempotent, so a
+        call that failed part-way may simply be made again.
+        """
+        raw, name = _topic_name(topic)
+        toks = [token_bytes(t) for t in tokens]
+        if not toks:
+            return []
+        reqs = []
+        for i in range(0, len(toks), wire.MAX_MULTI):
+            chunk = toks[i : i + wire.MAX_MULTI]
+            reqs.append(_Request(wire.TOPIC_MANAGE, _tail(wire.encode_topic_manage(0, add, raw, chunk)), chunk, name))
+        self._run(reqs, timeout)
+        return [res for r in reqs for res in cast(List[TopicManageResult], r.reply)]
+
+    def topic_stats(self, msg_id: int, *, timeout: Optional[float] = None) -> TopicStats:
+        """``(known, sent, acked)`` for a topic message id from ``push_topic``
+        (TOPIC_STATS): this node's counts of TOPIC_NOTIFY frames written and of
+        ACKs taken. ``known`` is False once the node has forgotten the id."""
+        if not 0 <= msg_id <= 0xFFFFFFFFFFFFFFFF:
+            raise ValueError("msg_id %d is not a u64" % msg_id)
+        req = _Request(wire.TOPIC_STATS, _tail(wire.encode_topic_stats(0, msg_id)))
+        self._run([req], timeout)
+        return cast(TopicStats, req.reply)
+
     def subscribe_receipts(self) -> None:
         """Asks for this app's delivery receipts on this connection (SUBSCRIBE_RECEIPTS).
 
@@ -563,8 +644,10 @@ class Provider:
     def _dispatch(self, ftype: int, body: bytes) -> None:
         if ftype == wire.RESULT:
             req_id, status, msg_id, info = wire.parse_result(body)
-            r = self._answer(req_id, wire.PUSH)
-            if r is not None:
+            r = self._answer(req_id, wire.PUSH, wire.PUSH_TOPIC)
+            if r is not None and r.ftype == wire.PUSH_TOPIC:
+                r.reply = TopicResult.of(r.topic, status, msg_id, info)
+            elif r is not None:
                 r.reply = PushResult.of(r.tokens[0], status, msg_id, info)
         elif ftype == wire.MULTI_RESULT:
             req_id, entries = wire.parse_multi_result(body)
@@ -578,6 +661,19 @@ class Provider:
             r = self._answer(req_id, wire.FEEDBACK)
             if r is not None:
                 r.reply = (more, page)
+        elif ftype == wire.TOPIC_MANAGE_RESULT:
+            req_id, statuses = wire.parse_topic_manage_result(body)
+            r = self._answer(req_id, wire.TOPIC_MANAGE)
+            if r is not None:
+                if len(statuses) != len(r.tokens):
+                    raise ProtocolError("TOPIC_MANAGE_RESULT %d has %d statuses for %d tokens"
+                                        % (req_id, len(statuses), len(r.tokens)))
+                r.reply = [TopicManageResult.of(t, s) for t, s in zip(r.tokens, statuses)]
+        elif ftype == wire.TOPIC_STATS_RESULT:
+            req_id, known, sent, acked = wire.parse_topic_stats_result(body)
+            r = self._answer(req_id, wire.TOPIC_STATS)
+            if r is not None:
+                r.reply = TopicStats(known, sent, acked)
         elif ftype == wire.RECEIPT:
             tok, msg_id, at = wire.parse_receipt(body)
             if len(self._receipts) >= MAX_BUFFERED_RECEIPTS:
@@ -596,11 +692,11 @@ class Provider:
         else:
             raise ProtocolError("unexpected frame type 0x%02x from the gateway" % ftype)
 
-    def _answer(self, req_id: int, want: int) -> Optional[_Request]:
+    def _answer(self, req_id: int, *want: int) -> Optional[_Request]:
         r = self._sent.pop(req_id, None)
         if r is None:
             raise ProtocolError("answer for req_id %d, which is not outstanding" % req_id)
-        if r.ftype != want:
+        if r.ftype not in want:
             raise ProtocolError("req_id %d answered by the wrong kind of frame" % req_id)
         return None if r.abandoned else r
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import NamedTuple, Optional, Union
 
-from .codes import ACCEPTED, KIND_ALERT, PRIORITY_HIGH, status_name
+from .codes import ACCEPTED, KIND_ALERT, PRIORITY_HIGH, status_name, subscription_name
 from .errors import PushRefused
 from .wire import TOKEN_LEN
 
@@ -85,6 +85,72 @@ class PushResult:
         if not self.accepted:
             raise PushRefused(self.status_code, self.token, self.info)
         return self
+
+
+@dataclass(frozen=True)
+class TopicResult:
+    """The outcome of a push to a topic (PUSH_TOPIC, answered by a RESULT).
+
+    As ``PushResult``, for ``topic`` instead of a token. ``queued``: the
+    message is in the topic's log (durably), not yet delivered to anyone;
+    ``delivered`` (expiry 0): handed to the subscribers connected at that
+    moment, possibly none. ``msg_id`` has bit 62 set (protocol.md 10.4).
+    """
+
+    topic: str
+    status: str
+    status_code: int
+    msg_id: int
+    info: int = 0
+
+    @classmethod
+    def of(cls, topic: str, code: int, msg_id: int, info: int = 0) -> "TopicResult":
+        return cls(topic, status_name(code), code, msg_id, info)
+
+    @property
+    def accepted(self) -> bool:
+        """True for ``delivered`` and ``queued``."""
+        return self.status_code in ACCEPTED
+
+    def raise_for_status(self) -> "TopicResult":
+        """Returns self if accepted, else raises ``PushRefused`` (with ``topic`` set)."""
+        if not self.accepted:
+            raise PushRefused(self.status_code, "", self.info, topic=self.topic)
+        return self
+
+
+@dataclass(frozen=True)
+class TopicManageResult:
+    """One token's outcome in a ``manage_topic`` call: a subscription status
+    (protocol.md 6.5, not the push statuses): ``"ok"``, ``"bad_topic"``,
+    ``"topic_limit"``, ``"bad_token"``, ``"unregistered"``, ``"store_failed"``,
+    ``"unavailable"``, or ``"unknown(<n>)"``."""
+
+    token: str
+    status: str
+    status_code: int
+
+    @classmethod
+    def of(cls, token: bytes, code: int) -> "TopicManageResult":
+        return cls(token.hex(), subscription_name(code), code)
+
+    @property
+    def ok(self) -> bool:
+        """True when the token is (add) or is not (remove) in the topic, durably."""
+        return self.status_code == 0
+
+
+class TopicStats(NamedTuple):
+    """What this node counted for one topic message (TOPIC_STATS_RESULT).
+
+    ``known`` is False once the node no longer remembers the id (both counts
+    are then 0); ``sent`` counts TOPIC_NOTIFY frames written to devices (a
+    repeat after a reconnect counts again), ``acked`` the ACKs that took effect.
+    """
+
+    known: bool
+    sent: int
+    acked: int
 
 
 @dataclass(frozen=True)
