@@ -48,6 +48,7 @@ class Gateway:
             "--device-listen", device_listen,
             "--provider-listen", provider_listen,
             "--admin-listen", "127.0.0.1:0",
+            "--http-listen", "127.0.0.1:0",  # not the default 7703: two gateways (or a dev one) at once
             "--data-dir", str(data_dir),
         ]
         if store is not None:
