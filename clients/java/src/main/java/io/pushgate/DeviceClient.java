@@ -3,11 +3,16 @@ package io.pushgate;
 import java.io.Closeable;
 import java.io.IOException;
 import java.net.SocketTimeoutException;
+import java.util.LinkedHashMap;
+import java.util.Map;
 import java.util.Random;
+import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.CountDownLatch;
+import java.util.concurrent.ExecutionException;
 import java.util.concurrent.ScheduledFuture;
 import java.util.concurrent.ScheduledThreadPoolExecutor;
 import java.util.concurrent.TimeUnit;
+import java.util.concurrent.TimeoutException;
 import java.util.concurrent.atomic.AtomicInteger;
 
 /**
@@ -15,9 +20,14 @@ import java.util.concurrent.atomic.AtomicInteger;
  * new notification to a {@link DeviceListener}, ACKs it (see {@link AckMode}), drops duplicates,
  * and reconnects with backoff (protocol.md section 11.4) until it is closed or the gateway says
  * not to come back (GOAWAY replaced or unregistered, ERROR bad_credential and configuration errors).
+ * Topic messages (TOPIC_NOTIFY) reach the same listener, with {@link Notification#topic()} set;
+ * {@link #subscribe} and {@link #unsubscribe} change the device's topics.
  * One connection thread reads and runs the callbacks; a timer thread sends PINGs.
  */
 public final class DeviceClient implements Closeable {
+    /** How long {@link #subscribe(String)} and {@link #unsubscribe(String)} wait for the answer. */
+    public static final long DEFAULT_SUBSCRIBE_TIMEOUT_MS = 30_000;
+
     private final DeviceConfig cfg;
     private final byte[] secret;
     private final DeviceListener listener;
@@ -35,6 +45,24 @@ public final class DeviceClient implements Closeable {
     private volatile StopReason stopReason;
     private volatile boolean closing;
     private volatile boolean unregistering;
+    /** SUBSCRIBE / UNSUBSCRIBE requests waiting for their answer, by req_id, in request order. */
+    private final Map<Integer, PendingSub> pendingSubs = new LinkedHashMap<>(); // guarded by subLock
+    private final Object subLock = new Object();
+    private int nextSubId; // guarded by subLock
+    private IOException subsClosed; // guarded by subLock; set once the client stopped
+
+    /** One SUBSCRIBE or UNSUBSCRIBE until its SUBSCRIBE_RESULT. */
+    private static final class PendingSub {
+        final boolean subscribe;
+        final String topic;
+        final CompletableFuture<Integer> result = new CompletableFuture<>();
+        DeviceSession sentOn; // the session it was last written to
+
+        PendingSub(boolean subscribe, String topic) {
+            this.subscribe = subscribe;
+            this.topic = topic;
+        }
+    }
 
     private DeviceClient(DeviceConfig cfg, byte[] secret, DeviceListener listener) {
         if (!DeviceSecret.validLength(secret.length)) {
@@ -122,6 +150,152 @@ public final class DeviceClient implements Closeable {
         DeviceSession s = current();
         if (s != null) {
             s.unregister();
+        }
+    }
+
+    /**
+     * Subscribes this device to {@code topic} of its app (SUBSCRIBE) and waits up to
+     * {@link #DEFAULT_SUBSCRIBE_TIMEOUT_MS} for the answer; see {@link #subscribe(String, long)}.
+     */
+    public int subscribe(String topic) throws IOException, InterruptedException {
+        return subscribe(topic, DEFAULT_SUBSCRIBE_TIMEOUT_MS);
+    }
+
+    /**
+     * Subscribes this device to {@code topic} and returns the gateway's status, a
+     * {@link SubscriptionStatus}: {@code OK} once the subscription is durable (also when the device
+     * was subscribed already), {@code BAD_TOPIC} for a name that breaks the rule (1..64 bytes of
+     * {@code A-Z a-z 0-9 - _ . ~ %}, no {@code ~} name: {@code ~all} needs no subscription),
+     * {@code TOPIC_LIMIT}, {@code STORE_FAILED} or {@code UNAVAILABLE}. Subscriptions last until
+     * unsubscribed or UNREGISTER, across reconnects: there is no need to subscribe on every session.
+     * While no session is up the request waits for the next one; one cut off by a broken
+     * connection is sent again (SUBSCRIBE is idempotent).
+     *
+     * @throws IllegalArgumentException if the name is not 1..64 bytes (UTF-8)
+     * @throws IllegalStateException when called on the connection thread (from a listener
+     *     callback, which would block the reading of the answer): use {@link #subscribeAsync} there
+     * @throws SocketTimeoutException if no answer came within {@code timeoutMs} (the request stays
+     *     queued and may still take effect)
+     * @throws IOException if the client stopped before the answer
+     */
+    public int subscribe(String topic, long timeoutMs) throws IOException, InterruptedException {
+        notOnWorker();
+        return await(subscribeAsync(topic), timeoutMs);
+    }
+
+    /** As {@link #subscribe(String, long)} without waiting: the future completes with the status. */
+    public CompletableFuture<Integer> subscribeAsync(String topic) {
+        return request(true, topic);
+    }
+
+    /** Unsubscribes from {@code topic} (UNSUBSCRIBE); waits as {@link #subscribe(String)}. */
+    public int unsubscribe(String topic) throws IOException, InterruptedException {
+        return unsubscribe(topic, DEFAULT_SUBSCRIBE_TIMEOUT_MS);
+    }
+
+    /**
+     * Unsubscribes from {@code topic} and returns the status ({@code OK} also when the device was
+     * not in it). Once {@code OK} is returned no message pushed to the topic afterwards reaches this
+     * device; one already on its way may still arrive (and is ACKed as usual). Otherwise as
+     * {@link #subscribe(String, long)}.
+     */
+    public int unsubscribe(String topic, long timeoutMs) throws IOException, InterruptedException {
+        notOnWorker();
+        return await(unsubscribeAsync(topic), timeoutMs);
+    }
+
+    /** As {@link #unsubscribe(String, long)} without waiting: the future completes with the status. */
+    public CompletableFuture<Integer> unsubscribeAsync(String topic) {
+        return request(false, topic);
+    }
+
+    private CompletableFuture<Integer> request(boolean subscribe, String topic) {
+        Wire.topicBytes(topic); // refuse a bad length now, not on the connection thread
+        PendingSub p = new PendingSub(subscribe, topic);
+        synchronized (subLock) {
+            if (subsClosed != null) {
+                p.result.completeExceptionally(subsClosed);
+                return p.result;
+            }
+            int id;
+            do {
+                nextSubId = (nextSubId + 1) & 0xffff;
+                id = nextSubId;
+            } while (pendingSubs.containsKey(id));
+            DeviceSession s = current();
+            // Only behind older requests already on this session, so that the gateway sees them in
+            // order (a subscribe and an unsubscribe of one topic); else resendSubs sends them all.
+            boolean inOrder = s != null;
+            for (PendingSub older : pendingSubs.values()) {
+                inOrder &= older.sentOn == s;
+            }
+            pendingSubs.put(id, p);
+            if (inOrder) {
+                send(s, id, p);
+            }
+        }
+        return p.result;
+    }
+
+    /** Writes one pending request to {@code s}; a failure leaves it for the next session. */
+    private static void send(DeviceSession s, int id, PendingSub p) {
+        try {
+            s.subscribe(p.subscribe, id, p.topic);
+            p.sentOn = s;
+        } catch (IOException e) {
+            // The session is gone: the request goes out on the next one.
+        }
+    }
+
+    private void notOnWorker() {
+        if (Thread.currentThread() == worker) {
+            throw new IllegalStateException("subscribe/unsubscribe would block the connection thread; use the async form");
+        }
+    }
+
+    private static int await(CompletableFuture<Integer> f, long timeoutMs) throws IOException, InterruptedException {
+        try {
+            return f.get(timeoutMs, TimeUnit.MILLISECONDS);
+        } catch (TimeoutException e) {
+            throw new SocketTimeoutException("no SUBSCRIBE_RESULT within " + timeoutMs + " ms");
+        } catch (ExecutionException e) {
+            if (e.getCause() instanceof IOException) {
+                throw (IOException) e.getCause();
+            }
+            throw new IOException(e.getCause());
+        }
+    }
+
+    /** Sends, on a new session, every request not yet answered, oldest first. */
+    private void resendSubs(DeviceSession s) {
+        synchronized (subLock) {
+            for (Map.Entry<Integer, PendingSub> e : pendingSubs.entrySet()) {
+                if (e.getValue().sentOn != s) {
+                    send(s, e.getKey(), e.getValue());
+                }
+            }
+        }
+    }
+
+    private void onSubscribeResult(DeviceSession s, int reqId, int status) {
+        PendingSub p;
+        synchronized (subLock) {
+            p = pendingSubs.get(reqId);
+            if (p == null || p.sentOn != s) {
+                return; // an answer to nothing outstanding on this session
+            }
+            pendingSubs.remove(reqId);
+        }
+        p.result.complete(status);
+    }
+
+    private void failSubs(StopReason reason) {
+        synchronized (subLock) {
+            subsClosed = new IOException("device client stopped (" + reason + ")");
+            for (PendingSub p : pendingSubs.values()) {
+                p.result.completeExceptionally(subsClosed);
+            }
+            pendingSubs.clear();
         }
     }
 
@@ -250,6 +424,7 @@ public final class DeviceClient implements Closeable {
                 reason = StopReason.CLOSED;
             }
             stopReason = reason;
+            failSubs(reason);
             timer.shutdownNow();
             final StopReason r = reason;
             callback(() -> listener.onStopped(r));
@@ -295,6 +470,7 @@ public final class DeviceClient implements Closeable {
             }
         }, tickMs, tickMs, TimeUnit.MILLISECONDS);
         try {
+            resendSubs(s);
             Welcome w = s.welcome();
             callback(() -> listener.onConnected(w));
             if (unregistering) {
@@ -309,7 +485,9 @@ public final class DeviceClient implements Closeable {
                     throw new SocketTimeoutException("nothing from the gateway for " + readTimeoutMs + " ms despite PING");
                 }
                 if (ev.type() == DeviceSession.Event.Type.NOTIFY) {
-                    deliver(s, ev.notification());
+                    deliver(s, ev.notification()); // NOTIFY and TOPIC_NOTIFY alike
+                } else if (ev.type() == DeviceSession.Event.Type.SUBSCRIBE_RESULT) {
+                    onSubscribeResult(s, ev.reqId(), ev.status());
                 }
             }
         } finally {

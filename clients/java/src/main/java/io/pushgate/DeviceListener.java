@@ -10,7 +10,9 @@ import java.io.IOException;
 @FunctionalInterface
 public interface DeviceListener {
     /**
-     * A new notification (duplicates of already-delivered msg_ids are filtered out). With
+     * A new notification (duplicates of already-delivered msg_ids are filtered out): pushed to this
+     * device's token, or to a topic it is in ({@link Notification#topic()} is then its name, or
+     * {@code "~all"} for a broadcast). With
      * {@link AckMode#AUTO} it is ACKed when this returns normally; if this throws, it is not ACKed
      * and the gateway sends it again after the next reconnect.
      */

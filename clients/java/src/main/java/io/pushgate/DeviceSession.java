@@ -9,27 +9,39 @@ import java.io.OutputStream;
 import java.net.InetSocketAddress;
 import java.net.Socket;
 import java.net.SocketTimeoutException;
+import java.util.concurrent.atomic.AtomicInteger;
 import javax.net.ssl.SSLParameters;
 import javax.net.ssl.SSLPeerUnverifiedException;
 import javax.net.ssl.SSLSocket;
 
 /**
- * One device connection, blocking and without reconnection: HELLO, WELCOME, then NOTIFY/PONG
- * frames read by {@link #next(long)}. {@link DeviceClient} builds on it; use this class directly
+ * One device connection, blocking and without reconnection: HELLO, WELCOME, then NOTIFY (and
+ * TOPIC_NOTIFY), SUBSCRIBE_RESULT and PONG frames read by {@link #next(long)}. {@link DeviceClient} builds on it; use this class directly
  * only for full control. Reading must happen on one thread; the send methods are thread-safe.
  */
 public final class DeviceSession implements Closeable {
     /** What {@link #next(long)} read. */
     public static final class Event {
-        /** NOTIFY or PONG; GOAWAY and ERROR end the session and are thrown instead. */
-        public enum Type { NOTIFY, PONG }
+        /**
+         * NOTIFY (a TOPIC_NOTIFY too: its notification has a {@link Notification#topic()}), PONG, or
+         * SUBSCRIBE_RESULT; GOAWAY and ERROR end the session and are thrown instead.
+         */
+        public enum Type { NOTIFY, PONG, SUBSCRIBE_RESULT }
 
         private final Type type;
         private final Notification notification;
+        private final int reqId;
+        private final int status;
 
         Event(Type type, Notification notification) {
+            this(type, notification, 0, 0);
+        }
+
+        Event(Type type, Notification notification, int reqId, int status) {
             this.type = type;
             this.notification = notification;
+            this.reqId = reqId;
+            this.status = status;
         }
 
         /** The frame type read. */
@@ -40,6 +52,16 @@ public final class DeviceSession implements Closeable {
         /** The notification for {@link Type#NOTIFY}, else null. */
         public Notification notification() {
             return notification;
+        }
+
+        /** For {@link Type#SUBSCRIBE_RESULT}: the req_id that {@link #subscribe} or {@link #unsubscribe} returned. */
+        public int reqId() {
+            return reqId;
+        }
+
+        /** For {@link Type#SUBSCRIBE_RESULT}: the status, see {@link SubscriptionStatus}. */
+        public int status() {
+            return status;
         }
     }
 
@@ -52,6 +74,7 @@ public final class DeviceSession implements Closeable {
     private volatile long lastReceivedNanos;
     private volatile long lastPingNanos;
     private volatile boolean closed;
+    private final AtomicInteger nextReqId = new AtomicInteger();
 
     private DeviceSession(Socket socket, InputStream in, OutputStream out, Welcome welcome, long helloNanos) {
         this.socket = socket;
@@ -146,6 +169,12 @@ public final class DeviceSession implements Closeable {
             switch (f.type) {
                 case Wire.NOTIFY:
                     return new Event(Event.Type.NOTIFY, Wire.notify(f.body, this::ack));
+                case Wire.TOPIC_NOTIFY:
+                    return new Event(Event.Type.NOTIFY, Wire.topicNotify(f.body, this::ack));
+                case Wire.SUBSCRIBE_RESULT: {
+                    int[] r = Wire.subscribeResult(f.body);
+                    return new Event(Event.Type.SUBSCRIBE_RESULT, null, r[0], r[1]);
+                }
                 case Wire.PONG:
                     Wire.exact("PONG", f.body, 0);
                     return new Event(Event.Type.PONG, null);
@@ -160,6 +189,29 @@ public final class DeviceSession implements Closeable {
             close();
             throw e;
         }
+    }
+
+    /**
+     * Sends SUBSCRIBE for {@code topic} (1..64 bytes, else {@link IllegalArgumentException}) and
+     * returns its req_id; {@link #next} returns the answer as a {@link Event.Type#SUBSCRIBE_RESULT}
+     * with that req_id (answers come in request order).
+     */
+    public int subscribe(String topic) throws IOException {
+        int reqId = nextReqId.incrementAndGet() & 0xffff;
+        subscribe(true, reqId, topic);
+        return reqId;
+    }
+
+    /** As {@link #subscribe}, for UNSUBSCRIBE. */
+    public int unsubscribe(String topic) throws IOException {
+        int reqId = nextReqId.incrementAndGet() & 0xffff;
+        subscribe(false, reqId, topic);
+        return reqId;
+    }
+
+    /** Sends SUBSCRIBE ({@code subscribe} true) or UNSUBSCRIBE with the caller's req_id. */
+    void subscribe(boolean subscribe, int reqId, String topic) throws IOException {
+        send(Wire.subscribe(subscribe, reqId, topic));
     }
 
     /** Sends ACK for {@code msgId}. */

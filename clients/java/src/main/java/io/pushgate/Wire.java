@@ -17,11 +17,19 @@ final class Wire {
     static final int GOAWAY = 0x07;
     static final int ERROR = 0x08;
     static final int UNREGISTER = 0x09;
+    static final int SUBSCRIBE = 0x0a;
+    static final int UNSUBSCRIBE = 0x0b;
+    static final int SUBSCRIBE_RESULT = 0x0c;
+    static final int TOPIC_NOTIFY = 0x0d;
 
     /** DEVICE_MAX_BODY: the device port's largest body, both directions. */
     static final int MAX_BODY = 8192;
     static final int VERSION = 1;
     static final int TOKEN_LEN = 24;
+    /** A topic name is 1..64 bytes (section 4, common field rules). */
+    static final int MAX_TOPIC = 64;
+    /** Bit 62 of a msg_id: set on every topic message id, never on a direct one (section 10.4). */
+    static final long TOPIC_ID_BIT = 1L << 62;
 
     private Wire() {}
 
@@ -58,7 +66,8 @@ final class Wire {
      * form, at most 8192) and body. Unknown or client-only types are refused before the body is read.
      */
     static Frame readAfterType(int type, InputStream in) throws IOException {
-        if (type != WELCOME && type != PONG && type != NOTIFY && type != GOAWAY && type != ERROR) {
+        if (type != WELCOME && type != PONG && type != NOTIFY && type != GOAWAY && type != ERROR
+                && type != SUBSCRIBE_RESULT && type != TOPIC_NOTIFY) {
             throw new ProtocolException(String.format("frame type 0x%02x is not one a gateway sends on the device port", type));
         }
         int len = 0;
@@ -119,6 +128,35 @@ final class Wire {
         return encode(UNREGISTER, new byte[0]);
     }
 
+    /**
+     * SUBSCRIBE or UNSUBSCRIBE ({@code subscribe} false). Only the name's length is checked here
+     * (1..64 UTF-8 bytes, else {@link IllegalArgumentException}): the gateway answers another length
+     * with ERROR, but a bad byte with status bad_topic.
+     */
+    static byte[] subscribe(boolean subscribe, int reqId, String topic) {
+        byte[] name = topicBytes(topic);
+        byte[] body = new byte[3 + name.length];
+        body[0] = (byte) (reqId >>> 8);
+        body[1] = (byte) reqId;
+        body[2] = (byte) name.length;
+        System.arraycopy(name, 0, body, 3, name.length);
+        return encode(subscribe ? SUBSCRIBE : UNSUBSCRIBE, body);
+    }
+
+    static byte[] topicBytes(String topic) {
+        byte[] name = topic.getBytes(StandardCharsets.UTF_8);
+        if (name.length < 1 || name.length > MAX_TOPIC) {
+            throw new IllegalArgumentException("a topic name is 1.." + MAX_TOPIC + " bytes, not " + name.length);
+        }
+        return name;
+    }
+
+    /** A SUBSCRIBE_RESULT body: {req_id, status}. */
+    static int[] subscribeResult(byte[] body) throws ProtocolException {
+        exact("SUBSCRIBE_RESULT", body, 3);
+        return new int[] {u16(body, 0), body[2] & 0xff};
+    }
+
     static Welcome welcome(byte[] body) throws ProtocolException {
         exact("WELCOME", body, 30);
         byte[] token = new byte[TOKEN_LEN];
@@ -137,6 +175,24 @@ final class Wire {
         byte[] payload = new byte[body.length - 10];
         System.arraycopy(body, 10, payload, 0, payload.length);
         return new Notification(msgId, body[8] & 0xff, body[9] & 0xff, payload, acker);
+    }
+
+    static Notification topicNotify(byte[] body, Notification.Acker acker) throws ProtocolException {
+        if (body.length < 12) {
+            throw new ProtocolException("TOPIC_NOTIFY body of " + body.length + " bytes, at least 12 expected");
+        }
+        long msgId = u64(body, 0);
+        if ((msgId & TOPIC_ID_BIT) == 0) {
+            throw new ProtocolException("TOPIC_NOTIFY with msg_id " + Long.toUnsignedString(msgId) + " (bit 62 not set)");
+        }
+        int t = body[10] & 0xff;
+        if (t < 1 || t > MAX_TOPIC || body.length < 11 + t) {
+            throw new ProtocolException("TOPIC_NOTIFY topic length " + t + " in a body of " + body.length + " bytes");
+        }
+        String topic = new String(body, 11, t, StandardCharsets.UTF_8);
+        byte[] payload = new byte[body.length - 11 - t];
+        System.arraycopy(body, 11 + t, payload, 0, payload.length);
+        return new Notification(msgId, body[8] & 0xff, body[9] & 0xff, topic, payload, acker);
     }
 
     static GoAway goAway(byte[] body) throws ProtocolException {

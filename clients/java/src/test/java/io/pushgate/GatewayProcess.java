@@ -56,7 +56,8 @@ final class GatewayProcess implements AutoCloseable {
         this.dataDir = dataDir;
         List<String> cmd = new ArrayList<>(List.of(binary(), "serve",
                 "--device-listen", "127.0.0.1:" + devicePort, "--provider-listen", "127.0.0.1:0",
-                "--admin-listen", "127.0.0.1:0", "--data-dir", dataDir.toString(), "--store", store));
+                "--admin-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--data-dir", dataDir.toString(),
+                "--store", store));
         if (config != null) {
             Path cfg = dataDir.resolve("gateway.toml");
             Files.writeString(cfg, config);
@@ -162,8 +163,17 @@ final class GatewayProcess implements AutoCloseable {
 
     /** Pushes {@code payload} to {@code tokenHex} with the CLI ({@code extra} flags appended), within 15 s. */
     PushResult push(String tokenHex, String payload, String... extra) throws IOException, InterruptedException {
-        List<String> cmd = new ArrayList<>(List.of(binary(), "push", "--addr", providerAddr, "--app", "demo", "--json",
-                "--token", tokenHex));
+        return runPush(List.of("--token", tokenHex), payload, extra);
+    }
+
+    /** Pushes {@code payload} to {@code topic} ({@code pushgate push --topic}; "~all" broadcasts), within 15 s. */
+    PushResult pushTopic(String topic, String payload, String... extra) throws IOException, InterruptedException {
+        return runPush(List.of("--topic", topic), payload, extra);
+    }
+
+    private PushResult runPush(List<String> target, String payload, String... extra) throws IOException, InterruptedException {
+        List<String> cmd = new ArrayList<>(List.of(binary(), "push", "--addr", providerAddr, "--app", "demo", "--json"));
+        cmd.addAll(target);
         cmd.addAll(List.of(extra));
         cmd.add("--");
         cmd.add(payload);

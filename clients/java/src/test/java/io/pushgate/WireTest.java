@@ -3,6 +3,7 @@ package io.pushgate;
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import java.io.ByteArrayInputStream;
 import java.io.IOException;
@@ -82,6 +83,29 @@ class WireTest {
     }
 
     @Test
+    void topicFramesOfSection4() throws IOException {
+        assertArrayEquals(hex("0a 07 0001 04 6e657773"), Wire.subscribe(true, 1, "news"));
+        assertArrayEquals(hex("0b 07 0002 04 6e657773"), Wire.subscribe(false, 2, "news"));
+        assertArrayEquals(new int[] {1, SubscriptionStatus.OK}, Wire.subscribeResult(decode(hex("0c 03 0001 00")).body));
+        Notification n = Wire.topicNotify(decode(hex("0d 19 4000000000000001 00 0a 04 6e657773 7b226d223a226869227d")).body, id -> { });
+        assertEquals((1L << 62) + 1, n.msgId());
+        assertEquals("news", n.topic());
+        assertTrue(n.isTopic());
+        assertEquals(Notification.KIND_ALERT, n.kind());
+        assertEquals(Notification.PRIORITY_HIGH, n.priority());
+        assertEquals("{\"m\":\"hi\"}", n.payloadText());
+        assertEquals(null, Wire.notify(hex("0000000000000001 00 0a"), id -> { }).topic());
+        assertThrows(ProtocolException.class, () -> Wire.topicNotify(hex("0000000000000001 00 0a 04 6e657773"), id -> { }),
+                "no bit 62: not a topic message id");
+        assertThrows(ProtocolException.class, () -> Wire.topicNotify(hex("4000000000000001 00 0a 00 6e"), id -> { }), "topic length 0");
+        assertThrows(ProtocolException.class, () -> Wire.topicNotify(hex("4000000000000001 00 0a 05 6e657773"), id -> { }),
+                "topic past the body");
+        assertThrows(ProtocolException.class, () -> Wire.subscribeResult(hex("0001")));
+        assertThrows(IllegalArgumentException.class, () -> Wire.subscribe(true, 1, ""));
+        assertThrows(IllegalArgumentException.class, () -> Wire.subscribe(true, 1, "t".repeat(65)));
+    }
+
+    @Test
     void goAwayAndErrorExamples() throws IOException {
         GoAway g = Wire.goAway(decode(hex("07 05 01 00 00 07 d0")).body);
         assertEquals(GoAway.SHUTDOWN, g.reason());
@@ -101,6 +125,7 @@ class WireTest {
         assertThrows(ProtocolException.class, () -> decode(hex("05 80 80 80 01")), "fourth length byte");
         assertThrows(ProtocolException.class, () -> decode(hex("05 81 40")), "8193 > DEVICE_MAX_BODY");
         assertThrows(ProtocolException.class, () -> decode(hex("21 00")), "provider-port type");
+        assertThrows(ProtocolException.class, () -> decode(hex("0a 00")), "SUBSCRIBE: a device's frame");
         assertThrows(ProtocolException.class, () -> decode(hex("00 00")), "type 0");
         assertThrows(java.io.EOFException.class, () -> decode(hex("05 0a 00")), "truncated body");
     }
