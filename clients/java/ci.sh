@@ -34,16 +34,23 @@ mkdir -p "$build/main" "$build/test" "$build/examples" "$build/readme"
 echo "clients/java: compiling"
 javac --release 17 -Xlint:all -Xdoclint:all,-missing -Werror -encoding UTF-8 -d "$build/main" $(find "$here/src/main/java" -name '*.java')
 
-# The README's example must compile exactly as written and match examples/.
-awk '/^```java$/ {on=1; next} /^```$/ {if (on) exit} on' "$here/README.md" > "$build/readme/PrintNotifications.java"
-if ! diff -u "$here/examples/PrintNotifications.java" "$build/readme/PrintNotifications.java"; then
-    echo "clients/java/ci.sh: README.md's java example differs from examples/PrintNotifications.java" >&2
-    exit 1
-fi
-javac --release 17 -Xlint:all -Werror -encoding UTF-8 -cp "$build/main" -d "$build/examples" \
-    "$here/examples/PrintNotifications.java"
-javac --release 17 -Xlint:all -Werror -encoding UTF-8 -cp "$build/main" -d "$build/readme" \
-    "$build/readme/PrintNotifications.java"
+# The README's examples (its java blocks, in order) must compile exactly as written and match examples/.
+readme_block() { # N: the Nth java block of README.md
+    awk -v want="$1" '/^```java$/ {n++; if (n == want) {on=1; next}} /^```$/ {if (on) exit} on' "$here/README.md"
+}
+n=0
+for example in PrintNotifications SubscribeNews; do
+    n=$((n + 1))
+    readme_block "$n" > "$build/readme/$example.java"
+    if ! diff -u "$here/examples/$example.java" "$build/readme/$example.java"; then
+        echo "clients/java/ci.sh: README.md's java block $n differs from examples/$example.java" >&2
+        exit 1
+    fi
+    javac --release 17 -Xlint:all -Werror -encoding UTF-8 -cp "$build/main" -d "$build/examples" \
+        "$here/examples/$example.java"
+    javac --release 17 -Xlint:all -Werror -encoding UTF-8 -cp "$build/main" -d "$build/readme" \
+        "$build/readme/$example.java"
+done
 
 javac --release 17 -Xlint:all,-try -Werror -encoding UTF-8 -cp "$build/main:$junit" -d "$build/test" \
     $(find "$here/src/test/java" -name '*.java')
