@@ -288,6 +288,7 @@ impl Shard {
             if d.state == DeviceState::Ready {
                 d.state = DeviceState::Closed;
                 let token = d.token;
+                self.forget_topics(idx);
                 if self.devices.get(&token) == Some(&idx) {
                     self.devices.remove(&token);
                     self.store.unload(&token);

@@ -478,6 +478,7 @@ impl Shard {
             }
         }
         if self.clock.tick.is_multiple_of(100) {
+            self.flush_positions();
             self.shrink_maps();
         }
         if self.clock.tick.is_multiple_of(10) {
@@ -706,11 +707,12 @@ impl Shard {
                 d.state = crate::proto::DeviceState::Closed;
                 let (token, id) = (d.token, d.core.id);
                 self.metrics.on_unready(Role::Device);
+                // Its positions go to the store while the store still holds the token.
+                self.forget_topics(idx);
                 if self.devices.get(&token) == Some(&idx) {
                     self.devices.remove(&token);
                     self.on_device_unbound(token, id);
                 }
-                self.forget_topics(idx);
             }
             Conn::Provider(p) => {
                 let crate::proto::ProviderState::Ready { app } = p.state else { return };

@@ -221,12 +221,39 @@ impl Shard {
     /// The device ACKed topic message `msg_id` (it was in flight here).
     pub(super) fn on_topic_acked(&mut self, idx: u32, msg_id: u64) {
         let Some(Conn::Device(d)) = self.conns.get_mut(idx as usize) else { return };
-        let token = d.token;
         let Some(topics) = d.topics_mut() else { return };
-        let moved = topics.on_acked(msg_id).map(|(si, pos)| (topics.subs[si].name.clone(), pos));
+        // The position is written by the next flush (about a second) or when
+        // the device goes, not per ACK: a broadcast costs one write per device
+        // per second, not one per message.
+        if topics.on_acked(msg_id).is_some() && !topics.queued {
+            topics.queued = true;
+            self.topics.dirty.push(idx);
+        }
         self.topics.count_acked(msg_id);
-        if let Some((name, pos)) = moved {
-            self.put_position(&token, &name, pos);
+    }
+
+    /// Writes the positions that moved since the last flush (every second).
+    pub(super) fn flush_positions(&mut self) {
+        for idx in std::mem::take(&mut self.topics.dirty) {
+            self.store_positions(idx);
+        }
+    }
+
+    /// Writes device `idx`'s positions that are ahead of the store.
+    fn store_positions(&mut self, idx: u32) {
+        let Some(Conn::Device(d)) = self.conns.get_mut(idx as usize) else { return };
+        let token = d.token;
+        let Some(mut topics) = d.take_topics() else { return };
+        topics.queued = false;
+        for s in topics.subs.iter_mut().filter(|s| s.pos > s.stored) {
+            s.stored = s.pos;
+            match self.store.put_subscription(&token, &s.name, s.pos) {
+                Ok(()) => self.commit.mark_dirty(),
+                Err(e) => warn!("shard {}: writing a topic position: {e}", self.index()),
+            }
+        }
+        if let Some(Conn::Device(d)) = self.conns.get_mut(idx as usize) {
+            d.put_topics(topics);
         }
     }
 
@@ -247,6 +274,7 @@ impl Shard {
 
     /// A device connection stops being bound: it leaves the subscriber index.
     pub(super) fn forget_topics(&mut self, idx: u32) {
+        self.store_positions(idx);
         let Some(Conn::Device(d)) = self.conns.get_mut(idx as usize) else { return };
         let app = d.app;
         let Some(topics) = d.take_topics() else { return };

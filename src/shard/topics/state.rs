@@ -16,8 +16,10 @@ pub struct Sub {
     pub name: Arc<[u8]>,
     /// Tells this subscription from a later one to the same topic.
     pub slot: u32,
-    /// The last topic message the device is done with (what the store keeps).
+    /// The last topic message the device is done with.
     pub pos: u64,
+    /// The position the store has; behind `pos` until the next flush.
+    pub stored: u64,
     /// The last topic message written to this connection.
     pub sent: u64,
     /// The log holds messages after `sent` that are still to be written
@@ -32,6 +34,8 @@ pub struct DeviceTopics {
     /// Topic messages written and not ACKed: `(msg_id, slot)`.
     pub inflight: Vec<(u64, u32)>,
     next_slot: u32,
+    /// In the shard's list of devices whose positions are ahead of the store.
+    pub queued: bool,
 }
 
 impl DeviceTopics {
@@ -41,7 +45,7 @@ impl DeviceTopics {
             // Most devices are in one topic (or only the broadcast): no spare room.
             self.subs.reserve_exact(1);
         }
-        self.subs.push(Sub { name, slot: self.next_slot, pos, sent: pos, behind });
+        self.subs.push(Sub { name, slot: self.next_slot, pos, stored: pos, sent: pos, behind });
         let last = self.subs.len() - 1;
         &mut self.subs[last]
     }
@@ -94,6 +98,8 @@ pub struct ShardTopics {
     pub remote_deltas: HashMap<u64, (u64, u64)>,
     /// One copy of each topic name the shard's devices are in.
     names: HashSet<Arc<[u8]>>,
+    /// Devices whose positions moved since the last flush (`DeviceTopics::queued`).
+    pub dirty: Vec<u32>,
 }
 
 impl ShardTopics {
