@@ -2,13 +2,14 @@
 //! `GET /v1/receipts`), each turning a backend answer into JSON.
 
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::{Frame, SizeHint};
 use hyper::header::{
     HeaderValue, ALLOW, AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER,
 };
@@ -26,7 +27,44 @@ use crate::config::HttpConfig;
 use crate::metrics::HttpRoute;
 use crate::proto::{Apps, Status, Token, TOKEN_LEN};
 
-pub type Body = BoxBody<Bytes, Infallible>;
+/// A response body: a JSON answer in one piece, or the receipts stream.
+pub enum Body {
+    /// `None` once sent (or when empty).
+    Full(Option<Bytes>),
+    Sse(Box<SseBody>),
+}
+
+impl Body {
+    fn full(b: Vec<u8>) -> Body {
+        Body::Full(Some(Bytes::from(b)).filter(|b| !b.is_empty()))
+    }
+}
+
+impl hyper::body::Body for Body {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        match self.get_mut() {
+            Body::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Body::Sse(s) => Pin::new(&mut **s).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self, Body::Full(None))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Body::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Body::Sse(_) => SizeHint::default(),
+        }
+    }
+}
 
 /// What every request handler shares.
 pub struct Ctx {
@@ -52,7 +90,11 @@ pub fn route_of(path: &str) -> HttpRoute {
 }
 
 /// Answers `req`; `auth` is its connection's cache of the last verified token.
-pub async fn handle(ctx: Arc<Ctx>, auth: &auth::Cache, req: Request<Incoming>) -> Response<Body> {
+pub async fn handle<B>(ctx: &Ctx, auth: &auth::Cache, req: Request<B>) -> Response<Body>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let path = req.uri().path();
     let (allowed, name) = match path {
         "/v1/push" => (Method::POST, "POST"),
@@ -80,13 +122,17 @@ pub async fn handle(ctx: Arc<Ctx>, auth: &auth::Cache, req: Request<Incoming>) -
         };
     let deadline = Instant::now() + Duration::from_millis(ctx.cfg.request_timeout_ms);
     match path {
-        "/v1/push" => push(&ctx, app, req, deadline).await,
-        "/v1/feedback" => feedback(&ctx, app, &req, deadline).await,
-        _ => receipts(&ctx, app),
+        "/v1/push" => push(ctx, app, req, deadline).await,
+        "/v1/feedback" => feedback(ctx, app, &req, deadline).await,
+        _ => receipts(ctx, app),
     }
 }
 
-async fn push(ctx: &Ctx, app: u16, req: Request<Incoming>, deadline: Instant) -> Response<Body> {
+async fn push<B>(ctx: &Ctx, app: u16, req: Request<B>, deadline: Instant) -> Response<Body>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let max = ctx.cfg.max_body_bytes;
     let too_large = || {
         error(&ApiError::new(
@@ -142,7 +188,7 @@ async fn push(ctx: &Ctx, app: u16, req: Request<Incoming>, deadline: Instant) ->
     }
 }
 
-async fn feedback(ctx: &Ctx, app: u16, req: &Request<Incoming>, deadline: Instant) -> Response<Body> {
+async fn feedback<B>(ctx: &Ctx, app: u16, req: &Request<B>, deadline: Instant) -> Response<Body> {
     let (since_ms, after) = match feedback_query(req.uri().query().unwrap_or("")) {
         Ok(q) => q,
         Err(e) => return error(&e),
@@ -187,7 +233,7 @@ fn receipts(ctx: &Ctx, app: u16) -> Response<Body> {
     let (tx, rx) = crossbeam_channel::bounded(RECEIPT_SINK);
     ctx.backend.subscribe_receipts(app, tx);
     let body = SseBody::new(rx, Duration::from_secs(ctx.cfg.sse_keepalive_s), ctx.shutdown.clone());
-    let mut r = Response::new(body.boxed());
+    let mut r = Response::new(Body::Sse(Box::new(body)));
     let h = r.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
@@ -221,7 +267,7 @@ fn respond(status: StatusCode, v: &Value) -> Response<Body> {
 
 /// A JSON answer whose text (ending in a newline) is `body`.
 fn respond_bytes(status: StatusCode, body: Vec<u8>) -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::from(body)).boxed());
+    let mut r = Response::new(Body::full(body));
     *r.status_mut() = status;
     r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r

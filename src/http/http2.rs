@@ -1,0 +1,217 @@
+//! HTTP/2 connections on the `h2` crate: one task per connection drives the connection and all its
+//! streams (no task per request), so a request costs its stream's bookkeeping and its handler only.
+//!
+//! Bounds are h2's, set from the config: concurrent streams, header list size, flow-control windows,
+//! send buffer, locally reset streams; the body limit and request timeout are the handler's.
+
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use h2::server::{Connection, SendResponse};
+use h2::{RecvStream, SendStream};
+use hyper::body::{Body as _, Frame};
+use hyper::header::{HeaderValue, CONTENT_LENGTH, DATE};
+use hyper::{Request, Response};
+use log::debug;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
+
+use super::activity::{Activity, InFlightRef};
+use super::auth;
+use super::routes::{self, Body};
+use super::server::{Shared, Watch, SHUTDOWN_GRACE};
+use crate::config::HttpConfig;
+
+/// Flow-control windows offered to the client, per connection and per stream (as hyper's defaults).
+const WINDOW: u32 = 1024 * 1024;
+/// Bytes h2 buffers per stream for sending (as hyper's default).
+const MAX_SEND_BUFFER: usize = 400 * 1024;
+/// Streams the client may make us reset for its errors before h2 closes the connection.
+const MAX_LOCAL_RESETS: usize = 1024;
+
+/// The h2 server settings from the config.
+pub fn builder(cfg: &HttpConfig) -> h2::server::Builder {
+    let mut b = h2::server::Builder::new();
+    b.initial_window_size(WINDOW)
+        .initial_connection_window_size(WINDOW)
+        .max_send_buffer_size(MAX_SEND_BUFFER)
+        .max_local_error_reset_streams(Some(MAX_LOCAL_RESETS))
+        .max_concurrent_streams(cfg.max_concurrent_streams)
+        .max_header_list_size(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX));
+    b
+}
+
+/// Serves one HTTP/2 connection (past its handshake) until it closes, idles out, or the listener
+/// shuts down; then GOAWAY and at most [`SHUTDOWN_GRACE`] for the open streams.
+pub async fn serve<I>(
+    shared: &Arc<Shared>,
+    mut conn: Connection<I, Bytes>,
+    act: &Activity,
+    mut stopped: watch::Receiver<bool>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    let auth = auth::Cache::default();
+    let mut streams = FuturesUnordered::new();
+    let mut tick = tokio::time::interval(shared.watch_every());
+    let mut closing: Option<Instant> = None;
+    loop {
+        let turn = poll_fn(|cx| loop {
+            // Every stream that can go on goes first, so the answers ready in this turn are all
+            // queued before the connection writes: they leave in one write, not one each.
+            while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {}
+            match conn.poll_accept(cx) {
+                Poll::Ready(Some(Ok((req, respond)))) => {
+                    streams.push(stream(shared, &auth, act, req, respond))
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
+                Poll::Ready(None) => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
+            }
+        });
+        tokio::select! {
+            r = turn => {
+                // Closed: by the client, or after GOAWAY once every stream was answered.
+                if let Err(e) = r {
+                    debug!("HTTP/2 connection: {e}");
+                }
+                return;
+            }
+            _ = stopped.changed(), if closing.is_none() => {
+                conn.graceful_shutdown();
+                closing = Some(Instant::now() + SHUTDOWN_GRACE);
+            }
+            _ = tick.tick() => match closing {
+                Some(deadline) if Instant::now() >= deadline => return,
+                Some(_) => {}
+                None => match shared.watch(act) {
+                    Watch::Fine => {}
+                    Watch::HeadOverdue => return,
+                    Watch::Idle => {
+                        conn.graceful_shutdown();
+                        closing = Some(Instant::now() + SHUTDOWN_GRACE);
+                    }
+                },
+            },
+        }
+    }
+}
+
+/// One request: its handler, raced against the client resetting the stream, then the answer.
+async fn stream(
+    shared: &Shared,
+    auth: &auth::Cache,
+    act: &Activity,
+    req: Request<RecvStream>,
+    mut respond: SendResponse<Bytes>,
+) {
+    act.on_request();
+    shared.metrics.on_start();
+    let _in_flight = InFlightRef(act, &shared.metrics);
+    let (route, began) = (routes::route_of(req.uri().path()), Instant::now());
+    let answer = routes::handle(&shared.ctx, auth, req.map(RecvBody));
+    let r = tokio::select! {
+        biased;
+        r = answer => r,
+        _ = poll_fn(|cx| respond.poll_reset(cx)) => return,
+    };
+    shared.metrics.on_answer(route, r.status().as_u16(), began.elapsed());
+    let (mut head, body) = r.into_parts();
+    head.headers.insert(DATE, date());
+    match body {
+        Body::Full(None) => {
+            head.headers.insert(CONTENT_LENGTH, HeaderValue::from(0u64));
+            let _ = respond.send_response(Response::from_parts(head, ()), true);
+        }
+        Body::Full(Some(b)) => {
+            head.headers.insert(CONTENT_LENGTH, HeaderValue::from(b.len() as u64));
+            // Small and whole: h2 holds it until the window allows (at most the send buffer).
+            if let Ok(mut s) = respond.send_response(Response::from_parts(head, ()), false) {
+                let _ = s.send_data(b, true);
+            }
+        }
+        Body::Sse(sse) => {
+            if let Ok(s) = respond.send_response(Response::from_parts(head, ()), false) {
+                pipe(Body::Sse(sse), s).await;
+            }
+        }
+    }
+}
+
+/// Sends a streamed body chunk by chunk, each once the window has room (so h2 buffers one chunk at
+/// most), until it ends or the client resets the stream.
+async fn pipe(mut body: Body, mut s: SendStream<Bytes>) {
+    loop {
+        s.reserve_capacity(1);
+        match poll_fn(|cx| s.poll_capacity(cx)).await {
+            Some(Ok(_)) => {}
+            _ => return,
+        }
+        let frame = tokio::select! {
+            biased;
+            f = poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)) => f,
+            _ = poll_fn(|cx| s.poll_reset(cx)) => return,
+        };
+        let Some(Ok(frame)) = frame else {
+            let _ = s.send_data(Bytes::new(), true);
+            return;
+        };
+        if let Ok(data) = frame.into_data() {
+            if s.send_data(data, false).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// A request body as hyper's `Body`, handing flow-control credit back as it is read.
+struct RecvBody(RecvStream);
+
+impl hyper::body::Body for RecvBody {
+    type Data = Bytes;
+    type Error = h2::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
+        match self.0.poll_data(cx) {
+            Poll::Ready(Some(Ok(b))) => {
+                let _ = self.0.flow_control().release_capacity(b.len());
+                Poll::Ready(Some(Ok(Frame::data(b))))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_end_stream()
+    }
+}
+
+thread_local! {
+    /// The `date` header of this second, made once a second per thread.
+    static DATE_NOW: std::cell::RefCell<(u64, HeaderValue)> =
+        const { std::cell::RefCell::new((u64::MAX, HeaderValue::from_static(""))) };
+}
+
+/// An HTTP date for now (RFC 9110 §6.6.1), as hyper's HTTP/1.1 answers carry.
+fn date() -> HeaderValue {
+    let now = SystemTime::now();
+    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    DATE_NOW.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.0 != secs {
+            let text = httpdate::fmt_http_date(now);
+            *d = (secs, HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("")));
+        }
+        d.1.clone()
+    })
+}
