@@ -4,7 +4,7 @@
 //! Bounds are h2's, set from the config: concurrent streams, header list size, flow-control windows,
 //! send buffer, locally reset streams; the body limit and request timeout are the handler's.
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -26,6 +26,7 @@ use super::auth;
 use super::routes::{self, Body};
 use super::server::{Shared, Watch, SHUTDOWN_GRACE};
 use crate::config::HttpConfig;
+use crate::metrics::HttpRoute;
 
 /// Flow-control windows offered to the client, per connection and per stream (as hyper's defaults).
 const WINDOW: u32 = 1024 * 1024;
@@ -102,31 +103,55 @@ pub async fn serve<I>(
     }
 }
 
-/// One request: its handler, raced against the client resetting the stream, then the answer.
-async fn stream(
-    shared: &Shared,
+/// One request: its head checked now, then (the future) its handler raced against the client
+/// resetting the stream, then the answer. The head is not kept: the future stays small.
+fn stream<'a>(
+    shared: &'a Shared,
     auth: &auth::Cache,
-    act: &Activity,
+    act: &'a Activity,
     req: Request<RecvStream>,
-    mut respond: SendResponse<Bytes>,
-) {
+    respond: SendResponse<Bytes>,
+) -> impl Future<Output = ()> + 'a {
     act.on_request();
     shared.metrics.on_start();
-    let _in_flight = InFlightRef(act, &shared.metrics);
+    let in_flight = InFlightRef(act, &shared.metrics);
     let (route, began) = (routes::route_of(req.uri().path()), Instant::now());
-    let answer = routes::handle(&shared.ctx, auth, req.map(RecvBody));
+    let (head, body) = req.into_parts();
+    let start = routes::begin(&shared.ctx, auth, &head);
+    drop(head);
+    answer(shared, start, RecvBody(body), respond, route, began, in_flight)
+}
+
+async fn answer(
+    shared: &Shared,
+    start: routes::Start,
+    body: RecvBody,
+    mut respond: SendResponse<Bytes>,
+    route: HttpRoute,
+    began: Instant,
+    _in_flight: InFlightRef<'_>,
+) {
     let r = tokio::select! {
         biased;
-        r = answer => r,
+        r = routes::answer(&shared.ctx, start, body) => r,
         _ = poll_fn(|cx| respond.poll_reset(cx)) => return,
     };
     shared.metrics.on_answer(route, r.status().as_u16(), began.elapsed());
+    // Not async, so the answer's head is not kept in this future while a receipts stream runs.
+    if let Some((s, sse)) = send(r, &mut respond) {
+        pipe(sse, s).await;
+    }
+}
+
+/// Sends the head of `r` and a whole body; a streamed body is handed back with its stream.
+fn send(r: Response<Body>, respond: &mut SendResponse<Bytes>) -> Option<(SendStream<Bytes>, Body)> {
     let (mut head, body) = r.into_parts();
     head.headers.insert(DATE, date());
     match body {
         Body::Full(None) => {
             head.headers.insert(CONTENT_LENGTH, HeaderValue::from(0u64));
             let _ = respond.send_response(Response::from_parts(head, ()), true);
+            None
         }
         Body::Full(Some(b)) => {
             head.headers.insert(CONTENT_LENGTH, HeaderValue::from(b.len() as u64));
@@ -134,11 +159,10 @@ async fn stream(
             if let Ok(mut s) = respond.send_response(Response::from_parts(head, ()), false) {
                 let _ = s.send_data(b, true);
             }
+            None
         }
-        Body::Sse(sse) => {
-            if let Ok(s) = respond.send_response(Response::from_parts(head, ()), false) {
-                pipe(Body::Sse(sse), s).await;
-            }
+        sse @ Body::Sse(_) => {
+            respond.send_response(Response::from_parts(head, ()), false).ok().map(|s| (s, sse))
         }
     }
 }
