@@ -239,3 +239,74 @@ fn date() -> HeaderValue {
         d.1.clone()
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    use crate::config::HttpConfig;
+    use crate::http::{auth, Backend, Done, FeedbackPage, Note, Outcome};
+    use crate::proto::{Apps, Status, Token};
+
+    const SECRET: &[u8] = b"0123456789abcdef";
+
+    /// Answers every push `delivered`, from another thread, as the router does.
+    struct Delivers;
+
+    impl Backend for Delivers {
+        fn push(&self, _app: u16, tokens: Vec<Token>, _note: Note, done: Done<Vec<Outcome>>) {
+            let out =
+                tokens.iter().map(|_| Outcome { status: Status::DELIVERED, msg_id: 7, info: 0 }).collect();
+            std::thread::spawn(move || done(out));
+        }
+
+        fn feedback(&self, _app: u16, _since_ms: u64, _after: Token, _done: Done<FeedbackPage>) {}
+
+        fn subscribe_receipts(&self, _app: u16, _sink: crossbeam_channel::Sender<crate::store::Receipt>) {}
+    }
+
+    /// All streams of one connection share its task: more requests at once than the stream limit
+    /// must each get their own answer (the client queues past the limit, the server's loop drains).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn more_requests_than_the_stream_limit_on_one_connection_all_get_their_answer() {
+        let cfg = HttpConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            max_concurrent_streams: 8,
+            ..HttpConfig::default()
+        };
+        let mut apps = Apps::new();
+        apps.add("demo", SECRET);
+        let server = crate::http::start(&cfg, apps, Arc::new(Delivers), None).unwrap();
+        let tcp = tokio::net::TcpStream::connect(server.local_addr()).await.unwrap();
+        let (send, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await.unwrap();
+        tokio::spawn(conn);
+        let bearer = format!("Bearer {}", auth::sign("demo", SECRET, auth::now_s()));
+        let mut answers = Vec::new();
+        for i in 0..100u8 {
+            let token = format!("{:02x}{}", i, "ab".repeat(23));
+            let req = hyper::Request::post("http://x/v1/push")
+                .header("authorization", &bearer)
+                .body(Full::new(Bytes::from(format!(r#"{{"token":"{token}","payload":"hi"}}"#))))
+                .unwrap();
+            let mut send = send.clone();
+            answers.push(tokio::spawn(async move {
+                let r = send.send_request(req).await.unwrap();
+                let (status, date) = (r.status(), r.headers().contains_key("date"));
+                let body = r.into_body().collect().await.unwrap().to_bytes();
+                (token, status, date, String::from_utf8_lossy(&body).into_owned())
+            }));
+        }
+        for a in answers {
+            let (token, status, date, body) = a.await.unwrap();
+            assert_eq!(status, 200, "{body}");
+            assert!(date, "answers carry a date header");
+            assert!(body.contains(&token) && body.contains("delivered"), "{token}: {body}");
+        }
+        tokio::task::spawn_blocking(move || server.shutdown()).await.unwrap();
+    }
+}
