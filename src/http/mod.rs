@@ -2,13 +2,18 @@
 //! small tokio runtime (one per node), JWT auth per app, and a [`Backend`] it pushes through.
 //!
 //! ```text
-//!  curl / backend ──HTTP/1.1 or h2──▶ server (hyper) ──▶ routes ──▶ Backend::push ──▶ router
+//!  curl / backend ──HTTP/1.1 or h2──▶ server ─▶ http1 (hyper) ─▶ routes ──▶ Backend::push ──▶ router
+//!                                            └▶ http2 (h2) ───┘
 //!                  ◀──JSON / SSE────                 ◀── done(outcomes) ◀──────────
 //! ```
 
+mod activity;
 pub mod auth;
 pub mod backend;
 mod batch;
+mod detect;
+mod http1;
+mod http2;
 pub mod json;
 mod routes;
 pub mod server;

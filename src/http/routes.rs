@@ -2,13 +2,13 @@
 //! `GET /v1/receipts`), each turning a backend answer into JSON.
 
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
+use hyper::body::{Frame, SizeHint};
 use hyper::header::{
     HeaderValue, ALLOW, AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER,
 };
@@ -26,7 +26,44 @@ use crate::config::HttpConfig;
 use crate::metrics::HttpRoute;
 use crate::proto::{Apps, Status, Token, TOKEN_LEN};
 
-pub type Body = BoxBody<Bytes, Infallible>;
+/// A response body: a JSON answer in one piece, or the receipts stream.
+pub enum Body {
+    /// `None` once sent (or when empty).
+    Full(Option<Bytes>),
+    Sse(Box<SseBody>),
+}
+
+impl Body {
+    fn full(b: Vec<u8>) -> Body {
+        Body::Full(Some(Bytes::from(b)).filter(|b| !b.is_empty()))
+    }
+}
+
+impl hyper::body::Body for Body {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        match self.get_mut() {
+            Body::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Body::Sse(s) => Pin::new(&mut **s).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self, Body::Full(None))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Body::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Body::Sse(_) => SizeHint::default(),
+        }
+    }
+}
 
 /// What every request handler shares.
 pub struct Ctx {
@@ -51,15 +88,51 @@ pub fn route_of(path: &str) -> HttpRoute {
     }
 }
 
+/// What a request asks for, as far as its head tells: answered already (a bad path, method, token,
+/// length or query), or the work left, which [`answer`] does with the body.
+pub enum Start {
+    /// Boxed: the rare case, and the future that holds a `Start` stays small.
+    Answer(Box<Response<Body>>),
+    Push {
+        app: u16,
+        deadline: Instant,
+    },
+    Feedback {
+        app: u16,
+        since_ms: u64,
+        after: Token,
+        deadline: Instant,
+    },
+    Receipts {
+        app: u16,
+    },
+}
+
 /// Answers `req`; `auth` is its connection's cache of the last verified token.
-pub async fn handle(ctx: Arc<Ctx>, auth: &auth::Cache, req: Request<Incoming>) -> Response<Body> {
-    let path = req.uri().path();
+pub async fn handle<B>(ctx: &Ctx, auth: &auth::Cache, req: Request<B>) -> Response<Body>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (head, body) = req.into_parts();
+    let start = begin(ctx, auth, &head);
+    drop(head);
+    answer(ctx, start, body).await
+}
+
+/// Routes, authenticates and checks a request's head: everything before its body. Synchronous, so
+/// an HTTP/2 connection does it as it accepts the stream and keeps only what [`answer`] needs.
+pub fn begin(ctx: &Ctx, auth: &auth::Cache, head: &hyper::http::request::Parts) -> Start {
+    let path = head.uri.path();
     let (allowed, name) = match path {
         "/v1/push" => (Method::POST, "POST"),
         "/v1/feedback" | "/v1/receipts" => (Method::GET, "GET"),
-        _ => return error(&ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no endpoint {path}"))),
+        _ => {
+            let e = ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no endpoint {path}"));
+            return Start::Answer(Box::new(error(&e)));
+        }
     };
-    if req.method() != allowed {
+    if head.method != allowed {
         let e = ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
@@ -67,49 +140,83 @@ pub async fn handle(ctx: Arc<Ctx>, auth: &auth::Cache, req: Request<Incoming>) -
         );
         let mut r = error(&e);
         r.headers_mut().insert(ALLOW, HeaderValue::from_static(name));
-        return r;
+        return Start::Answer(Box::new(r));
     }
     let app =
-        match auth.verify(req.headers().get(AUTHORIZATION).map(|v| v.as_bytes()), &ctx.apps, auth::now_s()) {
+        match auth.verify(head.headers.get(AUTHORIZATION).map(|v| v.as_bytes()), &ctx.apps, auth::now_s()) {
             Ok(app) => app,
             Err(e) => {
                 let mut r = error(&ApiError::new(StatusCode::UNAUTHORIZED, e.code(), e.message()));
                 r.headers_mut().insert("www-authenticate", HeaderValue::from_static("Bearer"));
-                return r;
+                return Start::Answer(Box::new(r));
             }
         };
     let deadline = Instant::now() + Duration::from_millis(ctx.cfg.request_timeout_ms);
     match path {
-        "/v1/push" => push(&ctx, app, req, deadline).await,
-        "/v1/feedback" => feedback(&ctx, app, &req, deadline).await,
-        _ => receipts(&ctx, app),
+        "/v1/push" => {
+            let max = ctx.cfg.max_body_bytes as u64;
+            let announced =
+                head.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+            if announced.is_some_and(|n| n > max) {
+                return Start::Answer(Box::new(body_too_large(max)));
+            }
+            Start::Push { app, deadline }
+        }
+        "/v1/feedback" => match feedback_query(head.uri.query().unwrap_or("")) {
+            Ok((since_ms, after)) => Start::Feedback { app, since_ms, after, deadline },
+            Err(e) => Start::Answer(Box::new(error(&e))),
+        },
+        _ => Start::Receipts { app },
     }
 }
 
-async fn push(ctx: &Ctx, app: u16, req: Request<Incoming>, deadline: Instant) -> Response<Body> {
-    let max = ctx.cfg.max_body_bytes;
-    let too_large = || {
-        error(&ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!("request body over {max} bytes"),
-        ))
-    };
-    let announced = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if announced.is_some_and(|n| n > max as u64) {
-        return too_large();
+/// Does what [`begin`] left, reading `body` if it needs to.
+pub async fn answer<B>(ctx: &Ctx, start: Start, body: B) -> Response<Body>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    match start {
+        Start::Answer(r) => *r,
+        Start::Push { app, deadline } => push(ctx, app, body, deadline).await,
+        Start::Feedback { app, since_ms, after, deadline } => {
+            feedback(ctx, app, since_ms, after, deadline).await
+        }
+        Start::Receipts { app } => receipts(ctx, app),
     }
-    let body = match tokio::time::timeout_at(deadline, Limited::new(req.into_body(), max).collect()).await {
-        Err(_) => {
+}
+
+fn body_too_large(max: u64) -> Response<Body> {
+    error(&ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        format!("request body over {max} bytes"),
+    ))
+}
+
+async fn push<B>(ctx: &Ctx, app: u16, body: B, deadline: Instant) -> Response<Body>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let max = ctx.cfg.max_body_bytes;
+    // One timer for the whole request, body and answer.
+    let timer = tokio::time::sleep_until(deadline);
+    tokio::pin!(timer);
+    let body = tokio::select! {
+        biased;
+        r = read_body(body, max) => match r {
+            Ok(b) => b,
+            Err(ReadError::TooLarge) => return body_too_large(max as u64),
+            Err(ReadError::Body(e)) => return error(&ApiError::bad_request(format!("cannot read the body: {e}"))),
+        },
+        _ = &mut timer => {
             return error(&ApiError::new(
                 StatusCode::REQUEST_TIMEOUT,
                 "request_timeout",
                 "the request body did not arrive in time",
             ))
         }
-        Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => return too_large(),
-        Ok(Err(e)) => return error(&ApiError::bad_request(format!("cannot read the body: {e}"))),
-        Ok(Ok(b)) => b.to_bytes(),
     };
     let p = match json::parse_push(&body, auth::now_s()) {
         Ok(p) => p,
@@ -120,10 +227,13 @@ async fn push(ctx: &Ctx, app: u16, req: Request<Incoming>, deadline: Instant) ->
     if !valid.is_empty() {
         let n = valid.len();
         let rx = ctx.crossing.push(app, valid, p.note);
-        answered = match tokio::time::timeout_at(deadline, rx).await {
-            Err(_) => return no_answer_in_time(),
-            Ok(Ok(v)) if v.len() == n => v.into_iter(),
-            Ok(_) => return internal("the router gave no answer for every token"),
+        answered = tokio::select! {
+            biased;
+            r = rx => match r {
+                Ok(v) if v.len() == n => v.into_iter(),
+                _ => return internal("the router gave no answer for every token"),
+            },
+            _ = &mut timer => return no_answer_in_time(),
         };
     }
     let bad = Outcome { status: Status::BAD_TOKEN, msg_id: 0, info: 0 };
@@ -142,11 +252,42 @@ async fn push(ctx: &Ctx, app: u16, req: Request<Incoming>, deadline: Instant) ->
     }
 }
 
-async fn feedback(ctx: &Ctx, app: u16, req: &Request<Incoming>, deadline: Instant) -> Response<Body> {
-    let (since_ms, after) = match feedback_query(req.uri().query().unwrap_or("")) {
-        Ok(q) => q,
-        Err(e) => return error(&e),
-    };
+/// Why a request body was not read whole.
+enum ReadError {
+    TooLarge,
+    Body(Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// The whole body, refused past `max` bytes; a body in one chunk (the usual case) is not copied.
+async fn read_body<B>(body: B, max: usize) -> Result<Bytes, ReadError>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut body = std::pin::pin!(body);
+    let mut first: Option<Bytes> = None;
+    let mut more: Vec<u8> = Vec::new();
+    let mut len = 0usize;
+    while let Some(frame) = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
+        let Ok(data) = frame.map_err(|e| ReadError::Body(e.into()))?.into_data() else {
+            continue; // trailers: nothing a push reads
+        };
+        len = len.saturating_add(data.len());
+        if len > max {
+            return Err(ReadError::TooLarge);
+        }
+        match first.take() {
+            None if more.is_empty() => first = Some(data),
+            f => {
+                more.extend_from_slice(f.as_deref().unwrap_or_default());
+                more.extend_from_slice(&data);
+            }
+        }
+    }
+    Ok(first.unwrap_or_else(|| Bytes::from(more)))
+}
+
+async fn feedback(ctx: &Ctx, app: u16, since_ms: u64, after: Token, deadline: Instant) -> Response<Body> {
     let (tx, rx) = oneshot::channel();
     ctx.backend.feedback(
         app,
@@ -187,7 +328,7 @@ fn receipts(ctx: &Ctx, app: u16) -> Response<Body> {
     let (tx, rx) = crossbeam_channel::bounded(RECEIPT_SINK);
     ctx.backend.subscribe_receipts(app, tx);
     let body = SseBody::new(rx, Duration::from_secs(ctx.cfg.sse_keepalive_s), ctx.shutdown.clone());
-    let mut r = Response::new(body.boxed());
+    let mut r = Response::new(Body::Sse(Box::new(body)));
     let h = r.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
@@ -221,7 +362,7 @@ fn respond(status: StatusCode, v: &Value) -> Response<Body> {
 
 /// A JSON answer whose text (ending in a newline) is `body`.
 fn respond_bytes(status: StatusCode, body: Vec<u8>) -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::from(body)).boxed());
+    let mut r = Response::new(Body::full(body));
     *r.status_mut() = status;
     r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r
