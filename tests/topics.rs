@@ -358,3 +358,18 @@ fn subscriptions_positions_and_the_log_survive_a_restart() {
     assert_eq!(push_topic(&mut p, 3, "kept", note(far(), b"after restart")).0, Status::QUEUED);
     assert_eq!(topic_notify(&mut d).2, b"after restart", "the subscription survived");
 }
+
+#[test]
+fn an_offline_subscriber_catches_up_with_the_durable_store_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = durable_gateway(dir.path(), test_config(2));
+    let (mut d, _, _) = device(&gw, APP, "durable-away");
+    assert_eq!(subscribe(&mut d, 1, true, "kept"), SubStatus::OK);
+    let mut p = provider(&gw, APP, APP_SECRET);
+    assert_eq!(push_topic(&mut p, 1, "kept", note(far(), b"seen")).0, Status::QUEUED);
+    assert_eq!(drain_acking(&mut d), [b"seen".to_vec()]);
+    drop(d);
+    assert_eq!(push_topic(&mut p, 2, "kept", note(far(), b"while away")).0, Status::QUEUED);
+    let (mut d, _, _) = device(&gw, APP, "durable-away");
+    assert_eq!(drain_acking(&mut d), [b"while away".to_vec()]);
+}
