@@ -184,19 +184,22 @@ pub enum HttpRoute {
     Push = 0,
     Feedback = 1,
     Receipts = 2,
+    /// The topic endpoints (push, subscribers, counts).
+    Topics = 3,
     /// Any other path (404) or method (405).
-    Other = 3,
+    Other = 4,
 }
 
 impl HttpRoute {
-    pub const ALL: [HttpRoute; 4] =
-        [HttpRoute::Push, HttpRoute::Feedback, HttpRoute::Receipts, HttpRoute::Other];
+    pub const ALL: [HttpRoute; 5] =
+        [HttpRoute::Push, HttpRoute::Feedback, HttpRoute::Receipts, HttpRoute::Topics, HttpRoute::Other];
 
     pub fn name(self) -> &'static str {
         match self {
             HttpRoute::Push => "push",
             HttpRoute::Feedback => "feedback",
             HttpRoute::Receipts => "receipts",
+            HttpRoute::Topics => "topics",
             HttpRoute::Other => "other",
         }
     }
@@ -209,10 +212,10 @@ const HTTP_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 /// request), read by the admin listener.
 #[derive(Default)]
 pub struct HttpMetrics {
-    requests: [[AtomicU64; HTTP_CLASSES.len()]; 4],
+    requests: [[AtomicU64; HTTP_CLASSES.len()]; HttpRoute::ALL.len()],
     in_flight: AtomicI64,
     connections: AtomicI64,
-    duration: [Histogram; 4],
+    duration: [Histogram; HttpRoute::ALL.len()],
 }
 
 impl HttpMetrics {

@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use pushgate::config::HttpConfig;
 use pushgate::http::auth;
 use pushgate::http::{Backend, Done, FeedbackPage, HttpServer, Note, Outcome};
-use pushgate::proto::{Apps, Status, Token, TOKEN_LEN};
+use pushgate::proto::{Apps, Status, SubStatus, Token, TOKEN_LEN};
 use pushgate::store::Receipt;
 
 const SECRET: &[u8] = b"0123456789abcdef";
@@ -93,6 +93,24 @@ impl Backend for Fake {
 
     fn subscribe_receipts(&self, app: u16, sink: crossbeam_channel::Sender<Receipt>) {
         self.sinks.lock().unwrap().push((app, sink));
+    }
+
+    /// Topic `s<N>` answers status N (queued and delivered with msg_id 2^62 + 1).
+    fn push_topic(&self, _app: u16, topic: &[u8], _note: Note, done: Done<Outcome>) {
+        let status = std::str::from_utf8(topic).ok().and_then(|t| t.strip_prefix('s')?.parse().ok());
+        let status = Status(status.unwrap_or(255));
+        let msg_id = if matches!(status, Status::DELIVERED | Status::QUEUED) { (1 << 62) + 1 } else { 0 };
+        let info = if matches!(status, Status::RATE_LIMITED | Status::UNAVAILABLE) { 1500 } else { 0 };
+        done(Outcome { status, msg_id, info })
+    }
+
+    /// Each token answers the SubStatus of its first byte.
+    fn manage_topic(&self, _app: u16, _add: bool, _t: &[u8], tokens: Vec<Token>, done: Done<Vec<SubStatus>>) {
+        done(tokens.iter().map(|t| SubStatus(t.0[0])).collect())
+    }
+
+    fn topic_stats(&self, msg_id: u64) -> Option<(u64, u64)> {
+        (msg_id == 5).then_some((3, 2))
     }
 }
 
@@ -633,6 +651,31 @@ async fn drive(addr: SocketAddr, path: &str, code: u16, variant: usize) -> (Stat
         ("/v1/feedback", 500, _) => feedback(&format!("?since_ms={FEEDBACK_DROP}")),
         ("/v1/feedback", 503, _) => feedback(&format!("?since_ms={FEEDBACK_SLOW}")),
         ("/v1/receipts", 200, _) => req(Method::GET, "/v1/receipts", Some(&jwt()), ""),
+        ("/v1/topics/{topic}/push", _, _) => {
+            let (topic, bearer, body) = match code {
+                200 => ("s1", Some(jwt()), "{}".to_string()),
+                400 => ("s10", Some(jwt()), "{}".to_string()),
+                401 => ("s1", None, "{}".to_string()),
+                403 => ("s11", Some(jwt()), "{}".to_string()),
+                413 => ("s3", Some(jwt()), "{}".to_string()),
+                429 => ("s6", Some(jwt()), "{}".to_string()),
+                _ => ("s7", Some(jwt()), "{}".to_string()),
+            };
+            req(Method::POST, &format!("/v1/topics/{topic}/push"), bearer.as_deref(), &body)
+        }
+        ("/v1/topics/{topic}/subscribers", 200, _) => {
+            let body = json!({ "add": [token(0, 1).to_hex(), token(3, 1).to_hex(), "zz"] }).to_string();
+            req(Method::POST, "/v1/topics/news/subscribers", Some(&jwt()), &body)
+        }
+        ("/v1/topics/{topic}/subscribers", 400, _) => {
+            req(Method::POST, "/v1/topics/news/subscribers", Some(&jwt()), "{}")
+        }
+        ("/v1/topics/{topic}/subscribers", 401, _) => {
+            req(Method::POST, "/v1/topics/news/subscribers", None, "{}")
+        }
+        ("/v1/topic-messages/{msg_id}", 200, _) => req(Method::GET, "/v1/topic-messages/5", Some(&jwt()), ""),
+        ("/v1/topic-messages/{msg_id}", 400, _) => req(Method::GET, "/v1/topic-messages/x", Some(&jwt()), ""),
+        ("/v1/topic-messages/{msg_id}", 401, _) => req(Method::GET, "/v1/topic-messages/5", None, ""),
         ("/v1/receipts", 401, _) => {
             req(Method::GET, "/v1/receipts", Some(&auth::sign("demo", SECRET, 1)), "")
         }
@@ -763,7 +806,7 @@ async fn every_documented_path_and_status_answers_as_written() {
             "status {status} → {code} undocumented"
         );
     }
-    assert_eq!(documented.len(), 16, "{documented:?}");
+    assert_eq!(documented.len(), 29, "{documented:?}");
     // The schema check can fail.
     let error = json!({ "$ref": "#/components/schemas/Error" });
     assert!(fits(&spec, &error, &json!({ "error": "x", "message": "y" })));

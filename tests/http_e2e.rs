@@ -201,3 +201,56 @@ fn http_requests_show_in_the_admin_metrics() {
     drop(held);
     drop(dev);
 }
+
+#[test]
+fn topics_over_http_subscribe_push_count_and_broadcast() {
+    let gw = start_gateway(test_config(2));
+    let http = start_http(&gw);
+    let addr = http.local_addr();
+    let mut fan = Raw::connect(gw.device_addr);
+    let (token, _, _) = fan.hello(APP, &secret("http-fan"), 0);
+    let mut other = Raw::connect(gw.device_addr);
+    other.hello(APP, &secret("http-other"), 0);
+    // Subscribed by the provider, over HTTP.
+    let body = json!({ "add": [token.to_hex(), "zz"] }).to_string();
+    let (code, _, v) = call(addr, "POST", "/v1/topics/scores/subscribers", &body);
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["results"][0]["status"], "ok");
+    assert_eq!(v["results"][1]["status"], "bad_token");
+    let (code, _, v) = call(addr, "POST", "/v1/topics/scores/push", r#"{"payload":"2-1","collapse":"s"}"#);
+    assert_eq!(
+        (code, v["status"].as_str(), v["topic"].as_str()),
+        (200, Some("queued"), Some("scores")),
+        "{v}"
+    );
+    let id: u64 = v["msg_id"].as_str().unwrap().parse().unwrap();
+    let got = fan.expect(|f| match f {
+        pushgate::proto::Frame::TopicNotify { msg_id, topic, payload, .. } => {
+            (msg_id, topic.to_vec(), payload.to_vec())
+        }
+        other => panic!("expected TOPIC_NOTIFY, got {other:?}"),
+    });
+    assert_eq!(got, (id, b"scores".to_vec(), b"2-1".to_vec()));
+    fan.send(&pushgate::proto::Frame::Ack { msg_id: id });
+    assert!(matches!(other.recv(Duration::from_millis(300)), Got::Timeout), "not subscribed");
+    // Counts, once the ACK is in.
+    assert!(wait_until(Duration::from_secs(2), || {
+        let (code, _, v) = call(addr, "GET", &format!("/v1/topic-messages/{id}"), "");
+        code == 200 && v == json!({ "msg_id": id.to_string(), "known": true, "sent": 1, "acked": 1 })
+    }));
+    // A broadcast, with the name percent-encoded; bad names are 400.
+    let (code, _, v) = call(addr, "POST", "/v1/topics/%7Eall/push", r#"{"payload":"all"}"#);
+    assert_eq!((code, v["status"].as_str()), (200, Some("queued")), "{v}");
+    for d in [&mut fan, &mut other] {
+        d.expect(|f| {
+            assert!(matches!(f, pushgate::proto::Frame::TopicNotify { topic: b"~all", .. }), "{f:?}")
+        });
+    }
+    let (code, _, v) = call(addr, "POST", "/v1/topics/bad%20name/push", r#"{"payload":"x"}"#);
+    assert_eq!((code, v["error"].as_str()), (400, Some("bad_topic")), "{v}");
+    let (code, _, v) = call(addr, "POST", "/v1/topics/~all/subscribers", &body);
+    assert_eq!((code, v["error"].as_str()), (400, Some("bad_topic")), "{v}");
+    let (code, _, v) =
+        call(addr, "POST", "/v1/topics/x/push", &format!(r#"{{"token":"{}"}}"#, token.to_hex()));
+    assert_eq!((code, v["error"].as_str()), (400, Some("bad_request")), "{v}");
+}

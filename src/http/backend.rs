@@ -32,6 +32,25 @@ pub trait Backend: Send + Sync + 'static {
     /// Receipts of `app` go to `sink` until it is dropped/disconnected; the same hand-out rule as
     /// SUBSCRIBE_RECEIPTS (protocol.md §10.1). A full sink means the receipt goes back to be kept.
     fn subscribe_receipts(&self, app: u16, sink: crossbeam_channel::Sender<crate::store::Receipt>);
+    /// PUSH_TOPIC (protocol.md §10.4): `done` gets its one outcome. By default: `unavailable`.
+    fn push_topic(&self, _app: u16, _topic: &[u8], _note: Note, done: Done<Outcome>) {
+        done(Outcome { status: crate::proto::Status::UNAVAILABLE, msg_id: 0, info: 1000 })
+    }
+    /// TOPIC_MANAGE: adds (`add`) or removes 1..=1000 tokens; one status per token. By default: `unavailable`.
+    fn manage_topic(
+        &self,
+        _app: u16,
+        _add: bool,
+        _topic: &[u8],
+        tokens: Vec<crate::proto::Token>,
+        done: Done<Vec<crate::proto::SubStatus>>,
+    ) {
+        done(vec![crate::proto::SubStatus::UNAVAILABLE; tokens.len()])
+    }
+    /// TOPIC_STATS: `(sent, acked)` of a recent topic message of this node. By default: unknown.
+    fn topic_stats(&self, _msg_id: u64) -> Option<(u64, u64)> {
+        None
+    }
 }
 
 /// The router: each call goes to a shard over its channel, like a provider session's request.
@@ -50,5 +69,24 @@ impl Backend for Ingress {
 
     fn subscribe_receipts(&self, app: u16, sink: crossbeam_channel::Sender<crate::store::Receipt>) {
         Ingress::subscribe_receipts(self, app, sink)
+    }
+
+    fn push_topic(&self, app: u16, topic: &[u8], note: Note, done: Done<Outcome>) {
+        Ingress::push_topic(self, app, topic, note, done)
+    }
+
+    fn manage_topic(
+        &self,
+        app: u16,
+        add: bool,
+        topic: &[u8],
+        tokens: Vec<crate::proto::Token>,
+        done: Done<Vec<crate::proto::SubStatus>>,
+    ) {
+        Ingress::manage_topic(self, app, add, topic, tokens, done)
+    }
+
+    fn topic_stats(&self, msg_id: u64) -> Option<(u64, u64)> {
+        Ingress::topic_stats(self, msg_id)
     }
 }

@@ -113,9 +113,9 @@ impl ApiError {
 /// Parses the body of `POST /v1/push`; `now_s` turns `expiry_s` into the absolute expiry. A payload
 /// without escapes is a slice of `body`, not a copy.
 pub fn parse_push(body: &Bytes, now_s: u64) -> Result<PushRequest<'_>, ApiError> {
-    let b: PushBody = serde_json::from_slice(body)
+    let mut b: PushBody = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("body is not a push: {e}")))?;
-    let (single, token_text) = match (b.token, b.tokens) {
+    let (single, token_text) = match (b.token.take(), b.tokens.take()) {
         (Some(t), None) => (true, vec![t.0]),
         (None, Some(ts)) if ts.is_empty() => return Err(ApiError::bad_request("`tokens` is empty")),
         (None, Some(ts)) if ts.len() > MAX_MULTICAST => {
@@ -125,6 +125,23 @@ pub fn parse_push(body: &Bytes, now_s: u64) -> Result<PushRequest<'_>, ApiError>
         (Some(_), Some(_)) => return Err(ApiError::bad_request("give `token` or `tokens`, not both")),
         (None, None) => return Err(ApiError::bad_request("give `token` (one) or `tokens` (up to 1000)")),
     };
+    let note = note_of(b, body, now_s)?;
+    let tokens = token_text.iter().map(|t| Token::from_hex(t)).collect();
+    Ok(PushRequest { single, token_text, tokens, note })
+}
+
+/// Parses the body of `POST /v1/topics/{topic}/push`: a push body without `token` or `tokens`.
+pub fn parse_topic_push(body: &Bytes, now_s: u64) -> Result<Note, ApiError> {
+    let b: PushBody = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("body is not a push: {e}")))?;
+    if b.token.is_some() || b.tokens.is_some() {
+        return Err(ApiError::bad_request("a topic push names no `token` or `tokens`"));
+    }
+    note_of(b, body, now_s)
+}
+
+/// The notification fields of a push body (tokens already taken out).
+fn note_of<'a>(b: PushBody<'a>, body: &'a Bytes, now_s: u64) -> Result<Note, ApiError> {
     let kind = match b.kind.as_ref().map(|k| &*k.0) {
         None | Some("alert") => Kind::ALERT,
         Some("badge") => Kind::BADGE,
@@ -171,13 +188,7 @@ pub fn parse_push(body: &Bytes, now_s: u64) -> Result<PushRequest<'_>, ApiError>
         (Some(_), Some(_)) => return Err(ApiError::bad_request("give `payload` or `payload_b64`, not both")),
     };
     let flags = if b.receipt.unwrap_or(false) { FLAG_RECEIPT } else { 0 };
-    let tokens = token_text.iter().map(|t| Token::from_hex(t)).collect();
-    Ok(PushRequest {
-        single,
-        token_text,
-        tokens,
-        note: Note { kind: kind.0, priority, flags, expiry, collapse, payload },
-    })
+    Ok(Note { kind: kind.0, priority, flags, expiry, collapse, payload })
 }
 
 /// One token's answer: `token`, `status`, and `msg_id` (a string: ids exceed 2^53) when delivered or
@@ -229,6 +240,8 @@ pub fn http_status(o: &Outcome) -> (StatusCode, Option<u64>) {
         Status::UNREGISTERED => (StatusCode::GONE, None),
         Status::RATE_LIMITED => (StatusCode::TOO_MANY_REQUESTS, retry()),
         Status::UNAVAILABLE | Status::STORE_FAILED => (StatusCode::SERVICE_UNAVAILABLE, retry()),
+        Status::BAD_TOPIC => (StatusCode::BAD_REQUEST, None),
+        Status::TOPIC_LIMIT => (StatusCode::FORBIDDEN, None),
         _ => (StatusCode::INTERNAL_SERVER_ERROR, None),
     }
 }
@@ -256,8 +269,29 @@ fn status_message(o: &Outcome) -> String {
         Status::RATE_LIMITED => format!("the app is over its push rate; retry after {} ms", o.info),
         Status::UNAVAILABLE => format!("the gateway is draining or overloaded; retry after {} ms", o.info),
         Status::STORE_FAILED => "the store could not accept the notification; retry later".into(),
+        Status::BAD_TOPIC => "not a topic name (1..64 of A-Z a-z 0-9 - _ . ~ %; ~ names reserved)".into(),
+        Status::TOPIC_LIMIT => "the app has limits.topics_per_app topics with a log already".into(),
         s => format!("unknown status {}", s.0),
     }
+}
+
+/// The answer to a topic push: `msg_id` (when accepted), `status`, `topic`, plus `error` and
+/// `message` when it is not a 2xx; JSON text ending in a newline.
+pub fn topic_json(topic: &str, o: &Outcome, http: StatusCode) -> Vec<u8> {
+    let mut v = json!({ "topic": topic, "status": o.status.name() });
+    if matches!(o.status, Status::DELIVERED | Status::QUEUED) {
+        v["msg_id"] = json!(o.msg_id.to_string());
+    }
+    if matches!(o.status, Status::RATE_LIMITED | Status::UNAVAILABLE | Status::STORE_FAILED) && o.info > 0 {
+        v["retry_after_ms"] = json!(o.info);
+    }
+    if !http.is_success() {
+        v["error"] = json!(if o.status.is_known() { o.status.name() } else { "internal" });
+        v["message"] = json!(status_message(o));
+    }
+    let mut out = v.to_string().into_bytes();
+    out.push(b'\n');
+    out
 }
 
 /// `{ "results": [...] }` for a multi-token push; JSON text ending in a newline.

@@ -18,6 +18,7 @@ pub mod json;
 mod routes;
 pub mod server;
 mod sse;
+mod topics;
 
 pub use backend::{Backend, Done, FeedbackPage, Note, Outcome, PushJob};
 pub use server::{start, start_configured, start_with_metrics, HttpServer};

@@ -1,5 +1,5 @@
-//! Request handling: routing, auth, and the three endpoints (`POST /v1/push`, `GET /v1/feedback`,
-//! `GET /v1/receipts`), each turning a backend answer into JSON.
+//! Request handling: routing, auth, and the endpoints (`POST /v1/push`, `GET /v1/feedback`,
+//! `GET /v1/receipts`, and the topic ones in `topics`), each turning a backend answer into JSON.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -22,6 +22,7 @@ use super::backend::{Backend, Outcome};
 use super::batch::Crossing;
 use super::json::{self, ApiError};
 use super::sse::SseBody;
+use super::topics::{self, TopicRoute};
 use crate::config::HttpConfig;
 use crate::metrics::HttpRoute;
 use crate::proto::{Apps, Status, Token, TOKEN_LEN};
@@ -84,6 +85,7 @@ pub fn route_of(path: &str) -> HttpRoute {
         "/v1/push" => HttpRoute::Push,
         "/v1/feedback" => HttpRoute::Feedback,
         "/v1/receipts" => HttpRoute::Receipts,
+        p if topics::route(p).is_some() => HttpRoute::Topics,
         _ => HttpRoute::Other,
     }
 }
@@ -106,6 +108,11 @@ pub enum Start {
     Receipts {
         app: u16,
     },
+    Topic {
+        app: u16,
+        route: TopicRoute,
+        deadline: Instant,
+    },
 }
 
 /// Answers `req`; `auth` is its connection's cache of the last verified token.
@@ -124,9 +131,15 @@ where
 /// an HTTP/2 connection does it as it accepts the stream and keeps only what [`answer`] needs.
 pub fn begin(ctx: &Ctx, auth: &auth::Cache, head: &hyper::http::request::Parts) -> Start {
     let path = head.uri.path();
-    let (allowed, name) = match path {
-        "/v1/push" => (Method::POST, "POST"),
-        "/v1/feedback" | "/v1/receipts" => (Method::GET, "GET"),
+    let topic = match topics::route(path) {
+        Some(Err(e)) => return Start::Answer(Box::new(error(&e))),
+        Some(Ok(r)) => Some(r),
+        None => None,
+    };
+    let (allowed, name) = match (path, &topic) {
+        (_, Some(r)) => r.method(),
+        ("/v1/push", _) => (Method::POST, "POST"),
+        ("/v1/feedback" | "/v1/receipts", _) => (Method::GET, "GET"),
         _ => {
             let e = ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no endpoint {path}"));
             return Start::Answer(Box::new(error(&e)));
@@ -152,6 +165,14 @@ pub fn begin(ctx: &Ctx, auth: &auth::Cache, head: &hyper::http::request::Parts) 
             }
         };
     let deadline = Instant::now() + Duration::from_millis(ctx.cfg.request_timeout_ms);
+    if let Some(route) = topic {
+        let max = ctx.cfg.max_body_bytes as u64;
+        let announced = head.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if announced.is_some_and(|n| n > max) {
+            return Start::Answer(Box::new(body_too_large(max)));
+        }
+        return Start::Topic { app, route, deadline };
+    }
     match path {
         "/v1/push" => {
             let max = ctx.cfg.max_body_bytes as u64;
@@ -183,6 +204,32 @@ where
             feedback(ctx, app, since_ms, after, deadline).await
         }
         Start::Receipts { app } => receipts(ctx, app),
+        Start::Topic { app, route, deadline } => topics::answer(ctx, app, route, body, deadline).await,
+    }
+}
+
+/// The whole body within the deadline and `http.max_body_bytes`, or the answer saying why not.
+pub(super) async fn read_body_or_answer<B>(
+    ctx: &Ctx,
+    body: B,
+    deadline: Instant,
+) -> Result<Bytes, Response<Body>>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let max = ctx.cfg.max_body_bytes;
+    match tokio::time::timeout_at(deadline, read_body(body, max)).await {
+        Ok(Ok(b)) => Ok(b),
+        Ok(Err(ReadError::TooLarge)) => Err(body_too_large(max as u64)),
+        Ok(Err(ReadError::Body(e))) => {
+            Err(error(&ApiError::bad_request(format!("cannot read the body: {e}"))))
+        }
+        Err(_) => Err(error(&ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            "the request body did not arrive in time",
+        ))),
     }
 }
 
@@ -336,7 +383,7 @@ fn receipts(ctx: &Ctx, app: u16) -> Response<Body> {
     r
 }
 
-fn no_answer_in_time() -> Response<Body> {
+pub(super) fn no_answer_in_time() -> Response<Body> {
     let mut r = error(&ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "unavailable",
@@ -354,14 +401,14 @@ pub fn error(e: &ApiError) -> Response<Body> {
     respond(e.http, &e.body())
 }
 
-fn respond(status: StatusCode, v: &Value) -> Response<Body> {
+pub(super) fn respond(status: StatusCode, v: &Value) -> Response<Body> {
     let mut body = v.to_string().into_bytes();
     body.push(b'\n');
     respond_bytes(status, body)
 }
 
 /// A JSON answer whose text (ending in a newline) is `body`.
-fn respond_bytes(status: StatusCode, body: Vec<u8>) -> Response<Body> {
+pub(super) fn respond_bytes(status: StatusCode, body: Vec<u8>) -> Response<Body> {
     let mut r = Response::new(Body::full(body));
     *r.status_mut() = status;
     r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
