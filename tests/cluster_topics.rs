@@ -419,7 +419,14 @@ fn the_cluster_store_keeps_subscriptions_across_nodes() {
     assert_eq!(a.subs(&t), vec![rec("news", 9), rec("sport", 7)], "an older position is ignored");
     assert!(a.commit());
 
-    // Node b loads the device: it sees them when the load completes.
+    // Node b loads the device: it sees them when the load completes. A write
+    // that only moves positions is not part of the commit's ticket (it must
+    // not hold back pushes), so it may land a moment after the commit.
+    eventually(10, "the position write reaches the bucket", || {
+        let mut probe = node(&eb);
+        probe.load(&t);
+        probe.subs(&t) == vec![rec("news", 9), rec("sport", 7)]
+    });
     let mut b = node(&eb);
     b.load(&t);
     assert_eq!(b.subs(&t), vec![rec("news", 9), rec("sport", 7)]);
