@@ -286,6 +286,14 @@ mod tests {
             hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await.unwrap();
         tokio::spawn(conn);
         let bearer = format!("Bearer {}", auth::sign("demo", SECRET, auth::now_s()));
+        // One request first: once it is answered the client has the server's SETTINGS
+        // (8 streams); before that it may open more, and the server refuses those
+        // (REFUSED_STREAM, RFC 9113 section 5.1.2: not processed, safe to retry).
+        let first = hyper::Request::post("http://x/v1/push")
+            .header("authorization", &bearer)
+            .body(Full::new(Bytes::from(format!(r#"{{"token":"{}","payload":"hi"}}"#, "cd".repeat(24)))))
+            .unwrap();
+        assert_eq!(send.clone().send_request(first).await.unwrap().status(), 200);
         let mut answers = Vec::new();
         for i in 0..100u8 {
             let token = format!("{:02x}{}", i, "ab".repeat(23));

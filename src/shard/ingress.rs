@@ -119,11 +119,7 @@ impl Ingress {
     ) {
         let done: Box<dyn FnOnce(Answer) + Send> = Box::new(move |a| {
             if let Answer::Push(v) = a {
-                let code = |o: &Outcome| match o.status {
-                    Status::STORE_FAILED => crate::proto::SubStatus::STORE_FAILED,
-                    s => crate::proto::SubStatus(s.0),
-                };
-                done(v.iter().map(code).collect())
+                done(v.iter().map(Outcome::sub_status).collect())
             }
         });
         let to = self.next.fetch_add(1, Ordering::Relaxed) % self.shared.handles.len();

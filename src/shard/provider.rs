@@ -189,12 +189,7 @@ impl Shard {
         }
         match answer {
             Answer::Push(outcomes) if form == Form::Manage => {
-                // The outcomes carry SubStatus codes; a failed commit wrote Status::STORE_FAILED.
-                let code = |o: &Outcome| match o.status {
-                    Status::STORE_FAILED => crate::proto::SubStatus::STORE_FAILED.0,
-                    s => s.0,
-                };
-                let statuses: Vec<u8> = outcomes.iter().map(code).collect();
+                let statuses: Vec<u8> = outcomes.iter().map(|o| o.sub_status().0).collect();
                 self.send_frame(idx, &Frame::TopicManageResult { req_id, statuses: &statuses });
             }
             Answer::Push(outcomes) if form == Form::Result => {

@@ -33,6 +33,15 @@ impl Outcome {
     pub fn status(status: Status) -> Outcome {
         Outcome { status, msg_id: 0, info: 0 }
     }
+
+    /// A TOPIC_MANAGE outcome's status, which carries a `SubStatus` code (a
+    /// failed commit writes `Status::STORE_FAILED` into every waiting outcome).
+    pub fn sub_status(&self) -> crate::proto::SubStatus {
+        match self.status {
+            Status::STORE_FAILED => crate::proto::SubStatus::STORE_FAILED,
+            s => crate::proto::SubStatus(s.0),
+        }
+    }
 }
 
 /// A page of unregistered tokens, `(at_ms, token)` oldest first.

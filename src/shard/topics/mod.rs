@@ -179,19 +179,20 @@ impl Shard {
             }
             let room = d.inflight() < window;
             let topics = d.topics_or_default();
-            if topics.find(&key.name).is_none() {
-                if !key.is_broadcast() {
-                    continue; // a stale index entry: not subscribed any more
+            let si = match topics.subs.iter().position(|s| *s.name == *key.name) {
+                Some(si) => si,
+                None if !key.is_broadcast() => continue, // a stale index entry: not subscribed any more
+                None => {
+                    // This device's first broadcast: it is owed the whole log.
+                    topics.add(self.topics.intern(&key.name), 0, logged);
+                    if logged {
+                        d.core.flags |= Flags::BACKLOG;
+                        let _ = self.deliver(idx);
+                        continue;
+                    }
+                    topics.subs.len() - 1
                 }
-                // This device's first broadcast: it is owed the whole log.
-                topics.add(self.topics.intern(&key.name), 0, logged);
-                if logged {
-                    d.core.flags |= Flags::BACKLOG;
-                    let _ = self.deliver(idx);
-                    continue;
-                }
-            }
-            let Some(si) = topics.subs.iter().position(|s| *s.name == *key.name) else { continue };
+            };
             let sub = &mut topics.subs[si];
             if msg.id <= sub.sent {
                 continue; // already read from the log
