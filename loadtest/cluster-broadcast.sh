@@ -10,16 +10,7 @@ devices=${1:-5000}
 messages=${2:-30}
 offline=${3:-30}
 . loadtest/cluster/common.sh
-for g in 1 2; do
-    $BIN serve --config loadtest/cluster/g$g.toml >"$base/g$g.log" 2>&1 &
-    pids+=($!)
-done
-for g in 1 2; do
-    for _ in $(seq 100); do
-        curl -sf "http://127.0.0.1:178${g}2/readyz" >/dev/null && break
-        sleep 0.2
-    done
-done
+start_two_gateways
 run() {
     echo "== $1"
     timeout 300 $LT run --scenario broadcast --devices "$devices" --messages "$messages" --catchup "$offline" \

@@ -16,16 +16,7 @@ devices=${1:-1000}
 secs=${2:-10}
 expiry=${3:-0}
 . loadtest/cluster/common.sh
-for g in 1 2; do
-    $BIN serve --config loadtest/cluster/g$g.toml >"$base/g$g.log" 2>&1 &
-    pids+=($!)
-done
-for g in 1 2; do
-    for _ in $(seq 100); do
-        curl -sf "http://127.0.0.1:178${g}2/readyz" >/dev/null && break
-        sleep 0.2
-    done
-done
+start_two_gateways
 msgs() {
     local t=0
     for p in 8222 8223 8224; do

@@ -336,18 +336,24 @@ fn durable_gateway(dir: &std::path::Path, cfg: Config) -> Gateway {
     Gateway::start(cfg, test_key(), stores).unwrap()
 }
 
-#[test]
-fn subscriptions_positions_and_the_log_survive_a_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let gw = durable_gateway(dir.path(), test_config(2));
-    let (mut d, _, _) = device(&gw, APP, "keeper");
+/// Device `label` subscribes to "kept", gets and ACKs "seen", goes away, and
+/// "while away" is pushed (queued). Returns the provider.
+fn seen_then_away(gw: &Gateway, label: &str) -> Raw {
+    let (mut d, _, _) = device(gw, APP, label);
     assert_eq!(subscribe(&mut d, 1, true, "kept"), SubStatus::OK);
-    let mut p = provider(&gw, APP, APP_SECRET);
+    let mut p = provider(gw, APP, APP_SECRET);
     assert_eq!(push_topic(&mut p, 1, "kept", note(far(), b"seen")).0, Status::QUEUED);
     assert_eq!(drain_acking(&mut d), [b"seen".to_vec()]);
     drop(d);
     assert_eq!(push_topic(&mut p, 2, "kept", note(far(), b"while away")).0, Status::QUEUED);
-    drop(p);
+    p
+}
+
+#[test]
+fn subscriptions_positions_and_the_log_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = durable_gateway(dir.path(), test_config(2));
+    drop(seen_then_away(&gw, "keeper"));
     gw.drain();
     gw.join();
 
@@ -363,13 +369,7 @@ fn subscriptions_positions_and_the_log_survive_a_restart() {
 fn an_offline_subscriber_catches_up_with_the_durable_store_without_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let gw = durable_gateway(dir.path(), test_config(2));
-    let (mut d, _, _) = device(&gw, APP, "durable-away");
-    assert_eq!(subscribe(&mut d, 1, true, "kept"), SubStatus::OK);
-    let mut p = provider(&gw, APP, APP_SECRET);
-    assert_eq!(push_topic(&mut p, 1, "kept", note(far(), b"seen")).0, Status::QUEUED);
-    assert_eq!(drain_acking(&mut d), [b"seen".to_vec()]);
-    drop(d);
-    assert_eq!(push_topic(&mut p, 2, "kept", note(far(), b"while away")).0, Status::QUEUED);
+    let _p = seen_then_away(&gw, "durable-away");
     let (mut d, _, _) = device(&gw, APP, "durable-away");
     assert_eq!(drain_acking(&mut d), [b"while away".to_vec()]);
 }

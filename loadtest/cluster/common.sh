@@ -1,7 +1,8 @@
 # Shared by loadtest/cluster.sh and loadtest/cluster-scale.sh (sourced from
 # the repository root): builds the release binaries, makes a fresh $base with
 # a shared token key, starts the 3 NATS servers of deploy/nats (store dirs
-# moved under $base), and kills everything in $pids on exit.
+# moved under $base), and kills everything in $pids on exit; start_two_gateways
+# starts loadtest/cluster/g1.toml and g2.toml and waits until both are ready.
 BIN=target/release/pushgate
 LT=target/release/pushgate-loadtest
 cargo build --release -q -p pushgate -p pushgate-loadtest
@@ -17,3 +18,16 @@ for n in 1 2 3; do
     pids+=($!)
 done
 sleep 2
+
+start_two_gateways() {
+    for g in 1 2; do
+        $BIN serve --config loadtest/cluster/g$g.toml >"$base/g$g.log" 2>&1 &
+        pids+=($!)
+    done
+    for g in 1 2; do
+        for _ in $(seq 100); do
+            curl -sf "http://127.0.0.1:178${g}2/readyz" >/dev/null && break
+            sleep 0.2
+        done
+    done
+}

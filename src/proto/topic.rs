@@ -39,6 +39,11 @@ pub fn classify(name: &[u8]) -> TopicName {
     TopicName::Plain
 }
 
+/// How many of `names` count against `limits.topics_per_device`: the broadcast topic does not.
+pub fn subscribed<'a>(names: impl Iterator<Item = &'a [u8]>) -> usize {
+    names.filter(|n| *n != BROADCAST.as_bytes()).count()
+}
+
 /// Whether `msg_id` names a topic message.
 pub fn is_topic_id(msg_id: u64) -> bool {
     msg_id & TOPIC_ID_BIT != 0

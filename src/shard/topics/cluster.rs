@@ -140,10 +140,11 @@ impl Shard {
             token,
             vec![op],
             Box::new(move |r| {
-                let b = crate::proto::topic::BROADCAST.as_bytes();
                 let status = match r {
                     // Past the cap only if this add inserted it (an existing one adds nothing).
-                    Ok(list) if add && list.iter().filter(|s| &*s.topic != b).count() > cap => {
+                    Ok(list)
+                        if add && crate::proto::topic::subscribed(list.iter().map(|s| &*s.topic)) > cap =>
+                    {
                         e2.subs_update(token, vec![SubOp::Remove { topic: name.clone() }], Box::new(|_| {}));
                         SubStatus::TOPIC_LIMIT
                     }

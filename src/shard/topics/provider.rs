@@ -179,8 +179,8 @@ impl Shard {
             if known {
                 return SubStatus::OK;
             }
-            let b = crate::proto::topic::BROADCAST.as_bytes();
-            if records.iter().filter(|r| &*r.topic != b).count() >= self.shared.cfg.limits.topics_per_device {
+            let cap = self.shared.cfg.limits.topics_per_device;
+            if crate::proto::topic::subscribed(records.iter().map(|r| &*r.topic)) >= cap {
                 return SubStatus::TOPIC_LIMIT;
             }
             self.store.put_subscription(token, &key.name, self.shared.topics.newest(key))

@@ -63,8 +63,7 @@ impl DeviceTopics {
 
     /// Subscriptions counted against `topics_per_device` (the broadcast topic is not one).
     pub fn subscribed(&self) -> usize {
-        let b = crate::proto::topic::BROADCAST.as_bytes();
-        self.subs.iter().filter(|s| &*s.name != b).count()
+        crate::proto::topic::subscribed(self.subs.iter().map(|s| &*s.name))
     }
 
     /// Forgets an ACKed topic message; the subscription's new position if it moved.
