@@ -13,6 +13,7 @@
 //! - `opts`: the command line.
 //! - `run`: the parent: spawns workers, runs providers, drives a scenario.
 //! - `broadcast`: the broadcast scenario's phases and its topic publishers.
+//! - `h2floor`: `h2-floor`, an HTTP/2 server on `h2` doing no work, for the HTTP/2 API's ceiling.
 //! - `report`: summary table, JSON object, SVG plot.
 //! - `worker`, `devices`: a worker process and its mio device threads.
 //! - `provider`: pipelined pushers for each target.
@@ -21,6 +22,7 @@
 
 mod broadcast;
 mod devices;
+mod h2floor;
 mod opts;
 mod provider;
 mod report;
@@ -39,6 +41,13 @@ fn main() {
             Ok(code) => code,
             Err(e) => {
                 eprintln!("error: {e}");
+                2
+            }
+        },
+        opts::Command::H2Floor { listen } => match h2floor::main(listen) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("h2-floor: {e}");
                 2
             }
         },

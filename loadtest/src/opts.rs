@@ -17,6 +17,12 @@ pub struct Cli {
 pub enum Command {
     /// Run one scenario against one target.
     Run(Box<RunOpts>),
+    /// An HTTP/2 server on `h2` that answers every request at once with a fixed body: the
+    /// ceiling of any server on `h2` under the same load (loadtest/http-vs-binary.sh).
+    H2Floor {
+        #[arg(long, default_value = "127.0.0.1:17799")]
+        listen: SocketAddr,
+    },
     /// Internal: a device worker process, started by `run`.
     #[command(hide = true)]
     Worker {
@@ -115,6 +121,10 @@ pub struct RunOpts {
     /// Broadcast: pause after a push has reached every device, milliseconds.
     #[arg(long, default_value_t = 100)]
     pub gap_ms: u64,
+    /// Once every device is registered, write their tokens here, one 48-hex-digit line each (pushgate
+    /// only): a push client outside the harness (h2load, curl) can then push to devices it holds.
+    #[arg(long)]
+    pub tokens_out: Option<std::path::PathBuf>,
     /// The server's data directory: its growth over the pushes gives stored bytes per message.
     #[arg(long)]
     pub data_dir: Option<std::path::PathBuf>,

@@ -171,6 +171,23 @@ impl State {
     }
 
     /// Waits until every device is registered; returns the seconds it took from `since`.
+    /// Writes every device's token to `path` (whole or not at all: written aside, then renamed),
+    /// once the workers have reported them all (at most 5 s after registration).
+    fn write_tokens(&mut self, path: &std::path::Path) -> std::io::Result<()> {
+        let n = self.n as usize;
+        self.pump(5.0, |s| s.token_pos.len() >= n);
+        let mut text = String::new();
+        for list in &self.targets {
+            for (_, t) in list.read().expect("targets").iter() {
+                text.push_str(&t.to_hex());
+                text.push('\n');
+            }
+        }
+        let aside = path.with_extension("partial");
+        std::fs::write(&aside, text)?;
+        std::fs::rename(&aside, path)
+    }
+
     fn wait_registered(&mut self, since: u64, what: &'static str) -> Option<f64> {
         self.phase = what;
         let n = self.n;
@@ -432,6 +449,9 @@ pub fn main(o: Box<RunOpts>) -> Result<i32, String> {
     sum.connect_secs = st.wait_registered(start, "connect");
     if sum.connect_secs.is_none() {
         eprintln!("not every device registered in time: {} of {}", st.counters().registered, o.devices);
+    }
+    if let Some(path) = &o.tokens_out {
+        st.write_tokens(path).map_err(|e| format!("--tokens-out {}: {e}", path.display()))?;
     }
     let mut acc = vec![Fingerprint::default(); o.devices as usize];
     let stop = Arc::new(AtomicBool::new(false));

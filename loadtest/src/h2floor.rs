@@ -1,0 +1,97 @@
+//! `h2-floor`: an HTTP/2 server on the `h2` crate (the gateway's HTTP/2 layer, with its settings)
+//! that does no work: it reads each request's body and answers a fixed JSON body of the size of a
+//! push answer. What it serves under h2load is the most any server built on `h2` serves on the
+//! same machine, so it bounds what the gateway's HTTP/2 API can reach (BENCHMARKS.md).
+
+use std::future::poll_fn;
+use std::net::SocketAddr;
+use std::task::Poll;
+
+use bytes::Bytes;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use http::{HeaderValue, Request, Response};
+
+/// As the gateway: flow-control windows, send buffer, streams per connection (its defaults).
+const WINDOW: u32 = 1024 * 1024;
+const MAX_SEND_BUFFER: usize = 400 * 1024;
+const MAX_STREAMS: u32 = 128;
+/// A push answer's size and shape (`POST /v1/push`, one token, `queued`).
+const ANSWER: &[u8] =
+    b"{\"token\":\"305d4e3f125f7e9673acad0602931254919f435178e12b9b\",\"status\":\"queued\",\"msg_id\":12345}\n";
+
+/// Serves until killed, on one thread (as the gateway's `http.threads = 1`).
+pub fn main(listen: SocketAddr) -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let l = tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("{listen}: {e}"))?;
+        eprintln!("h2-floor: listening on {}", l.local_addr().map_err(|e| e.to_string())?);
+        loop {
+            let (s, _) = l.accept().await.map_err(|e| e.to_string())?;
+            let _ = s.set_nodelay(true);
+            tokio::spawn(serve(s));
+        }
+    })
+}
+
+/// One connection: every stream it has read is accepted, then every stream runs, so a turn's
+/// answers leave in one write (as the gateway's connection task does).
+async fn serve(s: tokio::net::TcpStream) {
+    let mut b = h2::server::Builder::new();
+    b.initial_window_size(WINDOW)
+        .initial_connection_window_size(WINDOW)
+        .max_send_buffer_size(MAX_SEND_BUFFER)
+        .max_concurrent_streams(MAX_STREAMS);
+    let Ok(mut conn) = b.handshake::<_, Bytes>(s).await else { return };
+    let mut streams = FuturesUnordered::new();
+    poll_fn(|cx| loop {
+        loop {
+            match conn.poll_accept(cx) {
+                Poll::Ready(Some(Ok((req, respond)))) => streams.push(answer(req, respond)),
+                Poll::Ready(Some(Err(_)) | None) => return Poll::Ready(()),
+                Poll::Pending => break,
+            }
+        }
+        let mut ran = false;
+        while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {
+            ran = true;
+        }
+        if !ran {
+            return Poll::Pending;
+        }
+    })
+    .await;
+}
+
+async fn answer(req: Request<h2::RecvStream>, mut respond: h2::server::SendResponse<Bytes>) {
+    let mut body = req.into_body();
+    while let Some(Ok(d)) = body.data().await {
+        let _ = body.flow_control().release_capacity(d.len());
+    }
+    let mut r = Response::new(());
+    let h = r.headers_mut();
+    h.insert("content-type", HeaderValue::from_static("application/json"));
+    h.insert("content-length", HeaderValue::from(ANSWER.len()));
+    h.insert("date", date());
+    if let Ok(mut s) = respond.send_response(r, false) {
+        let _ = s.send_data(Bytes::from_static(ANSWER), true);
+    }
+}
+
+thread_local! {
+    /// This second's `date` header, made once a second (as the gateway does).
+    static DATE: std::cell::RefCell<(u64, HeaderValue)> =
+        const { std::cell::RefCell::new((u64::MAX, HeaderValue::from_static(""))) };
+}
+
+fn date() -> HeaderValue {
+    let now = std::time::SystemTime::now();
+    let secs = now.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    DATE.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.0 != secs {
+            let text = httpdate::fmt_http_date(now);
+            *d = (secs, HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static("")));
+        }
+        d.1.clone()
+    })
+}
