@@ -157,7 +157,8 @@ pub struct HttpConfig {
     /// Serve the HTTP API.
     pub enabled: bool,
     pub listen: SocketAddr,
-    /// Threads of the HTTP runtime (one runtime per node, not per shard): 1 = one thread does it all.
+    /// Threads of the HTTP runtime (one runtime per node, not per shard): 0 = one per core (at most
+    /// 16), 1 = one thread does it all.
     pub threads: usize,
     /// Open HTTP connections; past it new ones are closed at once.
     pub max_connections: usize,
@@ -182,7 +183,7 @@ impl Default for HttpConfig {
         HttpConfig {
             enabled: true,
             listen: SocketAddr::from(([0, 0, 0, 0], 7703)),
-            threads: 1,
+            threads: 0,
             max_connections: 1024,
             max_body_bytes: 64 * 1024,
             max_header_bytes: 16 * 1024,
@@ -198,8 +199,8 @@ impl Default for HttpConfig {
 impl HttpConfig {
     fn validate(&self) -> Result<(), (String, String)> {
         let err = |k: &str, why: &str| Err((format!("http.{k}"), why.to_string()));
-        if self.threads == 0 || self.threads > 16 {
-            return err("threads", "must be 1 to 16");
+        if self.threads > 16 {
+            return err("threads", "must be 0 (one per core) to 16");
         }
         if self.max_connections == 0 {
             return err("max_connections", "must be at least 1");
@@ -587,8 +588,9 @@ mod tests {
         let c = Config::parse("[http]\nlisten = \"127.0.0.1:0\"\nthreads = 2\n[tls]\nhttp = false\n", "x")
             .unwrap();
         assert_eq!(c.http.threads, 2);
+        assert_eq!(Config::parse("", "x").unwrap().http.threads, 0, "one per core by default");
         for (toml, key) in [
-            ("threads = 0", "http.threads"),
+            ("threads = 17", "http.threads"),
             ("max_body_bytes = 100", "http.max_body_bytes"),
             ("max_header_bytes = 100", "http.max_header_bytes"),
             ("max_connections = 0", "http.max_connections"),

@@ -112,8 +112,8 @@ impl Shared {
     }
 }
 
-/// Binds `cfg.listen` and serves the HTTP API on its own runtime: one thread when `cfg.threads` is 1,
-/// else an accepting thread and `cfg.threads` workers.
+/// Binds `cfg.listen` and serves the HTTP API on its own runtime: one thread when `cfg.threads` is 1
+/// (or 0 on one core), else an accepting thread and that many workers (0: one per core, at most 16).
 /// `tls` (from `[tls]` with `tls.http = true`) gets the ALPN ids h2 and http/1.1 if it has none.
 /// Its metrics go nowhere: [`start_with_metrics`] says where.
 pub fn start(
@@ -134,7 +134,11 @@ pub fn start_with_metrics(
     metrics: Arc<HttpMetrics>,
 ) -> io::Result<HttpServer> {
     // One thread: everything on the thread below; more: that thread accepts, the workers serve.
-    let mut rt = match cfg.threads {
+    let threads = match cfg.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get().min(16)),
+        n => n,
+    };
+    let mut rt = match threads {
         0 | 1 => tokio::runtime::Builder::new_current_thread(),
         n => {
             let mut b = tokio::runtime::Builder::new_multi_thread();
