@@ -44,13 +44,15 @@ fn main() {
                 2
             }
         },
-        opts::Command::H2Floor { listen } => match h2floor::main(listen) {
-            Ok(()) => 0,
-            Err(e) => {
-                eprintln!("h2-floor: {e}");
-                2
+        opts::Command::H2Floor { listen, threads, answer_every_ms } => {
+            match h2floor::main(listen, threads, answer_every_ms) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("h2-floor: {e}");
+                    2
+                }
             }
-        },
+        }
         opts::Command::Worker { spec } => {
             let spec: worker::WorkerSpec = match serde_json::from_str(&spec) {
                 Ok(s) => s,

@@ -22,6 +22,12 @@ pub enum Command {
     H2Floor {
         #[arg(long, default_value = "127.0.0.1:17799")]
         listen: SocketAddr,
+        /// Runtime threads; 0 = one per core (the gateway's `http.threads` default).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+        /// Hold the answers for a tick of this many ms (as for a group commit); 0 = answer at once.
+        #[arg(long, default_value_t = 0)]
+        answer_every_ms: u64,
     },
     /// Internal: a device worker process, started by `run`.
     #[command(hide = true)]
