@@ -18,6 +18,16 @@ runs=${1:-2}
 BIN=target/release/pushgate
 LT=target/release/pushgate-loadtest
 cargo build --release -q -p pushgate -p pushgate-loadtest
+# h2rate PORT: the single-token h2load load on 127.0.0.1:PORT/v1/push; prints h2load.sh's lines and
+# leaves the pushes/s in $rate.
+h2rate() {
+    local out
+    out=$(loadtest/h2load.sh --url "http://127.0.0.1:$1/v1/push" --app load --token "$token" -n 300000 -c 8 -m 125)
+    echo "$out"
+    rate=$(echo "$out" | awk '/^requests\/s:/ { print $4 }')
+}
+# share A B: A as a percentage of B.
+share() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f %%", 100 * a / b }'; }
 export PUSHGATE_APP_SECRET=loadtest-secret-0123456789
 summary=()
 for r in $(seq "$runs"); do
@@ -41,9 +51,8 @@ for r in $(seq "$runs"); do
     for _ in $(seq 100); do [ -s /tmp/http-vs-binary.tokens-out ] && break; sleep 0.1; done
     token=$(head -1 /tmp/http-vs-binary.tokens-out)
     echo "== run $r: HTTP/2 (h2load, 8 connections x 125 streams: 1000 in flight, as the binary window)"
-    out=$(loadtest/h2load.sh --url http://127.0.0.1:17703/v1/push --app load --token "$token" -n 300000 -c 8 -m 125)
-    echo "$out"
-    http2=$(echo "$out" | awk '/^requests\/s:/ { print $4 }')
+    h2rate 17703
+    http2=$rate
     echo "== run $r: HTTP/2 multi push (h2load, 8 connections x 2 streams, 100 tokens per request)"
     for _ in $(seq 100); do echo "$token"; done >/tmp/http-vs-binary.tokens
     loadtest/h2load.sh --url http://127.0.0.1:17703/v1/push --app load --tokens-file /tmp/http-vs-binary.tokens \
@@ -52,20 +61,18 @@ for r in $(seq "$runs"); do
     loadtest/h2load.sh --url http://127.0.0.1:17703/v1/push --app load --token "$token" -n 50000 -c 8 --h1
     kill $dev $gw 2>/dev/null
     wait $dev $gw 2>/dev/null
-    # The ceiling: the same h2load load on an h2 server that does no work (the gateway's HTTP/2
-    # layer and settings, a fixed answer), and on nghttpd (C, nghttp2) when it is installed.
+    # The ceiling: the same h2load load on two servers that do no work: h2-floor (the gateway's
+    # HTTP/2 layer and settings, a fixed answer) and nghttpd (C, nghttp2) when it is installed.
     echo "== run $r: h2 floor (pushgate-loadtest h2-floor: h2, the gateway's settings, one thread, a fixed answer, no work)"
     # One thread: its best here (two threads served 106-110k/s against 118-129k/s for one).
     $LT h2-floor --threads 1 --listen 127.0.0.1:17799 2>/dev/null &
     floor_pid=$!
     sleep 0.5
-    out=$(loadtest/h2load.sh --url http://127.0.0.1:17799/v1/push --app load --token "$token" -n 300000 -c 8 -m 125)
-    echo "$out"
-    floor=$(echo "$out" | awk '/^requests\/s:/ { print $4 }')
+    h2rate 17799
     kill $floor_pid 2>/dev/null
     wait $floor_pid 2>/dev/null
-    line="run $r: binary $binary/s, HTTP/2 $http2/s ($(awk -v a="$http2" -v b="$binary" 'BEGIN { printf "%.1f", 100 * a / b }') %)"
-    line="$line, h2 floor $floor/s ($(awk -v a="$floor" -v b="$binary" 'BEGIN { printf "%.1f", 100 * a / b }') %)"
+    line="run $r: binary $binary/s, HTTP/2 $http2/s ($(share "$http2" "$binary"))"
+    line="$line, h2 floor $rate/s ($(share "$rate" "$binary"))"
     if command -v nghttpd >/dev/null; then
         echo "== run $r: nghttpd (C, nghttp2: the same request, a fixed file)"
         docroot=$(mktemp -d)
@@ -74,15 +81,13 @@ for r in $(seq "$runs"); do
         nghttpd --no-tls -d "$docroot" 17798 >/dev/null 2>&1 &
         ng=$!
         sleep 0.5
-        out=$(loadtest/h2load.sh --url http://127.0.0.1:17798/v1/push --app load --token "$token" -n 300000 -c 8 -m 125)
-        echo "$out"
-        ngr=$(echo "$out" | awk '/^requests\/s:/ { print $4 }')
+        h2rate 17798
         kill $ng 2>/dev/null
         wait $ng 2>/dev/null
         rm -rf "$docroot"
-        line="$line, nghttpd $ngr/s"
+        line="$line, nghttpd $rate/s ($(share "$rate" "$binary"))"
     fi
     summary+=("$line")
 done
-echo "== summary (HTTP/2 and the h2 floor as a share of the binary rate in the same run)"
+echo "== summary (HTTP/2, the h2 floor and nghttpd as a share of the binary rate in the same run)"
 printf '%s\n' "${summary[@]}"

@@ -197,6 +197,14 @@ impl Default for HttpConfig {
 }
 
 impl HttpConfig {
+    /// The HTTP runtime's threads: `threads`, or one per core (at most 16) for 0.
+    pub fn runtime_threads(&self) -> usize {
+        match self.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get().min(16)),
+            n => n,
+        }
+    }
+
     fn validate(&self) -> Result<(), (String, String)> {
         let err = |k: &str, why: &str| Err((format!("http.{k}"), why.to_string()));
         if self.threads > 16 {

@@ -25,15 +25,11 @@ const MAX_STREAMS: u32 = 128;
 const ANSWER: &[u8] =
     b"{\"token\":\"305d4e3f125f7e9673acad0602931254919f435178e12b9b\",\"status\":\"queued\",\"msg_id\":12345}\n";
 
-/// Serves until killed on `threads` threads (0: one per core, as the gateway's `http.threads`
-/// default); `every_ms` > 0 holds the answers for a tick of that period.
+/// Serves until killed on `threads` threads; `every_ms` > 0 holds the answers for a tick of that
+/// period.
 pub fn main(listen: SocketAddr, threads: usize, every_ms: u64) -> Result<(), String> {
-    let threads = match threads {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get().min(16)),
-        n => n,
-    };
     let mut b = match threads {
-        1 => tokio::runtime::Builder::new_current_thread(),
+        0 | 1 => tokio::runtime::Builder::new_current_thread(),
         n => {
             let mut b = tokio::runtime::Builder::new_multi_thread();
             b.worker_threads(n);
@@ -112,27 +108,8 @@ fn send(mut respond: h2::server::SendResponse<Bytes>) {
     let h = r.headers_mut();
     h.insert("content-type", HeaderValue::from_static("application/json"));
     h.insert("content-length", HeaderValue::from(ANSWER.len()));
-    h.insert("date", date());
+    h.insert("date", pushgate::http::date());
     if let Ok(mut s) = respond.send_response(r, false) {
         let _ = s.send_data(Bytes::from_static(ANSWER), true);
     }
-}
-
-thread_local! {
-    /// This second's `date` header, made once a second (as the gateway does).
-    static DATE: std::cell::RefCell<(u64, HeaderValue)> =
-        const { std::cell::RefCell::new((u64::MAX, HeaderValue::from_static(""))) };
-}
-
-fn date() -> HeaderValue {
-    let now = std::time::SystemTime::now();
-    let secs = now.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    DATE.with(|d| {
-        let mut d = d.borrow_mut();
-        if d.0 != secs {
-            let text = httpdate::fmt_http_date(now);
-            *d = (secs, HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static("")));
-        }
-        d.1.clone()
-    })
 }

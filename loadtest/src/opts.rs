@@ -22,8 +22,8 @@ pub enum Command {
     H2Floor {
         #[arg(long, default_value = "127.0.0.1:17799")]
         listen: SocketAddr,
-        /// Runtime threads; 0 = one per core (the gateway's `http.threads` default).
-        #[arg(long, default_value_t = 0)]
+        /// Runtime threads (one is its best on 2 cores; the gateway has one per core by default).
+        #[arg(long, default_value_t = 1)]
         threads: usize,
         /// Hold the answers for a tick of this many ms (as for a group commit); 0 = answer at once.
         #[arg(long, default_value_t = 0)]

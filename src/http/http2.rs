@@ -226,8 +226,9 @@ thread_local! {
         const { std::cell::RefCell::new((u64::MAX, HeaderValue::from_static(""))) };
 }
 
-/// An HTTP date for now (RFC 9110 §6.6.1), as hyper's HTTP/1.1 answers carry.
-fn date() -> HeaderValue {
+/// An HTTP date for now (RFC 9110 §6.6.1), as hyper's HTTP/1.1 answers carry; made once a second
+/// per thread, so an answer's `date` costs a clone.
+pub fn date() -> HeaderValue {
     let now = SystemTime::now();
     let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     DATE_NOW.with(|d| {

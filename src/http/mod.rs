@@ -21,4 +21,5 @@ mod sse;
 mod topics;
 
 pub use backend::{Backend, Done, FeedbackPage, Note, Outcome, PushJob};
+pub use http2::date;
 pub use server::{start, start_configured, start_with_metrics, HttpServer};

@@ -134,11 +134,7 @@ pub fn start_with_metrics(
     metrics: Arc<HttpMetrics>,
 ) -> io::Result<HttpServer> {
     // One thread: everything on the thread below; more: that thread accepts, the workers serve.
-    let threads = match cfg.threads {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get().min(16)),
-        n => n,
-    };
-    let mut rt = match threads {
+    let mut rt = match cfg.runtime_threads() {
         0 | 1 => tokio::runtime::Builder::new_current_thread(),
         n => {
             let mut b = tokio::runtime::Builder::new_multi_thread();
