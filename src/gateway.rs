@@ -92,6 +92,7 @@ impl Gateway {
             conns: AtomicUsize::new(0),
             max_conns,
             draining: AtomicBool::new(false),
+            drained: AtomicUsize::new(0),
             tls,
             limits: shard::limits::NodeLimits::new(&cfg_limits, apps_len),
             epoch: std::time::Instant::now(),

@@ -209,3 +209,58 @@ fn pushes_past_the_in_flight_limit_wait_for_tcp_not_for_memory() {
     }
     assert_eq!(got, 400);
 }
+
+/// A drain answers every push it had read before its GOAWAY, also pushes routed to a shard that
+/// has no connection left: that shard stays up, answering, until the provider's shard is done
+/// (before, it left at once and the provider waited for the whole drain timeout).
+#[test]
+fn a_drain_answers_pushes_routed_to_a_shard_with_no_connections_then_goaway_at_once() {
+    let mut cfg = test_config(2);
+    cfg.drain.timeout_ms = 20_000;
+    let gw = start_gateway(cfg);
+    // Tokens of both shards (the owner is a function of the token), their devices gone: the
+    // provider is then the only connection, so one shard has none when the drain begins.
+    let tokens: Vec<Token> =
+        (0..16).map(|i| Raw::connect(gw.device_addr).hello(APP, &secret(&format!("dr{i}")), 0).0).collect();
+    assert!(wait_until(Duration::from_secs(5), || gw.connections() == 0), "the devices are gone");
+    let mut p = Raw::connect(gw.provider_addr);
+    p.login(APP, APP_SECRET);
+    let mut batch = Vec::new();
+    for i in 0..3000u32 {
+        Frame::Push(with_note(push_frame(i, tokens[i as usize % 16], b"dr"), |n| n.expiry = u32::MAX))
+            .encode(&mut batch);
+    }
+    let mut writer = p.stream.try_clone().unwrap();
+    let w = std::thread::spawn(move || {
+        let _ = std::io::Write::write_all(&mut writer, &batch); // the drain stops reading
+    });
+    // Results are flowing: pushes are in flight on both shards now.
+    let mut answered = std::collections::HashSet::new();
+    let (req, _, _) = result(&mut p);
+    answered.insert(req);
+    let began = std::time::Instant::now();
+    gw.drain();
+    // Each frame within 5 s (`expect`): the answers, then GOAWAY, with no wait for the deadline.
+    let goaway = loop {
+        let next = p.expect(|f| match f {
+            Frame::Result { req_id, status, .. } => {
+                let fine = [Status::QUEUED, Status::DELIVERED, Status::UNAVAILABLE];
+                assert!(fine.contains(&status), "{req_id}: {status}");
+                assert!(answered.insert(req_id), "one answer per request: {req_id}");
+                None
+            }
+            Frame::GoAway { reason, .. } => Some(reason),
+            other => panic!("{other:?}"),
+        });
+        if let Some(reason) = next {
+            break reason;
+        }
+    };
+    assert_eq!(goaway, pushgate::proto::GoAwayReason::SHUTDOWN);
+    assert!(began.elapsed() < Duration::from_secs(10), "GOAWAY {:?} into a 20 s drain", began.elapsed());
+    assert!(answered.len() > 1, "the drain came with pushes in flight");
+    drop(p);
+    let _ = w.join();
+    gw.join();
+    assert!(began.elapsed() < Duration::from_secs(15), "drained in {:?}", began.elapsed());
+}

@@ -17,7 +17,7 @@ pub struct Cli {
 pub enum Command {
     /// Run one scenario against one target.
     Run(Box<RunOpts>),
-    /// An HTTP/2 server on `h2` that answers every request at once with a fixed body: the
+    /// An HTTP/2 server on `h2` that does no work, answering every request with a fixed body: the
     /// ceiling of any server on `h2` under the same load (loadtest/http-vs-binary.sh).
     H2Floor {
         #[arg(long, default_value = "127.0.0.1:17799")]

@@ -170,7 +170,6 @@ impl State {
         self.timeline.push(s);
     }
 
-    /// Waits until every device is registered; returns the seconds it took from `since`.
     /// Writes every device's token to `path` (whole or not at all: written aside, then renamed),
     /// once the workers have reported them all (at most 5 s after registration).
     fn write_tokens(&mut self, path: &std::path::Path) -> std::io::Result<()> {
@@ -188,6 +187,7 @@ impl State {
         std::fs::rename(&aside, path)
     }
 
+    /// Waits until every device is registered; returns the seconds it took from `since`.
     fn wait_registered(&mut self, since: u64, what: &'static str) -> Option<f64> {
         self.phase = what;
         let n = self.n;

@@ -115,6 +115,9 @@ pub struct Shared {
     pub conns: AtomicUsize,
     pub max_conns: usize,
     pub draining: AtomicBool,
+    /// Draining shards with no connection left. Such a shard still owns its tokens, so it stays up,
+    /// answering the pushes other shards' providers route to it, until every shard is counted here.
+    pub drained: AtomicUsize,
     /// TLS per listener, loaded once at start.
     pub tls: crate::tls::TlsPorts,
     /// Rate limits for the whole node.
@@ -165,6 +168,8 @@ struct Drain {
     /// Devices told so far, and in all: device `seq` of `total` gets `seq/total` of the spread.
     seq: u32,
     total: u32,
+    /// This shard has no connection left and is counted in `Shared::drained`.
+    idle: bool,
 }
 
 /// Timers: the wheel of connection deadlines, and devices coalescing normal priority.
@@ -358,7 +363,13 @@ impl Shard {
         self.router.flush(&self.shared.handles, &self.metrics);
         self.flush_dirty();
         if let Some(deadline) = self.drain.deadline {
-            if self.conns.is_empty() || self.clock.tick >= deadline {
+            if self.conns.is_empty() && !self.drain.idle {
+                // No new connections come during a drain: once empty, this shard stays empty.
+                self.drain.idle = true;
+                self.shared.drained.fetch_add(1, Ordering::AcqRel);
+            }
+            let all_idle = self.shared.drained.load(Ordering::Acquire) == self.shared.handles.len();
+            if all_idle || self.clock.tick >= deadline {
                 debug!("shard {} drained with {} connections left", self.index(), self.conns.len());
                 let released = self.commit.finish(&mut *self.store, self.clock.now_us(), &self.metrics);
                 self.release(released);

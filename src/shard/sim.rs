@@ -167,6 +167,7 @@ impl Sim {
             conns: AtomicUsize::new(0),
             max_conns: 1000,
             draining: AtomicBool::new(false),
+            drained: AtomicUsize::new(0),
             tls: Default::default(),
             epoch: std::time::Instant::now(),
             cluster: None,
