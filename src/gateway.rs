@@ -93,6 +93,7 @@ impl Gateway {
             max_conns,
             draining: AtomicBool::new(false),
             drained: AtomicUsize::new(0),
+            holds: AtomicUsize::new(0),
             tls,
             limits: shard::limits::NodeLimits::new(&cfg_limits, apps_len),
             epoch: std::time::Instant::now(),
@@ -120,6 +121,14 @@ impl Gateway {
     /// A handle for front ends off the shards (the HTTP API).
     pub fn ingress(&self) -> crate::shard::ingress::Ingress {
         crate::shard::ingress::Ingress::new(self.shared.clone())
+    }
+
+    /// Keeps the shards up through a drain until the hold is dropped (at most the drain timeout):
+    /// a front end off the shards takes one before the drain and drops it once its open requests
+    /// are answered, so none of them meets a shard that has left.
+    pub fn hold_drain(&self) -> DrainHold {
+        self.shared.holds.fetch_add(1, Ordering::AcqRel);
+        DrainHold(self.shared.clone())
     }
 
     /// Starts draining: no new connections, GOAWAY to everyone, pushes refused with `unavailable`.
@@ -150,6 +159,15 @@ impl Gateway {
 
     pub fn connections(&self) -> usize {
         self.shared.conns.load(Ordering::Relaxed)
+    }
+}
+
+/// See [`Gateway::hold_drain`].
+pub struct DrainHold(Arc<Shared>);
+
+impl Drop for DrainHold {
+    fn drop(&mut self) {
+        self.0.holds.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

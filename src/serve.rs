@@ -183,29 +183,40 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
     };
     let _ = std::io::stdout().flush();
     wait_for_signal(&gw, &stop);
+    drain(gw, http, Duration::from_millis(cfg.drain.timeout_ms + 2000));
+    if let Some(a) = admin {
+        a.stop();
+    }
+    drop(engine); // after the shards: their last releases and commits go out first
+    Ok(())
+}
+
+/// How a node stops: the HTTP API and the shards drain together (GOAWAY to every connection, new
+/// requests refused), and the shards stay up until the HTTP API's open requests are answered; then
+/// waits up to `timeout` for the shards. True if they all finished.
+pub fn drain(gw: Gateway, http: Option<crate::http::HttpServer>, timeout: Duration) -> bool {
     info!("draining: GOAWAY to every connection");
+    let deadline = std::time::Instant::now() + timeout;
+    let hold = http.as_ref().map(|_| gw.hold_drain());
     if let Some(h) = &http {
         h.begin_shutdown(); // no new HTTP connections; open requests still get their answers
     }
     gw.drain();
-    let deadline = std::time::Instant::now() + Duration::from_millis(cfg.drain.timeout_ms + 2000);
+    if let Some(h) = http {
+        h.shutdown(); // at most ~5 s: its open requests answered, its connections closed
+    }
+    drop(hold);
     while !gw.is_finished() && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
     if gw.is_finished() {
         gw.join();
         info!("drained; bye");
+        true
     } else {
         warn!("drain deadline passed; exiting with connections open");
+        false
     }
-    if let Some(h) = http {
-        h.shutdown();
-    }
-    if let Some(a) = admin {
-        a.stop();
-    }
-    drop(engine); // after the shards: their last releases and commits go out first
-    Ok(())
 }
 
 /// Starts the engine and claims this node's id slot, waiting for NATS up

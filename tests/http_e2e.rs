@@ -254,3 +254,67 @@ fn topics_over_http_subscribe_push_count_and_broadcast() {
         call(addr, "POST", "/v1/topics/x/push", &format!(r#"{{"token":"{}"}}"#, token.to_hex()));
     assert_eq!((code, v["error"].as_str()), (400, Some("bad_request")), "{v}");
 }
+
+/// A drain while HTTP pushes are in flight, with no device or provider connected (so no shard
+/// has a connection of its own): every request gets its real answer (200, or 503 once refused),
+/// none meets a shard that has left (the router's "no answer", 500), and the drain ends at once.
+#[test]
+fn a_drain_answers_every_http_push_in_flight() {
+    let gw = start_gateway(test_config(2));
+    let http = start_http(&gw);
+    let addr = http.local_addr();
+    let tokens: Vec<String> = (0..8)
+        .map(|i| {
+            DeviceClient::connect(gw.device_addr, APP, &secret(&format!("hd{i}")), 60)
+                .unwrap()
+                .token()
+                .to_hex()
+        })
+        .collect();
+    assert!(wait_until(Duration::from_secs(5), || gw.connections() == 0), "the devices are gone");
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let jwt = auth::sign(APP, APP_SECRET.as_bytes(), auth::now_s());
+    // 64 pushers, each one request at a time: dozens in flight at any moment.
+    let pushers: Vec<_> = (0..64)
+        .map(|i| tokens[i % tokens.len()].clone())
+        .map(|token| {
+            let (stop, jwt) = (stop.clone(), jwt.clone());
+            std::thread::spawn(move || {
+                let body = json!({ "token": token, "payload": "d" }).to_string();
+                let mut codes = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    // Keep-alive off: each request on its own connection, refused once the API is down.
+                    let Ok(mut s) = TcpStream::connect(addr) else { break };
+                    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+                    let req = format!(
+                        "POST /v1/push HTTP/1.1\r\nhost: x\r\nconnection: close\r\nauthorization: Bearer {jwt}\r\n\
+                         content-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if s.write_all(req.as_bytes()).is_err() {
+                        break;
+                    }
+                    let mut got = Vec::new();
+                    let _ = s.read_to_end(&mut got);
+                    match String::from_utf8_lossy(&got).split(' ').nth(1).and_then(|c| c.parse::<u16>().ok()) {
+                        Some(code) => codes.push(code),
+                        None => break, // closed unanswered: the API shut down before reading it
+                    }
+                }
+                codes
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let began = std::time::Instant::now();
+    assert!(pushgate::serve::drain(gw, Some(http), Duration::from_secs(20)), "the shards finished");
+    assert!(began.elapsed() < Duration::from_secs(10), "drained in {:?}", began.elapsed());
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let codes: Vec<u16> = pushers.into_iter().flat_map(|p| p.join().unwrap()).collect();
+    assert!(codes.iter().filter(|&&c| c == 200).count() > 50, "pushes were flowing: {}", codes.len());
+    assert!(codes.iter().all(|&c| c == 200 || c == 503), "only real answers: {:?}", {
+        let mut odd: Vec<u16> = codes.iter().copied().filter(|&c| c != 200 && c != 503).collect();
+        odd.dedup();
+        odd
+    });
+}

@@ -118,6 +118,9 @@ pub struct Shared {
     /// Draining shards with no connection left. Such a shard still owns its tokens, so it stays up,
     /// answering the pushes other shards' providers route to it, until every shard is counted here.
     pub drained: AtomicUsize,
+    /// Front ends off the shards (the HTTP API) that may still hand them requests during a drain:
+    /// the shards stay up while any holds them ([`crate::gateway::DrainHold`]).
+    pub holds: AtomicUsize,
     /// TLS per listener, loaded once at start.
     pub tls: crate::tls::TlsPorts,
     /// Rate limits for the whole node.
@@ -368,7 +371,8 @@ impl Shard {
                 self.drain.idle = true;
                 self.shared.drained.fetch_add(1, Ordering::AcqRel);
             }
-            let all_idle = self.shared.drained.load(Ordering::Acquire) == self.shared.handles.len();
+            let all_idle = self.shared.drained.load(Ordering::Acquire) == self.shared.handles.len()
+                && self.shared.holds.load(Ordering::Acquire) == 0;
             if all_idle || self.clock.tick >= deadline {
                 debug!("shard {} drained with {} connections left", self.index(), self.conns.len());
                 let released = self.commit.finish(&mut *self.store, self.clock.now_us(), &self.metrics);

@@ -168,6 +168,7 @@ impl Sim {
             max_conns: 1000,
             draining: AtomicBool::new(false),
             drained: AtomicUsize::new(0),
+            holds: AtomicUsize::new(0),
             tls: Default::default(),
             epoch: std::time::Instant::now(),
             cluster: None,
