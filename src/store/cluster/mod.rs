@@ -851,6 +851,17 @@ mod tests {
         Engine::start(&cfg).expect("starts without a server")
     }
 
+    /// A store (cap 10) on an engine that reaches no server, and what its durable hook reports.
+    fn offline_store() -> (Engine, ClusterStore, std::sync::mpsc::Receiver<(u64, bool)>) {
+        let e = offline_engine();
+        let mut s = ClusterStore::new(e.handle().clone(), 0, 1, 10);
+        let (tx, rx) = std::sync::mpsc::channel();
+        s.set_durable_hook(Box::new(move |upto, ok| {
+            let _ = tx.send((upto, ok));
+        }));
+        (e, s, rx)
+    }
+
     fn fetched(s: &ClusterStore, msgs: Vec<(u64, bool, StoredMsg)>) -> Fetched {
         let last_seq = msgs.iter().map(|m| m.0).max().unwrap_or(0);
         let msgs = msgs
@@ -929,12 +940,7 @@ mod tests {
 
     #[test]
     fn an_unreachable_engine_fails_the_batch_and_sync() {
-        let e = offline_engine();
-        let mut s = ClusterStore::new(e.handle().clone(), 0, 1, 10);
-        let (tx, rx) = std::sync::mpsc::channel();
-        s.set_durable_hook(Box::new(move |upto, ok| {
-            let _ = tx.send((upto, ok));
-        }));
+        let (_e, mut s, rx) = offline_store();
         let t = Token([5; 24]);
         s.append(&t, msg(1, 4_000_000_000, b"")).unwrap();
         s.append(&t, msg(2, 4_000_000_000, b"")).unwrap();
@@ -1002,12 +1008,7 @@ mod tests {
 
     #[test]
     fn a_failed_subscription_write_fails_its_batch() {
-        let e = offline_engine();
-        let mut s = ClusterStore::new(e.handle().clone(), 0, 1, 10);
-        let (tx, rx) = std::sync::mpsc::channel();
-        s.set_durable_hook(Box::new(move |upto, ok| {
-            let _ = tx.send((upto, ok));
-        }));
+        let (_e, mut s, rx) = offline_store();
         let t = Token([6; 24]);
         s.put_subscription(&t, b"news", 1).unwrap();
         s.remove_subscription(&t, b"old").unwrap();

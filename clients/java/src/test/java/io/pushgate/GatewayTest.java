@@ -8,32 +8,12 @@ import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import java.nio.charset.StandardCharsets;
-import java.nio.file.Path;
-import org.junit.jupiter.api.AfterAll;
-import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.Timeout;
-import org.junit.jupiter.api.io.TempDir;
 
 /** The client against one real gateway process (1 s minimum heartbeat). */
 @Timeout(30)
-class GatewayTest {
-    @TempDir
-    static Path dir;
-    static GatewayProcess gw;
-
-    @BeforeAll
-    static void start() throws Exception {
-        gw = new GatewayProcess(dir, GatewayProcess.FAST_CONFIG, 0);
-    }
-
-    @AfterAll
-    static void stop() throws Exception {
-        if (gw != null) {
-            gw.close();
-        }
-    }
-
+class GatewayTest extends OneGateway {
     private static DeviceSession session(byte[] secret) throws Exception {
         return DeviceSession.connect(gw.device().build(), secret);
     }

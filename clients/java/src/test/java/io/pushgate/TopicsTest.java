@@ -7,7 +7,6 @@ import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import java.nio.file.Files;
-import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.concurrent.BlockingQueue;
@@ -16,32 +15,13 @@ import java.util.concurrent.CountDownLatch;
 import java.util.concurrent.LinkedBlockingQueue;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicReference;
-import org.junit.jupiter.api.AfterAll;
-import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.Timeout;
-import org.junit.jupiter.api.io.TempDir;
 
 /** Topics (protocol.md 10.4) against a real gateway, pushed with {@code pushgate push --topic}. */
 @Timeout(30)
-class TopicsTest {
+class TopicsTest extends OneGateway {
     private static final long TOPIC_BIT = 1L << 62;
-
-    @TempDir
-    static Path dir;
-    static GatewayProcess gw;
-
-    @BeforeAll
-    static void start() throws Exception {
-        gw = new GatewayProcess(dir, GatewayProcess.FAST_CONFIG, 0);
-    }
-
-    @AfterAll
-    static void stop() throws Exception {
-        if (gw != null) {
-            gw.close();
-        }
-    }
 
     /** Every notification (NOTIFY or TOPIC_NOTIFY) {@code s} reads within {@code ms}, unACKed. */
     private static List<Notification> drain(DeviceSession s, long ms) throws Exception {
