@@ -237,8 +237,10 @@ impl Shard {
                 if !(current && ours) {
                     return;
                 }
-                if holder.as_ref().is_some_and(|h| h.node == c.link.engine.node_id()) {
-                    // Raced a claim of this node's own (an earlier connection): claim again.
+                if holder.as_ref().is_none_or(|h| h.node == c.link.engine.node_id()) {
+                    // Raced a claim of this node's own (an earlier connection), or a release (the
+                    // node the device left let the route go between our read and our write): no
+                    // other node holds it, so claim again. Only another node's claim replaces.
                     self.start_claim(conn.idx, token);
                     return;
                 }
