@@ -66,6 +66,9 @@ pub fn init_logging() {
 }
 
 fn serve(args: &ServeArgs) -> Result<(), String> {
+    // Before anything listens or prints its address: a SIGTERM that follows the banner at once must
+    // find the handler, not end the process unsaid (no drain, no GOAWAY).
+    let signals = Signals::watch();
     let mut cfg = match &args.config {
         Some(p) => Config::load(p).map_err(|e| e.to_string())?,
         None => Config::default(),
@@ -106,7 +109,7 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
     // Cluster mode: the engine first (its id slot decides this node's message
     // ids), and the store is the engine's offline queue instead of the local one.
     let engine = match &cfg.cluster {
-        Some(c) => Some(start_engine(c)?),
+        Some(c) => Some(start_engine(c, &signals.stop)?),
         None => None,
     };
     let stores = match &engine {
@@ -159,7 +162,7 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
         }
     }
     // SIGINT, SIGTERM and POST /drain all end up here.
-    let stop = Arc::new(AtomicBool::new(false));
+    let stop = signals.stop.clone();
     let admin = if cfg.admin.enabled {
         let ready: ReadyFn = {
             let (shared, stop) = (gw.shared.clone(), stop.clone());
@@ -182,7 +185,7 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
         None
     };
     let _ = std::io::stdout().flush();
-    wait_for_signal(&gw, &stop);
+    wait_for_signal(&gw, &signals);
     drain(gw, http, Duration::from_millis(cfg.drain.timeout_ms + 2000));
     if let Some(a) = admin {
         a.stop();
@@ -221,7 +224,11 @@ pub fn drain(gw: Gateway, http: Option<crate::http::HttpServer>, timeout: Durati
 
 /// Starts the engine and claims this node's id slot, waiting for NATS up
 /// to `cluster.start_timeout_s` (the servers may still be starting).
-fn start_engine(c: &crate::config::ClusterConfig) -> Result<(crate::cluster::Engine, u8), String> {
+/// A signal meanwhile (`stop`) ends the wait.
+fn start_engine(
+    c: &crate::config::ClusterConfig,
+    stop: &AtomicBool,
+) -> Result<(crate::cluster::Engine, u8), String> {
     let engine = crate::cluster::Engine::start(c)?;
     let deadline = std::time::Instant::now() + Duration::from_secs(c.start_timeout_s);
     loop {
@@ -236,6 +243,9 @@ fn start_engine(c: &crate::config::ClusterConfig) -> Result<(crate::cluster::Eng
             Ok(Ok(slot)) => {
                 info!("cluster: node {} has id slot {slot}", c.node_id);
                 return Ok((engine, slot));
+            }
+            Ok(Err(_)) if stop.load(Ordering::Relaxed) => {
+                return Err("cluster: stopped by a signal while waiting for NATS".into())
             }
             Ok(Err(e)) if std::time::Instant::now() < deadline => {
                 warn!("cluster: no id slot yet ({e}); retrying");
@@ -276,18 +286,30 @@ fn open_stores(cfg: &Config, shards: usize) -> Result<Vec<Box<dyn Store>>, Strin
 }
 
 /// Waits for SIGINT or SIGTERM (or `stop`); SIGHUP meanwhile reloads the TLS certificate.
-fn wait_for_signal(gw: &Gateway, stop: &Arc<AtomicBool>) {
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        if let Err(e) = signal_hook::flag::register(sig, stop.clone()) {
-            warn!("cannot watch signal {sig}: {e}");
+/// SIGINT and SIGTERM (or `POST /drain`) set `stop`; SIGHUP sets `hup`.
+struct Signals {
+    stop: Arc<AtomicBool>,
+    hup: Arc<AtomicBool>,
+}
+
+impl Signals {
+    fn watch() -> Signals {
+        let s = Signals { stop: Arc::new(AtomicBool::new(false)), hup: Arc::new(AtomicBool::new(false)) };
+        for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+            if let Err(e) = signal_hook::flag::register(sig, s.stop.clone()) {
+                warn!("cannot watch signal {sig}: {e}");
+            }
         }
+        if let Err(e) = signal_hook::flag::register(signal_hook::consts::SIGHUP, s.hup.clone()) {
+            warn!("cannot watch SIGHUP: {e}");
+        }
+        s
     }
-    let hup = Arc::new(AtomicBool::new(false));
-    if let Err(e) = signal_hook::flag::register(signal_hook::consts::SIGHUP, hup.clone()) {
-        warn!("cannot watch SIGHUP: {e}");
-    }
-    while !stop.load(Ordering::Relaxed) && !gw.is_finished() {
-        if hup.swap(false, Ordering::Relaxed) {
+}
+
+fn wait_for_signal(gw: &Gateway, signals: &Signals) {
+    while !signals.stop.load(Ordering::Relaxed) && !gw.is_finished() {
+        if signals.hup.swap(false, Ordering::Relaxed) {
             match gw.shared.tls.reload() {
                 Ok(true) => info!("SIGHUP: TLS certificate reloaded; new handshakes use it"),
                 Ok(false) => info!("SIGHUP: no TLS listener, nothing to reload"),
